@@ -1,0 +1,205 @@
+"""The user-facing MAML wrapper: any ``nn.Module`` and loss, one object for meta-training and adaptation.
+
+    maml = MAML(model, F.mse_loss, inner_lr=0.01)            # second order, 1 inner step
+    maml = MAML(model, F.cross_entropy, inner_lr=0.4, first_order=True, inner_steps=5)
+    maml = MAML(model, F.mse_loss, inner_lr=0.01, meta_sgd=True)   # learned α per element (Li et al., 2017)
+
+    opt = torch.optim.Adam(maml.parameters(), lr=1e-3)       # model weights (+ Meta-SGD's α)
+    maml.meta_loss(batch).backward(); opt.step()             # Algorithm 2, lines 3-10
+    adapted = maml.adapt(support_x, support_y, steps=10)     # meta-test: more steps if you like
+    prediction = maml(query_x, adapted)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from fastmaml.core import (
+    TaskBatch,
+    adaptation_curve,
+    exact_batch_norm,
+    meta_loss_loop,
+    meta_loss_vmap,
+    uses_batch_norm,
+)
+from fastmaml.core import adapt as core_adapt
+from fastmaml.core.functional import LR, Params
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "vmap", "loop")
+_CONV = (nn.modules.conv._ConvNd,)
+
+
+class MAML(nn.Module):
+    """Model-Agnostic Meta-Learning around ``model`` with ``loss_fn(prediction, target) -> scalar``.
+
+    ``strategy`` picks how a meta-batch is evaluated: ``"vmap"`` (all tasks in one vectorised
+    call), ``"loop"`` (one task at a time), or ``"auto"``: vmap, except for convolutional models on
+    the CPU, where per-task weights turn every convolution into a grouped convolution and a loop is
+    faster (benchmarks/results/strategy_cpu.md); and loop if vmap cannot trace the model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        *,
+        inner_lr: float,
+        inner_steps: int = 1,
+        first_order: bool = False,
+        meta_sgd: bool = False,
+        strategy: str = "auto",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not inner_lr > 0:
+            raise ValueError(f"inner_lr must be > 0, got {inner_lr}")
+        if int(inner_steps) < 1:
+            raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = int(inner_steps)
+        self.first_order = bool(first_order)
+        self.meta_sgd = bool(meta_sgd)
+        self.strategy = strategy
+        self.chunk_size = chunk_size
+        self._names = [n for n, _ in model.named_parameters()]
+        # Meta-SGD: one learned inner learning rate per parameter element, initialised to inner_lr.
+        self.inner_lrs = nn.ParameterList(
+            [nn.Parameter(torch.full_like(p.detach(), self.inner_lr)) for _, p in model.named_parameters()]
+            if self.meta_sgd
+            else []
+        )
+        self._exact_bn = uses_batch_norm(model)
+        # Batch-norm layers that track running statistics bump `num_batches_tracked` in place, which a
+        # pure function cannot do; passing None for it skips the bump (running stats are unused here).
+        self._frozen_buffers = {
+            f"{name}.num_batches_tracked": None
+            for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        }
+        self._resolved: str | None = None if strategy == "auto" else strategy
+
+    # ----------------------------------------------------------------------------- functional view
+    def params(self) -> Params:
+        """The meta-parameters θ as a dict keyed like ``model.named_parameters()``."""
+        return dict(self.model.named_parameters())
+
+    def lr(self) -> LR:
+        """α: the float ``inner_lr``, or Meta-SGD's learned tensors keyed like ``params()``."""
+        if self.meta_sgd:
+            return dict(zip(self._names, self.inner_lrs))
+        return self.inner_lr
+
+    def functional_forward(self, params: Params, x: Tensor) -> Tensor:
+        """Run the model with ``params`` instead of its own parameters (buffers are the model's)."""
+        state = {**dict(self.model.named_buffers()), **self._frozen_buffers, **params}
+        if self._exact_bn:
+            with exact_batch_norm():
+                return torch.func.functional_call(self.model, state, (x,))
+        return torch.func.functional_call(self.model, state, (x,))
+
+    def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
+        return self.functional_forward(self.params() if params is None else params, x)
+
+    def loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
+        """L(f_params, (x, y)) as a pure function of the parameter dict."""
+        return self.loss_fn(self.functional_forward(params, x), y)
+
+    # ----------------------------------------------------------------------------- MAML
+    def meta_loss(self, batch: TaskBatch, *, reduction: str = "mean") -> Tensor:
+        """Mean over tasks of the query loss after ``inner_steps`` adaptation steps (Algorithm 2).
+
+        ``.backward()`` on it puts the exact meta-gradient (second order unless ``first_order``) on
+        the model's parameters and, with Meta-SGD, on the learned inner learning rates.
+        ``reduction="none"`` returns the per-task losses, shape (T,).
+        """
+        batch = TaskBatch(*batch).validate()
+        kwargs = dict(lr=self.lr(), steps=self.inner_steps, first_order=self.first_order)
+        losses = self._run(
+            lambda: meta_loss_vmap(self.loss, self.params(), batch, chunk_size=self.chunk_size, **kwargs),
+            lambda: meta_loss_loop(self.loss, self.params(), batch, **kwargs),
+            batch,
+        )
+        if reduction == "none":
+            return losses
+        if reduction != "mean":
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        return losses.mean()
+
+    def adapt(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        steps: int | None = None,
+        *,
+        first_order: bool | None = None,
+    ) -> Params:
+        """Adapted parameters for one task after ``steps`` (default ``inner_steps``) inner steps."""
+        steps = self.inner_steps if steps is None else int(steps)
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        first_order = self.first_order if first_order is None else first_order
+        return core_adapt(
+            self.loss, self.params(), support_x, support_y, lr=self.lr(), steps=steps, first_order=first_order
+        )
+
+    def adaptation_curve(
+        self,
+        batch: TaskBatch,
+        steps: int,
+        metric: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """``metric(prediction, query_y)`` after 0..steps inner steps for every task: (T, steps + 1, ...).
+
+        ``metric`` defaults to the loss. Inner gradients are constants here: use it for evaluation,
+        under ``torch.no_grad()``.
+        """
+        batch = TaskBatch(*batch).validate()
+        metric = metric or self.loss_fn
+        on_params = lambda p, x, y: metric(self.functional_forward(p, x), y)  # noqa: E731
+        curve = lambda task: adaptation_curve(  # noqa: E731
+            self.loss, on_params, self.params(), task, lr=self.lr(), steps=steps
+        )
+        return self._run(
+            lambda: torch.vmap(curve, randomness="different", chunk_size=self.chunk_size)(batch),
+            lambda: torch.stack([curve(batch.task(i)) for i in range(batch.num_tasks)]),
+            batch,
+        )
+
+    # ----------------------------------------------------------------------------- strategy
+    def resolved_strategy(self, device: torch.device | None = None) -> str:
+        """The strategy ``auto`` would use for this model on ``device`` (without running anything)."""
+        if self._resolved is not None:
+            return self._resolved
+        device = device or next(self.model.parameters()).device
+        has_conv = any(isinstance(m, _CONV) for m in self.model.modules())
+        return "loop" if has_conv and device.type == "cpu" else "vmap"
+
+    def _run(self, vmapped: Callable[[], Tensor], looped: Callable[[], Tensor], batch: TaskBatch) -> Tensor:
+        strategy = self.resolved_strategy(batch.support_x.device)
+        if strategy == "loop":
+            return looped()
+        if self.strategy == "vmap" or self._resolved == "vmap":
+            return vmapped()
+        try:  # auto, first call: vmap unless the model cannot be vmapped
+            out = vmapped()
+        except Exception as vmap_error:  # noqa: BLE001 - any tracing failure: try the loop instead
+            out = looped()  # a genuine user error raises here again, without the vmap noise
+            log.warning("vmap could not run this model (%s); using a per-task loop instead", vmap_error)
+            self._resolved = "loop"
+            return out
+        self._resolved = "vmap"
+        return out

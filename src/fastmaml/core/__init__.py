@@ -1,0 +1,24 @@
+"""Functional MAML core: pure functions of (params, data) built on torch.func. No I/O."""
+
+from fastmaml.core.batch import TaskBatch
+from fastmaml.core.functional import (
+    adapt,
+    adaptation_curve,
+    inner_loss_grads,
+    meta_loss_loop,
+    meta_loss_vmap,
+    sgd_step,
+)
+from fastmaml.core.norm import exact_batch_norm, uses_batch_norm
+
+__all__ = [
+    "TaskBatch",
+    "adapt",
+    "adaptation_curve",
+    "exact_batch_norm",
+    "inner_loss_grads",
+    "meta_loss_loop",
+    "meta_loss_vmap",
+    "sgd_step",
+    "uses_batch_norm",
+]

@@ -1,0 +1,67 @@
+"""A meta-batch of tasks as plain tensors with a leading task dimension."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class TaskBatch(NamedTuple):
+    """Support and query sets of T tasks.
+
+    Shapes: ``support_x (T, Ns, ...)``, ``support_y (T, Ns, ...)``, ``query_x (T, Nq, ...)``,
+    ``query_y (T, Nq, ...)``. Being a NamedTuple it is a pytree, so ``torch.func.vmap`` maps over it.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    @property
+    def num_tasks(self) -> int:
+        return self.support_x.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "TaskBatch":
+        return TaskBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+    def task(self, i: int) -> "TaskBatch":
+        """Task ``i`` without the leading dimension."""
+        return TaskBatch(*(t[i] for t in self))
+
+    def slice(self, start: int, stop: int) -> "TaskBatch":
+        """Tasks ``start:stop`` (a micro-batch), keeping the leading dimension."""
+        return TaskBatch(*(t[start:stop] for t in self))
+
+    def validate(self) -> "TaskBatch":
+        """Raise ValueError with a clear message if the shapes do not form a task batch."""
+        names = self._fields
+        if any(not isinstance(t, Tensor) for t in self):
+            raise ValueError("TaskBatch fields must all be tensors")
+        if any(t.dim() < 2 for t in self):
+            bad = [f"{n}{tuple(t.shape)}" for n, t in zip(names, self) if t.dim() < 2]
+            raise ValueError(
+                f"TaskBatch tensors need a task and an example dimension (T, N, ...); got {', '.join(bad)}"
+            )
+        tasks = {t.shape[0] for t in self}
+        if len(tasks) != 1:
+            shapes = ", ".join(f"{n}{tuple(t.shape)}" for n, t in zip(names, self))
+            raise ValueError(f"all TaskBatch tensors need the same number of tasks T; got {shapes}")
+        if self.support_x.shape[:2] != self.support_y.shape[:2]:
+            raise ValueError(
+                f"support_x{tuple(self.support_x.shape)} and support_y{tuple(self.support_y.shape)} "
+                "must agree on (tasks, examples)"
+            )
+        if self.query_x.shape[:2] != self.query_y.shape[:2]:
+            raise ValueError(
+                f"query_x{tuple(self.query_x.shape)} and query_y{tuple(self.query_y.shape)} "
+                "must agree on (tasks, examples)"
+            )
+        if self.support_x.shape[2:] != self.query_x.shape[2:]:
+            raise ValueError(
+                f"support_x{tuple(self.support_x.shape)} and query_x{tuple(self.query_x.shape)} "
+                "must have the same example shape"
+            )
+        return self

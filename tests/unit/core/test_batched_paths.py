@@ -1,0 +1,135 @@
+"""The vmap path equals the per-task loop (and finite differences) for the layers users use."""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastmaml import MAML, TaskBatch
+
+
+def conv_bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4, track_running_stats=False),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1, stride=2),
+        nn.BatchNorm2d(4),  # running statistics present: MAML still uses batch statistics
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 3),
+    ).double()
+
+
+def image_batch(tasks=3, ways=3, shots=2, seed=0) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    n = ways * shots
+    x = lambda: torch.randn(tasks, n, 1, 8, 8, generator=g, dtype=torch.float64)  # noqa: E731
+    y = lambda: torch.randint(0, ways, (tasks, n), generator=g)  # noqa: E731
+    return TaskBatch(x(), y(), x(), y())
+
+
+def grads_of(maml: MAML, batch: TaskBatch) -> torch.Tensor:
+    maml.zero_grad()
+    loss = maml.meta_loss(batch)
+    loss.backward()
+    return loss.detach(), torch.cat([p.grad.reshape(-1) for p in maml.parameters()])
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_conv_batchnorm_vmap_equals_loop_and_finite_differences(first_order):
+    batch = image_batch()
+    results = {}
+    for strategy in ("vmap", "loop"):
+        maml = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.5, inner_steps=2, first_order=first_order,
+                    strategy=strategy)
+        results[strategy] = grads_of(maml, batch)
+    torch.testing.assert_close(results["vmap"][0], results["loop"][0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(results["vmap"][1], results["loop"][1], rtol=1e-9, atol=1e-12)
+    if first_order:
+        return
+    # Directional finite difference of the meta-loss (second order is the true derivative).
+    params = list(maml.parameters())
+    direction = [torch.randn_like(p) for p in params]
+    eps = 1e-6
+    with torch.no_grad():
+        for p, d in zip(params, direction):
+            p.add_(eps * d)
+        plus = maml.meta_loss(batch)
+        for p, d in zip(params, direction):
+            p.sub_(2 * eps * d)
+        minus = maml.meta_loss(batch)
+        for p, d in zip(params, direction):
+            p.add_(eps * d)
+    fd = (plus - minus) / (2 * eps)
+    analytic = results["vmap"][1] @ torch.cat([d.reshape(-1) for d in direction])
+    torch.testing.assert_close(analytic, fd, rtol=1e-6, atol=1e-9)
+
+
+def test_batchnorm_running_stats_untouched_by_meta_training():
+    maml = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.5, strategy="vmap")
+    before = maml.model[5].running_mean.clone()
+    maml.meta_loss(image_batch()).backward()
+    assert torch.equal(maml.model[5].running_mean, before)
+
+
+def test_mlp_vmap_equals_loop_second_order_three_steps():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Linear(16, 16), nn.Sigmoid(), nn.Linear(16, 1)).double()
+    g = torch.Generator().manual_seed(0)
+    batch = TaskBatch(*(torch.randn(5, 10, 1, generator=g, dtype=torch.float64) for _ in range(4)))
+    out = {}
+    for strategy in ("vmap", "loop"):
+        out[strategy] = grads_of(MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=3, strategy=strategy), batch)
+    torch.testing.assert_close(out["vmap"][1], out["loop"][1], rtol=1e-10, atol=1e-13)
+
+
+def test_dropout_under_vmap_gives_each_task_its_own_mask():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 1))
+    x = torch.randn(1, 8, 4).expand(6, 8, 4)  # six identical tasks
+    y = torch.randn(1, 8, 1).expand(6, 8, 1)
+    maml = MAML(model, F.mse_loss, inner_lr=0.01, strategy="vmap")
+    losses = maml.meta_loss(TaskBatch(x, y, x, y), reduction="none")
+    assert losses.shape == (6,)
+    assert losses.unique().numel() > 1  # same data, different dropout masks
+    losses.mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    model.eval()
+    same = maml.meta_loss(TaskBatch(x, y, x, y), reduction="none")
+    assert same.unique().numel() == 1  # dropout off in eval mode
+
+
+class DataDependent(nn.Module):
+    """A model vmap cannot trace: Python control flow on a tensor value."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+
+    def forward(self, x):
+        out = self.lin(x)
+        return out * 2 if out.sum().item() > 0 else out
+
+
+def test_auto_falls_back_to_loop_for_models_vmap_cannot_trace(caplog):
+    g = torch.Generator().manual_seed(0)
+    batch = TaskBatch(*(torch.randn(3, 4, d, generator=g) for d in (2, 1, 2, 1)))
+    maml = MAML(DataDependent(), F.mse_loss, inner_lr=0.1)
+    with caplog.at_level(logging.WARNING):
+        loss = maml.meta_loss(batch)
+    assert "per-task loop" in caplog.text and maml.resolved_strategy() == "loop"
+    torch.manual_seed(0)
+    reference = MAML(maml.model, F.mse_loss, inner_lr=0.1, strategy="loop").meta_loss(batch)
+    torch.testing.assert_close(loss, reference)
+    with pytest.raises(Exception):
+        MAML(DataDependent(), F.mse_loss, inner_lr=0.1, strategy="vmap").meta_loss(batch)
+
+
+def test_auto_picks_loop_for_conv_on_cpu_and_vmap_for_mlp():
+    assert MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.1).resolved_strategy() == "loop"
+    assert MAML(nn.Linear(2, 1), F.mse_loss, inner_lr=0.1).resolved_strategy() == "vmap"

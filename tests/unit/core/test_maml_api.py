@@ -1,0 +1,82 @@
+"""The MAML wrapper's API: adapt, adaptation curves, validation of arguments and shapes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastmaml import MAML, TaskBatch
+from fastmaml.core import sgd_step
+
+
+def batch(tasks=4, shots=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TaskBatch(*(torch.randn(tasks, shots, 1, generator=g) for _ in range(4)))
+
+
+def test_adapt_defaults_to_inner_steps_and_accepts_more():
+    torch.manual_seed(0)
+    maml = MAML(nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)), F.mse_loss, inner_lr=0.1, inner_steps=2)
+    task = batch().task(0)
+    manual = maml.params()
+    for _ in range(5):
+        manual = sgd_step(manual, torch.func.grad(maml.loss)(manual, task.support_x, task.support_y), 0.1)
+    torch.testing.assert_close(maml.adapt(task.support_x, task.support_y, steps=5), manual)
+    two = maml.adapt(task.support_x, task.support_y)
+    assert not torch.allclose(two["0.weight"], manual["0.weight"])
+    assert torch.equal(maml.adapt(task.support_x, task.support_y, steps=0)["0.weight"], maml.model[0].weight)
+    # forward with adapted params lowers the support loss
+    before = F.mse_loss(maml(task.support_x), task.support_y)
+    after = F.mse_loss(maml(task.support_x, manual), task.support_y)
+    assert after < before
+
+
+def test_adaptation_curve_matches_manual_steps_per_task():
+    torch.manual_seed(0)
+    maml = MAML(nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)), F.mse_loss, inner_lr=0.1)
+    b = batch()
+    with torch.no_grad():
+        curve = maml.adaptation_curve(b, steps=3)
+    assert curve.shape == (4, 4)
+    task = b.task(2)
+    for k in range(4):
+        adapted = maml.adapt(task.support_x, task.support_y, steps=k)
+        torch.testing.assert_close(curve[2, k], F.mse_loss(maml(task.query_x, adapted), task.query_y))
+    loop = MAML(maml.model, F.mse_loss, inner_lr=0.1, strategy="loop")
+    with torch.no_grad():
+        torch.testing.assert_close(loop.adaptation_curve(b, steps=3), curve)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(inner_lr=0.0), "inner_lr must be > 0"),
+        (dict(inner_lr=-1.0), "inner_lr must be > 0"),
+        (dict(inner_lr=0.1, inner_steps=0), "inner_steps must be >= 1"),
+        (dict(inner_lr=0.1, strategy="fast"), "strategy must be one of"),
+        (dict(inner_lr=0.1, chunk_size=0), "chunk_size"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MAML(nn.Linear(1, 1), F.mse_loss, **kwargs)
+
+
+def test_bad_shapes_raise_clear_errors():
+    maml = MAML(nn.Linear(1, 1), F.mse_loss, inner_lr=0.1)
+    good = batch()
+    with pytest.raises(ValueError, match="same number of tasks"):
+        maml.meta_loss(TaskBatch(good.support_x, good.support_y, good.query_x[:2], good.query_y[:2]))
+    with pytest.raises(ValueError, match="must agree on"):
+        maml.meta_loss(TaskBatch(good.support_x, good.support_y[:, :3], good.query_x, good.query_y))
+    with pytest.raises(ValueError, match="task and an example dimension"):
+        maml.meta_loss(TaskBatch(good.support_x[:, 0, 0], good.support_y, good.query_x, good.query_y))
+
+
+def test_chunked_vmap_equals_full_vmap():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    b = TaskBatch(*(t.double() for t in batch(tasks=7)))
+    full = MAML(model, F.mse_loss, inner_lr=0.1, strategy="vmap").meta_loss(b, reduction="none")
+    chunked = MAML(model, F.mse_loss, inner_lr=0.1, strategy="vmap", chunk_size=3).meta_loss(b, reduction="none")
+    torch.testing.assert_close(full, chunked)
