@@ -1,0 +1,173 @@
+"""The ``fastmaml`` command: parse, call a testable function, print. Exit 2 on bad input, 1 on failure."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from fastmaml.config import apply_overrides, dumps
+from fastmaml.errors import ConfigError, FastMAMLError
+
+# CLI shorthand -> config key; each applies only to presets whose config has that key.
+SHORTHAND = {
+    "shots": "shots",
+    "ways": "ways",
+    "queries": "queries",
+    "inner_steps": "inner_steps",
+    "iterations": "iterations",
+    "first_order": "first_order",
+    "meta_sgd": "meta_sgd",
+    "device": "device",
+    "seed": "seed",
+}
+RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "device", "threads"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastmaml", description="Model-Agnostic Meta-Learning, fast.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="meta-train a preset (or resume a run)")
+    train.add_argument("preset", nargs="?", help="experiment preset; see `fastmaml presets`")
+    train.add_argument("--out", type=Path, help="run folder to create (must be empty or absent)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    train.add_argument("--shots", type=int, help="support examples per task (per class for classification)")
+    train.add_argument("--ways", type=int, help="classes per task")
+    train.add_argument("--queries", type=int, help="query examples per task (per class for classification)")
+    train.add_argument("--inner-steps", type=int, help="inner gradient steps at meta-train")
+    train.add_argument("--iterations", type=int, help="meta-training iterations")
+    train.add_argument("--first-order", action="store_true", default=None, help="first-order MAML")
+    train.add_argument("--meta-sgd", action="store_true", default=None, help="learn α per parameter (Meta-SGD)")
+    train.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("eval", help="meta-test a run: metric after 0..N inner steps, mean ± 95%% CI")
+    ev.add_argument("run_dir", type=Path)
+    ev.add_argument("--tasks", type=int, default=600, help="meta-test tasks (default 600)")
+    ev.add_argument("--steps", type=int, help="inner steps at meta-test (default: the run's eval_steps)")
+    ev.add_argument("--best", action="store_true", help="use the best validation checkpoint")
+    ev.add_argument("--seed", type=int, help="seed of the meta-test task stream (default: fixed)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+    plot = sub.add_parser("plot", help="write the run's PNG figures to RUN_DIR/plots")
+    plot.add_argument("run_dir", type=Path)
+    plot.add_argument("--tasks", type=int, default=100, help="meta-test tasks when the run has no eval.json")
+
+    sub.add_parser("presets", help="list the experiment presets")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fastmaml.engine.experiment import get_preset
+    from fastmaml.engine.run_dir import read_config
+    from fastmaml.engine.trainer import train
+
+    if (args.out is None) == (args.resume is None):
+        raise ConfigError("give exactly one of --out RUN_DIR (a new run) or --resume RUN_DIR (continue a run)")
+    shorthand = {key: getattr(args, flag) for flag, key in SHORTHAND.items() if getattr(args, flag) is not None}
+    if args.resume is not None:
+        preset, config = read_config(args.resume)
+        if args.preset and args.preset != preset.name:
+            raise ConfigError(f"{args.resume} is a {preset.name!r} run, not {args.preset!r}")
+        keys = set(shorthand) | {item.partition("=")[0].strip() for item in args.set}
+        if keys - RESUME_KEYS:
+            raise ConfigError(
+                f"a resumed run keeps its config; only {', '.join(sorted(RESUME_KEYS))} may change "
+                f"(got {', '.join(sorted(keys - RESUME_KEYS))})"
+            )
+        config = apply_overrides(config, [f"{k}={v}" for k, v in shorthand.items()] + args.set)
+        run_dir = args.resume
+    else:
+        if not args.preset:
+            raise ConfigError("name a preset to train, e.g. `fastmaml train sinusoid --out runs/sinusoid`")
+        preset = get_preset(args.preset)
+        fields = {f.name for f in dataclasses.fields(preset.config_cls)}
+        unknown = [k for k in shorthand if k not in fields]
+        if unknown:
+            raise ConfigError(f"preset {preset.name!r} has no option --{unknown[0].replace('_', '-')}")
+        try:
+            config = preset.make_config(**shorthand)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        config = apply_overrides(config, args.set)
+        run_dir = args.out
+    config.validate()
+    logging.getLogger(__name__).info("config:\n%s", dumps(config))
+    summary = train(preset, config, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+    best = f", best validation {summary['best']['metric']} {summary['best']['value']:.4g}" if summary["best"] else ""
+    print(f"trained {preset.name} for {summary['step']} iterations in {summary['elapsed_s']:.1f} s{best}; "
+          f"run folder {run_dir}")
+    return 0
+
+
+def format_report(report: dict) -> str:
+    methods = report["metrics"]
+    names = list(next(iter(methods.values())))
+    lines = [f"{report['experiment']} at iteration {report['step']}: {report['tasks']} meta-test tasks, "
+             f"mean ± 95% CI after N inner steps"]
+    for name in names:
+        header = f"{'steps':>5}  " + "  ".join(f"{m:>22}" for m in methods)
+        lines += ["", f"{name}:", header]
+        for step in range(report["steps"] + 1):
+            cells = [f"{methods[m][name]['mean'][step]:>12.4f} ± {methods[m][name]['ci95'][step]:<7.4f}" for m in methods]
+            lines.append(f"{step:>5}  " + "  ".join(f"{c:>22}" for c in cells))
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fastmaml.engine.evaluate import EVAL_SEED, evaluate
+
+    report = evaluate(
+        args.run_dir,
+        tasks=args.tasks,
+        steps=args.steps,
+        seed=EVAL_SEED if args.seed is None else args.seed,
+        which="best" if args.best else "checkpoint",
+    )
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from fastmaml.engine.plots import plot_run
+
+    for path in plot_run(args.run_dir, tasks=args.tasks):
+        print(path)
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from fastmaml.engine.experiment import PRESETS, get_preset
+
+    get_preset("sinusoid")  # registers every preset
+    for name, preset in sorted(PRESETS.items()):
+        print(f"{name:<16} {preset.description}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "presets": cmd_presets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except FastMAMLError as error:
+        print(f"fastmaml: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("fastmaml: interrupted; a training run continues from its last checkpoint with --resume RUN_DIR",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

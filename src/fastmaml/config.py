@@ -1,0 +1,116 @@
+"""Run configuration: small dataclasses with defaults in code, ``key=value`` overrides, JSON round trip.
+
+Every experiment's config extends :class:`TrainConfig`. Unknown keys are an error; the resolved
+config is saved with every run (``RUN_DIR/config.json``) and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any
+
+from fastmaml.errors import ConfigError
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings shared by every meta-training run (names as in the paper: α = inner_lr, β = outer_lr)."""
+
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    eval_steps: int = 10  # inner steps at meta-test time
+    first_order: bool = False
+    meta_sgd: bool = False
+    outer_lr: float = 0.001
+    meta_batch_size: int = 25
+    iterations: int = 70_000
+    grad_clip: float = 0.0  # clip the meta-gradient norm (0: off)
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 5_000
+    val_every: int = 0  # evaluate on held-out tasks every N iterations and keep the best (0: off)
+    val_tasks: int = 100
+    strategy: str = "auto"  # auto | vmap | loop
+    chunk_size: int = 0  # tasks vectorised at once under vmap (0: all)
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads (0: torch's default)
+
+    def validate(self) -> None:
+        positive = ("inner_lr", "outer_lr")
+        at_least_one = ("inner_steps", "meta_batch_size", "iterations", "log_every", "checkpoint_every", "val_tasks")
+        for key in positive:
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}; set e.g. --set {key}=0.01")
+        for key in at_least_one:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("eval_steps", "val_every", "chunk_size", "threads", "grad_clip"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.strategy not in ("auto", "vmap", "loop"):
+            raise ConfigError(f"strategy must be auto, vmap or loop, got {self.strategy!r}")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _parse(key: str, text: str, kind: Any) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    try:
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind in (int, float, str):
+            return kind(text)
+        if origin is tuple:
+            items = [s for s in text.strip("[]() ").split(",") if s.strip()]
+            item_type = args[0]
+            values = tuple(item_type(s.strip()) for s in items)
+            if args[-1] is not Ellipsis and len(values) != len(args):
+                raise ValueError
+            return values
+    except ValueError:
+        pass
+    else:
+        raise ConfigError(f"cannot set {key}: unsupported type {kind}")
+    raise ConfigError(f"bad value for {key}: {text!r} is not a {getattr(kind, '__name__', kind)}")
+
+
+def apply_overrides(config: Any, overrides: list[str]) -> Any:
+    """Return ``config`` with ``key=value`` strings applied; unknown keys are an error."""
+    types = field_types(type(config))
+    changes = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        if key not in types:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(types))}")
+        changes[key] = _parse(key, value.strip(), types[key])
+    return dataclasses.replace(config, **changes)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config saved by :func:`to_dict` (lists back to tuples); unknown keys are an error."""
+    types = field_types(cls)
+    unknown = set(data) - set(types)
+    if unknown:
+        raise ConfigError(f"unknown config keys {sorted(unknown)} for {cls.__name__}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+def dumps(config: Any) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=True)

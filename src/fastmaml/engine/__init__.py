@@ -1,0 +1,1 @@
+"""Meta-training loop, evaluation with 95% confidence intervals, checkpoints and metric logs."""

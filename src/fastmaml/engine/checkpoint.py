@@ -1,0 +1,132 @@
+"""Checkpoints that survive crashes and never unpickle: one safetensors file per checkpoint.
+
+Tensors (weights, optimiser moments, RNG states) are the safetensors payload; everything else
+(config, step, optimiser hyper-parameters, metrics so far) is JSON in the file's metadata header.
+A write goes to a temporary file that is fsynced and then renamed over the old one, so a reader
+sees either the old or the new checkpoint, never half of one; the previous checkpoint is kept
+beside it as ``<name>.prev.safetensors`` and used if the newest cannot be read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import Tensor
+
+from fastmaml.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "fastmaml-checkpoint-1"
+_TENSOR = "__tensor__"
+
+
+def pack(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
+    """A JSON-able copy of ``obj`` whose tensors are moved into ``tensors`` under ``prefix`` keys."""
+    if isinstance(obj, Tensor):
+        tensors[prefix] = obj.detach().to("cpu").contiguous().clone()
+        return {_TENSOR: prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[pack(k, f"{prefix}.k{i}", tensors), pack(v, f"{prefix}.{i}", tensors)]
+                             for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [pack(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)],
+                "tuple": isinstance(obj, tuple)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
+
+
+def unpack(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    """Inverse of :func:`pack`."""
+    if isinstance(obj, dict):
+        if _TENSOR in obj:
+            return tensors[obj[_TENSOR]]
+        if "__dict__" in obj:
+            return {unpack(k, tensors): unpack(v, tensors) for k, v in obj["__dict__"]}
+        if "__list__" in obj:
+            items = [unpack(v, tensors) for v in obj["__list__"]]
+            return tuple(items) if obj["tuple"] else items
+    return obj
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def previous_path(path: Path) -> Path:
+    return path.with_name(path.name.replace(".safetensors", ".prev.safetensors"))
+
+
+def save(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any], keep_previous: bool = True) -> None:
+    """Write atomically: temp file, fsync, keep the old one as ``.prev``, rename."""
+    path = Path(path)
+    data = safetensors.torch.save(
+        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+        metadata={"format": FORMAT, "meta": json.dumps(meta)},
+    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if keep_previous and path.exists():
+        prev, prev_tmp = previous_path(path), path.with_name(f".{path.name}.prev.tmp")
+        prev_tmp.unlink(missing_ok=True)
+        os.link(path, prev_tmp)  # the current checkpoint stays in place until the new one replaces it
+        os.replace(prev_tmp, prev)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Tensors and metadata of one checkpoint file; CheckpointError if it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if header.get("format") != FORMAT:
+            raise ValueError(f"format {header.get('format')!r}, expected {FORMAT!r}")
+        meta = json.loads(header["meta"])
+    except Exception as error:  # noqa: BLE001 - any decoding failure means the file is unusable
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a fastmaml checkpoint ({error}); "
+            f"delete it to fall back to {previous_path(path).name}, or start a new run"
+        ) from None
+    return tensors, meta
+
+
+def load_latest(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], Path]:
+    """The newest readable checkpoint among ``path`` and its ``.prev`` copy."""
+    path = Path(path)
+    try:
+        return (*load(path), path)
+    except CheckpointError as error:
+        prev = previous_path(path)
+        if not prev.is_file():
+            raise
+        log.warning("%s; using the previous checkpoint %s", error, prev)
+        return (*load(prev), prev)
+
+
+def rng_state_tensors(generator: torch.Generator) -> dict[str, Tensor]:
+    return {"rng/tasks": generator.get_state(), "rng/torch": torch.get_rng_state()}
+
+
+def restore_rng(generator: torch.Generator, tensors: dict[str, Tensor]) -> None:
+    generator.set_state(tensors["rng/tasks"])
+    torch.set_rng_state(tensors["rng/torch"])

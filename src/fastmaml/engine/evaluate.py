@@ -1,0 +1,119 @@
+"""Meta-test evaluation: a metric after 0..N inner steps on held-out tasks, mean ± 95% CI."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fastmaml.algorithms import MAML
+from fastmaml.engine import checkpoint
+from fastmaml.engine.run_dir import BEST, CHECKPOINT, EVAL, build_experiment, read_config
+from fastmaml.engine.experiment import Experiment, make_maml
+from fastmaml.errors import ConfigError
+
+EVAL_SEED = 20_170_703  # fixed, so every run of an experiment is scored on the same meta-test tasks
+
+
+def mean_ci95(values: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and the half-width 1.96·std/√n of its 95% confidence interval, along dim 0."""
+    n = values.shape[0]
+    std = values.std(dim=0, unbiased=True) if n > 1 else torch.zeros_like(values[0])
+    return values.mean(dim=0), 1.96 * std / math.sqrt(n)
+
+
+def adaptation_curves(
+    maml: MAML,
+    experiment: Experiment,
+    split: str,
+    num_tasks: int,
+    steps: int,
+    generator: torch.Generator,
+    chunk: int = 100,
+) -> Tensor:
+    """Every metric after 0..steps inner steps on ``num_tasks`` tasks: (num_tasks, steps + 1, metrics)."""
+    metrics = list(experiment.metrics.values())
+    stacked: Callable[[Tensor, Tensor], Tensor] = lambda pred, y: torch.stack([m(pred, y) for m in metrics])  # noqa: E731
+    device = next(maml.parameters()).device
+    out = []
+    done = 0
+    with torch.no_grad():
+        while done < num_tasks:
+            n = min(chunk, num_tasks - done)
+            batch = experiment.sample(generator, split, n).to(device)
+            out.append(maml.adaptation_curve(batch, steps, stacked).float().cpu())
+            done += n
+    return torch.cat(out)
+
+
+def methods_for(experiment: Experiment, maml: MAML) -> dict[str, MAML]:
+    """MAML itself, and the pretrained baseline fine-tuned with plain SGD, where the run has one."""
+    methods = {"maml": maml}
+    if experiment.baseline is not None:
+        methods["pretrained"] = MAML(
+            experiment.baseline, experiment.loss_fn, inner_lr=experiment.baseline_lr, strategy=maml.strategy
+        )
+    return methods
+
+
+def load_trained(run_dir: Path, which: str = "checkpoint") -> tuple[Experiment, MAML, dict[str, Any]]:
+    """Rebuild a run's experiment and MAML wrapper with the weights of its latest (or best) checkpoint."""
+    experiment = build_experiment(run_dir)
+    name = {"checkpoint": CHECKPOINT, "best": BEST}[which]
+    tensors, meta, _ = checkpoint.load_latest(Path(run_dir) / name)
+    maml = make_maml(experiment)
+    maml.load_state_dict({k[len("maml/"):]: v for k, v in tensors.items() if k.startswith("maml/")})
+    if experiment.baseline is not None:
+        experiment.baseline.load_state_dict(
+            {k[len("baseline/"):]: v for k, v in tensors.items() if k.startswith("baseline/")}
+        )
+    return experiment, maml, meta
+
+
+def evaluate(
+    run_dir: str | Path,
+    *,
+    tasks: int = 600,
+    steps: int | None = None,
+    seed: int = EVAL_SEED,
+    which: str = "checkpoint",
+    save: bool = True,
+) -> dict[str, Any]:
+    """Score a run on ``tasks`` meta-test tasks after 0..steps inner steps, for each method.
+
+    Returns ``{"experiment", "step", "tasks", "steps", "metrics": {method: {metric: {"mean": [...],
+    "ci95": [...]}}}}`` with lists indexed by the number of inner steps; saved to ``RUN_DIR/eval.json``.
+    """
+    run_dir = Path(run_dir)
+    if tasks < 1:
+        raise ConfigError(f"--tasks must be >= 1, got {tasks}")
+    _, config = read_config(run_dir)
+    steps = config.eval_steps if steps is None else steps
+    if steps < 0:
+        raise ConfigError(f"--steps must be >= 0, got {steps}")
+    experiment, maml, meta = load_trained(run_dir, which)
+    results: dict[str, Any] = {}
+    for method, wrapper in methods_for(experiment, maml).items():
+        generator = torch.Generator().manual_seed(seed)  # the same tasks for every method
+        curves = adaptation_curves(wrapper, experiment, "test", tasks, steps, generator)
+        mean, ci = mean_ci95(curves)
+        results[method] = {
+            name: {"mean": mean[:, i].tolist(), "ci95": ci[:, i].tolist()} for i, name in enumerate(experiment.metrics)
+        }
+    report = {
+        "experiment": experiment.name,
+        "checkpoint": which,
+        "step": meta["step"],
+        "tasks": tasks,
+        "steps": steps,
+        "seed": seed,
+        "metrics": results,
+    }
+    if save:
+        (run_dir / EVAL).write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,82 @@
+"""What the engine needs from an experiment, and the registry of presets the CLI offers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fastmaml.algorithms import MAML
+from fastmaml.config import TrainConfig
+from fastmaml.core import TaskBatch
+from fastmaml.errors import ConfigError
+
+Metric = Callable[[Tensor, Tensor], Tensor]
+Sampler = Callable[[torch.Generator, str, int], TaskBatch]  # (generator, split, num_tasks) -> tasks
+
+
+@dataclass
+class Experiment:
+    """A task distribution, a model and a loss: everything MAML needs, plus how to score it.
+
+    ``sample(generator, split, num_tasks)`` draws tasks from ``split`` ("train", "val" or "test").
+    ``metrics`` are computed on the query set after each inner step at evaluation; ``metrics`` is
+    ordered and its first entry is the one validation tracks. ``baseline`` is the paper's
+    "pretrained" comparison: one network trained on all tasks jointly with the same budget, then
+    fine-tuned at meta-test time with SGD at ``baseline_lr``.
+    """
+
+    name: str
+    config: TrainConfig
+    model: nn.Module
+    loss_fn: Metric
+    sample: Sampler
+    metrics: dict[str, Metric]
+    higher_is_better: bool = False
+    baseline: nn.Module | None = None
+    baseline_lr: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)  # experiment-specific objects (e.g. for plots)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named experiment: how to make its config from CLI shorthand and how to build it."""
+
+    name: str
+    config_cls: type
+    make_config: Callable[..., TrainConfig]
+    build: Callable[[TrainConfig], Experiment]
+    description: str
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register(preset: Preset) -> Preset:
+    PRESETS[preset.name] = preset
+    return preset
+
+
+def get_preset(name: str) -> Preset:
+    from fastmaml import experiments  # noqa: F401  (imports register the presets)
+
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+def make_maml(experiment: Experiment) -> MAML:
+    c = experiment.config
+    return MAML(
+        experiment.model,
+        experiment.loss_fn,
+        inner_lr=c.inner_lr,
+        inner_steps=c.inner_steps,
+        first_order=c.first_order,
+        meta_sgd=c.meta_sgd,
+        strategy=c.strategy,
+        chunk_size=c.chunk_size or None,
+    )

@@ -1,0 +1,59 @@
+"""The files of a run folder, in one place."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fastmaml.config import from_dict, to_dict
+from fastmaml.engine.experiment import Experiment, get_preset
+from fastmaml.errors import CheckpointError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.safetensors"
+BEST = "best.safetensors"
+EVAL = "eval.json"
+PLOTS = "plots"
+
+
+def write_config(run_dir: Path, experiment: str, config: Any) -> None:
+    (run_dir / CONFIG).write_text(json.dumps({"experiment": experiment, "config": to_dict(config)}, indent=2))
+
+
+def read_config(run_dir: Path):
+    """(preset, config) saved in ``run_dir``; CheckpointError if it is not a run folder."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a fastmaml run folder (no {CONFIG}); pass the --out folder of a run")
+    try:
+        saved = json.loads(path.read_text())
+        preset = get_preset(saved["experiment"])
+        return preset, from_dict(preset.config_cls, saved["config"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{path} is unreadable ({error}); restore it or start a new run") from None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill
+            break
+    return rows
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop rows logged after ``step`` (written before a crash, past the last checkpoint)."""
+    rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    (Path(run_dir) / METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def build_experiment(run_dir: Path) -> Experiment:
+    preset, config = read_config(run_dir)
+    return preset.build(config)

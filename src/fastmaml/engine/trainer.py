@@ -1,0 +1,222 @@
+"""The meta-training loop (Algorithm 2): sample tasks, meta-loss, Adam step; logs and checkpoints.
+
+A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one row per
+``log_every`` iterations), ``checkpoint.safetensors`` (+ ``.prev``) and, with validation on,
+``best.safetensors``. Resuming restores weights, optimiser state and both RNG streams, so on the
+CPU N iterations + resume + M iterations equal N + M uninterrupted iterations bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fastmaml.config import TrainConfig, to_dict
+from fastmaml.core import TaskBatch
+from fastmaml.engine import checkpoint
+from fastmaml.engine.evaluate import adaptation_curves
+from fastmaml.engine.run_dir import BEST, CHECKPOINT, METRICS, truncate_metrics, write_config
+from fastmaml.engine.experiment import Experiment, Preset, make_maml
+from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+VAL_SEED_OFFSET = 7_919  # validation tasks come from their own fixed stream
+
+
+def joint_loss(experiment: Experiment, model: torch.nn.Module, batch: TaskBatch) -> torch.Tensor:
+    """The pretrained baseline's objective: the loss on every point of every task, no adaptation."""
+    x = torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1)
+    y = torch.cat([batch.support_y, batch.query_y], 1).flatten(0, 1)
+    return experiment.loss_fn(model(x), y)
+
+
+class Trainer:
+    """Owns the optimisers, RNG streams and run folder of one meta-training run."""
+
+    def __init__(self, experiment: Experiment, run_dir: Path) -> None:
+        self.experiment = experiment
+        self.config: TrainConfig = experiment.config
+        self.run_dir = run_dir
+        self.device = torch.device(self.config.device)
+        self.maml = make_maml(experiment).to(self.device)
+        self.opt = torch.optim.Adam(self.maml.parameters(), lr=self.config.outer_lr)
+        self.baseline = experiment.baseline.to(self.device) if experiment.baseline is not None else None
+        self.baseline_opt = (
+            torch.optim.Adam(self.baseline.parameters(), lr=self.config.outer_lr) if self.baseline else None
+        )
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.step = 0
+        self.elapsed = 0.0
+        self.best: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"maml/{k}": v for k, v in self.maml.state_dict().items()}
+        optim = {"maml": checkpoint.pack(self.opt.state_dict(), "opt/maml", tensors)}
+        if self.baseline is not None:
+            tensors.update({f"baseline/{k}": v for k, v in self.baseline.state_dict().items()})
+            optim["baseline"] = checkpoint.pack(self.baseline_opt.state_dict(), "opt/baseline", tensors)
+        tensors.update(checkpoint.rng_state_tensors(self.generator))
+        meta = {
+            "experiment": self.experiment.name,
+            "config": to_dict(self.config),
+            "step": self.step,
+            "elapsed_s": self.elapsed,
+            "optimizers": optim,
+            "best": self.best,
+        }
+        return tensors, meta
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.maml.load_state_dict(part("maml/"))
+        self.opt.load_state_dict(checkpoint.unpack(meta["optimizers"]["maml"], tensors))
+        if self.baseline is not None:
+            self.baseline.load_state_dict(part("baseline/"))
+            self.baseline_opt.load_state_dict(checkpoint.unpack(meta["optimizers"]["baseline"], tensors))
+        checkpoint.restore_rng(self.generator, tensors)
+        self.step, self.elapsed, self.best = meta["step"], meta["elapsed_s"], meta.get("best")
+
+    def save(self, name: str = CHECKPOINT) -> None:
+        tensors, meta = self.state()
+        checkpoint.save(self.run_dir / name, tensors, meta, keep_previous=name == CHECKPOINT)
+
+    # ------------------------------------------------------------------ steps
+    def meta_step(self, batch: TaskBatch) -> torch.Tensor:
+        """One outer update (Algorithm 2, line 10); returns the meta-loss, detached."""
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.maml.meta_loss(batch)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.maml.parameters(), self.config.grad_clip)
+        self.opt.step()
+        return loss.detach()
+
+    def baseline_step(self, batch: TaskBatch) -> torch.Tensor:
+        self.baseline_opt.zero_grad(set_to_none=True)
+        loss = joint_loss(self.experiment, self.baseline, batch)
+        loss.backward()
+        self.baseline_opt.step()
+        return loss.detach()
+
+    def validate(self) -> float:
+        """The first metric after ``eval_steps`` inner steps, mean over ``val_tasks`` validation tasks."""
+        generator = torch.Generator().manual_seed(self.config.seed + VAL_SEED_OFFSET)
+        curves = adaptation_curves(
+            self.maml, self.experiment, "val", self.config.val_tasks, self.config.eval_steps, generator
+        )
+        return curves[:, -1, 0].mean().item()
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, progress: bool = True) -> dict[str, Any]:
+        c = self.config
+        metric_name = next(iter(self.experiment.metrics))
+        sums = torch.zeros(2, device=self.device)  # meta-loss, baseline loss since the last log
+        since, last_good = self.step, self.step
+        bar = tqdm(total=c.iterations, initial=self.step, disable=not progress, desc=self.experiment.name,
+                   dynamic_ncols=True, mininterval=0.5)
+        started = time.perf_counter()
+        with open(self.run_dir / METRICS, "a") as metrics_file:
+            while self.step < c.iterations:
+                batch = self.experiment.sample(self.generator, "train", c.meta_batch_size).to(self.device)
+                sums[0] += self.meta_step(batch)
+                if self.baseline is not None:
+                    sums[1] += self.baseline_step(batch)
+                self.step += 1
+                bar.update(1)
+                log_now = self.step % c.log_every == 0 or self.step == c.iterations
+                save_now = self.step % c.checkpoint_every == 0 or self.step == c.iterations
+                val_now = c.val_every > 0 and (self.step % c.val_every == 0 or self.step == c.iterations)
+                if not (log_now or save_now or val_now):
+                    continue
+                means = (sums / (self.step - since)).tolist()  # one host sync per log, not per step
+                if not all(math.isfinite(v) for v in means):
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"the meta-loss became {means[0]} (baseline loss {means[1]}) between iterations "
+                        f"{since + 1} and {self.step}; training stopped and the last good checkpoint "
+                        f"(iteration {last_good}) is kept in {self.run_dir}. Lower outer_lr or inner_lr, "
+                        "or set grad_clip, then start a new run."
+                    )
+                now = time.perf_counter()
+                self.elapsed += now - started
+                started = now
+                row: dict[str, Any] = {"step": self.step, "meta_loss": means[0], "elapsed_s": round(self.elapsed, 3)}
+                if self.baseline is not None:
+                    row["baseline_loss"] = means[1]
+                if val_now:
+                    value = self.validate()
+                    row[f"val_{metric_name}"] = value
+                    better = self.best is None or (
+                        value > self.best["value"] if self.experiment.higher_is_better else value < self.best["value"]
+                    )
+                    if better:
+                        self.best = {"step": self.step, "metric": metric_name, "value": value}
+                        self.save(BEST)
+                    started = time.perf_counter()  # validation time is not training time
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "elapsed_s")})
+                sums.zero_()
+                since = self.step
+                if save_now:
+                    self.save()
+                    last_good = self.step
+        bar.close()
+        return {"step": self.step, "elapsed_s": self.elapsed, "best": self.best}
+
+
+def _prepare_new_run(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"--out {run_dir} is a file; choose a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise CheckpointError(
+            f"--out {run_dir} is not empty; continue that run with --resume {run_dir}, or choose a new --out folder"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise CheckpointError(f"cannot write to --out {run_dir} ({error.strerror}); choose a writable folder") from None
+
+
+def train(
+    preset: Preset, config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Meta-train ``preset`` with ``config`` into ``run_dir`` (or continue it with ``resume``)."""
+    run_dir = Path(run_dir)
+    config.validate()
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {config.device!r} asked for, but this torch build sees no CUDA GPU; use device=cpu")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if resume:
+        if not any((run_dir / name).is_file() for name in (CHECKPOINT, checkpoint.previous_path(Path(CHECKPOINT)).name)):
+            raise CheckpointError(
+                f"{run_dir} has no checkpoint to resume from (it stopped before its first checkpoint, "
+                "or it is not a run folder); start it again with a new --out"
+            )
+        tensors, meta, _ = checkpoint.load_latest(run_dir / CHECKPOINT)
+    else:
+        _prepare_new_run(run_dir)
+        write_config(run_dir, preset.name, config)
+    torch.manual_seed(config.seed)  # model initialisation
+    trainer = Trainer(preset.build(config), run_dir)
+    if resume:
+        trainer.restore(tensors, meta)
+        truncate_metrics(run_dir, trainer.step)
+        write_config(run_dir, preset.name, config)  # iterations may have been extended
+        log.info("resuming %s at iteration %d", run_dir, trainer.step)
+    return trainer.fit(progress=progress)

@@ -1,0 +1,3 @@
+"""One small module per paper experiment; importing this package registers every preset."""
+
+from fastmaml.experiments import sinusoid  # noqa: F401

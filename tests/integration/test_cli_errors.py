@@ -1,0 +1,63 @@
+"""Bad input: one line saying what is wrong and what to do, exit code 2, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from fastmaml.cli import main
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "sinus", "--out", "X"], "unknown preset 'sinus'; available: "),
+        (["train", "sinusoid", "--out", "X", "--set", "lr=1"], "unknown config key 'lr'"),
+        (["train", "sinusoid", "--out", "X", "--set", "inner_lr=-1"], "inner_lr must be > 0"),
+        (["train", "sinusoid", "--out", "X", "--set", "outer_lr=0"], "outer_lr must be > 0"),
+        (["train", "sinusoid", "--out", "X", "--shots", "0"], "shots must be >= 1"),
+        (["train", "sinusoid", "--out", "X", "--inner-steps", "0"], "inner_steps must be >= 1"),
+        (["train", "sinusoid", "--out", "X", "--ways", "5"], "preset 'sinusoid' has no option --ways"),
+        (["train", "sinusoid"], "give exactly one of --out"),
+        (["eval", "nowhere"], "not a fastmaml run folder"),
+        (["train", "--resume", "nowhere"], "not a fastmaml run folder"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(args, capsys)
+    assert code == 2
+    assert message in err and err.startswith("fastmaml: error:") and len(err.splitlines()) == 1
+    assert not (tmp_path / "X").exists()
+
+
+def test_non_empty_out_unwritable_out_and_corrupt_checkpoint(tmp_path, capsys):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("x")
+    code, err = run_cli(["train", "sinusoid", "--out", str(tmp_path / "busy")], capsys)
+    assert code == 2 and "is not empty; continue that run with --resume" in err
+    (tmp_path / "afile").write_text("x")
+    code, err = run_cli(["train", "sinusoid", "--out", str(tmp_path / "afile" / "run")], capsys)
+    assert code == 2 and "cannot write to --out" in err
+    run = tmp_path / "run"
+    fast = ["--iterations", "4", "--set", "checkpoint_every=2", "--set", "log_every=2", "--no-progress"]
+    assert main(["train", "sinusoid", "--out", str(run), *fast]) == 0
+    for name in ("checkpoint.safetensors", "checkpoint.prev.safetensors"):
+        (run / name).write_bytes(b"not a checkpoint")
+    code, err = run_cli(["eval", str(run), "--tasks", "5"], capsys)
+    assert code == 2 and "corrupt or not a fastmaml checkpoint" in err and len(err.splitlines()) == 1
+    code, err = run_cli(["train", "--resume", str(run), "--set", "inner_lr=0.5"], capsys)
+    assert code == 2 and "a resumed run keeps its config" in err
+
+
+def test_no_traceback_from_the_installed_command(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fastmaml", "train", "nope", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("fastmaml: error: unknown preset")

@@ -1,0 +1,101 @@
+"""Runs that survive: exact resume (also after SIGKILL), NaN stops with the last checkpoint kept."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fastmaml.cli import main
+from fastmaml.engine import checkpoint
+from fastmaml.engine.experiment import PRESETS, Preset, register
+from fastmaml.experiments import sinusoid
+
+FAST = ["--set", "meta_batch_size=5", "--set", "log_every=10", "--no-progress"]
+
+
+def weights(run):
+    tensors, meta = checkpoint.load(run / "checkpoint.safetensors")
+    return tensors, meta["step"]
+
+
+def assert_bit_identical(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_n_steps_resume_m_steps_equals_n_plus_m(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = ["train", "sinusoid", *FAST, "--set", "checkpoint_every=20", "--set", "val_every=20", "--set", "val_tasks=5"]
+    assert main([*common, "--iterations", "60", "--out", str(full)]) == 0
+    assert main([*common, "--iterations", "40", "--out", str(part)]) == 0
+    assert main(["train", "--resume", str(part), "--iterations", "60", "--no-progress"]) == 0
+    (a, step_a), (b, step_b) = weights(full), weights(part)
+    assert step_a == step_b == 60
+    assert_bit_identical(a, b)  # weights, optimiser moments, RNG streams
+    assert (full / "metrics.jsonl").read_text() == _without_elapsed(part / "metrics.jsonl", full / "metrics.jsonl")
+
+
+def _without_elapsed(path, reference):
+    import json
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    ref = [json.loads(line) for line in reference.read_text().splitlines()]
+    for row, r in zip(rows, ref):
+        row["elapsed_s"] = r["elapsed_s"]
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    killed, full = tmp_path / "killed", tmp_path / "full"
+    args = ["train", "sinusoid", "--iterations", "1500", *FAST, "--set", "checkpoint_every=50"]
+    assert main([*args, "--out", str(full)]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "fastmaml", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "checkpoint.prev.safetensors").exists():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _, step = checkpoint.load_latest(killed / "checkpoint.safetensors")[:2]
+    assert 0 < step["step"] < 1500, "the run should have been killed mid-way"
+    assert main(["train", "--resume", str(killed), "--no-progress"]) == 0
+    assert_bit_identical(weights(full)[0], weights(killed)[0])
+
+
+@pytest.fixture
+def nan_preset():
+    """Sinusoid whose targets turn NaN after 25 meta-batches."""
+
+    def build(config):
+        experiment = sinusoid.build(config)
+        original, calls = experiment.sample, [0]
+
+        def sample(generator, split, num_tasks):
+            batch = original(generator, split, num_tasks)
+            calls[0] += split == "train"
+            if calls[0] > 25:
+                batch = batch._replace(query_y=batch.query_y * float("nan"))
+            return batch
+
+        experiment.sample = sample
+        return experiment
+
+    preset = register(Preset("nan-test", sinusoid.SinusoidConfig, sinusoid.make_config, build, "test only"))
+    yield preset
+    PRESETS.pop("nan-test")
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, nan_preset, capsys):
+    run = tmp_path / "nan"
+    code = main(["train", "nan-test", "--iterations", "100", *FAST, "--set", "checkpoint_every=20", "--out", str(run)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "meta-loss became nan" in err and "last good checkpoint (iteration 20)" in err
+    assert len(err.strip().splitlines()) == 1
+    tensors, step = weights(run)
+    assert step == 20 and all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("maml/"))
