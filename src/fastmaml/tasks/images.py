@@ -1,0 +1,329 @@
+"""Few-shot image classification tasks sampled from one in-memory uint8 image array, and its cache.
+
+Every image dataset (Omniglot, MiniImagenet, a class-per-folder tree) becomes a
+:class:`FewShotImages`: all images in one ``uint8 (N, C, H, W)`` tensor grouped by class, plus the
+number of images of each class. An N-way K-shot task (Finn et al. 2017, Sec. 5.2) is then a few
+tensor ops -- random classes, random images within them, one gather -- with no file or PIL work in
+the training loop. Decoding happens once, into a cache (a raw ``.npy`` that is memory-mapped, plus
+a ``.json`` index), so meta-training never touches the original image files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm import tqdm
+
+from fastmaml.core import TaskBatch
+from fastmaml.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+QUARTER_TURNS = (0, 1, 2, 3)
+
+
+class FewShotImages:
+    """Labelled images grouped by class, from which N-way K-shot tasks are sampled.
+
+    ``images`` is ``uint8 (N, C, H, W)``: the first ``class_sizes[0]`` images are class 0, the next
+    ``class_sizes[1]`` class 1, and so on. ``rotations`` (quarter turns, from 0..3) is class
+    augmentation as in the paper's Omniglot setup (after Santoro et al. 2016): every rotation of
+    every class is a class of its own, so ``num_classes == len(class_names) * len(rotations)``.
+    """
+
+    def __init__(
+        self,
+        images: Tensor | np.ndarray,
+        class_sizes: Sequence[int] | Tensor,
+        class_names: Sequence[str] | None = None,
+        rotations: Sequence[int] = (0,),
+    ) -> None:
+        images = torch.as_tensor(images)
+        sizes = torch.as_tensor(class_sizes, dtype=torch.int64)
+        names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(len(sizes)))
+        rotations = tuple(int(r) for r in rotations)
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise DataError(f"images must be uint8 (N, C, H, W); got {images.dtype} {tuple(images.shape)}")
+        if sizes.dim() != 1 or len(sizes) == 0 or bool((sizes < 1).any()) or int(sizes.sum()) != len(images):
+            raise DataError(
+                f"class_sizes must be positive and sum to the {len(images)} images; got {sizes.tolist()[:10]}..."
+            )
+        if len(names) != len(sizes) or len(set(names)) != len(names):
+            raise DataError(f"need {len(sizes)} distinct class names, got {len(names)} ({len(set(names))} distinct)")
+        if not rotations or len(set(rotations)) != len(rotations) or not set(rotations) <= set(QUARTER_TURNS):
+            raise DataError(f"rotations must be distinct quarter turns from {QUARTER_TURNS}, got {rotations}")
+        if {1, 3} & set(rotations) and images.shape[-1] != images.shape[-2]:
+            raise DataError(f"90/270 degree rotations need square images, got {tuple(images.shape[-2:])}")
+        self.images = images
+        self.class_sizes = sizes.to(images.device)
+        self.offsets = torch.cumsum(self.class_sizes, 0) - self.class_sizes  # first image of each class
+        self.class_names = names
+        self.rotations = rotations
+        self._largest, self._smallest = int(sizes.max()), int(sizes.argmin())  # Python ints: no device sync
+        self._fewest = int(sizes[self._smallest])
+        # every rotation is stored, so a task is one gather with no device sync (Omniglot's 1200
+        # characters x 4 rotations: 75 MB); without rotations this is ``images`` itself, not a copy
+        self._pool = images if rotations == (0,) else torch.cat([torch.rot90(images, k, (-2, -1)) for k in rotations])
+
+    def __repr__(self) -> str:
+        return (
+            f"FewShotImages({len(self.class_names)} classes x {len(self.rotations)} rotations, "
+            f"{len(self.images)} images of {tuple(self.images.shape[1:])})"
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """Classes tasks are drawn from, rotated copies included."""
+        return len(self.class_names) * len(self.rotations)
+
+    def subset(self, names: Sequence[str]) -> FewShotImages:
+        """The classes ``names`` only (same rotations): how a class split is taken."""
+        position = {n: i for i, n in enumerate(self.class_names)}
+        missing = [n for n in names if n not in position]
+        if not names:
+            raise ConfigError("subset needs at least one class name")
+        if missing:
+            raise ConfigError(
+                f"unknown classes {missing[:5]} ({len(missing)} in all); known: {self.class_names[:5]}..."
+            )
+        picked = [position[n] for n in names]
+        starts, sizes = self.offsets.tolist(), self.class_sizes.tolist()
+        index = torch.cat([torch.arange(starts[i], starts[i] + sizes[i]) for i in picked]).to(self.images.device)
+        return FewShotImages(self.images[index], [sizes[i] for i in picked], names, self.rotations)
+
+    def to(self, device: torch.device | str) -> FewShotImages:
+        """The same classes with the images on ``device``: sampling then runs there (pass a generator on it)."""
+        return FewShotImages(self.images.to(device), self.class_sizes, self.class_names, self.rotations)
+
+    def with_rotations(self, rotations: Sequence[int]) -> FewShotImages:
+        """The same images with another set of rotation classes (e.g. ``(0,)`` to turn them off)."""
+        return FewShotImages(self.images, self.class_sizes, self.class_names, rotations)
+
+    def sample(
+        self, generator: torch.Generator, meta_batch_size: int, ways: int, shots: int, queries: int
+    ) -> TaskBatch:
+        """``meta_batch_size`` N-way K-shot tasks with ``queries`` query images per class.
+
+        Each task draws ``ways`` distinct classes, assigns them labels 0..ways-1 in random order,
+        and draws ``shots + queries`` distinct images of each. Examples are ordered by label;
+        ``x`` is float32 in [0, 1]. The same ``generator`` state gives the same tasks.
+        """
+        self._check_task_shape(meta_batch_size, ways, shots, queries)
+        device, per_class = self.images.device, shots + queries
+        # the order of topk is the order of the random keys: a random class-to-label assignment
+        classes = torch.rand(meta_batch_size, self.num_classes, generator=generator, device=device)
+        classes = classes.topk(ways, dim=1).indices  # (T, ways); class = turn * base classes + base
+        turn, base = classes.div(len(self.class_names), rounding_mode="floor"), classes % len(self.class_names)
+        keys = torch.rand(meta_batch_size, ways, self._largest, generator=generator, device=device)
+        past_end = torch.arange(self._largest, device=device) >= self.class_sizes[base][..., None]
+        within = keys.masked_fill(past_end, -1.0).topk(per_class, dim=-1).indices  # distinct images per class
+        index = (turn * len(self.images) + self.offsets[base])[..., None] + within  # (T, ways, shots + queries)
+        x = self._pool[index].to(torch.float32).div_(255)  # (T, ways, shots + queries, C, H, W)
+        labels = torch.arange(ways, device=device)
+        shape = x.shape[3:]
+        return TaskBatch(
+            x[:, :, :shots].reshape(meta_batch_size, ways * shots, *shape),  # (T, ways*shots, C, H, W)
+            labels.repeat_interleave(shots).repeat(meta_batch_size, 1),
+            x[:, :, shots:].reshape(meta_batch_size, ways * queries, *shape),  # (T, ways*queries, C, H, W)
+            labels.repeat_interleave(queries).repeat(meta_batch_size, 1),
+        )
+
+    def _check_task_shape(self, meta_batch_size: int, ways: int, shots: int, queries: int) -> None:
+        counts = {"meta_batch_size": meta_batch_size, "ways": ways, "shots": shots, "queries": queries}
+        for name, value in counts.items():
+            if int(value) != value or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if ways > self.num_classes:
+            rotated = f" ({len(self.class_names)} x {len(self.rotations)} rotations)" if len(self.rotations) > 1 else ""
+            raise ConfigError(
+                f"ways={ways} but only {self.num_classes} classes{rotated} are available; "
+                f"use ways <= {self.num_classes} or a split with more classes"
+            )
+        if shots + queries > self._fewest:
+            raise ConfigError(
+                f"shots + queries = {shots} + {queries} but class {self.class_names[self._smallest]!r} has only "
+                f"{self._fewest} images; use shots + queries <= {self._fewest} or leave out the classes with "
+                "fewer images"
+            )
+
+
+# --------------------------------------------------------------------------------- reading images
+class FileSource:
+    """The files under a folder or inside a zip, read by their relative posix path."""
+
+    def __init__(self, location: Path) -> None:
+        self.location = Path(location)
+        try:
+            self._zip = zipfile.ZipFile(self.location) if self.location.is_file() else None
+        except zipfile.BadZipFile as error:
+            raise DataError(f"{self.location} is not a readable zip file ({error}); replace it") from error
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._zip is not None:
+            self._zip.close()
+
+    def sizes(self) -> dict[str, int]:
+        """Relative path -> size in bytes of every file (folders and hidden files left out)."""
+        if self._zip is not None:
+            files = {i.filename: i.file_size for i in self._zip.infolist() if not i.is_dir()}
+        else:
+            files = {
+                p.relative_to(self.location).as_posix(): p.stat().st_size
+                for p in self.location.rglob("*")
+                if p.is_file()
+            }
+        return {n: s for n, s in files.items() if not any(part.startswith(".") for part in n.split("/"))}
+
+    def read(self, name: str) -> bytes:
+        if self._zip is not None:
+            return self._zip.read(name)
+        return (self.location / name).read_bytes()
+
+    def describe(self, name: str) -> str:
+        """Where ``name`` is, for error messages."""
+        return f"{self.location}:{name}" if self._zip is not None else str(self.location / name)
+
+
+def fingerprint(sizes: dict[str, int]) -> str:
+    """A short hash of file names and sizes: tells whether a cache still matches its source."""
+    lines = "\n".join(f"{name}\t{size}" for name, size in sorted(sizes.items()))
+    return hashlib.sha1(lines.encode()).hexdigest()[:16]
+
+
+def decode_image(
+    data: bytes, where: str, size: int, mode: str, resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> np.ndarray:
+    """Decode one image to ``uint8 (C, size, size)`` in PIL ``mode`` ("L" or "RGB").
+
+    The aspect ratio is not kept. A file PIL cannot read raises one error naming it.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft(mode, (size, size))  # JPEG: decode at a reduced scale when that is enough
+            image = image.convert(mode)
+            if image.size != (size, size):
+                image = image.resize((size, size), resample=resample)
+            array = np.asarray(image, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        reason = "not an image format PIL can read" if isinstance(error, Image.UnidentifiedImageError) else error
+        raise DataError(f"cannot read image {where}: {reason}; replace or delete the file") from error
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+# --------------------------------------------------------------------------------- the cache
+def default_cache_dir() -> Path:
+    """``$FASTMAML_CACHE``, else ``~/.cache/fastmaml``: decoded datasets live there by default."""
+    return Path(os.environ.get("FASTMAML_CACHE") or Path.home() / ".cache" / "fastmaml")
+
+
+def read_cache(path: Path, meta: dict) -> FewShotImages | None:
+    """The images cached at ``path`` (``.npy`` + ``.json``) if they exist and were built for ``meta``.
+
+    The images are memory-mapped copy-on-write: pages load on first use, nothing is written back.
+    """
+    index_path, array_path = path.with_suffix(".json"), path.with_suffix(".npy")
+    try:
+        index = json.loads(index_path.read_text())
+        if index["meta"] != meta:
+            return None
+        images = np.load(array_path, mmap_mode="c")
+        if images.dtype != np.uint8 or images.shape != (sum(index["class_sizes"]), *index["image_shape"]):
+            return None
+        return FewShotImages(torch.from_numpy(images), index["class_sizes"], index["class_names"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_cache(
+    path: Path,
+    meta: dict,
+    class_names: Sequence[str],
+    class_sizes: Sequence[int],
+    image_shape: tuple[int, int, int],
+    images: Iterable[np.ndarray],
+) -> None:
+    """Stream ``images`` into ``path`` (``.npy``), then write its index (``.json``), each atomically.
+
+    The index is written last, so an interrupted build leaves no index and is rebuilt next time.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (sum(class_sizes), *image_shape)
+    path.with_suffix(".json").unlink(missing_ok=True)
+    with atomic_path(path.with_suffix(".npy")) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        filled = 0
+        for i, image in enumerate(tqdm(images, total=shape[0], desc=f"caching {path.name}", unit="img", disable=None)):
+            array[i] = image
+            filled = i + 1
+        if filled != shape[0]:
+            raise RuntimeError(f"expected {shape[0]} images for {path.name}, got {filled}")
+        array.flush()
+        del array
+    index = {
+        "meta": meta,
+        "image_shape": list(image_shape),
+        "class_names": list(class_names),
+        "class_sizes": [int(s) for s in class_sizes],
+    }
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(index))
+
+
+def cached_images(
+    path: Path | None,
+    meta: dict,
+    class_names: Sequence[str],
+    class_sizes: Sequence[int],
+    image_shape: tuple[int, int, int],
+    images: Callable[[], Iterable[np.ndarray]],
+) -> FewShotImages:
+    """Read the cache at ``path``, building it from ``images()`` first if it is missing or stale.
+
+    With ``path=None`` the images are decoded into memory and nothing is written.
+    """
+    if path is None:
+        array = np.empty((sum(class_sizes), *image_shape), dtype=np.uint8)
+        for i, image in enumerate(tqdm(images(), total=len(array), desc="decoding", unit="img", disable=None)):
+            array[i] = image
+        return FewShotImages(torch.from_numpy(array), class_sizes, class_names)
+    meta = {"version": CACHE_VERSION, **meta}
+    cached = read_cache(path, meta)
+    if cached is None:
+        log.info("building image cache %s", path)
+        write_cache(path, meta, class_names, class_sizes, image_shape, images())
+        cached = read_cache(path, meta)
+        if cached is None:
+            raise RuntimeError(f"the cache {path} could not be read back after writing it; check the disk")
+    return cached
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A temporary path beside ``target``, fsynced and renamed onto it if the block succeeds."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

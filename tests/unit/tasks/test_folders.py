@@ -1,0 +1,106 @@
+"""Class-per-folder trees: scanning, seeded class splits, channels and size, cache, clear errors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from fastmaml.errors import DataError
+from fastmaml.tasks import folders
+from fastmaml.tasks.folders import load_image_folder, split_classes
+
+CLASSES = [f"class_{i}" for i in range(10)]
+
+
+def write_tree(root: Path, classes=CLASSES, per_class: int = 3) -> Path:
+    """Class i, image j: a solid colour (10 i, 20 j, 100); mixed formats and sizes; a stray text file."""
+    for i, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for j in range(per_class):
+            image = Image.new("RGB", (30 + j, 20), (10 * i, 20 * j, 100))
+            image.save(root / name / f"img{j}.{['png', 'jpg', 'bmp'][j % 3]}")
+        (root / name / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return write_tree(tmp_path / "tree")
+
+
+def test_fraction_splits_are_disjoint_seeded_and_cover_the_classes(tree):
+    splits = load_image_folder(tree, image_size=8, splits={"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
+    names = {s: set(d.class_names) for s, d in splits.items()}
+    assert {s: len(n) for s, n in names.items()} == {"train": 6, "val": 2, "test": 2}
+    assert set.union(*names.values()) == set(CLASSES)
+    assert not names["train"] & names["val"] and not names["train"] & names["test"] and not names["val"] & names["test"]
+    again = load_image_folder(tree, image_size=8, splits={"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
+    assert all(again[s].class_names == splits[s].class_names for s in splits)
+    other = split_classes(CLASSES, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=4)
+    assert set(other["train"]) != names["train"]
+
+
+def test_images_size_channels_and_content(tree):
+    data = load_image_folder(tree, image_size=8, splits={"all": 1.0})["all"]
+    assert data.images.shape == (30, 3, 8, 8) and data.class_sizes.tolist() == [3] * 10  # notes.txt left out
+    i = data.class_names.index("class_4")
+    first = data.images[int(data.offsets[i]) + 1, :, 4, 4].int()  # img1.jpg of class 4
+    assert (first - torch.tensor([40, 20, 100])).abs().max() <= 4
+    gray = load_image_folder(tree, image_size=5, channels=1, splits={"all": 1.0})["all"]
+    assert gray.images.shape == (30, 1, 5, 5)
+    batch = data.sample(torch.Generator().manual_seed(0), 2, 5, 1, 2)
+    assert batch.support_x.shape == (2, 5, 3, 8, 8) and batch.query_y.max() == 4
+
+
+def test_explicit_class_lists(tree):
+    splits = load_image_folder(tree, image_size=4, splits={"train": CLASSES[:7], "test": ["class_9", "class_8"]})
+    assert splits["test"].class_names == ("class_9", "class_8") and len(splits["train"].class_names) == 7
+    with pytest.raises(ValueError, match="'class_1' is in splits 'a' and 'b'; splits must be disjoint"):
+        split_classes(CLASSES, {"a": ["class_1"], "b": ["class_1"]})
+    with pytest.raises(ValueError, match="names class 'cat', which is not a class folder"):
+        split_classes(CLASSES, {"a": ["cat"]})
+
+
+def test_bad_fractions_are_clear_errors():
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        split_classes(CLASSES, {"train": 0.8, "test": 0.3})
+    with pytest.raises(ValueError, match=r"split 'val' gets no class \(0.01 of 10 classes\)"):
+        split_classes(CLASSES, {"train": 0.5, "val": 0.01})
+    with pytest.raises(ValueError, match="fractions or to lists of class names"):
+        split_classes(CLASSES, {"train": "class_1"})
+
+
+def test_corrupt_image_names_the_file(tree):
+    (tree / "class_2" / "img1.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(ValueError, match=r"cannot read image .*class_2/img1\.jpg"):
+        load_image_folder(tree, image_size=8)
+
+
+def test_bad_trees_and_arguments(tmp_path, tree):
+    with pytest.raises(DataError, match="image folder .*missing not found"):
+        load_image_folder(tmp_path / "missing", image_size=8)
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(ValueError, match="has no class folders"):
+        load_image_folder(tmp_path / "flat", image_size=8)
+    (tree / "empty_class").mkdir()
+    with pytest.raises(ValueError, match="class folder .*empty_class holds no images"):
+        load_image_folder(tree, image_size=8)
+    with pytest.raises(ValueError, match="channels must be 1"):
+        load_image_folder(tree, image_size=8, channels=2)
+
+
+def test_cache_is_reused_until_the_tree_changes(tree, tmp_path, monkeypatch):
+    first = load_image_folder(tree, image_size=8, cache_dir=tmp_path / "cache")
+    assert (tmp_path / "cache" / "tree_8_3ch.npy").is_file()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the cache is valid")
+
+    with monkeypatch.context() as m:
+        m.setattr(folders, "decode_image", no_decoding)
+        again = load_image_folder(tree, image_size=8, cache_dir=tmp_path / "cache")
+        assert torch.equal(again["train"].images, first["train"].images)
+        Image.new("RGB", (5, 5)).save(tree / "class_0" / "img9.png")
+        with pytest.raises(AssertionError, match="decoded"):
+            load_image_folder(tree, image_size=8, cache_dir=tmp_path / "cache")

@@ -1,0 +1,147 @@
+"""FewShotImages: task shapes and labels, seeding, rotations as classes, clear errors, the cache."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastmaml.errors import ConfigError, DataError
+from fastmaml.tasks.images import FewShotImages, cached_images, read_cache
+
+
+def labelled_images(classes: int, per_class: int, size: int = 6) -> FewShotImages:
+    """Every pixel of image j of class c is c * per_class + j, so a pixel tells which image it came from."""
+    ids = torch.arange(classes * per_class, dtype=torch.uint8)
+    images = ids.view(-1, 1, 1, 1).expand(-1, 1, size, size).clone()
+    return FewShotImages(images, [per_class] * classes, [f"c{i}" for i in range(classes)])
+
+
+def image_ids(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 0, 0, 0] * 255).round().long()
+
+
+def test_shapes_labels_and_range():
+    data = labelled_images(10, 7)
+    batch = data.sample(torch.Generator().manual_seed(0), meta_batch_size=3, ways=4, shots=2, queries=5)
+    assert batch.support_x.shape == (3, 8, 1, 6, 6) and batch.query_x.shape == (3, 20, 1, 6, 6)
+    assert batch.support_x.dtype == torch.float32 and batch.support_y.dtype == torch.int64
+    assert batch.support_x.min() >= 0 and batch.support_x.max() <= 1
+    assert batch.support_y.tolist() == [[0, 0, 1, 1, 2, 2, 3, 3]] * 3
+    assert batch.query_y.tolist() == [sorted(list(range(4)) * 5)] * 3
+    batch.validate()
+
+
+def test_images_match_labels_and_are_distinct():
+    data = labelled_images(10, 7)
+    batch = data.sample(torch.Generator().manual_seed(1), meta_batch_size=16, ways=5, shots=3, queries=4)
+    support, query = image_ids(batch.support_x), image_ids(batch.query_x)
+    for t in range(16):
+        ids = torch.cat([support[t], query[t]])
+        labels = torch.cat([batch.support_y[t], batch.query_y[t]])
+        assert len(set(ids.tolist())) == len(ids)  # no image twice in a task
+        classes = ids // 7
+        for label in range(5):  # one class per label, a different class for each label
+            assert len(set(classes[labels == label].tolist())) == 1
+        assert len(set(classes.tolist())) == 5
+
+
+def test_same_seed_same_tasks_and_different_seed_different_tasks():
+    data = labelled_images(20, 10)
+    a, b, c = (data.sample(torch.Generator().manual_seed(s), 4, 5, 1, 3) for s in (7, 7, 8))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a.support_x, c.support_x)
+
+
+def test_class_to_label_assignment_is_random():
+    data = labelled_images(5, 4)  # 5-way on 5 classes: only the label order varies
+    batch = data.sample(torch.Generator().manual_seed(0), 32, 5, 1, 1)
+    first_class = image_ids(batch.support_x)[:, 0] // 4
+    assert len(set(first_class.tolist())) > 1
+
+
+def test_rotations_are_classes_of_their_own():
+    image = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4) * 10  # no symmetry
+    data = FewShotImages(image.expand(3, -1, -1, -1).clone(), [3], ["a"], rotations=(0, 1, 2, 3))
+    assert data.num_classes == 4
+    batch = data.sample(torch.Generator().manual_seed(0), 8, ways=4, shots=1, queries=2)
+    x = torch.cat([batch.support_x, batch.query_x], 1)
+    y = torch.cat([batch.support_y, batch.query_y], 1)
+    expected = [torch.rot90(image[0].float() / 255, k, dims=(-2, -1)) for k in range(4)]
+    for t in range(8):
+        turns = [next(k for k in range(4) if torch.equal(x[t, i], expected[k])) for i in range(len(x[t]))]
+        for label in range(4):  # all images of a class share one rotation; the 4 classes use all 4
+            assert len({turns[i] for i in range(len(turns)) if y[t, i] == label}) == 1
+        assert set(turns) == {0, 1, 2, 3}
+
+
+def test_subset_and_with_rotations():
+    data = labelled_images(6, 3)
+    part = data.subset(["c4", "c1"])
+    assert part.class_names == ("c4", "c1") and part.class_sizes.tolist() == [3, 3]
+    assert (part.images[:3, 0, 0, 0] // 3).tolist() == [4, 4, 4]
+    assert part.with_rotations((0, 2)).num_classes == 4
+    moved = data.to("cpu").sample(torch.Generator().manual_seed(0), 2, 3, 1, 1)
+    assert torch.equal(moved.query_x, data.sample(torch.Generator().manual_seed(0), 2, 3, 1, 1).query_x)
+    with pytest.raises(ValueError, match="unknown classes"):
+        data.subset(["nope"])
+
+
+def test_unequal_class_sizes_never_index_past_a_class():
+    sizes = [2, 9, 3]
+    images = torch.cat([torch.full((n, 1, 2, 2), c, dtype=torch.uint8) for c, n in enumerate(sizes)])
+    data = FewShotImages(images, sizes)
+    batch = data.sample(torch.Generator().manual_seed(0), 64, 3, 1, 1)
+    ids = image_ids(torch.cat([batch.support_x, batch.query_x], 1))
+    for t in range(64):  # labels map to distinct classes
+        assert sorted(ids[t, :3].tolist()) == [0, 1, 2]
+
+
+def test_errors_say_what_to_change():
+    data = labelled_images(4, 5)
+    with pytest.raises(ConfigError, match=r"ways=5 but only 4 classes are available; use ways <= 4"):
+        data.sample(torch.Generator(), 2, 5, 1, 1)
+    with pytest.raises(ConfigError, match=r"shots \+ queries = 2 \+ 4 but class 'c0' has only 5 images"):
+        data.sample(torch.Generator(), 2, 2, 2, 4)
+    with pytest.raises(ValueError, match="shots must be a positive integer"):
+        data.sample(torch.Generator(), 2, 2, 0, 4)
+    with pytest.raises(ValueError, match=r"\(1 x 4 rotations\)"):
+        FewShotImages(torch.zeros(2, 1, 3, 3, dtype=torch.uint8), [2], rotations=(0, 1, 2, 3)).sample(
+            torch.Generator(), 1, 5, 1, 1
+        )
+    with pytest.raises(DataError, match="uint8"):
+        FewShotImages(torch.zeros(2, 1, 3, 3), [2])
+    with pytest.raises(ValueError, match="sum to the 2 images"):
+        FewShotImages(torch.zeros(2, 1, 3, 3, dtype=torch.uint8), [3])
+    with pytest.raises(ValueError, match="square"):
+        FewShotImages(torch.zeros(2, 1, 3, 4, dtype=torch.uint8), [2], rotations=(0, 1))
+
+
+def test_cache_round_trip_and_rebuild_when_stale(tmp_path):
+    calls = []
+
+    def images():
+        calls.append(1)
+        return (np.full((1, 2, 2), i, np.uint8) for i in range(5))
+
+    path = tmp_path / "c" / "toy"
+    args = (["a", "b"], [2, 3], (1, 2, 2), images)
+    first = cached_images(path, {"k": 1}, *args)
+    again = cached_images(path, {"k": 1}, *args)
+    assert len(calls) == 1 and torch.equal(first.images, again.images)
+    assert first.images[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4] and first.class_names == ("a", "b")
+    cached_images(path, {"k": 2}, *args)  # other settings: rebuilt
+    assert len(calls) == 2
+    path.with_suffix(".npy").write_bytes(b"garbage")  # corrupt: rebuilt
+    assert read_cache(path, {"version": 1, "k": 2}) is None
+    cached_images(path, {"k": 2}, *args)
+    assert len(calls) == 3
+    assert sorted(p.name for p in path.parent.iterdir()) == ["toy.json", "toy.npy"]  # no temporaries left
+
+
+def test_interrupted_build_leaves_no_index(tmp_path):
+    def broken():
+        yield np.zeros((1, 2, 2), np.uint8)
+        raise ValueError("cannot read image x.png")
+
+    with pytest.raises(ValueError, match="x.png"):
+        cached_images(tmp_path / "toy", {}, ["a"], [2], (1, 2, 2), broken)
+    assert list(tmp_path.iterdir()) == []
