@@ -48,9 +48,8 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop rows logged after ``step`` (written before a crash, past the last checkpoint)."""
-    rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace ``metrics.jsonl`` with ``rows`` (on resume: the rows saved in the checkpoint)."""
     (Path(run_dir) / METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 

@@ -22,7 +22,7 @@ from fastmaml.config import TrainConfig, to_dict
 from fastmaml.core import TaskBatch
 from fastmaml.engine import checkpoint
 from fastmaml.engine.evaluate import adaptation_curves
-from fastmaml.engine.run_dir import BEST, CHECKPOINT, METRICS, truncate_metrics, write_config
+from fastmaml.engine.run_dir import BEST, CHECKPOINT, METRICS, write_config, write_metrics
 from fastmaml.engine.experiment import Experiment, Preset, make_maml
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
 
@@ -56,6 +56,7 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.best: dict[str, Any] | None = None
+        self.rows: list[dict[str, Any]] = []  # metrics so far, also kept in every checkpoint
 
     # ------------------------------------------------------------------ state
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -72,6 +73,7 @@ class Trainer:
             "elapsed_s": self.elapsed,
             "optimizers": optim,
             "best": self.best,
+            "metrics": self.rows,
         }
         return tensors, meta
 
@@ -86,6 +88,7 @@ class Trainer:
             self.baseline_opt.load_state_dict(checkpoint.unpack(meta["optimizers"]["baseline"], tensors))
         checkpoint.restore_rng(self.generator, tensors)
         self.step, self.elapsed, self.best = meta["step"], meta["elapsed_s"], meta.get("best")
+        self.rows = meta["metrics"]
 
     def save(self, name: str = CHECKPOINT) -> None:
         tensors, meta = self.state()
@@ -164,6 +167,7 @@ class Trainer:
                         self.best = {"step": self.step, "metric": metric_name, "value": value}
                         self.save(BEST)
                     started = time.perf_counter()  # validation time is not training time
+                self.rows.append(row)
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "elapsed_s")})
@@ -216,7 +220,7 @@ def train(
     trainer = Trainer(preset.build(config), run_dir)
     if resume:
         trainer.restore(tensors, meta)
-        truncate_metrics(run_dir, trainer.step)
+        write_metrics(run_dir, trainer.rows)  # drops rows logged after the checkpoint, before a crash
         write_config(run_dir, preset.name, config)  # iterations may have been extended
         log.info("resuming %s at iteration %d", run_dir, trainer.step)
     return trainer.fit(progress=progress)
