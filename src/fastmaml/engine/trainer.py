@@ -145,8 +145,10 @@ class Trainer:
                 means = (sums / (self.step - since)).tolist()  # one host sync per log, not per step
                 if not all(math.isfinite(v) for v in means):
                     bar.close()
+                    what = f"the meta-loss became {means[0]}" if not math.isfinite(means[0]) else (
+                        f"the pretrained baseline's loss became {means[1]}")
                     raise NonFiniteLossError(
-                        f"the meta-loss became {means[0]} (baseline loss {means[1]}) between iterations "
+                        f"{what} between iterations "
                         f"{since + 1} and {self.step}; training stopped and the last good checkpoint "
                         f"(iteration {last_good}) is kept in {self.run_dir}. Lower outer_lr or inner_lr, "
                         "or set grad_clip, then start a new run."
