@@ -23,6 +23,7 @@ SHORTHAND = {
     "meta_sgd": "meta_sgd",
     "device": "device",
     "seed": "seed",
+    "root": "root",
 }
 RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "device", "threads"}
 
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--meta-sgd", action="store_true", default=None, help="learn α per parameter (Meta-SGD)")
     train.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     train.add_argument("--seed", type=int)
+    train.add_argument("--root", help="data folder of an image preset (omniglot, miniimagenet, images)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -59,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="write the run's PNG figures to RUN_DIR/plots")
     plot.add_argument("run_dir", type=Path)
     plot.add_argument("--tasks", type=int, default=100, help="meta-test tasks when the run has no eval.json")
+
+    data = sub.add_parser("data", help="check, download (Omniglot) and cache a few-shot image dataset")
+    data.add_argument("dataset", choices=["omniglot", "miniimagenet"])
+    data.add_argument("--root", type=Path, required=True, help="dataset folder (Omniglot: the two zips or folders)")
+    data.add_argument("--download", action="store_true", help="Omniglot: fetch the official zips (md5-checked)")
+    data.add_argument("--url", help="Omniglot: base URL of a mirror holding the two zips")
+    data.add_argument("--cache-dir", type=Path, help="cache folder (default $FASTMAML_CACHE or ~/.cache/fastmaml)")
 
     sub.add_parser("presets", help="list the experiment presets")
     return parser
@@ -143,6 +152,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from fastmaml.experiments.fewshot import prepare
+
+    for line in prepare(args.dataset, args.root, args.cache_dir, download=args.download, url=args.url):
+        print(line)
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from fastmaml.engine.experiment import PRESETS, get_preset
 
@@ -152,7 +169,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "presets": cmd_presets}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data, "presets": cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ class TrainConfig:
     val_tasks: int = 100
     strategy: str = "auto"  # auto | vmap | loop
     chunk_size: int = 0  # tasks vectorised at once under vmap (0: all)
+    micro_batch_size: int = 0  # tasks per backward pass; gradients accumulate (0: the whole meta-batch)
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads (0: torch's default)
 
@@ -46,7 +47,7 @@ class TrainConfig:
         for key in at_least_one:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("eval_steps", "val_every", "chunk_size", "threads", "grad_clip"):
+        for key in ("eval_steps", "val_every", "chunk_size", "micro_batch_size", "threads", "grad_clip"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.strategy not in ("auto", "vmap", "loop"):

@@ -8,6 +8,7 @@ CPU N iterations + resume + M iterations equal N + M uninterrupted iterations bi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from fastmaml.config import TrainConfig, to_dict
 from fastmaml.core import TaskBatch
 from fastmaml.engine import checkpoint
+from fastmaml.engine.distributed import Cluster, device_for, init_from_env
 from fastmaml.engine.evaluate import adaptation_curves
 from fastmaml.engine.run_dir import BEST, CHECKPOINT, METRICS, write_config, write_metrics
 from fastmaml.engine.experiment import Experiment, Preset, make_maml
@@ -41,11 +43,12 @@ def joint_loss(experiment: Experiment, model: torch.nn.Module, batch: TaskBatch)
 class Trainer:
     """Owns the optimisers, RNG streams and run folder of one meta-training run."""
 
-    def __init__(self, experiment: Experiment, run_dir: Path) -> None:
+    def __init__(self, experiment: Experiment, run_dir: Path, cluster: Cluster = Cluster()) -> None:
         self.experiment = experiment
         self.config: TrainConfig = experiment.config
         self.run_dir = run_dir
-        self.device = torch.device(self.config.device)
+        self.cluster = cluster
+        self.device = torch.device(device_for(self.config.device))
         self.maml = make_maml(experiment).to(self.device)
         self.opt = torch.optim.Adam(self.maml.parameters(), lr=self.config.outer_lr)
         self.baseline = experiment.baseline.to(self.device) if experiment.baseline is not None else None
@@ -96,21 +99,37 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def meta_step(self, batch: TaskBatch) -> torch.Tensor:
-        """One outer update (Algorithm 2, line 10); returns the meta-loss, detached."""
+        """One outer update (Algorithm 2, line 10); returns this process's share of the meta-loss.
+
+        The meta-gradient of the whole meta-batch is accumulated over micro-batches of tasks (lower
+        peak memory, same gradient) and summed over processes.
+        """
+        local, share = self.cluster.shard(batch)
         self.opt.zero_grad(set_to_none=True)
-        loss = self.maml.meta_loss(batch)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.maml.parameters(), self.config.grad_clip)
-        self.opt.step()
-        return loss.detach()
+        size = self.config.micro_batch_size or local.num_tasks
+        total = torch.zeros((), device=self.device)
+        for start in range(0, local.num_tasks, size):
+            chunk = local.slice(start, start + size)
+            loss = self.maml.meta_loss(chunk) * (share * chunk.num_tasks / local.num_tasks)
+            loss.backward()
+            total += loss.detach()
+        self._finish_step(self.maml.parameters(), self.opt, self.config.grad_clip)
+        return total
 
     def baseline_step(self, batch: TaskBatch) -> torch.Tensor:
+        local, share = self.cluster.shard(batch)
         self.baseline_opt.zero_grad(set_to_none=True)
-        loss = joint_loss(self.experiment, self.baseline, batch)
+        loss = joint_loss(self.experiment, self.baseline, local) * share
         loss.backward()
-        self.baseline_opt.step()
+        self._finish_step(self.baseline.parameters(), self.baseline_opt, 0.0)
         return loss.detach()
+
+    def _finish_step(self, params, opt: torch.optim.Optimizer, clip: float) -> None:
+        params = [p for p in params if p.grad is not None]
+        self.cluster.sum_(p.grad for p in params)
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
 
     def validate(self) -> float:
         """The first metric after ``eval_steps`` inner steps, mean over ``val_tasks`` validation tasks."""
@@ -126,10 +145,11 @@ class Trainer:
         metric_name = next(iter(self.experiment.metrics))
         sums = torch.zeros(2, device=self.device)  # meta-loss, baseline loss since the last log
         since, last_good = self.step, self.step
-        bar = tqdm(total=c.iterations, initial=self.step, disable=not progress, desc=self.experiment.name,
+        main = self.cluster.is_main
+        bar = tqdm(total=c.iterations, initial=self.step, disable=not (progress and main), desc=self.experiment.name,
                    dynamic_ncols=True, mininterval=0.5)
         started = time.perf_counter()
-        with open(self.run_dir / METRICS, "a") as metrics_file:
+        with open(self.run_dir / METRICS, "a") if main else contextlib.nullcontext() as metrics_file:
             while self.step < c.iterations:
                 batch = self.experiment.sample(self.generator, "train", c.meta_batch_size).to(self.device)
                 sums[0] += self.meta_step(batch)
@@ -142,6 +162,7 @@ class Trainer:
                 val_now = c.val_every > 0 and (self.step % c.val_every == 0 or self.step == c.iterations)
                 if not (log_now or save_now or val_now):
                     continue
+                self.cluster.sum_([sums])
                 means = (sums / (self.step - since)).tolist()  # one host sync per log, not per step
                 if not all(math.isfinite(v) for v in means):
                     bar.close()
@@ -159,7 +180,7 @@ class Trainer:
                 row: dict[str, Any] = {"step": self.step, "meta_loss": means[0], "elapsed_s": round(self.elapsed, 3)}
                 if self.baseline is not None:
                     row["baseline_loss"] = means[1]
-                if val_now:
+                if val_now and main:
                     value = self.validate()
                     row[f"val_{metric_name}"] = value
                     better = self.best is None or (
@@ -170,13 +191,15 @@ class Trainer:
                         self.save(BEST)
                     started = time.perf_counter()  # validation time is not training time
                 self.rows.append(row)
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "elapsed_s")})
+                if main:
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "elapsed_s")})
                 sums.zero_()
                 since = self.step
                 if save_now:
-                    self.save()
+                    if main:
+                        self.save()
                     last_good = self.step
         bar.close()
         return {"step": self.step, "elapsed_s": self.elapsed, "best": self.best}
@@ -208,6 +231,7 @@ def train(
         raise ConfigError(f"device {config.device!r} asked for, but this torch build sees no CUDA GPU; use device=cpu")
     if config.threads:
         torch.set_num_threads(config.threads)
+    cluster = init_from_env(config.device, config.meta_batch_size)
     if resume:
         if not any((run_dir / name).is_file() for name in (CHECKPOINT, checkpoint.previous_path(Path(CHECKPOINT)).name)):
             raise CheckpointError(
@@ -215,14 +239,19 @@ def train(
                 "or it is not a run folder); start it again with a new --out"
             )
         tensors, meta, _ = checkpoint.load_latest(run_dir / CHECKPOINT)
-    else:
+    elif cluster.is_main:
         _prepare_new_run(run_dir)
         write_config(run_dir, preset.name, config)
-    torch.manual_seed(config.seed)  # model initialisation
-    trainer = Trainer(preset.build(config), run_dir)
+    cluster.barrier()  # the run folder exists before any process writes or reads it
+    torch.manual_seed(config.seed)  # model initialisation, identical on every process
+    trainer = Trainer(preset.build(config), run_dir, cluster)
     if resume:
         trainer.restore(tensors, meta)
-        write_metrics(run_dir, trainer.rows)  # drops rows logged after the checkpoint, before a crash
-        write_config(run_dir, preset.name, config)  # iterations may have been extended
+        if cluster.is_main:
+            write_metrics(run_dir, trainer.rows)  # drops rows logged after the checkpoint, before a crash
+            write_config(run_dir, preset.name, config)  # iterations may have been extended
         log.info("resuming %s at iteration %d", run_dir, trainer.step)
-    return trainer.fit(progress=progress)
+    try:
+        return trainer.fit(progress=progress)
+    finally:
+        cluster.close()

@@ -1,3 +1,4 @@
 """One small module per paper experiment; importing this package registers every preset."""
 
+from fastmaml.experiments import fewshot  # noqa: F401
 from fastmaml.experiments import sinusoid  # noqa: F401

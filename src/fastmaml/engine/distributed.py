@@ -1,0 +1,81 @@
+"""Meta-training across processes with ``torch.distributed`` (launched by ``torchrun``).
+
+Every rank draws the same full meta-batch from the one seeded task stream and keeps its own slice
+of the tasks, so the union over ranks is exactly the single-process meta-batch. Each rank's loss is
+weighted by its share of the tasks and the gradients are summed with all-reduce: the update equals
+the single-process one up to floating-point summation order, and all ranks stay identical without
+a broadcast after every step. Rank 0 alone writes logs and checkpoints.
+
+    torchrun --nproc_per_node 2 -m fastmaml train sinusoid --out runs/ddp      # one node, 2 processes
+    torchrun --nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500 \\
+             --nproc_per_node 8 -m fastmaml train omniglot ... --device cuda   # and node_rank 1 on the other
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from fastmaml.core import TaskBatch
+from fastmaml.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Cluster:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, batch: TaskBatch) -> tuple[TaskBatch, float]:
+        """This rank's slice of the tasks and its share of the meta-batch (the loss weight)."""
+        total = batch.num_tasks
+        start, stop = self.rank * total // self.world_size, (self.rank + 1) * total // self.world_size
+        return batch.slice(start, stop), (stop - start) / total
+
+    def sum_(self, tensors: Iterable[torch.Tensor]) -> None:
+        """In-place sum over ranks (gradients, loss accumulators)."""
+        if self.active:
+            for t in tensors:
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_from_env(device: str, meta_batch_size: int) -> Cluster:
+    """A Cluster from torchrun's environment variables (a single process when they are absent)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Cluster()
+    if meta_batch_size < world:
+        raise ConfigError(f"meta_batch_size={meta_batch_size} is smaller than the {world} processes; "
+                          "raise meta_batch_size or start fewer processes")
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return Cluster(dist.get_rank(), dist.get_world_size())
+
+
+def device_for(device: str) -> str:
+    """Under torchrun, ``cuda`` means this process's own GPU (LOCAL_RANK)."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device
