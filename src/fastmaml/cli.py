@@ -24,6 +24,10 @@ SHORTHAND = {
     "device": "device",
     "seed": "seed",
     "root": "root",
+    "csv": "csv",
+    "task_column": "task_column",
+    "target": "target",
+    "features": "features",
 }
 RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "device", "threads"}
 
@@ -47,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     train.add_argument("--seed", type=int)
     train.add_argument("--root", help="data folder of an image preset (omniglot, miniimagenet, images)")
+    train.add_argument("--csv", help="table preset: the CSV file, one row per example")
+    train.add_argument("--task-column", help="table preset: the column whose values name the tasks")
+    train.add_argument("--target", help="table preset: the numeric column to predict")
+    train.add_argument("--features", help="table preset: feature columns A,B,... (default: all others)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -70,6 +78,19 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--cache-dir", type=Path, help="cache folder (default $FASTMAML_CACHE or ~/.cache/fastmaml)")
 
     sub.add_parser("presets", help="list the experiment presets")
+
+    study = sub.add_parser("study", help="run a study of the slides' open questions: table, PNG and JSON")
+    study.add_argument("name", help="study name, or `list`")
+    study.add_argument("--quick", action="store_true", help="reduced budget (seconds to a minute)")
+    study.add_argument("--out", type=Path, default=Path("runs/studies"), help="output folder (default runs/studies)")
+    study.add_argument("--data", type=Path, help="autoencoder: Omniglot folder (default $FASTMAML_OMNIGLOT)")
+
+    adapt = sub.add_parser("adapt", help="adapt a meta-trained table run to a new task's rows; write predictions")
+    adapt.add_argument("run_dir", type=Path)
+    adapt.add_argument("--support", type=Path, required=True, help="CSV: the new task's labelled rows")
+    adapt.add_argument("--predict", type=Path, required=True, help="CSV: rows to predict (target column optional)")
+    adapt.add_argument("--steps", type=int, help="inner steps (default: the run's eval_steps)")
+    adapt.add_argument("--out", type=Path, required=True, help="CSV to write: the predict rows plus a prediction column")
     return parser
 
 
@@ -169,7 +190,26 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from fastmaml.studies import STUDIES, run_study
+
+    if args.name == "list":
+        for name, study in STUDIES.items():
+            print(f"{name:<18} {study.description}")
+        return 0
+    print(run_study(args.name, args.out, quick=args.quick, data=args.data)["text"])
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from fastmaml.experiments.table import adapt_csv
+
+    print(adapt_csv(args.run_dir, args.support, args.predict, args.out, steps=args.steps))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data, "presets": cmd_presets}
+COMMANDS.update(study=cmd_study, adapt=cmd_adapt)
 
 
 def main(argv: list[str] | None = None) -> int:

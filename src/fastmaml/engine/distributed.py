@@ -44,10 +44,14 @@ class Cluster:
         return batch.slice(start, stop), (stop - start) / total
 
     def sum_(self, tensors: Iterable[torch.Tensor]) -> None:
-        """In-place sum over ranks (gradients, loss accumulators)."""
-        if self.active:
-            for t in tensors:
-                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        """In-place sum over ranks (gradients, loss accumulators), as one flat all-reduce."""
+        if not self.active:
+            return
+        tensors = list(tensors)
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+            t.copy_(part.view_as(t))
 
     def barrier(self) -> None:
         if self.active:
