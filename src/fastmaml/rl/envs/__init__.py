@@ -1,0 +1,50 @@
+"""Task distributions for meta-RL as batched environments: B = tasks x trajectories at once.
+
+Every batch has the same small interface, which the sampler uses:
+
+    goals = env.sample_goals(num_tasks, generator)       # (T, *env.goal_shape)
+    obs = env.reset(goals, generator)                    # one robot/agent per goal row: (B, obs_dim)
+    obs, reward, done = env.step(actions)                # actions (B, action_dim) in [-1, 1]
+
+``Nav2dBatch`` (pure torch) and ``LocomotionBatch`` (MuJoCo; half-cheetah and ant, needs the ``rl``
+extra). Importing this package registers gymnasium ids ``fastmaml/Nav2d-v0``,
+``fastmaml/HalfCheetahVel-v0``, ``fastmaml/HalfCheetahDir-v0``, ``fastmaml/AntVel-v0`` and
+``fastmaml/AntDir-v0`` when gymnasium is installed.
+"""
+
+from __future__ import annotations
+
+from fastmaml.errors import ConfigError
+from fastmaml.rl._optional import MissingExtraError
+from fastmaml.rl.envs.nav2d import Nav2dBatch
+
+__all__ = ["ENV_NAMES", "LocomotionBatch", "Nav2dBatch", "make_batch"]
+
+ENV_NAMES = ("nav2d", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir")
+
+
+def make_batch(name: str, **kwargs):
+    """The batched environment called ``name``, one of ``ENV_NAMES``."""
+    if name not in ENV_NAMES:
+        raise ConfigError(f"unknown environment {name!r}; choose one of {', '.join(ENV_NAMES)}")
+    if name == "nav2d":
+        return Nav2dBatch(**kwargs)
+    from fastmaml.rl.envs.locomotion import LocomotionBatch
+
+    return LocomotionBatch(name, **kwargs)
+
+
+def __getattr__(name: str):
+    if name == "LocomotionBatch":  # imported on first use: needs mujoco
+        from fastmaml.rl.envs.locomotion import LocomotionBatch
+
+        return LocomotionBatch
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+try:
+    from fastmaml.rl.envs.gym_api import register_envs
+except MissingExtraError:  # no gymnasium: nothing to register
+    pass
+else:
+    register_envs()
