@@ -1,0 +1,24 @@
+"""autoencoder: MAML adapts an autoencoder to a family of curves; Omniglot is skipped without its data."""
+
+import pytest
+
+from fastmaml.errors import DataError
+from fastmaml.studies import run_study
+from fastmaml.studies.autoencoder import QUICK, omniglot_experiment
+
+
+def test_quick_study(tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTMAML_OMNIGLOT", raising=False)
+    summary = run_study("autoencoder", tmp_path, quick=True)
+    results = summary["results"]
+    assert list(results) == ["sinusoid families"]
+    maml, pretrained = results["sinusoid families"]["maml"], results["sinusoid families"]["pretrained"]
+    assert maml["mse_5"] < 0.8 * maml["mse_0"]  # a few steps on 5 unlabelled curves help reconstruct the family
+    assert maml["mse_1"] < maml["mse_0"] and pretrained["mse_0"] > 0
+    assert any("Omniglot part skipped" in n for n in summary["notes"])
+    assert (tmp_path / "autoencoder.png").is_file()
+
+
+def test_missing_omniglot_folder_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="Omniglot not found"):  # run() prints it as the reason for skipping
+        omniglot_experiment(tmp_path / "absent", QUICK)

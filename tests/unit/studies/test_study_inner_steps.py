@@ -1,0 +1,13 @@
+"""inner-steps: each N trains and scores; a meta-update costs more with more inner steps."""
+
+from fastmaml.studies import run_study
+
+
+def test_quick_study(tmp_path):
+    results = run_study("inner-steps", tmp_path, quick=True)["results"]
+    assert list(results) == ["1", "2", "3", "5"]
+    for r in results.values():
+        assert r["mse_n"] < r["mse_0"]  # adapting with the N steps it was trained for helps
+        assert len(r["curve"]) == 11
+    assert results["5"]["ms_per_iteration"] > 1.5 * results["1"]["ms_per_iteration"]
+    assert (tmp_path / "inner-steps.png").is_file() and (tmp_path / "inner-steps.json").is_file()

@@ -1,0 +1,18 @@
+"""meta-sgd: Meta-SGD learns its per-weight α away from the initial value; MAML has none."""
+
+from fastmaml.studies import run_study
+
+
+def test_quick_study(tmp_path):
+    results = run_study("meta-sgd", tmp_path, quick=True)["results"]
+    assert set(results) == {"k5-maml", "k5-meta-sgd", "k10-maml", "k10-meta-sgd"}
+    for key, r in results.items():
+        if not r["meta_sgd"]:
+            assert "alpha" not in r
+            continue
+        stats = r["alpha"]
+        assert set(stats) == {"net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "net.4.weight", "net.4.bias"}
+        for name, s in stats.items():
+            assert max(abs(s["min"] - 0.01), abs(s["max"] - 0.01)) > 1e-3, (key, name, s)
+        assert stats["net.2.weight"]["std"] > 1e-3 and stats["net.2.weight"]["numel"] == 1600
+        assert r["mse_1"] < r["mse_0"]

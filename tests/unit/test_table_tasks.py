@@ -1,0 +1,141 @@
+"""Tabular tasks: split by task, meta-train-only statistics, one-hot, sampling, and clear errors for bad CSVs."""
+
+import csv
+import math
+import random
+
+import pytest
+import torch
+
+from fastmaml.errors import DataError
+from fastmaml.tasks.table import Encoder, load_table, read_csv, split_tasks
+
+
+def write_table(path, tasks=20, rows=12, seed=0, header=("group", "x", "kind", "y")):
+    """Task g has y = slope_g * x + (1 if kind == 'b' else 0); x is centred on 10 * g (task-dependent)."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for g in range(tasks):
+            slope = rng.uniform(-2, 2)
+            for _ in range(rows):
+                x = 10 * g + rng.uniform(-1, 1)
+                kind = rng.choice("ab")
+                writer.writerow([f"g{g:02d}", f"{x:.4f}", kind, f"{slope * (x - 10 * g) + (kind == 'b'):.4f}"])
+    return path
+
+
+def test_split_is_by_task_disjoint_complete_and_seeded():
+    names = [f"t{i}" for i in range(30)]
+    split = split_tasks(names, test_fraction=0.2, val_fraction=0.1, seed=3)
+    train, val, test = (set(split[k]) for k in ("train", "val", "test"))
+    assert len(test) == 6 and len(val) == 3 and len(train) == 21
+    assert not (train & val or train & test or val & test) and train | val | test == set(names)
+    assert split == split_tasks(list(reversed(names)), 0.2, 0.1, seed=3)  # input order does not matter
+    assert split["test"] != split_tasks(names, 0.2, 0.1, seed=4)["test"]
+
+
+def test_rows_of_a_task_stay_in_its_split(tmp_path):
+    data = load_table(write_table(tmp_path / "t.csv"), "group", "y", shots=5, test_fraction=0.25, seed=0)
+    assert {len(data.tasks[s].names) for s in ("train", "test")} == {15, 5}
+    assert not set(data.tasks["train"].names) & set(data.tasks["test"].names)
+    assert all(len(y) == 12 for y in data.tasks["test"].y)
+
+
+def test_standardisation_uses_meta_train_tasks_only(tmp_path):
+    path = write_table(tmp_path / "t.csv")
+    data = load_table(path, "group", "y", shots=5, test_fraction=0.25, seed=0)
+    table = read_csv(path)
+    train = set(data.tasks["train"].names)
+    xs = [float(r[1]) for r in table.rows if r[0] in train]
+    every_x = [float(r[1]) for r in table.rows]
+    x_feature = data.encoder.features[0]
+    assert x_feature.kind == "numeric"
+    assert x_feature.mean == pytest.approx(sum(xs) / len(xs))
+    assert abs(x_feature.mean - sum(every_x) / len(every_x)) > 1.0  # x is centred per task: test rows would move it
+    train_x = torch.cat(data.tasks["train"].x)[:, 0]
+    assert train_x.mean().abs() < 1e-4 and (train_x.std() - 1).abs() < 1e-3
+    ys = torch.tensor([float(r[3]) for r in table.rows if r[0] in train], dtype=torch.float64)
+    assert data.encoder.target_mean == pytest.approx(ys.mean().item())
+    assert data.encoder.target_std == pytest.approx(ys.std().item())
+    y = torch.cat(data.tasks["train"].y)
+    assert torch.allclose(data.encoder.decode_y(y).view(-1).sort().values, ys.sort().values, atol=1e-4)
+
+
+def test_categorical_one_hot_with_categories_from_meta_train(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("g,colour,y\n" + "".join(f"t{i},{c},{i}\n" for i in range(6) for c in ("red", "blue", "red")))
+    encoder = Encoder.fit(read_csv(path), rows=range(6), features=["colour"], categorical=[], target="y")
+    feature = encoder.features[0]
+    assert feature.kind == "categorical" and feature.categories == ("blue", "red") and encoder.width == 2
+    new = tmp_path / "new.csv"
+    new.write_text("colour,y\nred,1\nblue,2\ngreen,3\n")
+    assert encoder.encode_x(read_csv(new)).tolist() == [[0, 1], [1, 0], [0, 0]]  # unseen: all zeros
+    forced = Encoder.fit(read_csv(path), rows=range(18), features=["y"], categorical=["y"], target="y")
+    assert forced.features[0].kind == "categorical" and forced.width == 6
+
+
+def test_sample_shapes_and_reproducibility(tmp_path):
+    data = load_table(write_table(tmp_path / "t.csv"), "group", "y", shots=5, seed=0)
+    tasks = data.tasks["train"]
+    batch = tasks.sample(torch.Generator().manual_seed(0), 7, shots=5, queries=20)  # 20 > 12 - 5: with replacement
+    assert batch.support_x.shape == (7, 5, 3) and batch.support_y.shape == (7, 5, 1)
+    assert batch.query_x.shape == (7, 20, 3) and batch.query_y.shape == (7, 20, 1)
+    again = tasks.sample(torch.Generator().manual_seed(0), 7, shots=5, queries=20)
+    assert all(torch.equal(a, b) for a, b in zip(batch, again))
+    # support rows of a task are distinct rows, and never reused as its query rows when there are enough
+    small = tasks.sample(torch.Generator().manual_seed(1), 5, shots=5, queries=7)
+    for t in range(5):
+        rows = torch.cat([small.support_x[t], small.query_x[t]])
+        assert len({tuple(r.tolist()) for r in rows}) == 12
+
+
+def test_small_tasks_are_left_out(tmp_path):
+    path = write_table(tmp_path / "t.csv", tasks=10, rows=12)
+    with open(path, "a") as f:
+        f.write("tiny,1.0,a,2.0\ntiny,2.0,b,3.0\n")
+    data = load_table(path, "group", "y", shots=5, seed=0)
+    assert data.dropped == ["tiny"]
+    assert "tiny" not in {n for s in data.tasks.values() for n in s.names}
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("group,x,y\n", "no rows"),
+        ("", "is empty"),
+        ("group,x,y\ng1,1,2\ng1,2\n", "2 values for 3 columns"),
+        ("group,x,y\ng1,1,2\ng1,2,abc\n", "'abc' is not a number"),
+        ("group,x,y\ng1,1,2\ng1,2,NaN\n", "missing value"),
+        ("group,x,y\ng1,1,2\ng1,,3\n", "missing value"),
+        ("group,x,y\ng1,1,2\n,2,3\n", "empty task"),
+        ("group,x,y\ng1,1,2\ng1,abc,3\n", "not a number while other values"),
+        ("group,x,y\ng1,1,2\ng1,inf,3\n", "not a number"),
+    ],
+)
+def test_bad_csv_raises_one_clear_data_error(tmp_path, body, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(body)
+    with pytest.raises(DataError, match=message):
+        load_table(path, "group", "y", shots=1, test_fraction=0.5)
+
+
+def test_missing_columns_and_files(tmp_path):
+    path = write_table(tmp_path / "t.csv", tasks=4)
+    with pytest.raises(DataError, match="no column 'price'; its columns are group, x, kind, y"):
+        load_table(path, "group", "price", shots=2)
+    with pytest.raises(DataError, match="no column 'size'"):
+        load_table(path, "group", "y", features=["x", "size"], shots=2)
+    with pytest.raises(DataError, match="not found"):
+        load_table(tmp_path / "absent.csv", "group", "y", shots=2)
+    with pytest.raises(DataError, match="too few"):
+        load_table(write_table(tmp_path / "two.csv", tasks=2), "group", "y", shots=2)
+
+
+def test_no_nan_reaches_the_tensors(tmp_path):
+    data = load_table(write_table(tmp_path / "t.csv"), "group", "y", shots=5, seed=0)
+    for split in data.tasks.values():
+        for x, y in zip(split.x, split.y):
+            assert torch.isfinite(x).all() and torch.isfinite(y).all()
+    assert math.isfinite(data.encoder.target_std) and data.encoder.target_std > 0
