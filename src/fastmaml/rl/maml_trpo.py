@@ -1,0 +1,302 @@
+"""MAML for reinforcement learning (Finn et al., 2017, Algorithm 3): a REINFORCE inner step and a
+TRPO meta-update, as pure functions of the policy's parameter dict, batched over tasks.
+
+For every task i of a meta-batch (goals drawn from the environment's task distribution):
+
+    D_i   ~ π_θ                                         K trajectories before adaptation (line 5)
+    θ'_i  = θ − α ∇θ L_i(θ),  L_i(θ) = −(1/|D_i|) Σ_{D_i} log π_θ(a|s) Â(s, a)     (lines 6-7)
+    D'_i  ~ π_θ'_i                                      K trajectories after adaptation (line 8)
+
+    meta-loss  L(θ)  = mean_i −(1/|D'_i|) Σ_{D'_i} π_θ'_i(θ)(a|s) / π_old(a|s) · Â'(s, a)
+    KL         KL(θ) = mean over every step of every D'_i of KL(π_old(·|s) ‖ π_θ'_i(θ)(·|s))
+    θ ← TRPO step: minimise L subject to KL ≤ max_kl                                 (line 10)
+
+where π_old is the adapted policy that collected D'_i, |D| counts the steps inside episodes and Â
+are GAE advantages (λ = 1: return minus the linear feature baseline fitted to that task's own
+samples), standardised per task. θ'_i(θ) stays in the graph, so the gradient and the KL's
+Hessian-vector products differentiate through the inner policy-gradient step (second order);
+``first_order=True`` treats the inner gradient as a constant. ``inner_steps = 0`` is plain TRPO on
+the pre-update samples: the paper's "pretrained" baseline and the oracle.
+
+Conventions checked against cbfinn/maml_rl (``sandbox/rocky/tf/algos/maml_npo.py``,
+``policies/maml_minimal_gauss_mlp_policy.py``, ``rllab/sampler/base.py``,
+``maml_examples/maml_trpo_point.py``, ``cluster_maml_trpo_cheetah.py``, ``test_maml_*.py``); the same
+here: per-task mean inner and outer surrogates, mean over tasks, KL(old ‖ new) of the post-update
+policies averaged over all their samples (the original concatenates the tasks' KL terms), every
+parameter (log σ included) adapted, one inner lr for all of them. Different:
+
+- The linear baseline is fitted to the task's own samples before predicting them. rllab's
+  ``process_samples`` predicted with the coefficients of its *previous* fit (the task processed
+  before, or at meta-test the unfitted zero baseline at the first step) and fitted afterwards.
+- Exactly K trajectories per task. The original sampled until K x horizon steps per task were
+  collected, so in 2D navigation (episodes end at the goal) a task could get more than K.
+- Tasks are batched (``torch.vmap`` for sampling, a loop in the meta-objective: measured faster, see
+  :func:`split_strategy`) and H v is exact double backprop by default; the original used
+  ``FiniteDifferenceHvp`` (``hvp="finite_difference"`` here). Finite differences fail at 2D
+  navigation's initialisation: every episode starts at s = 0 and the biases start at 0, so every
+  ReLU sits on its kink and θ ± εv lands on different linear pieces; the products are garbage
+  and the line search rejects every step, so training never moves (measured in float32 and float64;
+  exact products use ReLU's one-sided derivative and are unaffected; tests start from non-zero biases).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+from fastmaml.core.functional import Params, inner_loss_grads, sgd_step
+from fastmaml.rl.baseline import fit_linear_baseline, predict_linear_baseline
+from fastmaml.rl.policy import action_distribution, gaussian_kl, gaussian_log_prob, policy_log_prob
+from fastmaml.rl.returns import GAE_LAMBDA, GAMMA, discounted_returns, gae, standardize_advantages
+from fastmaml.rl.sampler import Trajectories, sample_trajectories
+from fastmaml.rl.trpo import CG_ITERS, DAMPING, MAX_KL, TRPOStats, trpo_step
+
+STRATEGIES = ("auto", "vmap", "loop")
+
+
+def split_strategy(strategy: str) -> tuple[str, str]:
+    """(sampling and no-graph adaptation, differentiated meta-objective) for a ``strategy`` name.
+
+    ``"auto"`` vectorises sampling (one policy call per time step for all tasks: 2-4x faster than a
+    loop in 2D navigation) and loops over tasks in the second-order meta-objective, where vmap's
+    batched weights made the TRPO update slower on the CPU: 1.2-1.5x in 2D navigation, 1.5-2.3x in
+    half-cheetah at paper settings (``benchmarks/results/rl_cpu.md``)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    return ("vmap", "loop") if strategy == "auto" else (strategy, strategy)
+
+
+class Samples(NamedTuple):
+    """Trajectories ready for a loss. With a leading task dimension: (T, N, H, ...); for one task
+    (N, H, ...). ``advantages`` are standardised per task and 0 where ``mask`` is 0."""
+
+    observations: Tensor
+    actions: Tensor
+    advantages: Tensor
+    mask: Tensor
+
+
+def process_samples(traj: Trajectories, discount: float = GAMMA, gae_lambda: float = GAE_LAMBDA) -> Samples:
+    """Advantages for every task of ``traj``: GAE against the linear feature baseline fitted to the
+    task's own discounted returns, standardised over the task's steps (rllab's ``center_adv``)."""
+    returns = discounted_returns(traj.rewards, traj.mask, discount)
+    values = predict_linear_baseline(fit_linear_baseline(traj.observations, returns, traj.mask), traj.observations)
+    advantages = standardize_advantages(gae(traj.rewards, values, traj.mask, discount, gae_lambda), traj.mask)
+    return Samples(traj.observations, traj.actions, advantages, traj.mask)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    return (x * mask).sum() / mask.sum()
+
+
+def reinforce_loss(policy: nn.Module, params: Params, samples: Samples) -> Tensor:
+    """One task's inner loss (Algorithm 3, line 6), whose gradient is the REINFORCE estimate:
+    L(θ) = −(1/n) Σ_t log π_θ(a_t | s_t) Â_t over the n steps inside episodes."""
+    log_prob = policy_log_prob(policy, params, samples.observations, samples.actions)  # (N, H)
+    return -masked_mean(log_prob * samples.advantages, samples.mask)
+
+
+def adapt(
+    policy: nn.Module, params: Params, inner: Sequence[Samples], lrs: Sequence[float], first_order: bool = False
+) -> Params:
+    """θ'_i for one task: one SGD step (``fastmaml.core.sgd_step``) per entry of ``inner``, the
+    samples collected with the parameters before that step (Algorithm 3, line 7)."""
+    loss = lambda p, samples, _: reinforce_loss(policy, p, samples)  # noqa: E731 - core's (params, x, y)
+    for samples, lr in zip(inner, lrs, strict=True):
+        params = sgd_step(params, inner_loss_grads(loss, params, samples, None, first_order), lr)
+    return params
+
+
+def map_tasks(fn: Callable[..., Any], params: Params, *task_args: Any, batched: bool, strategy: str = "vmap") -> Any:
+    """``fn(params_i, *args_i)`` for every task i, stacked along a new leading task dimension.
+
+    ``task_args`` carry a leading task dimension on every tensor; ``params`` too when ``batched``
+    (per-task adapted parameters), otherwise they are shared. ``strategy`` is ``"vmap"`` (one
+    vectorised call) or ``"loop"`` (a Python loop over tasks: the reference)."""
+    if strategy == "vmap":
+        return torch.vmap(fn, in_dims=(0 if batched else None, *[0] * len(task_args)))(params, *task_args)
+    if strategy != "loop":
+        raise ValueError(f"strategy must be vmap or loop, got {strategy!r}")
+    tasks = pytree.tree_leaves(task_args)[0].shape[0] if task_args else len(next(iter(params.values())))
+    pick = lambda tree, i: pytree.tree_map(lambda t: t[i], tree)  # noqa: E731
+    outputs = [fn(pick(params, i) if batched else params, *pick(task_args, i)) for i in range(tasks)]
+    flat, spec = zip(*(pytree.tree_flatten(out) for out in outputs))
+    return pytree.tree_unflatten([torch.stack(column) for column in zip(*flat)], spec[0])
+
+
+def distribution_fn(policy: nn.Module, params: Params, *, batched: bool, strategy: str = "vmap"):
+    """obs (T, ..., obs_dim) -> (μ, log σ) of the shared policy, or of task i's own parameters."""
+    if not batched:
+        return partial(action_distribution, policy, params)
+    one_task = lambda p, obs: action_distribution(policy, p, obs)  # noqa: E731
+    return lambda obs: map_tasks(one_task, params, obs, batched=True, strategy=strategy)
+
+
+def _task_surrogate(
+    policy: nn.Module,
+    lrs: Sequence[float],
+    first_order: bool,
+    params: Params,
+    inner: list[Samples],
+    outer: Samples,
+    old_mean: Tensor,
+    old_log_std: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """One task's TRPO surrogate after adaptation and the sum of its KL terms."""
+    adapted = adapt(policy, params, inner, lrs, first_order)
+    mean, log_std = action_distribution(policy, adapted, outer.observations)
+    old_log_prob = gaussian_log_prob(old_mean, old_log_std, outer.actions)
+    ratio = torch.exp(gaussian_log_prob(mean, log_std, outer.actions) - old_log_prob)
+    kl = gaussian_kl(old_mean, old_log_std, mean, log_std)
+    return -masked_mean(ratio * outer.advantages, outer.mask), (kl * outer.mask).sum()
+
+
+def meta_objective(
+    policy: nn.Module,
+    inner: Sequence[Samples],
+    outer: Samples,
+    old: tuple[Tensor, Tensor],
+    lrs: Sequence[float],
+    *,
+    first_order: bool = False,
+    strategy: str = "auto",
+    tasks: int | None = None,
+) -> Callable[[Params], tuple[Tensor, Tensor]]:
+    """``params -> (meta-loss, mean KL)`` for :func:`fastmaml.rl.trpo.trpo_step` (module docstring).
+
+    ``inner`` holds one ``Samples`` (T, N, H, ...) per inner step, ``outer`` the post-update samples
+    and ``old`` the (μ, log σ) at ``outer.observations`` of the policies that collected them. With
+    ``tasks=k`` only the first k tasks count (e.g. a cheaper KL for the Hessian-vector products).
+    """
+    inner = list(inner)
+    if tasks is not None:
+        inner, outer, old = pytree.tree_map(lambda t: t[:tasks], (inner, outer, old))
+    task_fn = partial(_task_surrogate, policy, tuple(lrs), first_order)
+    strategy = split_strategy(strategy)[1]
+
+    def objective(params: Params) -> tuple[Tensor, Tensor]:
+        surrogate, kl_sum = map_tasks(task_fn, params, inner, outer, *old, batched=False, strategy=strategy)
+        return surrogate.mean(), kl_sum.sum() / outer.mask.sum()
+
+    return objective
+
+
+class StepStats(NamedTuple):
+    """``returns[k]``: mean undiscounted return of the trajectories sampled after k inner steps
+    (k = 0 .. inner_steps); ``trpo``: the meta-update's loss, KL and line-search outcome."""
+
+    returns: list[float]
+    trpo: TRPOStats
+
+
+def sample_and_adapt(
+    env,
+    policy: nn.Module,
+    params: Params,
+    goals: Tensor,
+    generator: torch.Generator,
+    *,
+    trajectories: int,
+    lrs: Sequence[float],
+    horizon: int | None = None,
+    discount: float = GAMMA,
+    gae_lambda: float = GAE_LAMBDA,
+    strategy: str = "auto",
+    process_last: bool = True,
+) -> tuple[list[Trajectories], list[Samples], Params | None]:
+    """Sample ``trajectories`` per goal with θ, adapt (first order, no graph), sample again, ... :
+    len(lrs) + 1 sampling rounds. Returns the trajectories and processed samples of every round
+    (the last one only with ``process_last``) and the final per-task parameters (None when ``lrs``
+    is empty)."""
+    trajs, samples, adapted, batched = [], [], params, False
+    strategy = split_strategy(strategy)[0]
+    for step in range(len(lrs) + 1):
+        dist = distribution_fn(policy, adapted, batched=batched, strategy=strategy)
+        trajs.append(sample_trajectories(env, dist, goals, trajectories, generator, horizon))
+        if step < len(lrs) or process_last:
+            samples.append(process_samples(trajs[-1], discount, gae_lambda))
+        if step < len(lrs):
+            one_step = lambda p, s, lr=lrs[step]: adapt(policy, p, [s], [lr], first_order=True)  # noqa: E731
+            with torch.no_grad():
+                adapted = map_tasks(one_step, adapted, samples[-1], batched=batched, strategy=strategy)
+            batched = True
+    return trajs, samples, adapted if batched else None
+
+
+def maml_trpo_step(
+    env,
+    policy: nn.Module,
+    params: Params,
+    generator: torch.Generator,
+    *,
+    meta_batch_size: int,
+    trajectories: int = 20,
+    inner_lr: float = 0.1,
+    inner_steps: int = 1,
+    first_order: bool = False,
+    horizon: int | None = None,
+    discount: float = GAMMA,
+    gae_lambda: float = GAE_LAMBDA,
+    max_kl: float = MAX_KL,
+    damping: float = DAMPING,
+    cg_iters: int = CG_ITERS,
+    hvp: str = "exact",
+    hvp_tasks: int = 0,
+    strategy: str = "auto",
+) -> tuple[Params, StepStats]:
+    """One meta-iteration of Algorithm 3: draw ``meta_batch_size`` goals, sample, adapt, sample,
+    TRPO-update θ through the adaptation. ``inner_steps=0``: TRPO on all tasks jointly (no adaptation).
+
+    ``hvp_tasks=k`` computes the KL's Hessian-vector products on the first k tasks only (0: all).
+    Randomness (goals, action noise, start states) comes from ``generator``.
+    """
+    params = {k: p.detach() for k, p in params.items()}
+    goals = env.sample_goals(meta_batch_size, generator)
+    lrs = [inner_lr] * inner_steps
+    trajs, samples, adapted = sample_and_adapt(
+        env, policy, params, goals, generator, trajectories=trajectories, lrs=lrs, horizon=horizon,
+        discount=discount, gae_lambda=gae_lambda, strategy=strategy,
+    )
+    outer = samples[-1]
+    with torch.no_grad():
+        old = distribution_fn(policy, params if adapted is None else adapted, batched=adapted is not None,
+                              strategy=split_strategy(strategy)[0])(outer.observations)
+    common = {"first_order": first_order, "strategy": strategy}
+    objective = meta_objective(policy, samples[:-1], outer, old, lrs, **common)
+    kl_fn = None
+    if 0 < hvp_tasks < meta_batch_size:  # the KL (and its Hessian) of the first hvp_tasks tasks only
+        kl_objective = meta_objective(policy, samples[:-1], outer, old, lrs, tasks=hvp_tasks, **common)
+        kl_fn = lambda p: kl_objective(p)[1]  # noqa: E731
+    new_params, stats = trpo_step(objective, params, max_kl=max_kl, damping=damping, cg_iters=cg_iters, hvp=hvp,
+                                  kl_fn=kl_fn)
+    returns = [t.returns.mean().item() for t in trajs]
+    return new_params, StepStats(returns, stats)
+
+
+@torch.no_grad()
+def adaptation_returns(
+    env,
+    policy: nn.Module,
+    params: Params,
+    goals: Tensor,
+    generator: torch.Generator,
+    *,
+    trajectories: int,
+    lrs: Sequence[float],
+    horizon: int | None = None,
+    discount: float = GAMMA,
+    gae_lambda: float = GAE_LAMBDA,
+    strategy: str = "auto",
+) -> Tensor:
+    """Meta-test: the mean undiscounted return per task after 0, 1, ..., len(lrs) inner steps, each
+    step a REINFORCE step at ``lrs[k]`` on the trajectories just sampled: shape (len(lrs) + 1, T)."""
+    trajs, _, _ = sample_and_adapt(
+        env, policy, params, goals, generator, trajectories=trajectories, lrs=lrs, horizon=horizon,
+        discount=discount, gae_lambda=gae_lambda, strategy=strategy, process_last=False,
+    )
+    return torch.stack([t.returns.mean(1) for t in trajs])

@@ -1,0 +1,404 @@
+"""Meta-RL runs: MAML-TRPO and the paper's baselines trained side by side in one run folder, their
+meta-test evaluation (return after 0..N inner steps on held-out tasks, 95% CI) and plots.
+
+The run folder follows the supervised engine's conventions (``fastmaml.engine.trainer``):
+``config.json``, ``metrics.jsonl`` (one row per ``log_every`` iterations), ``checkpoint.safetensors``
+(+ ``.prev``) written atomically with the policies' parameters, every RNG stream and the metrics so
+far, ``eval.json`` and ``plots/``. Resuming continues bit for bit on the CPU. This module sits above
+``fastmaml.rl``'s pure functions and reuses the engine's checkpoint and run-folder helpers.
+
+Learners, each with its own seeded random stream (so adding a baseline leaves MAML's run unchanged):
+
+- ``maml``: Algorithm 3, :func:`fastmaml.rl.maml_trpo.maml_trpo_step`.
+- ``pretrained``: one policy trained with TRPO on all tasks jointly (no adaptation), same
+  iterations, tasks per iteration and trajectories per task; fine-tuned at meta-test with the same
+  REINFORCE step at ``pretrained_lr``.
+- ``oracle``: the same TRPO training with the goal (position or velocity/direction) appended to the
+  observation; not adapted at meta-test (the original used step size 0).
+- ``random`` (meta-test only): a freshly initialised policy fine-tuned at ``inner_lr``.
+
+Against cbfinn/maml_rl's baselines: its 2D-navigation "pretrained" policy (``maml0_...``) was
+MAMLTRPO with ``use_maml=False``, which replaces TRPO by one Adam step (lr 1e-3) per iteration on the
+pre-update surrogate; the paper describes it as trained on all tasks jointly, which is what TRPO does
+here. Its oracles were trained by separate TRPO scripts (``trpo_point.py``: 10 trajectories of one
+random goal per iteration); here they get MAML's budget of tasks and trajectories per iteration.
+The meta-test follows ``test_maml_point.py`` / ``test_maml_cheetah.py``: 40 held-out tasks, a fresh
+batch of trajectories per step (4,000 steps: 40 trajectories in 2D navigation, 20 in locomotion), the
+first step at the training lr and later ones at half of it; the original evaluated each task in its
+own process with its own seed, here all tasks and methods share one seeded batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from fastmaml.config import to_dict
+from fastmaml.core.functional import Params
+from fastmaml.engine import checkpoint
+from fastmaml.engine.evaluate import EVAL_SEED, mean_ci95
+from fastmaml.engine.run_dir import (
+    CHECKPOINT,
+    EVAL,
+    METRICS,
+    PLOTS,
+    read_config,
+    read_metrics,
+    write_config,
+    write_metrics,
+)
+from fastmaml.engine.trainer import _prepare_new_run  # the same checks of --out as supervised runs
+from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
+from fastmaml.rl.envs import ENV_NAMES, make_batch
+from fastmaml.rl.maml_trpo import STRATEGIES, adaptation_returns, maml_trpo_step
+from fastmaml.rl.policy import GaussianMLPPolicy
+from fastmaml.rl.trpo import HVPS
+
+log = logging.getLogger(__name__)
+
+TRAINED_BASELINES = ("pretrained", "oracle")
+SEED_OFFSETS = {"maml": 0, "pretrained": 1_000_003, "oracle": 2_000_003, "random": 3_000_017}
+
+
+@dataclasses.dataclass
+class RLConfig:
+    """Meta-RL settings (paper section 5.3 and cbfinn/maml_rl; presets in ``fastmaml.experiments.rl``)."""
+
+    env: str = "nav2d"  # nav2d | cheetah-vel | cheetah-dir | ant-vel | ant-dir
+    inner_lr: float = 0.1  # α of the REINFORCE inner step (0.5 for 2D navigation, as the original)
+    inner_steps: int = 1  # inner steps at meta-train, each on freshly sampled trajectories
+    first_order: bool = False  # treat the inner gradient as a constant in the meta-update
+    meta_batch_size: int = 40  # tasks per meta-iteration (20 for 2D navigation)
+    trajectories: int = 20  # per task, before and after adaptation (the original's fast_batch_size)
+    horizon: int = 0  # steps per episode (0: the environment's, 100 or 200)
+    discount: float = 0.99
+    gae_lambda: float = 1.0
+    max_kl: float = 0.01  # TRPO's step size δ
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    hvp: str = "exact"  # exact (double backprop) | finite_difference (the original's)
+    hvp_tasks: int = 0  # tasks the KL's Hessian-vector products use (0: all)
+    strategy: str = "auto"  # auto (vmap to sample, loop in the meta-update: faster) | vmap | loop
+    hidden: tuple[int, ...] = (100, 100)
+    init_std: float = 1.0
+    iterations: int = 500
+    baselines: tuple[str, ...] = TRAINED_BASELINES  # trained beside MAML; "random" needs no training
+    pretrained_lr: float = 0.02  # the pretrained policy's fine-tuning step at meta-test
+    eval_steps: int = 3  # inner steps at meta-test
+    eval_tasks: int = 40
+    eval_trajectories: int = 20  # per task and step at meta-test
+    eval_lr_decay: float = 0.5  # meta-test steps after the first use this x the first step's lr
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 10
+    threads: int = 1  # torch intra-op threads: the sampler's per-step ops are tiny
+
+    def validate(self) -> None:
+        if self.env not in ENV_NAMES:
+            raise ConfigError(f"unknown environment {self.env!r}; choose one of {', '.join(ENV_NAMES)}")
+        for key in ("inner_lr", "max_kl", "pretrained_lr", "discount", "eval_lr_decay"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("inner_steps", "meta_batch_size", "trajectories", "cg_iters", "iterations", "eval_tasks",
+                    "eval_trajectories", "log_every", "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("horizon", "hvp_tasks", "eval_steps", "threads", "cg_damping"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.gae_lambda <= 1 or self.discount > 1:
+            raise ConfigError(f"need 0 <= gae_lambda <= 1 and discount <= 1, got {self.gae_lambda}, {self.discount}")
+        if self.hvp not in HVPS:
+            raise ConfigError(f"hvp must be one of {', '.join(HVPS)}, got {self.hvp!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        unknown = set(self.baselines) - set(TRAINED_BASELINES)
+        if unknown:
+            raise ConfigError(f"unknown baselines {sorted(unknown)}; choose from {', '.join(TRAINED_BASELINES)}")
+
+
+class OracleBatch:
+    """A batched environment whose observations carry the task's goal: [obs, goal]."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+        self.goal_dim = math.prod(env.goal_shape)
+        self.obs_dim, self.action_dim = env.obs_dim + self.goal_dim, env.action_dim
+        self.goal_shape, self.horizon = env.goal_shape, env.horizon
+        self.goal_features = torch.empty(0)
+
+    def sample_goals(self, num_tasks: int, generator: torch.Generator) -> Tensor:
+        return self.env.sample_goals(num_tasks, generator)
+
+    def reset(self, goals: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        obs = self.env.reset(goals, generator)
+        self.goal_features = torch.as_tensor(goals).reshape(len(obs), self.goal_dim).to(obs.dtype)
+        return torch.cat([obs, self.goal_features], dim=1)
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        obs, reward, done = self.env.step(actions)
+        return torch.cat([obs, self.goal_features], dim=1), reward, done
+
+
+def make_env(config: RLConfig, oracle: bool = False):
+    env = make_batch(config.env)
+    return OracleBatch(env) if oracle else env
+
+
+def make_policy(config: RLConfig, env, seed: int) -> tuple[GaussianMLPPolicy, Params]:
+    """The paper's policy for ``env`` and its initial parameters, drawn from ``seed`` alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        policy = GaussianMLPPolicy(env.obs_dim, env.action_dim, config.hidden, config.init_std)
+    return policy, {k: p.detach().clone() for k, p in policy.named_parameters()}
+
+
+def _step_kwargs(config: RLConfig) -> dict[str, Any]:
+    return {
+        "meta_batch_size": config.meta_batch_size, "trajectories": config.trajectories, "inner_lr": config.inner_lr,
+        "first_order": config.first_order, "horizon": config.horizon or None, "discount": config.discount,
+        "gae_lambda": config.gae_lambda, "max_kl": config.max_kl, "damping": config.cg_damping,
+        "cg_iters": config.cg_iters, "hvp": config.hvp, "hvp_tasks": config.hvp_tasks, "strategy": config.strategy,
+    }
+
+
+class RLTrainer:
+    """Owns the environments, policies, RNG streams and run folder of one meta-RL run."""
+
+    def __init__(self, config: RLConfig, run_dir: Path) -> None:
+        self.config, self.run_dir = config, Path(run_dir)
+        self.learners = ["maml", *config.baselines]
+        self.envs = {name: make_env(config, oracle=name == "oracle") for name in self.learners}
+        self.policies, self.params, self.generators = {}, {}, {}
+        for name in self.learners:
+            seed = config.seed + SEED_OFFSETS[name]
+            self.policies[name], self.params[name] = make_policy(config, self.envs[name], seed)
+            self.generators[name] = torch.Generator().manual_seed(config.seed + SEED_OFFSETS[name])
+        self.step, self.elapsed = 0, 0.0
+        self.rows: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors = {f"{name}/{k}": v for name in self.learners for k, v in self.params[name].items()}
+        tensors.update({f"rng/{name}": g.get_state() for name, g in self.generators.items()})
+        meta = {"experiment": "rl", "config": to_dict(self.config), "step": self.step, "elapsed_s": self.elapsed,
+                "metrics": self.rows}
+        return tensors, meta
+
+    def restore(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        for name in self.learners:
+            missing = [k for k in self.params[name] if f"{name}/{k}" not in tensors]
+            if missing:
+                raise CheckpointError(f"the checkpoint has no {name} policy ({missing[0]}); start a new run")
+            self.params[name] = {k: tensors[f"{name}/{k}"].clone() for k in self.params[name]}
+            self.generators[name].set_state(tensors[f"rng/{name}"])
+        self.step, self.elapsed, self.rows = meta["step"], meta["elapsed_s"], meta["metrics"]
+
+    def save(self) -> None:
+        checkpoint.save(self.run_dir / CHECKPOINT, *self.state())
+
+    # ------------------------------------------------------------------ one iteration
+    def iteration(self) -> dict[str, float]:
+        """One meta-update of MAML and one TRPO update of each trained baseline."""
+        values: dict[str, float] = {}
+        for name in self.learners:
+            kwargs = _step_kwargs(self.config)
+            kwargs["inner_steps"] = self.config.inner_steps if name == "maml" else 0
+            self.params[name], stats = maml_trpo_step(
+                self.envs[name], self.policies[name], self.params[name], self.generators[name], **kwargs
+            )
+            if name == "maml":
+                values.update(return_pre=stats.returns[0], return_post=stats.returns[-1],
+                              loss_before=stats.trpo.loss_before, loss_after=stats.trpo.loss_after,
+                              kl=stats.trpo.kl_after, step_fraction=stats.trpo.step_fraction)
+            else:
+                values[f"{name}_return"] = stats.returns[0]
+            values[f"{name}_finite"] = float(all(torch.isfinite(p).all() for p in self.params[name].values()))
+        return values
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, progress: bool = True) -> dict[str, Any]:
+        c = self.config
+        sums: dict[str, float] = {}
+        since, last_good = self.step, self.step
+        bar = tqdm(total=c.iterations, initial=self.step, disable=not progress, desc=f"rl {c.env}",
+                   dynamic_ncols=True, mininterval=0.5)
+        started = time.perf_counter()
+        with open(self.run_dir / METRICS, "a") as metrics_file:
+            while self.step < c.iterations:
+                for key, value in self.iteration().items():
+                    sums[key] = sums.get(key, 0.0) + value
+                self.step += 1
+                bar.update(1)
+                log_now = self.step % c.log_every == 0 or self.step == c.iterations
+                save_now = self.step % c.checkpoint_every == 0 or self.step == c.iterations
+                if not (log_now or save_now):
+                    continue
+                means = {k: v / (self.step - since) for k, v in sums.items()}
+                bad = [k for k, v in means.items() if not math.isfinite(v) or (k.endswith("_finite") and v < 1)]
+                if bad:
+                    bar.close()
+                    what = (f"the {bad[0].removesuffix('_finite')} policy's parameters" if bad[0].endswith("_finite")
+                            else bad[0])
+                    raise NonFiniteLossError(
+                        f"{what} became NaN or infinite between iterations {since + 1} and {self.step}; training "
+                        f"stopped and the last good checkpoint (iteration {last_good}) is kept in {self.run_dir}. "
+                        "Lower inner_lr or max_kl, then start a new run."
+                    )
+                now = time.perf_counter()
+                self.elapsed += now - started
+                started = now
+                row = {"step": self.step, **{k: v for k, v in means.items() if not k.endswith("_finite")},
+                       "elapsed_s": round(self.elapsed, 3)}
+                self.rows.append(row)
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                bar.set_postfix({"pre": f"{row['return_pre']:.2f}", "post": f"{row['return_post']:.2f}"})
+                log.info("iteration %d: %s", self.step, row)
+                sums, since = {}, self.step
+                if save_now:
+                    self.save()
+                    last_good = self.step
+        bar.close()
+        return {"step": self.step, "elapsed_s": self.elapsed, "best": None}
+
+
+def train(
+    preset, config: RLConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Meta-train ``config`` into ``run_dir`` (or continue it with ``resume``); the CLI's ``train``."""
+    run_dir = Path(run_dir)
+    config.validate()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if resume:
+        if not any((run_dir / n).is_file() for n in (CHECKPOINT, checkpoint.previous_path(Path(CHECKPOINT)).name)):
+            raise CheckpointError(
+                f"{run_dir} has no checkpoint to resume from (it stopped before its first checkpoint, or it is not "
+                "a run folder); start it again with a new --out"
+            )
+        tensors, meta, _ = checkpoint.load_latest(run_dir / CHECKPOINT)
+    else:
+        _prepare_new_run(run_dir)
+        write_config(run_dir, preset.name, config)
+    trainer = RLTrainer(config, run_dir)
+    if resume:
+        trainer.restore(tensors, meta)
+        write_metrics(run_dir, trainer.rows)  # drops rows logged after the checkpoint, before a crash
+        write_config(run_dir, preset.name, config)  # iterations may have been extended
+        log.info("resuming %s at iteration %d", run_dir, trainer.step)
+    return trainer.fit(progress=progress)
+
+
+# ---------------------------------------------------------------------- meta-test
+def load_policies(run_dir: Path, config: RLConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """{method: (env, policy, params)} for the trained learners of a run and the random initialisation."""
+    tensors, meta, _ = checkpoint.load_latest(Path(run_dir) / CHECKPOINT)
+    trainer = RLTrainer(config, run_dir)
+    trainer.restore(tensors, meta)
+    methods = {name: (trainer.envs[name], trainer.policies[name], trainer.params[name]) for name in trainer.learners}
+    env = trainer.envs["maml"]
+    methods["random"] = (env, *make_policy(config, env, config.seed + SEED_OFFSETS["random"]))
+    order = ["maml", "pretrained", "random", "oracle"]
+    return {m: methods[m] for m in order if m in methods}, meta
+
+
+def evaluate(
+    run_dir: str | Path,
+    *,
+    tasks: int | None = None,
+    steps: int | None = None,
+    seed: int = EVAL_SEED,
+    which: str = "checkpoint",
+    save: bool = True,
+) -> dict[str, Any]:
+    """Average return after 0..steps inner steps on ``tasks`` held-out tasks, per method, mean ± 95% CI
+    over tasks; the CLI's ``eval``. Same structure as the supervised report (metric ``return``).
+
+    Every method meets the same goals and action-noise stream. The first step uses the method's
+    lr (``inner_lr``; ``pretrained_lr`` for the pretrained policy), later ones ``eval_lr_decay`` x
+    that, as the original's meta-test script. The oracle is not adapted: its step-0 return is
+    repeated at every step."""
+    run_dir = Path(run_dir)
+    if which != "checkpoint":
+        raise ConfigError("meta-RL runs keep no best checkpoint (there is no validation); drop --best")
+    _, config = read_config(run_dir)
+    tasks = config.eval_tasks if tasks is None else tasks
+    steps = config.eval_steps if steps is None else steps
+    if tasks < 1:
+        raise ConfigError(f"--tasks must be >= 1, got {tasks}")
+    if steps < 0:
+        raise ConfigError(f"--steps must be >= 0, got {steps}")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    methods, meta = load_policies(run_dir, config)
+    goals = methods["maml"][0].sample_goals(tasks, torch.Generator().manual_seed(seed))
+    results: dict[str, Any] = {}
+    for method, (env, policy, params) in methods.items():
+        lr = config.pretrained_lr if method == "pretrained" else config.inner_lr
+        lrs = [] if method == "oracle" else [lr] + [lr * config.eval_lr_decay] * (steps - 1)
+        per_task = adaptation_returns(
+            env, policy, params, goals, torch.Generator().manual_seed(seed + 1), trajectories=config.eval_trajectories,
+            lrs=lrs[:steps], horizon=config.horizon or None, discount=config.discount, gae_lambda=config.gae_lambda,
+            strategy=config.strategy,
+        )  # (steps + 1, tasks), or (1, tasks) for the oracle
+        per_task = per_task.expand(steps + 1, -1) if method == "oracle" else per_task
+        mean, ci = mean_ci95(per_task.T.double())
+        results[method] = {"return": {"mean": mean.tolist(), "ci95": ci.tolist()}}
+    report = {
+        "experiment": f"rl {config.env}",
+        "checkpoint": which,
+        "step": meta["step"],
+        "tasks": tasks,
+        "steps": steps,
+        "seed": seed,
+        "trajectories": config.eval_trajectories,
+        "metrics": results,
+    }
+    if save:
+        (run_dir / EVAL).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
+    """``plots/learning_curve.png`` (returns vs iteration) and ``plots/return_vs_steps.png`` (from
+    ``eval.json``, or a fresh evaluation on ``tasks`` tasks that is not saved); the CLI's ``plot``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fastmaml import plotting
+
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    if not rows:
+        raise CheckpointError(f"{run_dir} has no metrics yet; train it first (fastmaml train rl ... --out {run_dir})")
+    out = run_dir / PLOTS
+    out.mkdir(exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [r["step"] for r in rows]
+    curves = {"return_pre": "MAML before adaptation", "return_post": "MAML after 1 inner step",
+              "pretrained_return": "pretrained (joint TRPO)", "oracle_return": "oracle (goal observed)"}
+    for key, label in curves.items():
+        if any(key in r for r in rows):
+            ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=label)
+    ax.set_xlabel("meta-training iteration")
+    ax.set_ylabel("average return (training tasks)")
+    ax.set_title(f"rl {read_config(run_dir)[1].env}: learning curve")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "learning_curve.png", dpi=120)
+    plt.close(fig)
+    eval_path = run_dir / EVAL
+    report = json.loads(eval_path.read_text()) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
+    return [out / "learning_curve.png", plotting.metric_vs_steps(report, out / "return_vs_steps.png")]

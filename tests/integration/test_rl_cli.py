@@ -1,0 +1,106 @@
+"""Meta-RL through the CLI: a 2D-navigation run of about a minute must adapt measurably; eval's JSON
+and table, plots, exact resume and the errors a user can cause."""
+
+import json
+
+import pytest
+import torch
+
+from fastmaml.cli import main
+from fastmaml.engine import checkpoint
+
+# about a minute on a busy 2-core CPU: 8 meta-iterations of 10 tasks x 10 trajectories (paper: 100 x 20 x 20)
+SMALL = ["--set", "meta_batch_size=10", "--set", "trajectories=10", "--no-progress"]
+TINY = ["--set", "meta_batch_size=3", "--set", "trajectories=3", "--set", "horizon=30", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def nav2d_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("rl") / "nav2d"
+    assert main(["train", "rl", "--env", "nav2d", "--iterations", "8", "--out", str(run), *SMALL]) == 0
+    return run
+
+
+def rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_adapts_post_update_return_beats_pre_update(nav2d_run):
+    config = json.loads((nav2d_run / "config.json").read_text())
+    assert config["experiment"] == "rl" and config["config"]["env"] == "nav2d"
+    assert config["config"]["inner_lr"] == 0.5 and config["config"]["baselines"] == ["pretrained", "oracle"]
+    metrics = rows(nav2d_run)
+    assert [r["step"] for r in metrics] == list(range(1, 9))
+    assert all(0 < r["kl"] <= 0.01 and r["loss_after"] < r["loss_before"] for r in metrics)
+    last = metrics[-3:]
+    pre = sum(r["return_pre"] for r in last) / 3
+    post = sum(r["return_post"] for r in last) / 3
+    # calibrated: after 8 iterations post ≈ pre + 15 to + 20 (one inner step at the initialisation: + 6 to + 10)
+    assert post > pre + 8, (pre, post)
+    assert metrics[-1]["return_pre"] > metrics[0]["return_pre"]  # the meta-learned start improves too
+    for key in ("pretrained_return", "oracle_return", "elapsed_s"):
+        assert key in metrics[-1]
+
+
+def test_eval_json_and_table(nav2d_run, capsys):
+    assert main(["eval", str(nav2d_run), "--tasks", "20", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tasks"] == 20 and report["steps"] == 3 and report["step"] == 8
+    assert list(report["metrics"]) == ["maml", "pretrained", "random", "oracle"]
+    for method in report["metrics"].values():
+        assert set(method) == {"return"}
+        assert len(method["return"]["mean"]) == len(method["return"]["ci95"]) == 4
+        assert all(c >= 0 for c in method["return"]["ci95"])
+    maml = report["metrics"]["maml"]["return"]["mean"]
+    assert maml[1] > maml[0] + 10  # one inner step helps a lot
+    oracle = report["metrics"]["oracle"]["return"]["mean"]
+    assert oracle == [oracle[0]] * 4  # not adapted
+    assert json.loads((nav2d_run / "eval.json").read_text())["metrics"] == report["metrics"]
+
+    assert main(["eval", str(nav2d_run), "--tasks", "5", "--steps", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "return:" in table and "maml" in table and "random" in table and "±" in table
+
+
+def test_plot_writes_learning_curve_and_return_vs_steps(nav2d_run, capsys):
+    assert main(["plot", str(nav2d_run)]) == 0
+    for name in ("learning_curve.png", "return_vs_steps.png"):
+        path = nav2d_run / "plots" / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_resume_is_bit_identical(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = ["train", "rl", "--env", "nav2d", *TINY, "--set", "checkpoint_every=1"]
+    assert main([*common, "--iterations", "3", "--out", str(full)]) == 0
+    assert main([*common, "--iterations", "2", "--out", str(part)]) == 0
+    assert main(["train", "--resume", str(part), "--iterations", "3", "--no-progress"]) == 0
+    (a, meta_a), (b, meta_b) = (checkpoint.load(run / "checkpoint.safetensors") for run in (full, part))
+    assert meta_a["step"] == meta_b["step"] == 3
+    assert a.keys() == b.keys() and any(k.startswith("oracle/") for k in a) and "rng/maml" in a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]  # noqa: E731
+    assert strip(rows(full)) == strip(rows(part))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "rl", "--env", "pong"], "unknown environment 'pong'"),
+        (["train", "rl", "--meta-sgd"], "preset 'rl' has no option --meta-sgd"),
+        (["train", "rl", "--set", "baselines=random"], "unknown baselines"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, capsys, args, message):
+    assert main([*args, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_best_checkpoint_is_refused_for_rl(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "rl", "--env", "nav2d", *TINY, "--iterations", "1", "--set", "baselines=", "--out", str(run)]
+    assert main(args) == 0
+    assert main(["eval", str(run), "--best"]) == 2
+    assert "no best checkpoint" in capsys.readouterr().err
