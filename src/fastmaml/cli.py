@@ -28,6 +28,7 @@ SHORTHAND = {
     "task_column": "task_column",
     "target": "target",
     "features": "features",
+    "env": "env",
 }
 RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "device", "threads"}
 
@@ -55,12 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--task-column", help="table preset: the column whose values name the tasks")
     train.add_argument("--target", help="table preset: the numeric column to predict")
     train.add_argument("--features", help="table preset: feature columns A,B,... (default: all others)")
+    train.add_argument("--env", help="rl preset: nav2d, cheetah-vel, cheetah-dir, ant-vel or ant-dir")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ev = sub.add_parser("eval", help="meta-test a run: metric after 0..N inner steps, mean ± 95%% CI")
     ev.add_argument("run_dir", type=Path)
-    ev.add_argument("--tasks", type=int, default=600, help="meta-test tasks (default 600)")
+    ev.add_argument("--tasks", type=int, help="meta-test tasks (default 600; rl: the run's eval_tasks, 40)")
     ev.add_argument("--steps", type=int, help="inner steps at meta-test (default: the run's eval_steps)")
     ev.add_argument("--best", action="store_true", help="use the best validation checkpoint")
     ev.add_argument("--seed", type=int, help="seed of the meta-test task stream (default: fixed)")
@@ -91,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--predict", type=Path, required=True, help="CSV: rows to predict (target column optional)")
     adapt.add_argument("--steps", type=int, help="inner steps (default: the run's eval_steps)")
     adapt.add_argument("--out", type=Path, required=True, help="CSV to write: the predict rows plus a prediction column")
+
+    from fastmaml.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(sub.add_parser("bench", help="meta-training tasks/s and peak memory vs a plain loop and peers"))
     return parser
 
 
@@ -130,7 +136,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = args.out
     config.validate()
     logging.getLogger(__name__).info("config:\n%s", dumps(config))
-    summary = train(preset, config, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+    summary = (preset.train or train)(preset, config, run_dir, resume=args.resume is not None,
+                                      progress=not args.no_progress)
     best = f", best validation {summary['best']['metric']} {summary['best']['value']:.4g}" if summary["best"] else ""
     print(f"trained {preset.name} for {summary['step']} iterations in {summary['elapsed_s']:.1f} s{best}; "
           f"run folder {run_dir}")
@@ -153,10 +160,12 @@ def format_report(report: dict) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from fastmaml.engine.evaluate import EVAL_SEED, evaluate
+    from fastmaml.engine.run_dir import read_config
 
-    report = evaluate(
+    preset, _ = read_config(args.run_dir)
+    report = (preset.evaluate or evaluate)(
         args.run_dir,
-        tasks=args.tasks,
+        **({} if args.tasks is None else {"tasks": args.tasks}),
         steps=args.steps,
         seed=EVAL_SEED if args.seed is None else args.seed,
         which="best" if args.best else "checkpoint",
@@ -167,8 +176,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from fastmaml.engine.plots import plot_run
+    from fastmaml.engine.run_dir import read_config
 
-    for path in plot_run(args.run_dir, tasks=args.tasks):
+    for path in (read_config(args.run_dir)[0].plot or plot_run)(args.run_dir, tasks=args.tasks):
         print(path)
     return 0
 
@@ -210,6 +220,15 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data, "presets": cmd_presets}
 COMMANDS.update(study=cmd_study, adapt=cmd_adapt)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fastmaml.bench import run
+
+    return run(args, child_command=(sys.executable, "-m", "fastmaml.bench"), prog="fastmaml bench")
+
+
+COMMANDS.update(bench=cmd_bench)
 
 
 def main(argv: list[str] | None = None) -> int:

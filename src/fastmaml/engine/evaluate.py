@@ -52,12 +52,18 @@ def adaptation_curves(
 
 
 def methods_for(experiment: Experiment, maml: MAML) -> dict[str, MAML]:
-    """MAML itself, and the pretrained baseline fine-tuned with plain SGD, where the run has one."""
+    """MAML itself, and the pretrained baseline fine-tuned with plain SGD, where the run has one.
+
+    ``experiment.extras["methods"]``, a callable ``(experiment, maml) -> {name: MAML}``, adds an
+    experiment's own comparisons (e.g. the table preset's per-task model from scratch).
+    """
     methods = {"maml": maml}
     if experiment.baseline is not None:
         methods["pretrained"] = MAML(
             experiment.baseline, experiment.loss_fn, inner_lr=experiment.baseline_lr, strategy=maml.strategy
         )
+    if "methods" in experiment.extras:
+        methods.update(experiment.extras["methods"](experiment, maml))
     return methods
 
 
@@ -93,6 +99,8 @@ def evaluate(
     if tasks < 1:
         raise ConfigError(f"--tasks must be >= 1, got {tasks}")
     _, config = read_config(run_dir)
+    if config.threads:
+        torch.set_num_threads(config.threads)  # as in training: small models run faster on one thread
     steps = config.eval_steps if steps is None else steps
     if steps < 0:
         raise ConfigError(f"--steps must be >= 0, got {steps}")

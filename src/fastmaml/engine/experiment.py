@@ -50,6 +50,11 @@ class Preset:
     make_config: Callable[..., TrainConfig]
     build: Callable[[TrainConfig], Experiment]
     description: str
+    # A preset with its own loop (meta-RL) sets these to its train(preset, config, run_dir, *, resume,
+    # progress), evaluate(run_dir, *, tasks, steps, seed, which) and plot(run_dir, tasks); None: the engine's.
+    train: Callable[..., dict[str, Any]] | None = None
+    evaluate: Callable[..., dict[str, Any]] | None = None
+    plot: Callable[..., list[Any]] | None = None
 
 
 PRESETS: dict[str, Preset] = {}

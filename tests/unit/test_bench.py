@@ -1,0 +1,135 @@
+"""The benchmark suite (fastmaml.bench): table, optional peers, the meta-gradient check, micro-batching."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import pytest
+import torch
+
+from fastmaml import bench
+from fastmaml.bench import BenchConfig, Implementation, Workload
+from fastmaml.cli import main
+from fastmaml.models.conv import ConvNet
+
+FAST = dict(workloads=["sinusoid"], orders=["first"], repeats=1, warmup=0, memory=False, threads=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on a busy 2-core machine two threads are many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_conv(meta_batch_size: int = 6, inner_steps: int = 3) -> Workload:
+    """A float64 conv workload small enough for a unit test (batch norm included)."""
+    base = bench.WORKLOADS["omniglot-20w1s"]
+
+    def make_batch(generator: torch.Generator, tasks: int):
+        batch = bench.image_batch(generator, tasks, ways=3, shots=1, queries=2, channels=1, size=12)
+        return bench.TaskBatch(batch.support_x.double(), batch.support_y, batch.query_x.double(), batch.query_y)
+
+    return dataclasses.replace(base, name="small-conv", make_model=lambda: ConvNet(1, 3, hidden=4, image_size=12).double(),
+                               inner_steps=inner_steps, meta_batch_size=meta_batch_size, make_batch=make_batch)
+
+
+def test_cli_quick_run_prints_the_table(capsys):
+    code = main(["bench", "--workloads", "sinusoid", "--repeats", "2", "--quick", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    header = next(line for line in out.splitlines() if line.startswith("| workload"))
+    assert [c.strip() for c in header.strip("|").split("|")] == list(bench.COLUMNS)
+    assert "fastmaml bench --workloads sinusoid --repeats 2 --quick --threads 1" in out
+    rows = [line for line in out.splitlines() if line.startswith("| sinusoid")]
+    names = {(r.split("|")[2].strip(), r.split("|")[3].strip()) for r in rows}
+    for order in ("second", "first"):
+        for impl in ("fastmaml", "fastmaml loop", "torch.func loop", "learn2learn", "higher"):
+            assert (order, impl) in names
+    fastmaml_row = next(r for r in rows if r.split("|")[3].strip() == "fastmaml")
+    assert float(fastmaml_row.split("|")[4].replace(",", "")) > 0
+    assert "= fastmaml (auto picks vmap)" in out  # the MLP's vmap row is fastmaml's own
+
+
+def test_missing_peers_are_rows_that_say_so(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("learn2learn", "higher") else real(name, *a))
+    rows = bench.run_bench(BenchConfig(**FAST, implementations=["fastmaml", "learn2learn", "higher"]))
+    notes = {r.implementation: r.note for r in rows}
+    assert notes == {"fastmaml": "", "learn2learn": "not installed", "higher": "not installed"}
+    assert "not installed" in bench.format_table(rows)
+
+
+def test_gradient_check_catches_a_wrong_implementation():
+    def scaled(model, workload, first_order):
+        meta_step = bench.plain_loop_step(model, workload, first_order)
+
+        def step(batch):
+            meta_step(batch)
+            for p in model.parameters():
+                p.grad.mul_(1.01)
+
+        return step
+
+    wrong = Implementation("scaled by 1.01", scaled)
+    rows = bench.run_bench(BenchConfig(**FAST, implementations=["torch.func loop"], extra=[wrong]))
+    by_name = {r.implementation: r for r in rows}
+    assert by_name["torch.func loop"].grad_diff < 1e-5 and by_name["torch.func loop"].tasks_per_s > 0
+    bad = by_name["scaled by 1.01"]
+    assert bad.note.startswith("wrong meta-gradient") and bad.tasks_per_s is None
+    assert bad.grad_diff == pytest.approx(0.01, rel=1e-3)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_every_implementation_matches_fastmaml_on_a_conv_net(first_order):
+    w = small_conv(meta_batch_size=3, inner_steps=2)
+    torch.manual_seed(0)
+    base = w.make_model()
+    batch = w.batch()
+    reference = None
+    for name, impl in bench.implementations(chunk_size=2, micro_batch_size=2, levers=True).items():
+        model = ConvNet(1, 3, hidden=4, image_size=12).double()
+        model.load_state_dict(base.state_dict())
+        try:
+            grads = bench.meta_gradient(model, impl.build(model, w, first_order), batch)
+        except bench.Unavailable:
+            continue
+        reference = grads if reference is None else reference
+        assert bench.max_rel_diff(grads, reference) < 1e-10, name
+
+
+@pytest.mark.parametrize("micro_batch_size", [1, 4])
+def test_micro_batches_give_the_whole_batch_meta_gradient(micro_batch_size):
+    w = small_conv(meta_batch_size=6, inner_steps=3)  # 6 tasks in micro-batches of 4: uneven 4 + 2
+    torch.manual_seed(0)
+    model = w.make_model()
+    batch = w.batch()
+    whole = bench.meta_gradient(model, bench.fastmaml_step()(model, w, False), batch)
+    micro = bench.meta_gradient(model, bench.fastmaml_step(micro_batch_size=micro_batch_size)(model, w, False), batch)
+    assert bench.max_rel_diff(micro, whole) < 1e-12
+
+
+def test_memory_sweep_checks_the_gradient(monkeypatch):
+    monkeypatch.setitem(bench.WORKLOADS, "small-conv", small_conv(meta_batch_size=4))
+    rows = bench.micro_batch_sweep(BenchConfig(memory=False, threads=1), workload="small-conv",
+                                   steps=(1, 2), micro_batch_sizes=(3,))
+    assert [r["inner_steps"] for r in rows] == [1, 2]
+    assert all(r["grad_diff"][3] < 1e-12 for r in rows)
+    assert "| 2 |" in bench.format_sweep(rows, (3,), 4)
+
+
+def test_peak_memory_in_a_subprocess():
+    spec = bench.memory_spec(BenchConfig(threads=1), "sinusoid", "fastmaml", True)
+    peak = bench.measure_peak(spec, BenchConfig())
+    assert peak is not None and 0 < peak < 512 * bench.MiB
+
+
+def test_unknown_names_are_errors():
+    with pytest.raises(ValueError, match="unknown workload"):
+        bench.run_bench(BenchConfig(**{**FAST, "workloads": ["imagenet"]}))
+    with pytest.raises(ValueError, match="unknown implementation"):
+        bench.run_bench(BenchConfig(**FAST, implementations=["jax"]))
