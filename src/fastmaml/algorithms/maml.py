@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -83,12 +84,14 @@ class MAML(nn.Module):
             else []
         )
         self._exact_bn = uses_batch_norm(model)
-        # Batch-norm layers that track running statistics bump `num_batches_tracked` in place, which a
-        # pure function cannot do; passing None for it skips the bump (running stats are unused here).
+        self._vmapping = False  # True while MAML's own vmap path runs the model
+        # Batch norm inside MAML uses batch statistics and never updates running ones (a pure
+        # function cannot mutate buffers): passing None for those buffers does both, fused kernel kept.
         self._frozen_buffers = {
-            f"{name}.num_batches_tracked": None
+            f"{name}.{buffer}": None
             for name, m in model.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            for buffer in ("running_mean", "running_var", "num_batches_tracked")
         }
         self._resolved: str | None = None if strategy == "auto" else strategy
 
@@ -106,7 +109,9 @@ class MAML(nn.Module):
     def functional_forward(self, params: Params, x: Tensor) -> Tensor:
         """Run the model with ``params`` instead of its own parameters (buffers are the model's)."""
         state = {**dict(self.model.named_buffers()), **self._frozen_buffers, **params}
-        if self._exact_bn:
+        # The fused batch-norm kernel is exact in a loop but not under vmap, where primitive ops
+        # are needed (and slower): reroute only there.
+        if self._exact_bn and self._vmapping:
             with exact_batch_norm():
                 return torch.func.functional_call(self.model, state, (x,))
         return torch.func.functional_call(self.model, state, (x,))
@@ -190,6 +195,7 @@ class MAML(nn.Module):
 
     def _run(self, vmapped: Callable[[], Tensor], looped: Callable[[], Tensor], batch: TaskBatch) -> Tensor:
         strategy = self.resolved_strategy(batch.support_x.device)
+        vmapped = functools.partial(self._vmapped, vmapped)
         if strategy == "loop":
             return looped()
         if self.strategy == "vmap" or self._resolved == "vmap":
@@ -203,3 +209,10 @@ class MAML(nn.Module):
             return out
         self._resolved = "vmap"
         return out
+
+    def _vmapped(self, fn: Callable[[], Tensor]) -> Tensor:
+        self._vmapping = True
+        try:
+            return fn()
+        finally:
+            self._vmapping = False

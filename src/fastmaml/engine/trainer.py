@@ -106,7 +106,10 @@ class Trainer:
         """
         local, share = self.cluster.shard(batch)
         self.opt.zero_grad(set_to_none=True)
-        size = self.config.micro_batch_size or local.num_tasks
+        # A per-task loop gains nothing from one big backward: do it task by task (same gradient,
+        # about one task's graph in memory instead of all of them).
+        whole = 1 if self.maml.resolved_strategy(self.device) == "loop" else local.num_tasks
+        size = self.config.micro_batch_size or whole
         total = torch.zeros((), device=self.device)
         for start in range(0, local.num_tasks, size):
             chunk = local.slice(start, start + size)

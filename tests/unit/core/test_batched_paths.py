@@ -70,8 +70,9 @@ def test_conv_batchnorm_vmap_equals_loop_and_finite_differences(first_order):
     torch.testing.assert_close(analytic, fd, rtol=1e-6, atol=1e-9)
 
 
-def test_batchnorm_running_stats_untouched_by_meta_training():
-    maml = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.5, strategy="vmap")
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_batchnorm_running_stats_untouched_by_meta_training(strategy):
+    maml = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.5, strategy=strategy)
     before = maml.model[5].running_mean.clone()
     maml.meta_loss(image_batch()).backward()
     assert torch.equal(maml.model[5].running_mean, before)
