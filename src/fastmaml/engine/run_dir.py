@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fastmaml.config import from_dict, to_dict
+from fastmaml.engine import checkpoint
 from fastmaml.engine.experiment import Experiment, get_preset
 from fastmaml.errors import CheckpointError
 
@@ -56,3 +57,31 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 def build_experiment(run_dir: Path) -> Experiment:
     preset, config = read_config(run_dir)
     return preset.build(config)
+
+
+def prepare_new_run(run_dir: Path) -> None:
+    """Create ``run_dir`` for a new run: absent or empty, and writable; CheckpointError otherwise."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"--out {run_dir} is a file; choose a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise CheckpointError(
+            f"--out {run_dir} is not empty; continue that run with --resume {run_dir}, or choose a new --out folder"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise CheckpointError(f"cannot write to --out {run_dir} ({error.strerror}); choose a writable folder") from None
+
+
+def load_for_resume(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tensors and metadata of the newest readable checkpoint of ``run_dir``, to continue it."""
+    if not any((run_dir / name).is_file() for name in (CHECKPOINT, checkpoint.previous_path(Path(CHECKPOINT)).name)):
+        raise CheckpointError(
+            f"{run_dir} has no checkpoint to resume from (it stopped before its first checkpoint, "
+            "or it is not a run folder); start it again with a new --out"
+        )
+    tensors, meta, _ = checkpoint.load_latest(run_dir / CHECKPOINT)
+    return tensors, meta

@@ -24,9 +24,17 @@ from fastmaml.core import TaskBatch
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import Cluster, device_for, init_from_env
 from fastmaml.engine.evaluate import adaptation_curves
-from fastmaml.engine.run_dir import BEST, CHECKPOINT, METRICS, write_config, write_metrics
+from fastmaml.engine.run_dir import (
+    BEST,
+    CHECKPOINT,
+    METRICS,
+    load_for_resume,
+    prepare_new_run,
+    write_config,
+    write_metrics,
+)
 from fastmaml.engine.experiment import Experiment, Preset, make_maml
-from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
+from fastmaml.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -208,22 +216,6 @@ class Trainer:
         return {"step": self.step, "elapsed_s": self.elapsed, "best": self.best}
 
 
-def _prepare_new_run(run_dir: Path) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CheckpointError(f"--out {run_dir} is a file; choose a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        raise CheckpointError(
-            f"--out {run_dir} is not empty; continue that run with --resume {run_dir}, or choose a new --out folder"
-        )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise CheckpointError(f"cannot write to --out {run_dir} ({error.strerror}); choose a writable folder") from None
-
-
 def train(
     preset: Preset, config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -236,14 +228,9 @@ def train(
         torch.set_num_threads(config.threads)
     cluster = init_from_env(config.device, config.meta_batch_size)
     if resume:
-        if not any((run_dir / name).is_file() for name in (CHECKPOINT, checkpoint.previous_path(Path(CHECKPOINT)).name)):
-            raise CheckpointError(
-                f"{run_dir} has no checkpoint to resume from (it stopped before its first checkpoint, "
-                "or it is not a run folder); start it again with a new --out"
-            )
-        tensors, meta, _ = checkpoint.load_latest(run_dir / CHECKPOINT)
+        tensors, meta = load_for_resume(run_dir)
     elif cluster.is_main:
-        _prepare_new_run(run_dir)
+        prepare_new_run(run_dir)
         write_config(run_dir, preset.name, config)
     cluster.barrier()  # the run folder exists before any process writes or reads it
     torch.manual_seed(config.seed)  # model initialisation, identical on every process

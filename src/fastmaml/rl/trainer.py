@@ -51,12 +51,13 @@ from fastmaml.engine.run_dir import (
     EVAL,
     METRICS,
     PLOTS,
+    load_for_resume,
+    prepare_new_run,
     read_config,
     read_metrics,
     write_config,
     write_metrics,
 )
-from fastmaml.engine.trainer import _prepare_new_run  # the same checks of --out as supervised runs
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
 from fastmaml.rl.envs import ENV_NAMES, make_batch
 from fastmaml.rl.maml_trpo import STRATEGIES, adaptation_returns, maml_trpo_step
@@ -281,14 +282,9 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     if resume:
-        if not any((run_dir / n).is_file() for n in (CHECKPOINT, checkpoint.previous_path(Path(CHECKPOINT)).name)):
-            raise CheckpointError(
-                f"{run_dir} has no checkpoint to resume from (it stopped before its first checkpoint, or it is not "
-                "a run folder); start it again with a new --out"
-            )
-        tensors, meta, _ = checkpoint.load_latest(run_dir / CHECKPOINT)
+        tensors, meta = load_for_resume(run_dir)
     else:
-        _prepare_new_run(run_dir)
+        prepare_new_run(run_dir)
         write_config(run_dir, preset.name, config)
     trainer = RLTrainer(config, run_dir)
     if resume:
