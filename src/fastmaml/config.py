@@ -35,6 +35,7 @@ class TrainConfig:
     strategy: str = "auto"  # auto | vmap | loop
     chunk_size: int = 0  # tasks vectorised at once under vmap (0: all)
     micro_batch_size: int = 0  # tasks per backward pass; gradients accumulate (0: the whole meta-batch)
+    grad_checkpointing: bool = False  # recompute inner steps in backward: memory flat in inner_steps (2nd order)
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads (0: torch's default)
 
@@ -52,6 +53,8 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.strategy not in ("auto", "vmap", "loop"):
             raise ConfigError(f"strategy must be auto, vmap or loop, got {self.strategy!r}")
+        if self.grad_checkpointing and self.strategy == "vmap" and not self.first_order:
+            raise ConfigError("grad_checkpointing runs one task at a time: use --set strategy=auto or loop")
 
 
 def field_types(cls: type) -> dict[str, Any]:

@@ -3,6 +3,7 @@
     maml = MAML(model, F.mse_loss, inner_lr=0.01)            # second order, 1 inner step
     maml = MAML(model, F.cross_entropy, inner_lr=0.4, first_order=True, inner_steps=5)
     maml = MAML(model, F.mse_loss, inner_lr=0.01, meta_sgd=True)   # learned α per element (Li et al., 2017)
+    maml = MAML(model, F.cross_entropy, inner_lr=0.1, inner_steps=10, grad_checkpointing=True)  # less memory
 
     opt = torch.optim.Adam(maml.parameters(), lr=1e-3)       # model weights (+ Meta-SGD's α)
     maml.meta_loss(batch).backward(); opt.step()             # Algorithm 2, lines 3-10
@@ -42,7 +43,11 @@ class MAML(nn.Module):
     ``strategy`` picks how a meta-batch is evaluated: ``"vmap"`` (all tasks in one vectorised
     call), ``"loop"`` (one task at a time), or ``"auto"``: vmap, except for convolutional models on
     the CPU, where per-task weights turn every convolution into a grouped convolution and a loop is
-    faster (benchmarks/results/strategy_cpu.md); and loop if vmap cannot trace the model.
+    faster (benchmarks/results/bench_cpu_bn_fix.md); and loop if vmap cannot trace the model.
+
+    ``grad_checkpointing=True`` (second order) recomputes each inner step during backward instead
+    of keeping its graph: peak memory stops growing with ``inner_steps`` for one more forward and
+    inner backward per step (benchmarks/results/bench_cpu_memory.md). It runs the per-task loop.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class MAML(nn.Module):
         meta_sgd: bool = False,
         strategy: str = "auto",
         chunk_size: int | None = None,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -68,6 +74,8 @@ class MAML(nn.Module):
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+        if grad_checkpointing and strategy == "vmap" and not first_order:
+            raise ValueError("grad_checkpointing runs one task at a time: use strategy 'auto' or 'loop', not 'vmap'")
         self.model = model
         self.loss_fn = loss_fn
         self.inner_lr = float(inner_lr)
@@ -76,6 +84,8 @@ class MAML(nn.Module):
         self.meta_sgd = bool(meta_sgd)
         self.strategy = strategy
         self.chunk_size = chunk_size
+        # First order keeps no graph through the inner steps: nothing to checkpoint.
+        self.grad_checkpointing = bool(grad_checkpointing) and not self.first_order
         self._names = [n for n, _ in model.named_parameters()]
         # Meta-SGD: one learned inner learning rate per parameter element, initialised to inner_lr.
         self.inner_lrs = nn.ParameterList(
@@ -135,7 +145,7 @@ class MAML(nn.Module):
         kwargs = dict(lr=self.lr(), steps=self.inner_steps, first_order=self.first_order)
         losses = self._run(
             lambda: meta_loss_vmap(self.loss, self.params(), batch, chunk_size=self.chunk_size, **kwargs),
-            lambda: meta_loss_loop(self.loss, self.params(), batch, **kwargs),
+            lambda: meta_loss_loop(self.loss, self.params(), batch, checkpoint=self.grad_checkpointing, **kwargs),
             batch,
         )
         if reduction == "none":
@@ -189,6 +199,8 @@ class MAML(nn.Module):
         """The strategy ``auto`` would use for this model on ``device`` (without running anything)."""
         if self._resolved is not None:
             return self._resolved
+        if self.grad_checkpointing:
+            return "loop"
         device = device or next(self.model.parameters()).device
         has_conv = any(isinstance(m, _CONV) for m in self.model.modules())
         return "loop" if has_conv and device.type == "cpu" else "vmap"

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from fastmaml.core.batch import TaskBatch
 
@@ -48,6 +49,35 @@ def adapt(
     return params
 
 
+def checkpointed_adapt(loss: LossFn, params: Params, x: Tensor, y: Tensor, *, lr: LR, steps: int) -> Params:
+    """Second-order :func:`adapt` that keeps only each step's parameters, not its graph.
+
+    Every inner step runs under ``torch.utils.checkpoint``: the backward pass recomputes one step's
+    forward and inner gradient at a time, so peak memory no longer grows with a graph per inner step
+    (the meta-gradient is the same; the price is one more forward and inner backward per step).
+    ``torch.func`` transforms refuse the saved-tensor hooks that checkpointing needs, so the inner
+    gradient here is ``torch.autograd.grad(create_graph=True)``, and this runs one task at a time
+    (not under vmap). Meta-SGD's learning rates enter as explicit inputs of every checkpoint.
+    """
+    names = list(params)
+    lr_names = list(lr) if isinstance(lr, Mapping) else []
+    values = tuple(params[k] for k in names)
+    lrs = tuple(lr[k] for k in lr_names) if isinstance(lr, Mapping) else ()
+
+    def step(*tensors: Tensor) -> tuple[Tensor, ...]:
+        current, rates = tensors[: len(names)], tensors[len(names) :]
+        # A parameter that does not require grad still adapts (as under torch.func.grad).
+        current = tuple(v if v.requires_grad else v.detach().requires_grad_() for v in current)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(loss(dict(zip(names, current)), x, y), current, create_graph=True)
+        step_lr = dict(zip(lr_names, rates)) if lr_names else lr
+        return tuple(v - (step_lr[k] if lr_names else step_lr) * g for k, v, g in zip(names, current, grads))
+
+    for _ in range(steps):
+        values = _checkpoint(step, *values, *lrs, use_reentrant=False)
+    return dict(zip(names, values))
+
+
 def adaptation_curve(
     loss: LossFn,
     metric: MetricFn,
@@ -68,8 +98,13 @@ def adaptation_curve(
     return torch.stack(values)
 
 
-def _task_meta_loss(loss: LossFn, params: Params, task: TaskBatch, lr: LR, steps: int, first_order: bool):
-    adapted = adapt(loss, params, task.support_x, task.support_y, lr=lr, steps=steps, first_order=first_order)
+def _task_meta_loss(
+    loss: LossFn, params: Params, task: TaskBatch, lr: LR, steps: int, first_order: bool, checkpoint: bool = False
+):
+    if checkpoint and not first_order and torch.is_grad_enabled():
+        adapted = checkpointed_adapt(loss, params, task.support_x, task.support_y, lr=lr, steps=steps)
+    else:
+        adapted = adapt(loss, params, task.support_x, task.support_y, lr=lr, steps=steps, first_order=first_order)
     return loss(adapted, task.query_x, task.query_y)
 
 
@@ -93,9 +128,23 @@ def meta_loss_vmap(
 
 
 def meta_loss_loop(
-    loss: LossFn, params: Params, batch: TaskBatch, *, lr: LR, steps: int, first_order: bool = False
+    loss: LossFn,
+    params: Params,
+    batch: TaskBatch,
+    *,
+    lr: LR,
+    steps: int,
+    first_order: bool = False,
+    checkpoint: bool = False,
 ) -> Tensor:
-    """The same as :func:`meta_loss_vmap` with a Python loop over tasks: the reference and fallback."""
+    """The same as :func:`meta_loss_vmap` with a Python loop over tasks: the reference and fallback.
+
+    ``checkpoint=True`` recomputes the inner steps during backward (:func:`checkpointed_adapt`);
+    it only changes second-order training with gradients enabled (first order keeps no inner graph).
+    """
     return torch.stack(
-        [_task_meta_loss(loss, params, batch.task(i), lr, steps, first_order) for i in range(batch.num_tasks)]
+        [
+            _task_meta_loss(loss, params, batch.task(i), lr, steps, first_order, checkpoint)
+            for i in range(batch.num_tasks)
+        ]
     )

@@ -84,4 +84,5 @@ def make_maml(experiment: Experiment) -> MAML:
         meta_sgd=c.meta_sgd,
         strategy=c.strategy,
         chunk_size=c.chunk_size or None,
+        grad_checkpointing=c.grad_checkpointing,
     )
