@@ -107,3 +107,14 @@ def test_vmap_with_checkpointing_is_refused():
     # First order keeps no inner graph: the option is a no-op and vmap stays allowed.
     fo = MAML(mlp(), F.mse_loss, inner_lr=0.1, strategy="vmap", first_order=True, grad_checkpointing=True)
     assert not fo.grad_checkpointing
+
+
+def test_config_override_reaches_the_preset_model():
+    from fastmaml.config import apply_overrides
+    from fastmaml.engine.experiment import get_preset, make_maml
+
+    preset = get_preset("sinusoid")
+    config = apply_overrides(preset.make_config(), ["grad_checkpointing=true", "inner_steps=3"])
+    config.validate()
+    maml = make_maml(preset.build(config))
+    assert maml.grad_checkpointing and maml.resolved_strategy() == "loop"
