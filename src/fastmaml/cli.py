@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--root", help="data folder of an image preset (omniglot, miniimagenet, images)")
     train.add_argument("--csv", help="table preset: the CSV file, one row per example")
     train.add_argument("--task-column", help="table preset: the column whose values name the tasks")
-    train.add_argument("--target", help="table preset: the numeric column to predict")
+    train.add_argument("--target", help="table preset: the column to predict (numbers: regression, text: "
+                       "classification; force with --set task_type=...)")
     train.add_argument("--features", help="table preset: feature columns A,B,... (default: all others)")
     train.add_argument("--env", help="rl preset: nav2d, cheetah-vel, cheetah-dir, ant-vel or ant-dir")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
@@ -93,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--predict", type=Path, required=True, help="CSV: rows to predict (target column optional)")
     adapt.add_argument("--steps", type=int, help="inner steps (default: the run's eval_steps)")
     adapt.add_argument("--out", type=Path, required=True, help="CSV to write: the predict rows plus a prediction column")
+    adapt.add_argument("--csv", type=Path, help="the run's training CSV at a new location (its sha256 must match)")
+    adapt.add_argument("--best", action="store_true", help="use the best validation checkpoint")
 
     from fastmaml.bench import add_arguments as add_bench_arguments
 
@@ -214,7 +217,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from fastmaml.experiments.table import adapt_csv
 
-    print(adapt_csv(args.run_dir, args.support, args.predict, args.out, steps=args.steps))
+    print(adapt_csv(args.run_dir, args.support, args.predict, args.out, steps=args.steps, csv_path=args.csv,
+                    which="best" if args.best else "checkpoint"))
     return 0
 
 

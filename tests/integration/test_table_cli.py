@@ -1,6 +1,7 @@
 """The table preset end to end through the CLI: train, eval (MAML vs pretrained vs scratch), adapt, bad CSVs."""
 
 import csv
+import hashlib
 import json
 import random
 
@@ -125,3 +126,214 @@ def test_adapt_refuses_a_run_of_another_preset(tmp_path, capsys):
     f.write_text("x,y\n1,2\n")
     assert main(["adapt", str(run), "--support", str(f), "--predict", str(f), "--out", str(tmp_path / "o.csv")]) == 2
     assert "needs a table run" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ classification
+def write_grades(path, tasks=30, rows=15, seed=0, signs=None):
+    """Task s: grade = low / mid / high by thirds of sign_s * size, sign_s = ±1: pooling cannot tell the tasks apart."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["shop", "size", "kind", "grade"])
+        for s in range(tasks):
+            sign = rng.choice([-1, 1]) if signs is None else signs[s]
+            for _ in range(rows):
+                size, kind = rng.uniform(-2, 2), rng.choice(["new", "used"])
+                z = sign * size
+                writer.writerow([f"shop{s}", f"{size:.4f}", kind, "low" if z < -0.67 else "mid" if z < 0.67 else "high"])
+    return path
+
+
+def train_grades(root, name="run", iterations="400", extra=()):
+    data = root / "grades.csv" if (root / "grades.csv").exists() else write_grades(root / "grades.csv")
+    run = root / name
+    args = ["train", "table", "--csv", str(data), "--task-column", "shop", "--target", "grade", "--features",
+            "size,kind", "--shots", "5", "--out", str(run), *FAST, "--iterations", iterations, *extra]
+    assert main(args) == 0
+    return data, run
+
+
+@pytest.fixture(scope="module")
+def grades_run(tmp_path_factory):
+    return train_grades(tmp_path_factory.mktemp("grades"))
+
+
+def test_classification_run_records_its_csv_fingerprint(grades_run):
+    data, run = grades_run
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["task_type"] == "auto" and config["csv"] == str(data)
+    assert config["csv_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+
+
+def test_classification_eval_reports_accuracy_and_loss_for_three_methods(grades_run, capsys):
+    _, run = grades_run
+    assert main(["eval", str(run), "--tasks", "60", "--steps", "10", "--json"]) == 0
+    methods = json.loads(capsys.readouterr().out)["metrics"]
+    assert set(methods) == {"maml", "pretrained", "scratch"}
+    for scores in methods.values():
+        assert set(scores) == {"accuracy", "loss"}
+        assert all(0 <= a <= 1 for a in scores["accuracy"]["mean"]) and len(scores["accuracy"]["ci95"]) == 11
+    maml, scratch = methods["maml"]["accuracy"]["mean"], methods["scratch"]["accuracy"]["mean"]
+    assert maml[10] > 0.8 and maml[10] > maml[0] + 0.15  # 5 rows of a held-out task tell its sign
+    assert maml[10] > scratch[10] + 0.2
+    assert methods["maml"]["loss"]["mean"][10] < methods["maml"]["loss"]["mean"][0]
+    assert main(["eval", str(run), "--tasks", "20", "--steps", "2"]) == 0
+    assert "accuracy:" in capsys.readouterr().out
+
+
+def test_classification_adapt_writes_labels_and_probabilities(grades_run, tmp_path, capsys):
+    _, run = grades_run
+    after, before = [], []
+    for sign in (-1, 1):  # the unadapted model can be right about at most one of the two
+        with open(write_grades(tmp_path / "new.csv", tasks=1, rows=40, seed=99, signs=[sign]), newline="") as f:
+            rows = list(csv.reader(f))
+        by_size = sorted(rows[1:], key=lambda r: float(r[1]))
+        chosen = by_size[::10][:4] + by_size[-1:]  # 5 rows spread over the sizes, so both ends are seen
+        support, predict = tmp_path / "support.csv", tmp_path / "predict.csv"
+        with open(support, "w", newline="") as f:
+            csv.writer(f).writerows([rows[0], *chosen])
+        with open(predict, "w", newline="") as f:
+            csv.writer(f).writerows([rows[0], *(r for r in rows[1:] if r not in chosen)])
+        out = tmp_path / f"out{sign}.csv"
+        assert main(["adapt", str(run), "--support", str(support), "--predict", str(predict), "--steps", "10",
+                     "--out", str(out)]) == 0
+        line = capsys.readouterr().out.strip()
+        assert "adapted to 5 support rows with 10 steps" in line
+        a, b = (float(s.split()[0].rstrip(")")) for s in line.split("accuracy on those rows ")[1].split(" (", 1))
+        after.append(a)
+        before.append(b)
+        with open(out, newline="") as f:
+            written = list(csv.reader(f))
+        assert written[0] == [*rows[0], "prediction", "p_high", "p_low", "p_mid"] and len(written) == 1 + 35
+        for row in written[1:]:
+            p = [float(v) for v in row[-3:]]
+            assert abs(sum(p) - 1) < 2e-3 and row[-4] == ("high", "low", "mid")[p.index(max(p))]
+        assert sum(r[-4] == r[3] for r in written[1:]) / 35 == pytest.approx(a, abs=1e-3)
+    assert min(after) >= 0.85 and min(before) < 0.7
+
+
+def test_adapt_refuses_labels_unseen_in_meta_training(grades_run, tmp_path, capsys):
+    _, run = grades_run
+    support, predict = tmp_path / "support.csv", tmp_path / "predict.csv"
+    good = "shop,size,kind,grade\nx,1.5,new,high\nx,-1.5,new,low\n"
+    for support_text, predict_text in ((good + "x,0.1,used,medium\n", good), (good, good + "x,3,new,top\n")):
+        support.write_text(support_text)
+        predict.write_text(predict_text)
+        assert main(["adapt", str(run), "--support", str(support), "--predict", str(predict), "--out",
+                     str(tmp_path / "o.csv")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "never occurs in the meta-training tasks" in err[0], err
+        assert "'high', 'low', 'mid'" in err[0]
+
+
+BAD_LABELS = {
+    "missing target column": ("shop,size,kind,label\nshop0,1,new,low\n", []),
+    "non-numeric feature value": ("shop,size,kind,grade\nshop0,1,new,low\nshop0,big,used,high\n", []),
+    "NaN target": ("shop,size,kind,grade\nshop0,1,new,low\nshop0,2,used,NaN\n", []),
+    "empty task": ("shop,size,kind,grade\nshop0,1,new,low\n,2,used,high\n", []),
+    "one label": ("shop,size,kind,grade\n" + "".join(f"s{i},{i},new,low\n" for i in range(9)), ["--shots", "1"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LABELS))
+def test_bad_classification_csv_exits_2_with_one_line(tmp_path, capsys, case):
+    body, extra = BAD_LABELS[case]
+    path = tmp_path / "bad.csv"
+    path.write_text(body)
+    run = tmp_path / "run"
+    code = main(["train", "table", "--csv", str(path), "--task-column", "shop", "--target", "grade",
+                 "--out", str(run), *extra, *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("fastmaml: error: "), err
+    assert not run.exists()
+
+
+def test_task_type_can_be_forced_either_way(tmp_path, capsys):
+    codes = tmp_path / "codes.csv"  # numeric class codes: auto reads them as regression
+    with open(write_grades(tmp_path / "g.csv"), newline="") as f:
+        rows = list(csv.reader(f))
+    with open(codes, "w", newline="") as f:
+        csv.writer(f).writerows([rows[0], *([*r[:3], {"low": "1", "mid": "2", "high": "3"}[r[3]]] for r in rows[1:])])
+    common = ["train", "table", "--csv", str(codes), "--task-column", "shop", "--target", "grade", *FAST,
+              "--iterations", "5"]
+    assert main([*common, "--out", str(tmp_path / "auto")]) == 0
+    assert main([*common, "--out", str(tmp_path / "forced"), "--set", "task_type=classification"]) == 0
+    capsys.readouterr()
+    for name, metrics in (("auto", {"mse"}), ("forced", {"accuracy", "loss"})):
+        assert main(["eval", str(tmp_path / name), "--tasks", "5", "--steps", "1", "--json"]) == 0
+        assert set(json.loads(capsys.readouterr().out)["metrics"]["maml"]) == metrics
+    assert main(["train", "table", "--csv", str(tmp_path / "g.csv"), "--task-column", "shop", "--target", "grade",
+                 *FAST, "--out", str(tmp_path / "r"), "--set", "task_type=regression"]) == 2
+    assert "task_type=regression needs a numeric target" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------------------ CSV fingerprint
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fastmaml: error: ") and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_eval_and_adapt_refuse_a_missing_or_changed_training_csv(tmp_path, capsys):
+    data, run = train_grades(tmp_path, iterations="5")
+    support, predict = tmp_path / "support.csv", tmp_path / "predict.csv"
+    support.write_text("shop,size,kind,grade\nx,1.5,new,high\nx,-1.5,new,low\n")
+    predict.write_text("shop,size,kind\nx,1.0,used\n")
+    adapt = ["adapt", str(run), "--support", str(support), "--predict", str(predict), "--out", str(tmp_path / "o.csv")]
+    original = data.read_bytes()
+    moved = tmp_path / "elsewhere" / "grades.csv"
+    moved.parent.mkdir()
+    data.rename(moved)
+    assert main(["eval", str(run), "--tasks", "5"]) == 2
+    line = one_line_error(capsys)
+    assert f"CSV file {data} not found" in line and "restore it there" in line
+    assert main(adapt) == 2
+    assert "not found" in one_line_error(capsys)
+    assert main([*adapt, "--csv", str(moved)]) == 0  # the same content elsewhere: accepted
+    assert "adapted to 2 support rows" in capsys.readouterr().out
+    data.write_bytes(original.replace(b"high", b"mid", 1))  # one label changed
+    assert main(["eval", str(run), "--tasks", "5"]) == 2
+    line = one_line_error(capsys)
+    assert f"{data} has changed since this run was trained on it" in line and "restore the original" in line
+    assert main(adapt) == 2
+    assert "has changed" in one_line_error(capsys)
+    assert main([*adapt, "--csv", str(data)]) == 2  # a changed copy is not accepted as the new location
+    assert "is not the file this run was trained on" in one_line_error(capsys)
+    assert main(["train", "--resume", str(run), "--iterations", "6", "--no-progress"]) == 2
+    assert "has changed" in one_line_error(capsys)
+    data.write_bytes(original)  # restored: everything works again
+    assert main(["eval", str(run), "--tasks", "5"]) == 0
+
+
+def test_a_run_without_a_recorded_fingerprint_still_evaluates(tmp_path, capsys):
+    data, run = train_grades(tmp_path, iterations="5")
+    saved = json.loads((run / "config.json").read_text())
+    del saved["config"]["csv_sha256"]  # as written before fingerprints existed
+    (run / "config.json").write_text(json.dumps(saved))
+    assert main(["eval", str(run), "--tasks", "5"]) == 0
+    capsys.readouterr()
+    f = tmp_path / "s.csv"
+    f.write_text("shop,size,kind,grade\nx,1.5,new,high\n")
+    assert main(["adapt", str(run), "--support", str(f), "--predict", str(f), "--out", str(tmp_path / "o.csv"),
+                 "--csv", str(data)]) == 2
+    assert "recorded no sha256" in one_line_error(capsys)
+
+
+def test_validation_keeps_the_most_accurate_checkpoint_and_adapt_can_use_it(tmp_path, capsys):
+    _, run = train_grades(tmp_path, iterations="300", extra=["--set", "val_fraction=0.2", "--set", "val_every=50"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    accuracies = [r["val_accuracy"] for r in rows if "val_accuracy" in r]
+    assert len(accuracies) == 6 and len(set(accuracies)) > 1
+    capsys.readouterr()
+    assert main(["eval", str(run), "--best", "--tasks", "5", "--json"]) == 0
+    step = json.loads(capsys.readouterr().out)["step"]
+    assert step == 50 * (1 + accuracies.index(max(accuracies)))  # higher accuracy is better
+    f = tmp_path / "s.csv"
+    f.write_text("shop,size,kind,grade\nx,1.5,new,high\nx,-1.5,new,low\n")
+    adapt = ["adapt", str(run), "--support", str(f), "--predict", str(f), "--out", str(tmp_path / "o.csv")]
+    assert main([*adapt, "--best"]) == 0
+    capsys.readouterr()
+    _, plain = train_grades(tmp_path, name="plain", iterations="5")
+    assert main(["adapt", str(plain), *adapt[2:], "--best"]) == 2  # no validation, no best checkpoint
+    assert "best.safetensors" in one_line_error(capsys)

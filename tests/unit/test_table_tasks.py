@@ -139,3 +139,102 @@ def test_no_nan_reaches_the_tensors(tmp_path):
         for x, y in zip(split.x, split.y):
             assert torch.isfinite(x).all() and torch.isfinite(y).all()
     assert math.isfinite(data.encoder.target_std) and data.encoder.target_std > 0
+
+
+# ------------------------------------------------------------------------------------------ classification
+def write_labels(path, tasks=20, rows=12, seed=0):
+    """Task g: grade = low / mid / high by thirds of sign_g * x, sign_g = ±1 per task; kind copies the grade."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["group", "x", "kind", "grade"])
+        for g in range(tasks):
+            sign = rng.choice([-1, 1])
+            for _ in range(rows):
+                x = rng.uniform(-2, 2)
+                z = sign * x
+                grade = "low" if z < -0.67 else "mid" if z < 0.67 else "high"
+                writer.writerow([f"g{g:02d}", f"{x:.4f}", grade, grade])
+    return path
+
+
+def test_text_target_is_classification_over_meta_train_labels(tmp_path):
+    data = load_table(write_labels(tmp_path / "t.csv"), "group", "grade", shots=5, test_fraction=0.25, seed=0)
+    encoder = data.encoder
+    assert encoder.classification and encoder.classes == ("high", "low", "mid") and encoder.outputs == 3
+    for split in data.tasks.values():
+        for y in split.y:
+            assert y.dtype == torch.int64 and y.dim() == 1 and 0 <= y.min() and y.max() < 3
+    batch = data.tasks["train"].sample(torch.Generator().manual_seed(0), 6, shots=5, queries=9)
+    assert batch.support_x.shape == (6, 5, 4) and batch.support_y.shape == (6, 5) and batch.query_y.shape == (6, 9)
+    # x and y stay paired: the one-hot of `kind` (a copy of the grade) sits at the grade's class index
+    for xs, ys in ((batch.support_x, batch.support_y), (batch.query_x, batch.query_y)):
+        assert torch.equal(xs[..., 1:].argmax(-1), ys)
+    table = read_csv(tmp_path / "t.csv")
+    assert encoder.decode_labels(encoder.encode_y(table)) == table.column("grade")
+
+
+def test_task_type_forces_either_kind(tmp_path):
+    path = tmp_path / "codes.csv"
+    path.write_text("g,x,code\n" + "".join(f"t{i},{j},{(i + j) % 3 * 5}\n" for i in range(8) for j in range(4)))
+    assert not load_table(path, "g", "code", shots=2, test_fraction=0.25).encoder.classification  # numbers: regression
+    forced = load_table(path, "g", "code", shots=2, test_fraction=0.25, task_type="classification").encoder
+    assert forced.classes == ("0", "5", "10")  # numeric labels sort as numbers
+    text = write_labels(tmp_path / "t.csv")
+    with pytest.raises(DataError, match="line 2, column 'grade': '[a-z]+' is not a number.*task_type=classification"):
+        load_table(text, "group", "grade", shots=2, task_type="regression")
+    with pytest.raises(DataError, match="task_type must be one of"):
+        load_table(text, "group", "grade", shots=2, task_type="ordinal")
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("g,x,y\n" + "".join(f"t{i},{i},{i}\n" for i in range(6)) + "t1,2,many\n")
+    with pytest.raises(DataError, match="'many' is not a number while other values .* task_type=classification"):
+        load_table(mixed, "g", "y", shots=1)
+
+
+def test_held_out_rows_with_labels_unseen_in_meta_training_are_left_out(tmp_path, caplog):
+    path = write_labels(tmp_path / "t.csv", tasks=20, rows=12)
+    names = split_tasks([f"g{g:02d}" for g in range(20)], test_fraction=0.25, val_fraction=0.0, seed=0)
+    test_task, train_task = names["test"][0], names["train"][0]
+    lines = path.read_text().splitlines()
+    rare = [i for i, line in enumerate(lines) if line.startswith(test_task + ",")][:2]
+    for i in rare:  # two rows of a meta-test task get a label that no meta-training task has
+        lines[i] = lines[i].rsplit(",", 1)[0] + ",rare"
+    lines.append(f"{train_task},0.1,mid,new")  # a label only one meta-training task has
+    path.write_text("\n".join(lines) + "\n")
+    data = load_table(path, "group", "grade", shots=5, test_fraction=0.25, seed=0)
+    assert data.encoder.classes == ("high", "low", "mid", "new")  # a meta-training label is a class
+    assert data.unseen_label_rows == 2 and "2 rows of held-out tasks" in caplog.text
+    test = data.tasks["test"]
+    assert len(test.y[test.names.index(test_task)]) == 10  # its two 'rare' rows are gone, the rest kept
+    assert sum(len(y) for y in test.y) == 12 * len(test.names) - 2
+    # a held-out task left with fewer than K + 1 rows goes too (it had 12 >= K + 1 = 11 before)
+    data = load_table(path, "group", "grade", shots=10, test_fraction=0.25, seed=0)
+    assert data.dropped == [test_task] and test_task not in data.tasks["test"].names
+    with pytest.raises(DataError, match=f"line {rare[0] + 1}, column 'grade': label 'rare' never occurs in the "
+                                        "meta-training tasks"):
+        data.encoder.encode_y(read_csv(path))
+
+
+def test_one_label_in_meta_training_is_an_error(tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("g,x,y\n" + "".join(f"t{i},{j},same\n" for i in range(6) for j in range(3)))
+    with pytest.raises(DataError, match="only the label 'same' .* at least 2 labels"):
+        load_table(path, "g", "y", shots=1)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("group,x,y\ng1,1,a\ng1,2,\n", "line 3, column 'y': missing value"),
+        ("group,x,y\ng1,1,a\ng1,2,NaN\n", "missing value"),
+        ("group,x,y\ng1,1,a\ng1,abc,b\n", "'abc' is not a number while other values"),
+        ("group,x,y\ng1,1,a\ng1,nan,b\n", "column 'x': missing value"),
+        ("group,x,y\ng1,1,a\n,2,b\n", "empty task"),
+        ("group,x,label\ng1,1,a\ng2,2,b\n", "no column 'y'"),
+    ],
+)
+def test_bad_csv_with_a_text_target_raises_one_clear_data_error(tmp_path, body, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(body)
+    with pytest.raises(DataError, match=message):
+        load_table(path, "group", "y", shots=1, test_fraction=0.5)

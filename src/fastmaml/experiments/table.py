@@ -1,9 +1,13 @@
-"""Few-shot regression on a user's table (``fastmaml train table --csv FILE --task-column COL --target COL``).
+"""Few-shot regression or classification on a user's table (``fastmaml train table --csv FILE
+--task-column COL --target COL``).
 
 Each value of the task column is a task; tasks are split into meta-train / (val) / meta-test by a
-seeded shuffle; features and target are standardised with meta-train statistics (see
-:mod:`fastmaml.tasks.table`). The model is an MLP. Evaluation on held-out tasks with K support rows
-compares three methods after 0..N SGD steps on the support rows:
+seeded shuffle; features (and a numeric target) are standardised with meta-train statistics (see
+:mod:`fastmaml.tasks.table`). A numeric target is regression (MSE); a text target is classification
+over the labels of the meta-training tasks (one logit per label, cross-entropy, accuracy); force
+either with ``task_type``. The model is an MLP. Evaluation on held-out tasks with K support rows
+(drawn uniformly from the task's rows, not stratified by label) compares three methods after 0..N
+SGD steps on the support rows:
 
 - ``maml``: the meta-learned initialisation, adapted with α = ``inner_lr``;
 - ``pretrained``: one network trained on all meta-training rows jointly (the engine's baseline),
@@ -11,16 +15,23 @@ compares three methods after 0..N SGD steps on the support rows:
 - ``scratch``: the same MLP from a fresh random initialisation, trained on the K rows alone with
   SGD at ``scratch_lr`` (a per-task model).
 
-The MSE is in standardised target units (divide by 1 for "as good as predicting the meta-train
-mean"; multiply by ``target_std``² for the target's own units). ``fastmaml adapt RUN_DIR --support
-FILE --predict FILE`` adapts the meta-trained model to a new task and writes predictions in the
-target's units. The run rebuilds its encoding from the training CSV, so keep that file in place.
+Regression MSE is in standardised target units (1 is "as good as predicting the meta-train mean";
+multiply by ``target_std``² for the target's own units). Classification reports accuracy and the
+cross-entropy loss. ``fastmaml adapt RUN_DIR --support FILE --predict FILE`` adapts the meta-trained
+model to a new task and writes predictions (regression: in the target's units; classification: the
+label and one probability column per label).
+
+The run rebuilds its split and encoding from the training CSV at eval and adapt, so the file must
+stay as it was: its sha256 is recorded at training time (``csv_sha256``), and a missing or changed
+file is a DataError. ``fastmaml adapt --csv NEW_PATH`` accepts a moved copy whose sha256 matches.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +44,7 @@ from fastmaml.config import TrainConfig
 from fastmaml.engine.experiment import Experiment, Preset, register
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.models.mlp import MLP
-from fastmaml.tasks.table import TableSplit, load_table, read_csv
+from fastmaml.tasks.table import TASK_TYPES, Encoder, Table, TableSplit, load_table, read_csv
 
 
 @dataclass
@@ -41,6 +52,8 @@ class TableConfig(TrainConfig):
     csv: str = ""
     task_column: str = ""
     target: str = ""
+    task_type: str = "auto"  # auto (numeric target: regression, text: classification) | regression | classification
+    csv_sha256: str = ""  # the CSV's content, recorded at training; eval and adapt refuse a changed file
     features: tuple[str, ...] = ()  # empty: every column except the task and target columns
     categorical: tuple[str, ...] = ()  # one-hot even if the values look numeric
     shots: int = 5
@@ -63,6 +76,8 @@ class TableConfig(TrainConfig):
         super().validate()
         if not (self.csv and self.task_column and self.target):
             raise ConfigError("the table preset needs --csv FILE --task-column COL --target COL")
+        if self.task_type not in TASK_TYPES:
+            raise ConfigError(f"task_type must be one of {', '.join(TASK_TYPES)}, got {self.task_type!r}")
         for key in ("shots", "queries", "eval_queries"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -92,29 +107,61 @@ def make_config(**changes) -> TableConfig:
     return TableConfig(**changes)
 
 
+def fingerprint(path: str | Path) -> str:
+    """The sha256 of the file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+RELOCATE = "or, for fastmaml adapt, pass the original's new location with --csv NEW_PATH"
+
+
 def load_split(config: TableConfig) -> TableSplit:
-    """The run's table, split and encoded (cached while the file is unchanged: validate and build share it)."""
+    """The run's table, split and encoded; DataError if the file is gone or is not the one it was trained on.
+
+    Cached by content (validate and build share one read).
+    """
     path = Path(config.csv)
+    recorded = config.csv_sha256
     if not path.is_file():
+        if recorded:
+            raise DataError(f"CSV file {config.csv} not found: this run was trained on it (sha256 {recorded[:16]}...) "
+                            f"and rebuilds its split and encoding from it; restore it there, {RELOCATE}")
         raise DataError(f"CSV file {config.csv} not found; pass the path of an existing file (a trained run needs "
                         "its training CSV in place to rebuild its feature encoding)")
-    stat = path.stat()
-    return _load_split(config.csv, stat.st_mtime_ns, stat.st_size, config.task_column, config.target,
-                       config.features, config.categorical, config.shots, config.test_fraction,
-                       config.val_fraction, config.seed)
+    try:
+        actual = fingerprint(path)
+    except OSError as error:
+        raise DataError(f"cannot read {config.csv} ({error.strerror}); check its permissions") from None
+    if recorded and actual != recorded:
+        raise DataError(f"{config.csv} has changed since this run was trained on it (sha256 now {actual[:16]}..., was "
+                        f"{recorded[:16]}...): its split and encoding would not match the weights; restore the original "
+                        f"file, {RELOCATE}")
+    return _load_split(config.csv, actual, config.task_column, config.target, config.features, config.categorical,
+                       config.shots, config.test_fraction, config.val_fraction, config.seed, config.task_type)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_split(csv_path, _mtime, _size, task_column, target, features, categorical, shots, test_fraction,
-                val_fraction, seed) -> TableSplit:
+def _load_split(csv_path, _sha256, task_column, target, features, categorical, shots, test_fraction,
+                val_fraction, seed, task_type) -> TableSplit:
     return load_table(csv_path, task_column, target, features, categorical, shots=shots,
-                      test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+                      test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, task_type=task_type)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose highest logit is their label."""
+    return (logits.argmax(-1) == labels).float().mean()
 
 
 def build(config: TableConfig) -> Experiment:
     config.validate()
     split = load_split(config)
-    width = split.encoder.width
+    width, outputs = split.encoder.width, split.encoder.outputs
+    loss_fn = F.cross_entropy if split.encoder.classification else F.mse_loss
+    metrics = {"accuracy": accuracy, "loss": F.cross_entropy} if split.encoder.classification else {"mse": F.mse_loss}
 
     def sample(generator: torch.Generator, name: str, num_tasks: int):
         queries = config.queries if name == "train" else config.eval_queries
@@ -124,21 +171,35 @@ def build(config: TableConfig) -> Experiment:
         """A per-task model: the same MLP from a fresh (seeded) initialisation, trained on K rows alone."""
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(config.seed + 1)
-        model = MLP(width, 1, config.hidden, config.activation).to(next(maml.parameters()).device)
+        model = MLP(width, outputs, config.hidden, config.activation).to(next(maml.parameters()).device)
         torch.random.set_rng_state(generator_state)
-        return {"scratch": MAML(model, F.mse_loss, inner_lr=config.scratch_lr, strategy=maml.strategy)}
+        return {"scratch": MAML(model, loss_fn, inner_lr=config.scratch_lr, strategy=maml.strategy)}
 
     return Experiment(
         name="table",
         config=config,
-        model=MLP(width, 1, config.hidden, config.activation),
-        loss_fn=F.mse_loss,
+        model=MLP(width, outputs, config.hidden, config.activation),
+        loss_fn=loss_fn,
         sample=sample,
-        metrics={"mse": F.mse_loss},
-        baseline=MLP(width, 1, config.hidden, config.activation) if config.baseline else None,
+        metrics=metrics,
+        higher_is_better=split.encoder.classification,
+        baseline=MLP(width, outputs, config.hidden, config.activation) if config.baseline else None,
         baseline_lr=config.baseline_lr,
         extras={"table": split, "methods": scratch},
     )
+
+
+def train(preset: Preset, config: TableConfig, run_dir: str | Path, *, resume: bool = False,
+          progress: bool = True) -> dict:
+    """The engine's training loop, after recording the CSV's absolute path and sha256 in a new run's config."""
+    from fastmaml.engine.trainer import train as engine_train
+
+    if not resume:
+        path = os.path.abspath(config.csv)
+        if not Path(path).is_file():
+            raise DataError(f"CSV file {config.csv} not found; pass the path of an existing file")
+        config = dataclasses.replace(config, csv=path, csv_sha256=config.csv_sha256 or fingerprint(path))
+    return engine_train(preset, config, run_dir, resume=resume, progress=progress)
 
 
 PRESET = register(
@@ -147,51 +208,99 @@ PRESET = register(
         config_cls=TableConfig,
         make_config=make_config,
         build=build,
-        description="few-shot regression on your CSV: --csv FILE --task-column COL --target COL [--features A,B]",
+        description="few-shot regression or classification on your CSV: --csv FILE --task-column COL --target COL "
+        "[--features A,B]",
+        train=train,
     )
 )
 
 
 def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out: str | Path,
-              steps: int | None = None) -> str:
+              steps: int | None = None, csv_path: str | Path | None = None, which: str = "checkpoint") -> str:
     """Adapt a table run to a new task's ``support`` rows, predict the ``predict`` rows, write ``out``.
 
-    ``out`` gets the predict rows with a ``prediction`` column (the target's units). Returns a
-    one-line summary; with the target present in ``predict`` it includes the MSE before and after.
+    ``out`` gets the predict rows plus, for regression, a ``prediction`` column (the target's units);
+    for classification, a ``prediction`` column (the label) and a ``p_LABEL`` column per label
+    (probabilities). Returns a one-line summary; with the target present in ``predict`` it includes
+    the MSE (or accuracy) before and after. ``csv_path``: the training CSV's new location, accepted
+    only when its sha256 is the one recorded at training time. ``which``: "checkpoint" (the latest)
+    or "best" (the best validation checkpoint).
     """
-    from fastmaml.engine.evaluate import load_trained
-    from fastmaml.engine.run_dir import read_config
+    from fastmaml.engine import checkpoint
+    from fastmaml.engine.experiment import make_maml
+    from fastmaml.engine.run_dir import BEST, CHECKPOINT, read_config
 
-    preset, config = read_config(Path(run_dir))
+    run_dir = Path(run_dir)
+    preset, config = read_config(run_dir)
     if preset.name != "table":
         raise ConfigError(f"adapt reads CSV rows, so it needs a table run; {run_dir} is a {preset.name!r} run")
     steps = config.eval_steps if steps is None else steps
     if steps < 0:
         raise ConfigError(f"--steps must be >= 0, got {steps}")
-    experiment, maml, _ = load_trained(Path(run_dir))
-    encoder = experiment.extras["table"].encoder
+    if csv_path is not None:
+        config = dataclasses.replace(config, csv=relocated(config, csv_path))
+    experiment = build(config)
+    tensors, _, _ = checkpoint.load_latest(run_dir / {"checkpoint": CHECKPOINT, "best": BEST}[which])
+    maml = make_maml(experiment)
+    maml.load_state_dict({k[len("maml/"):]: v for k, v in tensors.items() if k.startswith("maml/")})
+    encoder: Encoder = experiment.extras["table"].encoder
     support_table, predict_table = read_csv(support), read_csv(predict)
     support_table.require([encoder.target])
     sx, sy, px = encoder.encode_x(support_table), encoder.encode_y(support_table), encoder.encode_x(predict_table)
+    truth = encoder.encode_y(predict_table) if encoder.target in predict_table.header else None
     adapted = maml.adapt(sx, sy, steps=steps, first_order=True)
     with torch.no_grad():
-        prediction = encoder.decode_y(maml(px, adapted)).view(-1)
-        before = encoder.decode_y(maml(px)).view(-1)
-    column = "prediction" if "prediction" not in predict_table.header else f"{encoder.target}_prediction"
-    out = Path(out)
+        after, before = maml(px, adapted), maml(px)
+    summary = (f"adapted to {len(support_table.rows)} support rows with {steps} steps; wrote "
+               f"{len(predict_table.rows)} predictions to {out}")
+    if encoder.classification:
+        probabilities = after.softmax(-1)
+        labels = encoder.decode_labels(probabilities.argmax(-1))
+        names = [_column(predict_table, encoder.target, "prediction"),
+                 *(_column(predict_table, encoder.target, f"p_{c}") for c in encoder.classes)]
+        cells = [[label, *(f"{p:.4f}" for p in row)] for label, row in zip(labels, probabilities.tolist())]
+        if truth is not None:
+            accuracy_of = lambda logits: accuracy(logits, truth).item()  # noqa: E731
+            summary += f"; accuracy on those rows {accuracy_of(after):.4g} ({accuracy_of(before):.4g} before adapting)"
+    else:
+        prediction = encoder.decode_y(after).view(-1)
+        names = [_column(predict_table, encoder.target, "prediction")]
+        cells = [[f"{value:.6g}"] for value in prediction.tolist()]
+        if truth is not None:
+            truth = encoder.decode_y(truth).view(-1)
+            mse = lambda p: ((p - truth) ** 2).mean().item()  # noqa: E731
+            summary += (f"; MSE on those rows {mse(prediction):.4g} "
+                        f"({mse(encoder.decode_y(before).view(-1)):.4g} before adapting)")
+    _write(Path(out), [*predict_table.header, *names], [[*row, *c] for row, c in zip(predict_table.rows, cells)])
+    return summary
+
+
+def relocated(config: TableConfig, csv_path: str | Path) -> str:
+    """``csv_path`` (absolute) if it holds exactly the run's training CSV; DataError otherwise."""
+    path = Path(csv_path)
+    if not config.csv_sha256:
+        raise DataError(f"this run recorded no sha256 of its CSV (it predates CSV fingerprints), so --csv {path} "
+                        f"cannot be checked; restore the file at {config.csv} instead")
+    if not path.is_file():
+        raise DataError(f"--csv {path}: file not found; pass the path of a copy of {config.csv}")
+    actual = fingerprint(path)
+    if actual != config.csv_sha256:
+        raise DataError(f"--csv {path} is not the file this run was trained on (sha256 {actual[:16]}..., the run's "
+                        f"{config.csv_sha256[:16]}...); pass an unchanged copy of {config.csv}")
+    return os.path.abspath(path)
+
+
+def _column(table: Table, target: str, name: str) -> str:
+    """``name``, or ``TARGET_name`` if the predict file already has a column called ``name``."""
+    return name if name not in table.header else f"{target}_{name}"
+
+
+def _write(out: Path, header: list[str], rows: list[list[str]]) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow([*predict_table.header, column])
-            for row, value in zip(predict_table.rows, prediction.tolist()):
-                writer.writerow([*row, f"{value:.6g}"])
+            writer.writerow(header)
+            writer.writerows(rows)
     except OSError as error:
         raise DataError(f"cannot write {out} ({error.strerror}); choose a writable --out") from None
-    summary = (f"adapted to {len(support_table.rows)} support rows with {steps} steps; wrote "
-               f"{len(predict_table.rows)} predictions to {out}")
-    if encoder.target in predict_table.header:
-        truth = encoder.decode_y(encoder.encode_y(predict_table)).view(-1)
-        mse = lambda p: ((p - truth) ** 2).mean().item()  # noqa: E731
-        summary += f"; MSE on those rows {mse(prediction):.4g} ({mse(before):.4g} before adapting)"
-    return summary

@@ -1,14 +1,22 @@
-"""Few-shot regression on a user's own table: each value of a task column is a task, each row an example.
+"""Few-shot regression or classification on a user's own table: each value of a task column is a task.
 
     rows of FILE.csv  ->  tasks (one per value of ``task_column``)  ->  meta-train / val / test by task
     features          ->  numeric: standardised;  categorical: one-hot   (statistics: meta-train tasks only)
-    target            ->  standardised the same way (``Encoder.decode_y`` maps predictions back)
+    target, numeric   ->  regression: standardised the same way (``Encoder.decode_y`` maps predictions back)
+    target, text      ->  classification over the labels of the meta-training rows (``Encoder.classes``)
+
+``task_type`` "auto" decides from the target column: every value a number -> regression, none ->
+classification, a mix -> an error (force either with ``task_type``). Rows of held-out tasks whose
+label never occurs in a meta-training task cannot be scored by a model with one logit per known
+label: they are left out with a warning (and a task left with fewer than K + 1 rows with them).
 
 A task batch holds K support and Q query rows of each of T tasks: ``support_x (T, K, D)``,
-``support_y (T, K, 1)``, ``query_x (T, Q, D)``, ``query_y (T, Q, 1)``. A task with fewer than K + Q
-rows fills its query set by drawing its remaining rows with replacement. Reading uses the standard
-library only; every problem with the file is one :class:`~fastmaml.errors.DataError` that names the
-row and column and says what to do.
+``query_x (T, Q, D)``; regression ``support_y (T, K, 1)`` float, classification ``support_y (T, K)``
+label indices. Rows are drawn UNIFORMLY from the task's rows, without replacement, also for
+classification (not stratified by label): a support set may miss a label, as the K labelled rows a
+user has of a new task may. A task with fewer than K + Q rows fills its query set by drawing its
+remaining rows with replacement. Reading uses the standard library only; every problem with the
+file is one :class:`~fastmaml.errors.DataError` that names the row and column and says what to do.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
 SPLITS = ("train", "val", "test")
+TASK_TYPES = ("auto", "regression", "classification")
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,43 @@ def feature_kind(table: Table, name: str, categorical: Sequence[str] = ()) -> st
     return "categorical"
 
 
+def target_kind(table: Table, name: str, task_type: str = "auto") -> str:
+    """"regression" or "classification": forced by ``task_type``, else numbers vs labels; DataError if mixed."""
+    if task_type not in TASK_TYPES:
+        raise DataError(f"task_type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
+    values = table.column(name)
+    for i, text in enumerate(values):
+        if text.lower() in MISSING:
+            raise DataError(
+                f"{table.path}, line {i + 2}, column {name!r}: missing value ({text!r}); drop or fill such rows"
+            )
+    if task_type == "classification":
+        return task_type
+    numeric = [_is_number(v) for v in values]
+    if task_type == "regression" and not all(numeric):
+        bad = numeric.index(False)
+        raise DataError(
+            f"{table.path}, line {bad + 2}, column {name!r}: {values[bad]!r} is not a number, and task_type=regression "
+            "needs a numeric target; fix it, or set task_type=classification"
+        )
+    if all(numeric):
+        return "regression"
+    if any(numeric):
+        bad = numeric.index(False)
+        raise DataError(
+            f"{table.path}, line {bad + 2}, column {name!r}: {values[bad]!r} is not a number while other values of "
+            f"the target {name!r} are; fix it, or set task_type=classification to treat every value as a label"
+        )
+    return "classification"
+
+
+def _label_order(labels: set[str]) -> tuple[str, ...]:
+    """Labels sorted as numbers when they all are ("2" before "10"), else as text."""
+    if all(_is_number(v) for v in labels):
+        return tuple(sorted(labels, key=lambda v: (float(v), v)))
+    return tuple(sorted(labels))
+
+
 @dataclass(frozen=True)
 class Feature:
     """One input column: numeric (standardised with ``mean``, ``std``) or categorical (one-hot)."""
@@ -147,21 +193,35 @@ class Feature:
 
 @dataclass(frozen=True)
 class Encoder:
-    """Rows -> standardised tensors, with statistics taken from the meta-training tasks' rows only."""
+    """Rows -> standardised tensors, with statistics (and, for classification, labels) from meta-train rows only.
+
+    ``classes`` empty: regression (target standardised with ``target_mean``, ``target_std``);
+    otherwise classification over ``classes``, a label's index being its class (one logit each).
+    """
 
     features: tuple[Feature, ...]
     target: str
     target_mean: float
     target_std: float
+    classes: tuple[str, ...] = ()
 
     @property
     def width(self) -> int:
         return sum(f.width for f in self.features)
 
+    @property
+    def classification(self) -> bool:
+        return bool(self.classes)
+
+    @property
+    def outputs(self) -> int:
+        """Model outputs: one per class, or the one regression value."""
+        return len(self.classes) if self.classes else 1
+
     @classmethod
     def fit(cls, table: Table, rows: Sequence[int], features: Sequence[str], categorical: Sequence[str],
-            target: str) -> Encoder:
-        """Decide each feature's kind from the whole column; take statistics from ``rows`` only."""
+            target: str, task_type: str = "auto") -> Encoder:
+        """Decide each column's kind from the whole column; take statistics and labels from ``rows`` only."""
         specs = []
         for name in features:
             values = table.column(name)
@@ -171,6 +231,15 @@ class Encoder:
                 specs.append(Feature(name, "numeric", column.mean().item(), std if std > 0 else 1.0))
             else:
                 specs.append(Feature(name, "categorical", categories=tuple(sorted({values[i] for i in rows}))))
+        if target_kind(table, target, task_type) == "classification":
+            labels = table.column(target)
+            classes = _label_order({labels[i] for i in rows})
+            if len(classes) < 2:
+                raise DataError(
+                    f"{table.path}: the target {target!r} has only the label {classes[0]!r} in the meta-training "
+                    "tasks; classification needs at least 2 labels (for a numeric target: task_type=regression)"
+                )
+            return cls(tuple(specs), target, 0.0, 1.0, classes)
         y = torch.tensor(_numbers(table, target), dtype=torch.float64)[list(rows)]
         std = y.std().item() if len(y) > 1 else 0.0
         return cls(tuple(specs), target, y.mean().item(), std if std > 0 else 1.0)
@@ -197,14 +266,42 @@ class Encoder:
             return torch.zeros(len(table.rows), 0)
         return torch.cat(blocks, 1).float()
 
+    def label_indices(self, table: Table) -> list[int]:
+        """Classification: each row's class index, -1 for a label not seen in meta-training; DataError if missing."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        labels = table.column(self.target)
+        for r, text in enumerate(labels):
+            if text.lower() in MISSING:
+                raise DataError(f"{table.path}, line {r + 2}, column {self.target!r}: missing value ({text!r}); "
+                                "drop or fill such rows")
+        return [index.get(text, -1) for text in labels]
+
     def encode_y(self, table: Table) -> Tensor:
-        """The standardised target of every row: (N, 1), float32."""
-        y = torch.tensor(_numbers(table, self.target), dtype=torch.float64)
-        return ((y - self.target_mean) / self.target_std).float().unsqueeze(1)
+        """The target of every row: regression (N, 1) float32, standardised; classification (N,) int64 indices.
+
+        A label never seen in meta-training is a DataError: the model has no output for it.
+        """
+        if not self.classification:
+            y = torch.tensor(_numbers(table, self.target), dtype=torch.float64)
+            return ((y - self.target_mean) / self.target_std).float().unsqueeze(1)
+        indices = self.label_indices(table)
+        if -1 in indices:
+            r = indices.index(-1)
+            unseen = sorted({table.rows[i][table.header.index(self.target)] for i, k in enumerate(indices) if k < 0})
+            raise DataError(
+                f"{table.path}, line {r + 2}, column {self.target!r}: label {unseen[0]!r} never occurs in the "
+                f"meta-training tasks ({len(unseen)} such label(s): {', '.join(map(repr, unseen[:5]))}); this run "
+                f"can only learn and predict {', '.join(map(repr, self.classes))}: drop those rows"
+            )
+        return torch.tensor(indices, dtype=torch.int64)
 
     def decode_y(self, y: Tensor) -> Tensor:
-        """Standardised predictions back in the target's units."""
+        """Regression: standardised predictions back in the target's units."""
         return y.double() * self.target_std + self.target_mean
+
+    def decode_labels(self, indices: Tensor) -> list[str]:
+        """Classification: class indices back to the target's labels."""
+        return [self.classes[i] for i in indices.tolist()]
 
 
 @dataclass
@@ -213,10 +310,13 @@ class TableTasks:
 
     names: list[str]
     x: list[Tensor]  # per task (rows, D)
-    y: list[Tensor]  # per task (rows, 1)
+    y: list[Tensor]  # per task: regression (rows, 1) float, classification (rows,) class indices
 
     def sample(self, generator: torch.Generator, num_tasks: int, shots: int, queries: int) -> TaskBatch:
-        """``num_tasks`` tasks drawn with replacement; rows of a task drawn without (query: see module)."""
+        """``num_tasks`` tasks drawn with replacement; a task's rows drawn uniformly without (query: see module).
+
+        Not stratified by label for classification: K support rows are any K rows of the task.
+        """
         picks = torch.randint(len(self.names), (num_tasks,), generator=generator).tolist()
         parts: list[list[Tensor]] = [[], [], [], []]
         for p in picks:
@@ -238,7 +338,8 @@ class TableSplit:
 
     encoder: Encoder
     tasks: dict[str, TableTasks]
-    dropped: list[str]  # tasks with too few rows to give K support rows and one query row
+    dropped: list[str]  # tasks with too few (usable) rows to give K support rows and one query row
+    unseen_label_rows: int = 0  # classification: held-out rows left out, their label not in meta-training
 
 
 def split_tasks(names: Sequence[str], test_fraction: float, val_fraction: float, seed: int) -> dict[str, list[str]]:
@@ -268,11 +369,13 @@ def load_table(
     test_fraction: float = 0.2,
     val_fraction: float = 0.0,
     seed: int = 0,
+    task_type: str = "auto",
 ) -> TableSplit:
     """Read ``path``, split its tasks, fit the encoder on meta-train rows and encode every task.
 
     ``features`` defaults to every column except the task and target columns; a feature is
     categorical when listed in ``categorical`` or when none of its values is a number.
+    ``task_type``: "regression", "classification" or "auto" (see the module docstring).
     """
     table = read_csv(path)
     features = list(features) or [c for c in table.header if c not in (task_column, target)]
@@ -288,7 +391,9 @@ def load_table(
                 "the name of its task"
             )
         groups.setdefault(name, []).append(i)
-    _numbers(table, target)  # every value must be usable: fail before any work
+    # every value must be usable: fail before any work
+    if target_kind(table, target, task_type) == "regression":
+        _numbers(table, target)
     for name in features:
         feature_kind(table, name, categorical)
     dropped = sorted(n for n, rows in groups.items() if len(rows) < shots + 1)
@@ -298,12 +403,53 @@ def load_table(
     usable = [n for n in groups if n not in dropped]
     names = split_tasks(usable, test_fraction, val_fraction, seed)
     train_rows = [i for n in names["train"] for i in groups[n]]
-    encoder = Encoder.fit(table, train_rows, features, categorical, target)
-    x, y = encoder.encode_x(table), encoder.encode_y(table)
+    encoder = Encoder.fit(table, train_rows, features, categorical, target, task_type)
+    x = encoder.encode_x(table)
+    unseen = 0
+    if encoder.classification:
+        labels = encoder.label_indices(table)
+        y = torch.tensor(labels, dtype=torch.int64)
+        names, groups, unseen, small = _without_unseen_labels(names, groups, labels, shots)
+        dropped = sorted(dropped + small)
+    else:
+        y = encoder.encode_y(table)
     tasks = {
         split: TableTasks(
             list(names[split]), [x[groups[n]] for n in names[split]], [y[groups[n]] for n in names[split]]
         )
         for split in SPLITS
     }
-    return TableSplit(encoder, tasks, dropped)
+    return TableSplit(encoder, tasks, dropped, unseen)
+
+
+def _without_unseen_labels(names: dict[str, list[str]], groups: dict[str, list[int]], labels: list[int],
+                           shots: int) -> tuple[dict[str, list[str]], dict[str, list[int]], int, list[str]]:
+    """Held-out tasks without their rows whose label (-1) is not a meta-training label; tasks left too small."""
+    groups = dict(groups)
+    unseen, small = 0, []
+    kept = {"train": list(names["train"])}
+    for split in ("val", "test"):
+        kept[split] = []
+        for n in names[split]:
+            rows = [i for i in groups[n] if labels[i] >= 0]
+            unseen += len(groups[n]) - len(rows)
+            groups[n] = rows
+            if len(rows) < shots + 1:
+                small.append(n)
+            else:
+                kept[split].append(n)
+    if unseen:
+        log.warning("%d rows of held-out tasks have a label that no meta-training task has and are left out%s",
+                    unseen, f"; so are {len(small)} tasks left with fewer than K + 1 = {shots + 1} rows: "
+                    + ", ".join(small[:5]) if small else "")
+    if not kept["test"]:
+        raise DataError(
+            "no meta-test task is left once rows with labels that no meta-training task has are left out; "
+            "drop the rare labels from the CSV, or change seed or test_fraction"
+        )
+    if names["val"] and not kept["val"]:
+        raise DataError(
+            "no validation task is left once rows with labels that no meta-training task has are left out; "
+            "drop the rare labels from the CSV, or change seed or val_fraction"
+        )
+    return kept, groups, unseen, small
