@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-LABELS = {"maml": "MAML", "pretrained": "pretrained, fine-tuned"}
+LABELS = {"maml": "MAML", "pretrained": "pretrained, fine-tuned", "context": "context vector", "scratch": "from scratch"}
 
 
 def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:

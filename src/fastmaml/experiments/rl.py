@@ -20,6 +20,10 @@ step_size`` after an ``init_learning_rate = step_size`` first step). The paper's
 the inner lr throughout; the original 2D navigation run (``trpomaml1_fbs20_mbs20_flr_0.5``, the one
 its meta-test script loads) used 0.5, which is this preset's value (``--set inner_lr=0.1`` for the
 paper's). The original ``maml_trpo_point.py`` sets meta_batch_size 40; its evaluated run used 20.
+
+``--set method=context`` trains the paper's context-vector baseline (appendix) in MAML's place with
+every setting above: the policy reads a learned vector (``context_dim``, 10) beside the observation,
+the inner step adapts only that vector, the TRPO meta-update trains the network (``fastmaml.rl.trainer``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
 - ``sampler``: N trajectories per task for T tasks in one batched rollout
 - ``returns`` / ``baseline``: discounted returns, GAE, advantage standardisation, rllab's linear
   feature baseline fitted per task
-- ``policy``: the 100-100 ReLU Gaussian MLP policy; log-likelihood and KL of parameter dicts
+- ``policy``: the 100-100 ReLU Gaussian MLP policy (optionally reading a learned context vector, the
+  paper's context-vector baseline); log-likelihood and KL of parameter dicts
 - ``trpo``: conjugate gradient, KL Hessian-vector products, line search, one TRPO step
 """
 

@@ -18,6 +18,14 @@ Hessian-vector products differentiate through the inner policy-gradient step (se
 ``first_order=True`` treats the inner gradient as a constant. ``inner_steps = 0`` is plain TRPO on
 the pre-update samples: the paper's "pretrained" baseline and the oracle.
 
+``adapt_keys`` names the parameters the inner step adapts (default: all). The paper's context-vector
+baseline (appendix) is ``adapt_keys=("context",)`` with a policy that reads a context vector c
+(``GaussianMLPPolicy(context_dim=d)``): c'_i = c − α ∇c L_i(θ), the network weights and log σ stay
+at θ inside every task, and the TRPO meta-update changes all of θ (weights and c's start) through
+the same objective. The inner gradient is taken with respect to those keys only, the other
+parameters enter it as constants of the inner ``torch.func.grad`` and still receive the second-order
+meta-gradient through it.
+
 Conventions checked against cbfinn/maml_rl (``sandbox/rocky/tf/algos/maml_npo.py``,
 ``policies/maml_minimal_gauss_mlp_policy.py``, ``rllab/sampler/base.py``,
 ``maml_examples/maml_trpo_point.py``, ``cluster_maml_trpo_cheetah.py``, ``test_maml_*.py``); the same
@@ -102,14 +110,28 @@ def reinforce_loss(policy: nn.Module, params: Params, samples: Samples) -> Tenso
 
 
 def adapt(
-    policy: nn.Module, params: Params, inner: Sequence[Samples], lrs: Sequence[float], first_order: bool = False
+    policy: nn.Module,
+    params: Params,
+    inner: Sequence[Samples],
+    lrs: Sequence[float],
+    first_order: bool = False,
+    adapt_keys: Sequence[str] | None = None,
 ) -> Params:
     """θ'_i for one task: one SGD step (``fastmaml.core.sgd_step``) per entry of ``inner``, the
-    samples collected with the parameters before that step (Algorithm 3, line 7)."""
-    loss = lambda p, samples, _: reinforce_loss(policy, p, samples)  # noqa: E731 - core's (params, x, y)
+    samples collected with the parameters before that step (Algorithm 3, line 7). Only the
+    parameters named in ``adapt_keys`` (default: all) are stepped; the others are returned as given."""
+    if adapt_keys is None:
+        fast, fixed = params, {}
+    else:
+        missing = [k for k in adapt_keys if k not in params]
+        if missing:
+            raise ValueError(f"adapt_keys names {missing[0]!r}, which the policy does not have")
+        fast = {k: params[k] for k in adapt_keys}
+        fixed = {k: v for k, v in params.items() if k not in fast}
+    loss = lambda p, samples, _: reinforce_loss(policy, {**fixed, **p}, samples)  # noqa: E731 - core's (params, x, y)
     for samples, lr in zip(inner, lrs, strict=True):
-        params = sgd_step(params, inner_loss_grads(loss, params, samples, None, first_order), lr)
-    return params
+        fast = sgd_step(fast, inner_loss_grads(loss, fast, samples, None, first_order), lr)
+    return {k: fast.get(k, v) for k, v in params.items()}
 
 
 def map_tasks(fn: Callable[..., Any], params: Params, *task_args: Any, batched: bool, strategy: str = "vmap") -> Any:
@@ -141,6 +163,7 @@ def _task_surrogate(
     policy: nn.Module,
     lrs: Sequence[float],
     first_order: bool,
+    adapt_keys: Sequence[str] | None,
     params: Params,
     inner: list[Samples],
     outer: Samples,
@@ -148,7 +171,7 @@ def _task_surrogate(
     old_log_std: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """One task's TRPO surrogate after adaptation and the sum of its KL terms."""
-    adapted = adapt(policy, params, inner, lrs, first_order)
+    adapted = adapt(policy, params, inner, lrs, first_order, adapt_keys)
     mean, log_std = action_distribution(policy, adapted, outer.observations)
     old_log_prob = gaussian_log_prob(old_mean, old_log_std, outer.actions)
     ratio = torch.exp(gaussian_log_prob(mean, log_std, outer.actions) - old_log_prob)
@@ -166,17 +189,19 @@ def meta_objective(
     first_order: bool = False,
     strategy: str = "auto",
     tasks: int | None = None,
+    adapt_keys: Sequence[str] | None = None,
 ) -> Callable[[Params], tuple[Tensor, Tensor]]:
     """``params -> (meta-loss, mean KL)`` for :func:`fastmaml.rl.trpo.trpo_step` (module docstring).
 
     ``inner`` holds one ``Samples`` (T, N, H, ...) per inner step, ``outer`` the post-update samples
     and ``old`` the (μ, log σ) at ``outer.observations`` of the policies that collected them. With
     ``tasks=k`` only the first k tasks count (e.g. a cheaper KL for the Hessian-vector products).
+    ``adapt_keys``: the parameters the inner step adapts (default: all).
     """
     inner = list(inner)
     if tasks is not None:
         inner, outer, old = pytree.tree_map(lambda t: t[:tasks], (inner, outer, old))
-    task_fn = partial(_task_surrogate, policy, tuple(lrs), first_order)
+    task_fn = partial(_task_surrogate, policy, tuple(lrs), first_order, adapt_keys)
     strategy = split_strategy(strategy)[1]
 
     def objective(params: Params) -> tuple[Tensor, Tensor]:
@@ -208,11 +233,12 @@ def sample_and_adapt(
     gae_lambda: float = GAE_LAMBDA,
     strategy: str = "auto",
     process_last: bool = True,
+    adapt_keys: Sequence[str] | None = None,
 ) -> tuple[list[Trajectories], list[Samples], Params | None]:
-    """Sample ``trajectories`` per goal with θ, adapt (first order, no graph), sample again, ... :
-    len(lrs) + 1 sampling rounds. Returns the trajectories and processed samples of every round
-    (the last one only with ``process_last``) and the final per-task parameters (None when ``lrs``
-    is empty)."""
+    """Sample ``trajectories`` per goal with θ, adapt (first order, no graph; only ``adapt_keys``,
+    default all), sample again, ... : len(lrs) + 1 sampling rounds. Returns the trajectories and
+    processed samples of every round (the last one only with ``process_last``) and the final
+    per-task parameters, every one with a leading task dimension (None when ``lrs`` is empty)."""
     trajs, samples, adapted, batched = [], [], params, False
     strategy = split_strategy(strategy)[0]
     for step in range(len(lrs) + 1):
@@ -221,7 +247,7 @@ def sample_and_adapt(
         if step < len(lrs) or process_last:
             samples.append(process_samples(trajs[-1], discount, gae_lambda))
         if step < len(lrs):
-            one_step = lambda p, s, lr=lrs[step]: adapt(policy, p, [s], [lr], first_order=True)  # noqa: E731
+            one_step = lambda p, s, lr=lrs[step]: adapt(policy, p, [s], [lr], True, adapt_keys)  # noqa: E731
             with torch.no_grad():
                 adapted = map_tasks(one_step, adapted, samples[-1], batched=batched, strategy=strategy)
             batched = True
@@ -248,11 +274,14 @@ def maml_trpo_step(
     hvp: str = "exact",
     hvp_tasks: int = 0,
     strategy: str = "auto",
+    adapt_keys: Sequence[str] | None = None,
 ) -> tuple[Params, StepStats]:
     """One meta-iteration of Algorithm 3: draw ``meta_batch_size`` goals, sample, adapt, sample,
     TRPO-update θ through the adaptation. ``inner_steps=0``: TRPO on all tasks jointly (no adaptation).
 
     ``hvp_tasks=k`` computes the KL's Hessian-vector products on the first k tasks only (0: all).
+    ``adapt_keys``: the parameters the inner step adapts (default all; the context-vector baseline's
+    ``("context",)``); the TRPO step updates every parameter either way.
     Randomness (goals, action noise, start states) comes from ``generator``.
     """
     params = {k: p.detach() for k, p in params.items()}
@@ -260,13 +289,13 @@ def maml_trpo_step(
     lrs = [inner_lr] * inner_steps
     trajs, samples, adapted = sample_and_adapt(
         env, policy, params, goals, generator, trajectories=trajectories, lrs=lrs, horizon=horizon,
-        discount=discount, gae_lambda=gae_lambda, strategy=strategy,
+        discount=discount, gae_lambda=gae_lambda, strategy=strategy, adapt_keys=adapt_keys,
     )
     outer = samples[-1]
     with torch.no_grad():
         old = distribution_fn(policy, params if adapted is None else adapted, batched=adapted is not None,
                               strategy=split_strategy(strategy)[0])(outer.observations)
-    common = {"first_order": first_order, "strategy": strategy}
+    common = {"first_order": first_order, "strategy": strategy, "adapt_keys": adapt_keys}
     objective = meta_objective(policy, samples[:-1], outer, old, lrs, **common)
     kl_fn = None
     if 0 < hvp_tasks < meta_batch_size:  # the KL (and its Hessian) of the first hvp_tasks tasks only
@@ -292,11 +321,13 @@ def adaptation_returns(
     discount: float = GAMMA,
     gae_lambda: float = GAE_LAMBDA,
     strategy: str = "auto",
+    adapt_keys: Sequence[str] | None = None,
 ) -> Tensor:
     """Meta-test: the mean undiscounted return per task after 0, 1, ..., len(lrs) inner steps, each
-    step a REINFORCE step at ``lrs[k]`` on the trajectories just sampled: shape (len(lrs) + 1, T)."""
+    step a REINFORCE step at ``lrs[k]`` on the trajectories just sampled (on ``adapt_keys`` only,
+    default all): shape (len(lrs) + 1, T)."""
     trajs, _, _ = sample_and_adapt(
         env, policy, params, goals, generator, trajectories=trajectories, lrs=lrs, horizon=horizon,
-        discount=discount, gae_lambda=gae_lambda, strategy=strategy, process_last=False,
+        discount=discount, gae_lambda=gae_lambda, strategy=strategy, process_last=False, adapt_keys=adapt_keys,
     )
     return torch.stack([t.returns.mean(1) for t in trajs])

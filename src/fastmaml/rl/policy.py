@@ -6,6 +6,15 @@
 as cbfinn/maml_rl's ``MAMLGaussianMLPPolicy`` (Glorot-uniform weights, zero biases). Every function
 below takes a parameter dict, so an adapted policy is just another dict, and they all work under
 ``torch.func.grad`` and ``torch.func.vmap`` (a leading task dimension on params and observations).
+
+``context_dim = d > 0`` gives the paper's context-vector baseline (appendix): a parameter ``context``
+(d,) is appended to every observation, μ_θ([s, c]), and only c is adapted in the inner loop
+(``adapt_keys=CONTEXT_KEYS`` in :mod:`fastmaml.rl.maml_trpo`). c starts at 0, so at initialisation the
+context contributes nothing to the first layer and every task starts from the same policy; the first
+layer's columns that read c start Glorot-uniform, non-zero, so ∇c L = W_cᵀ ∂L/∂h₁ is non-zero and the
+first inner step moves the policy. c's starting value is meta-learned by the outer update like every
+other parameter (it adds nothing the first layer's bias could not express, but keeps θ "all
+parameters", as in MAML).
 """
 
 from __future__ import annotations
@@ -20,19 +29,28 @@ from torch import Tensor, nn
 from fastmaml.core.functional import Params
 
 MIN_LOG_STD = math.log(1e-6)
+CONTEXT_KEYS = ("context",)  # the parameters the context-vector baseline adapts in the inner loop
 LOG_2PI = math.log(2 * math.pi)
 
 
 class GaussianMLPPolicy(nn.Module):
-    """``forward(obs)`` is the action mean; ``log_std`` (action_dim,) is a parameter."""
+    """``forward(obs)`` is the action mean; ``log_std`` (action_dim,) is a parameter. With
+    ``context_dim > 0`` a parameter ``context`` (context_dim,), initialised to 0, is an extra input."""
 
     def __init__(
-        self, obs_dim: int, action_dim: int, hidden_sizes: Sequence[int] = (100, 100), init_std: float = 1.0
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_sizes: Sequence[int] = (100, 100),
+        init_std: float = 1.0,
+        context_dim: int = 0,
     ) -> None:
         super().__init__()
         if not init_std > 0:
             raise ValueError(f"init_std must be > 0, got {init_std}")
-        sizes = [obs_dim, *hidden_sizes, action_dim]
+        if context_dim < 0:
+            raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+        sizes = [obs_dim + context_dim, *hidden_sizes, action_dim]
         layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
             linear = nn.Linear(fan_in, fan_out)
@@ -41,8 +59,12 @@ class GaussianMLPPolicy(nn.Module):
             layers += [linear, nn.ReLU()] if i < len(sizes) - 2 else [linear]
         self.mean = nn.Sequential(*layers)
         self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
+        if context_dim:
+            self.context = nn.Parameter(torch.zeros(context_dim))
 
     def forward(self, obs: Tensor) -> Tensor:
+        if hasattr(self, "context"):  # the same c for every observation of the task: (..., obs_dim + d)
+            obs = torch.cat([obs, self.context.expand(*obs.shape[:-1], -1)], dim=-1)
         return self.mean(obs)
 
 

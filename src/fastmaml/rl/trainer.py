@@ -10,6 +10,11 @@ far, ``eval.json`` and ``plots/``. Resuming continues bit for bit on the CPU. Th
 Learners, each with its own seeded random stream (so adding a baseline leaves MAML's run unchanged):
 
 - ``maml``: Algorithm 3, :func:`fastmaml.rl.maml_trpo.maml_trpo_step`.
+- ``context`` (``method="context"``, in MAML's place): the paper's context-vector baseline (appendix).
+  The policy reads a learned vector c of ``context_dim`` entries beside the observation; the inner
+  REINFORCE step adapts c only, the TRPO meta-update trains all parameters with MAML's objective, and
+  meta-test adapts c with MAML's steps and lrs. It takes MAML's random stream (seed offset 0), so it
+  meets the same training goals and evaluation tasks as a MAML run with the same seed.
 - ``pretrained``: one policy trained with TRPO on all tasks jointly (no adaptation), same
   iterations, tasks per iteration and trajectories per task; fine-tuned at meta-test with the same
   REINFORCE step at ``pretrained_lr``.
@@ -61,13 +66,14 @@ from fastmaml.engine.run_dir import (
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
 from fastmaml.rl.envs import ENV_NAMES, make_batch
 from fastmaml.rl.maml_trpo import STRATEGIES, adaptation_returns, maml_trpo_step
-from fastmaml.rl.policy import GaussianMLPPolicy
+from fastmaml.rl.policy import CONTEXT_KEYS, GaussianMLPPolicy
 from fastmaml.rl.trpo import HVPS
 
 log = logging.getLogger(__name__)
 
 TRAINED_BASELINES = ("pretrained", "oracle")
-SEED_OFFSETS = {"maml": 0, "pretrained": 1_000_003, "oracle": 2_000_003, "random": 3_000_017}
+METHODS = ("maml", "context")  # the meta-learner: MAML, or the context-vector baseline in its place
+SEED_OFFSETS = {"maml": 0, "context": 0, "pretrained": 1_000_003, "oracle": 2_000_003, "random": 3_000_017}
 
 
 @dataclasses.dataclass
@@ -75,6 +81,8 @@ class RLConfig:
     """Meta-RL settings (paper section 5.3 and cbfinn/maml_rl; presets in ``fastmaml.experiments.rl``)."""
 
     env: str = "nav2d"  # nav2d | cheetah-vel | cheetah-dir | ant-vel | ant-dir
+    method: str = "maml"  # maml | context (the paper's context-vector baseline: the inner step adapts c only)
+    context_dim: int = 10  # entries of the context vector c (method=context); the tasks here have <= 2 parameters
     inner_lr: float = 0.1  # α of the REINFORCE inner step (0.5 for 2D navigation, as the original)
     inner_steps: int = 1  # inner steps at meta-train, each on freshly sampled trajectories
     first_order: bool = False  # treat the inner gradient as a constant in the meta-update
@@ -106,6 +114,10 @@ class RLConfig:
     def validate(self) -> None:
         if self.env not in ENV_NAMES:
             raise ConfigError(f"unknown environment {self.env!r}; choose one of {', '.join(ENV_NAMES)}")
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method == "context" and self.context_dim < 1:
+            raise ConfigError(f"context_dim must be >= 1 for method=context, got {self.context_dim}")
         for key in ("inner_lr", "max_kl", "pretrained_lr", "discount", "eval_lr_decay"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
@@ -155,12 +167,19 @@ def make_env(config: RLConfig, oracle: bool = False):
     return OracleBatch(env) if oracle else env
 
 
-def make_policy(config: RLConfig, env, seed: int) -> tuple[GaussianMLPPolicy, Params]:
-    """The paper's policy for ``env`` and its initial parameters, drawn from ``seed`` alone."""
+def make_policy(config: RLConfig, env, seed: int, context: bool = False) -> tuple[GaussianMLPPolicy, Params]:
+    """The paper's policy for ``env`` (with a ``config.context_dim`` context vector when ``context``)
+    and its initial parameters, drawn from ``seed`` alone."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        policy = GaussianMLPPolicy(env.obs_dim, env.action_dim, config.hidden, config.init_std)
+        policy = GaussianMLPPolicy(env.obs_dim, env.action_dim, config.hidden, config.init_std,
+                                   context_dim=config.context_dim if context else 0)
     return policy, {k: p.detach().clone() for k, p in policy.named_parameters()}
+
+
+def adapt_keys(method: str) -> tuple[str, ...] | None:
+    """The parameters ``method``'s inner step adapts: the context vector, or all of them (None)."""
+    return CONTEXT_KEYS if method == "context" else None
 
 
 def _step_kwargs(config: RLConfig) -> dict[str, Any]:
@@ -177,12 +196,13 @@ class RLTrainer:
 
     def __init__(self, config: RLConfig, run_dir: Path) -> None:
         self.config, self.run_dir = config, Path(run_dir)
-        self.learners = ["maml", *config.baselines]
+        self.method = config.method  # the meta-learner's name: maml or context
+        self.learners = [self.method, *config.baselines]
         self.envs = {name: make_env(config, oracle=name == "oracle") for name in self.learners}
         self.policies, self.params, self.generators = {}, {}, {}
         for name in self.learners:
             seed = config.seed + SEED_OFFSETS[name]
-            self.policies[name], self.params[name] = make_policy(config, self.envs[name], seed)
+            self.policies[name], self.params[name] = make_policy(config, self.envs[name], seed, name == "context")
             self.generators[name] = torch.Generator().manual_seed(config.seed + SEED_OFFSETS[name])
         self.step, self.elapsed = 0, 0.0
         self.rows: list[dict[str, Any]] = []
@@ -209,15 +229,17 @@ class RLTrainer:
 
     # ------------------------------------------------------------------ one iteration
     def iteration(self) -> dict[str, float]:
-        """One meta-update of MAML and one TRPO update of each trained baseline."""
+        """One meta-update of MAML (or the context-vector baseline) and one TRPO update of each trained
+        baseline."""
         values: dict[str, float] = {}
         for name in self.learners:
             kwargs = _step_kwargs(self.config)
-            kwargs["inner_steps"] = self.config.inner_steps if name == "maml" else 0
+            kwargs["inner_steps"] = self.config.inner_steps if name == self.method else 0
             self.params[name], stats = maml_trpo_step(
-                self.envs[name], self.policies[name], self.params[name], self.generators[name], **kwargs
+                self.envs[name], self.policies[name], self.params[name], self.generators[name],
+                adapt_keys=adapt_keys(name), **kwargs
             )
-            if name == "maml":
+            if name == self.method:
                 values.update(return_pre=stats.returns[0], return_post=stats.returns[-1],
                               loss_before=stats.trpo.loss_before, loss_after=stats.trpo.loss_after,
                               kl=stats.trpo.kl_after, step_fraction=stats.trpo.step_fraction)
@@ -297,14 +319,15 @@ def train(
 
 # ---------------------------------------------------------------------- meta-test
 def load_policies(run_dir: Path, config: RLConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """{method: (env, policy, params)} for the trained learners of a run and the random initialisation."""
+    """{method: (env, policy, params)} for the trained learners of a run and the random initialisation
+    (the plain policy, every parameter fine-tuned, also in a context-vector run)."""
     tensors, meta, _ = checkpoint.load_latest(Path(run_dir) / CHECKPOINT)
     trainer = RLTrainer(config, run_dir)
     trainer.restore(tensors, meta)
     methods = {name: (trainer.envs[name], trainer.policies[name], trainer.params[name]) for name in trainer.learners}
-    env = trainer.envs["maml"]
+    env = trainer.envs[trainer.method]
     methods["random"] = (env, *make_policy(config, env, config.seed + SEED_OFFSETS["random"]))
-    order = ["maml", "pretrained", "random", "oracle"]
+    order = [*METHODS, "pretrained", "random", "oracle"]
     return {m: methods[m] for m in order if m in methods}, meta
 
 
@@ -337,7 +360,7 @@ def evaluate(
     if config.threads:
         torch.set_num_threads(config.threads)
     methods, meta = load_policies(run_dir, config)
-    goals = methods["maml"][0].sample_goals(tasks, torch.Generator().manual_seed(seed))
+    goals = next(iter(methods.values()))[0].sample_goals(tasks, torch.Generator().manual_seed(seed))
     results: dict[str, Any] = {}
     for method, (env, policy, params) in methods.items():
         lr = config.pretrained_lr if method == "pretrained" else config.inner_lr
@@ -345,7 +368,7 @@ def evaluate(
         per_task = adaptation_returns(
             env, policy, params, goals, torch.Generator().manual_seed(seed + 1), trajectories=config.eval_trajectories,
             lrs=lrs[:steps], horizon=config.horizon or None, discount=config.discount, gae_lambda=config.gae_lambda,
-            strategy=config.strategy,
+            strategy=config.strategy, adapt_keys=adapt_keys(method),
         )  # (steps + 1, tasks), or (1, tasks) for the oracle
         per_task = per_task.expand(steps + 1, -1) if method == "oracle" else per_task
         mean, ci = mean_ci95(per_task.T.double())
@@ -383,7 +406,8 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     out.mkdir(exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     steps = [r["step"] for r in rows]
-    curves = {"return_pre": "MAML before adaptation", "return_post": "MAML after 1 inner step",
+    method = {"maml": "MAML", "context": "context vector"}[read_config(run_dir)[1].method]
+    curves = {"return_pre": f"{method} before adaptation", "return_post": f"{method} after 1 inner step",
               "pretrained_return": "pretrained (joint TRPO)", "oracle_return": "oracle (goal observed)"}
     for key, label in curves.items():
         if any(key in r for r in rows):
