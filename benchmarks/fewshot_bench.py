@@ -1,7 +1,7 @@
 """Seconds per meta-iteration of the few-shot image presets, as `fastmaml train` runs them.
 
-One iteration = sample a meta-batch from the cached data + meta-loss + backward + Adam step, built
-exactly as the preset builds it (fastmaml.experiments.fewshot). Median over ``--repeats`` timed
+One iteration = sample a meta-batch from the cached data + meta-loss + backward (``MAML.meta_backward``,
+as the trainer does it) + Adam step, built exactly as the preset builds it (fastmaml.experiments.fewshot). Median over ``--repeats`` timed
 iterations after ``--warmup``. Real data when ``--omniglot``/``--miniimagenet`` point at it (the
 decoded cache is built on first use), otherwise random images of the same shapes.
 
@@ -58,7 +58,7 @@ def seconds_per_iteration(config: fewshot.FewShotConfig, real: bool, repeats: in
         start = time.perf_counter()
         batch = sample(generator, config.meta_batch_size)
         opt.zero_grad(set_to_none=True)
-        maml.meta_loss(batch).backward()
+        maml.meta_backward(batch)
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(maml.parameters(), config.grad_clip)
         opt.step()
@@ -75,28 +75,33 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=["auto"], choices=["auto", "vmap", "loop"])
     parser.add_argument("--orders", nargs="+", default=["second", "first"], choices=["second", "first"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="MAML worker threads (loop strategy)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     roots = {"omniglot": args.omniglot, "miniimagenet": args.miniimagenet}
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads by default; "
           f"median of {args.repeats} iterations after {args.warmup} warm-up\n")
-    print("| setting | meta-batch | inner steps | order | strategy | threads | data | s / iteration |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| setting | meta-batch | inner steps | order | strategy | threads | workers | data | s / iteration |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, (make, ways, shots) in SETTINGS.items():
         if not any(s in name for s in args.settings):
             continue
         for order in args.orders:
             for threads in args.threads:
                 for strategy in args.strategies:
-                    torch.set_num_threads(threads)
-                    base = make(ways, shots)
-                    root = roots[base.dataset]
-                    config = make(ways, shots, root=root or "/nonexistent", strategy=strategy,
-                                  first_order=order == "first", threads=threads)
-                    seconds = seconds_per_iteration(config, root is not None, args.repeats, args.warmup)
-                    print(f"| {name} | {config.meta_batch_size} | {config.inner_steps} | {order} | {strategy} | "
-                          f"{threads} | {'real' if root else 'synthetic'} | {seconds:.3f} |", flush=True)
+                    for workers in args.workers:
+                        if workers > 1 and strategy == "vmap":
+                            continue  # workers only split the per-task loop
+                        torch.set_num_threads(threads)
+                        base = make(ways, shots)
+                        root = roots[base.dataset]
+                        config = make(ways, shots, root=root or "/nonexistent", strategy=strategy,
+                                      first_order=order == "first", threads=threads, workers=workers)
+                        seconds = seconds_per_iteration(config, root is not None, args.repeats, args.warmup)
+                        print(f"| {name} | {config.meta_batch_size} | {config.inner_steps} | {order} | {strategy} | "
+                              f"{threads} | {workers} | {'real' if root else 'synthetic'} | {seconds:.3f} |",
+                              flush=True)
 
 
 if __name__ == "__main__":

@@ -131,19 +131,28 @@ class Implementation:
     strategy: str | None = None  # fastmaml's plain strategy; a row equal to what "auto" picks is not re-timed
 
 
-def fastmaml_step(strategy: str = "auto", chunk_size: int | None = None, micro_batch_size: int | None = None):
-    """fastmaml's meta-step; with ``micro_batch_size`` the meta-batch is run that many tasks at a
-    time, each micro-batch's share of the mean backpropagated at once (the trainer's accumulation)."""
+def fastmaml_step(
+    strategy: str = "auto",
+    chunk_size: int | None = None,
+    micro_batch_size: int | None = None,
+    grad_checkpointing: bool = False,
+    workers: int = 1,
+):
+    """fastmaml's meta-step as the trainer runs it (``MAML.meta_backward``); with ``micro_batch_size``
+    the meta-batch is run that many tasks at a time, each micro-batch's share of the mean
+    backpropagated before the next (the trainer's accumulation); ``grad_checkpointing`` recomputes
+    the inner steps during backward; ``workers`` threads compute the tasks' meta-gradients."""
 
     def build(model: nn.Module, w: Workload, first_order: bool) -> MetaStep:
         maml = MAML(model, w.loss_fn, inner_lr=w.inner_lr, inner_steps=w.inner_steps, first_order=first_order,
-                    strategy=strategy, chunk_size=chunk_size)
+                    strategy=strategy, chunk_size=chunk_size, grad_checkpointing=grad_checkpointing,
+                    workers=workers)
 
         def step(batch: TaskBatch) -> None:
             size = micro_batch_size or batch.num_tasks
             for start in range(0, batch.num_tasks, size):
                 chunk = batch.slice(start, start + size)
-                (maml.meta_loss(chunk) * (chunk.num_tasks / batch.num_tasks)).backward()
+                maml.meta_backward(chunk, scale=chunk.num_tasks / batch.num_tasks)
 
         return step
 
@@ -268,6 +277,7 @@ def implementations(
     micro_batch_size: int | None = None,
     levers: bool = False,
     lever_threads: int | None = None,
+    workers: int | None = None,
 ) -> dict[str, Implementation]:
     """Every implementation by name; the chunked-vmap, micro-batched and lever rows only when asked."""
     impls = [
@@ -285,11 +295,16 @@ def implementations(
     if lever_threads:
         impls.append(Implementation(f"fastmaml {lever_threads} threads (lever)",
                                     with_threads(fastmaml_step("auto"), lever_threads)))
+    if workers:
+        impls.append(Implementation(f"fastmaml {workers} workers", fastmaml_step("auto", workers=workers)))
     impls += [
         Implementation("torch.func loop", plain_loop_step),
         Implementation("learn2learn", learn2learn_step),
         Implementation("higher", higher_step),
     ]
+    if lever_threads:  # the peers on the same cores, as their users would run them
+        impls += [Implementation(f"{peer.name} {lever_threads} threads", with_threads(peer.build, lever_threads))
+                  for peer in impls[-2:]]
     return {i.name: i for i in impls}
 
 
@@ -321,7 +336,8 @@ class BenchConfig:
     chunk_size: int | None = None
     micro_batch_size: int | None = None
     levers: bool = False  # also time the lever rows (fastmaml loop with fused batch norm)
-    lever_threads: int | None = None  # also time fastmaml with this many torch threads
+    lever_threads: int | None = None  # also time fastmaml and the peers with this many torch threads
+    workers: int | None = None  # also time fastmaml with this many worker threads (MAML(workers=...))
     grad_tolerance: float = 1e-6  # float64 check
     grad_check_tasks: int = 4
     seed: int = 0
@@ -486,18 +502,23 @@ def load_lazy_modules() -> None:
     torch.autograd.grad((p * p).sum(), p, create_graph=True)
 
 
-def measure_peak_here(spec: dict) -> int | None:
-    """Peak memory (bytes) of ``spec["iterations"]`` meta-iterations above what was in use before."""
+def measure_peak_here(spec: dict) -> dict:
+    """Peak memory (bytes) of ``spec["iterations"]`` meta-iterations above what was in use before, and
+    their seconds. ``spec["variant"]`` = (strategy, micro_batch_size, grad_checkpointing) builds fastmaml's step
+    directly; otherwise ``spec["implementation"]`` names one of :func:`implementations`."""
     device = torch.device(spec["device"])
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    impl = implementations(spec.get("chunk_size"), spec.get("micro_batch_size"), True,
-                           spec.get("lever_threads"))[spec["implementation"]]
+    if spec.get("variant"):
+        build = fastmaml_step(*variant_args(spec["variant"]))
+    else:
+        build = implementations(spec.get("chunk_size"), spec.get("micro_batch_size"), True,
+                                spec.get("lever_threads"), spec.get("workers"))[spec["implementation"]].build
     w = with_steps(WORKLOADS[spec["workload"]], spec.get("inner_steps"))
     torch.manual_seed(spec.get("seed", 0))
     model = w.make_model().to(device)
     batch = w.batch(spec.get("seed", 0), device)
-    meta_step = impl.build(model, w, spec["first_order"])
+    meta_step = build(model, w, spec["first_order"])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     load_lazy_modules()
     if device.type == "cuda":
@@ -507,34 +528,47 @@ def measure_peak_here(spec: dict) -> int | None:
     else:
         reset_peak_rss()
         before = rss_bytes()
+    start = time.perf_counter()
     for _ in range(spec.get("iterations", 1)):
         opt.zero_grad(set_to_none=True)
         meta_step(batch)
         opt.step()
+    sync(device)
+    seconds = time.perf_counter() - start
     if device.type == "cuda":
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - before
+        return {"peak_bytes": torch.cuda.max_memory_allocated(device) - before, "seconds": seconds}
     peak = peak_rss_bytes()
-    return None if peak is None or before == 0 else max(peak - before, 0)
+    return {"peak_bytes": None if peak is None or before == 0 else max(peak - before, 0), "seconds": seconds}
 
 
-def measure_peak(spec: dict, cfg: BenchConfig) -> int | None:
-    """Peak memory of one workload and implementation: a fresh subprocess on the CPU, in place on a GPU."""
+# glibc raises its mmap threshold after freeing a large block, then keeps later large blocks in the
+# heap, where fragmentation inflates the peak RSS; a fixed threshold returns every large block at once.
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def measure_child(spec: dict, cfg: BenchConfig) -> dict | None:
+    """:func:`measure_peak_here` in a fresh subprocess on the CPU (its own peak RSS), in place on a GPU."""
     if spec["device"].startswith("cuda"):
         return measure_peak_here(spec)
     proc = subprocess.run([*cfg.child_command, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          check=False)
+                          check=False, env={**os.environ, **CHILD_ENV})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         log.warning("memory measurement of %s failed: %s", spec, proc.stderr.strip()[-500:])
         return None
-    return json.loads(lines[-1])["peak_bytes"]
+    return json.loads(lines[-1])
+
+
+def measure_peak(spec: dict, cfg: BenchConfig) -> int | None:
+    """Peak memory (bytes) of one workload and implementation (see :func:`measure_child`)."""
+    result = measure_child(spec, cfg)
+    return None if result is None else result["peak_bytes"]
 
 
 def memory_spec(cfg: BenchConfig, workload: str, impl: str, first_order: bool, **extra) -> dict:
     return dict(workload=workload, implementation=impl, first_order=first_order, device=cfg.device,
                 threads=cfg.threads, chunk_size=cfg.chunk_size, micro_batch_size=cfg.micro_batch_size,
-                lever_threads=cfg.lever_threads, seed=cfg.seed, iterations=1, **extra)
+                lever_threads=cfg.lever_threads, workers=cfg.workers, seed=cfg.seed, iterations=1, **extra)
 
 
 # ----------------------------------------------------------------------------------------- runs
@@ -545,7 +579,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda line: N
     unknown = [w for w in cfg.workloads if w not in WORKLOADS]
     if unknown:
         raise ValueError(f"unknown workload {unknown[0]!r}; choose from {', '.join(WORKLOADS)}")
-    available = implementations(cfg.chunk_size, cfg.micro_batch_size, cfg.levers, cfg.lever_threads)
+    available = implementations(cfg.chunk_size, cfg.micro_batch_size, cfg.levers, cfg.lever_threads, cfg.workers)
     names = list(available) if cfg.implementations is None else list(cfg.implementations)
     names = ["fastmaml", *(n for n in names if n != "fastmaml")]  # first: the reference for gradients and ratios
     missing = [n for n in names if n not in available]
@@ -567,39 +601,53 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda line: N
     return rows
 
 
-def micro_batch_sweep(
+# name: (strategy, micro_batch_size, grad_checkpointing); the first is the reference for the gradient check.
+SWEEP_VARIANTS = {
+    "vmap, whole meta-batch": ("vmap", None, False),
+    "vmap, micro-batch 4": ("vmap", 4, False),
+    "loop (task by task)": ("loop", None, False),
+    "loop, checkpointed": ("loop", None, True),
+}
+
+
+def variant_args(variant: Sequence) -> tuple:
+    """:func:`fastmaml_step`'s positional arguments for a sweep variant (strategy, micro-batch, checkpointing)."""
+    strategy, micro_batch_size, checkpointing = variant
+    return strategy, None, micro_batch_size, checkpointing
+
+
+def memory_sweep(
     cfg: BenchConfig,
     workload: str = "omniglot-20w1s",
     steps: Sequence[int] = (1, 2, 3, 5, 10),
-    micro_batch_sizes: Sequence[int] = (4, 1),
+    variants: dict[str, tuple[str, int | None, bool]] = SWEEP_VARIANTS,
     progress: Callable[[str], None] = lambda line: None,
 ) -> list[dict]:
-    """Peak memory vs inner steps, second order, whole meta-batch vs micro-batches (gradient accumulation).
+    """Peak memory and seconds per meta-iteration vs inner steps, second order, for memory-saving variants.
 
-    For each step count the micro-batched meta-gradient is checked against the whole-batch one
+    For each step count every variant's meta-gradient is checked against the first variant's
     (an AssertionError if they differ beyond float32 rounding).
     """
     rows = []
     device = torch.device(cfg.device)
+    reference, *others = variants
     for n in steps:
         w = with_steps(WORKLOADS[workload], n)
         torch.manual_seed(cfg.seed)
         base = w.make_model().to(device)
         batch = w.batch(cfg.seed, device)
-        whole = meta_gradient(base, fastmaml_step()(base, w, False), batch)
-        row = {"inner_steps": n, "whole": None, "micro": {}, "grad_diff": {}}
-        for size in micro_batch_sizes:
-            micro = meta_gradient(base, fastmaml_step(micro_batch_size=size)(base, w, False), batch)
-            row["grad_diff"][size] = diff = max_rel_diff(micro, whole)
-            assert diff < 1e-4, f"micro-batch {size} changed the meta-gradient ({diff:.2e}) at {n} steps"
+        gradient = lambda v: meta_gradient(base, fastmaml_step(*variant_args(v))(base, w, False), batch)  # noqa: E731
+        expected = gradient(variants[reference])
+        row = {"inner_steps": n, "peak": {}, "seconds": {}, "grad_diff": {}}
+        for name in others:
+            row["grad_diff"][name] = diff = max_rel_diff(gradient(variants[name]), expected)
+            assert diff < 1e-4, f"{name} changed the meta-gradient ({diff:.2e}) at {n} steps"
         if cfg.memory:
             spec = memory_spec(cfg, workload, "fastmaml", False, inner_steps=n)
-            row["whole"] = measure_peak(dict(spec, micro_batch_size=None), cfg)
-            for size in micro_batch_sizes:
-                row["micro"][size] = measure_peak(
-                    dict(spec, micro_batch_size=size, implementation=f"fastmaml micro-batch {size}"), cfg)
-        progress(f"  {n} steps: whole {fmt_mem(row['whole'])}, "
-                 + ", ".join(f"micro-batch {s}: {fmt_mem(row['micro'].get(s))}" for s in micro_batch_sizes))
+            for name, variant in variants.items():
+                result = measure_child(dict(spec, variant=variant), cfg) or {}
+                row["peak"][name], row["seconds"][name] = result.get("peak_bytes"), result.get("seconds")
+        progress(f"  {n} steps: " + ", ".join(f"{k}: {fmt_mem(row['peak'].get(k))}" for k in variants))
         rows.append(row)
     return rows
 
@@ -633,13 +681,15 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join([head, *map(format_row, rows)])
 
 
-def format_sweep(rows: Sequence[dict], micro_batch_sizes: Sequence[int], meta_batch_size: int) -> str:
-    cols = [f"whole meta-batch ({meta_batch_size})"] + [f"micro-batch {s}" for s in micro_batch_sizes]
-    lines = ["| inner steps | " + " | ".join(cols) + " | max rel. grad diff (micro vs whole) |",
-             "|---|" + "---|" * (len(cols) + 1)]
+def format_sweep(rows: Sequence[dict], names: Sequence[str]) -> str:
+    """Peak memory (seconds of the iteration) per variant and inner-step count."""
+    others = list(names[1:])
+    lines = ["| inner steps | " + " | ".join(names) + " | max rel. grad diff (" + ", ".join(others) + ") |",
+             "|---|" + "---|" * (len(names) + 1)]
     for r in rows:
-        cells = [fmt_mem(r["whole"])] + [fmt_mem(r["micro"].get(s)) for s in micro_batch_sizes]
-        diffs = ", ".join(f"{r['grad_diff'][s]:.1e}" for s in micro_batch_sizes)
+        cells = [fmt_mem(r["peak"].get(k)) + ("" if r["seconds"].get(k) is None else f" ({r['seconds'][k]:.2f} s)")
+                 for k in names]
+        diffs = ", ".join(f"{r['grad_diff'][k]:.1e}" for k in others)
         lines.append(f"| {r['inner_steps']} | " + " | ".join(cells) + f" | {diffs} |")
     return "\n".join(lines)
 
@@ -694,6 +744,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="also time 'fastmaml loop fused-bn (lever)': the loop without the batch-norm reroute")
     parser.add_argument("--lever-threads", type=int, metavar="N",
                         help="also time fastmaml with N torch threads, interleaved with the rest at --threads")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="also time fastmaml with N worker threads (MAML(workers=N), one torch thread each)")
     parser.add_argument("--sweep", action="store_true",
                         help="also peak memory vs inner steps (1, 2, 3, 5, 10) for Omniglot 20-way, second order, "
                              "with and without micro-batches")
@@ -714,7 +766,7 @@ def config_from_args(args: argparse.Namespace, child_command: Sequence[str]) -> 
         warmup=0 if args.quick else args.warmup, time_limit=args.time_limit,
         memory=not (args.quick or args.no_memory), device=args.device, threads=args.threads,
         chunk_size=args.chunk_size, micro_batch_size=args.micro_batch_size, levers=args.levers,
-        lever_threads=args.lever_threads,
+        lever_threads=args.lever_threads, workers=args.workers,
         grad_tolerance=args.grad_tolerance, grad_check_tasks=args.grad_check_tasks, child_command=tuple(child_command),
     )
 
@@ -753,7 +805,7 @@ def run(args: argparse.Namespace, child_command: Sequence[str], prog: str = "fas
     ``child_command`` re-runs the same entry point for a memory measurement (``--child SPEC``).
     """
     if args.child:
-        print(json.dumps({"peak_bytes": measure_peak_here(json.loads(args.child))}), flush=True)
+        print(json.dumps(measure_peak_here(json.loads(args.child))), flush=True)
         return 0
     cfg = config_from_args(args, child_command)
     if cfg.threads:
@@ -768,13 +820,16 @@ def run(args: argparse.Namespace, child_command: Sequence[str], prog: str = "fas
                    format_table(rows), ""]
     if args.sweep or args.sweep_only:
         say("memory sweep: Omniglot 20-way 1-shot, second order")
-        sizes = (4, 1)
-        sweep = micro_batch_sweep(cfg, micro_batch_sizes=sizes, progress=say)
-        report += ["## Peak memory vs inner steps (Omniglot 20-way 1-shot, second order, fastmaml auto)", "",
-                   ("Peak memory of one meta-iteration (see above) with the whole meta-batch in one meta-loss, "
-                    "and with micro-batches of 4 and 1 tasks, each backpropagated before the next (the trainer's "
-                    "micro_batch_size); the last column checks that the meta-gradient is unchanged (float32)."), "",
-                   format_sweep(sweep, sizes, WORKLOADS["omniglot-20w1s"].meta_batch_size), ""]
+        sweep = memory_sweep(cfg, progress=say)
+        report += ["## Peak memory vs inner steps (Omniglot 20-way 1-shot, second order)", "",
+                   ("Peak memory of one meta-iteration as the trainer runs it (see above; in parentheses its "
+                    "seconds, one run, 1 worker): vmap over the whole meta-batch; vmap over micro-batches of 4 "
+                    "tasks, each backpropagated before the next (micro_batch_size); the per-task loop, which "
+                    "backpropagates task by task; the loop with gradient checkpointing across the inner steps "
+                    "(grad_checkpointing). The last column checks that each variant's meta-gradient equals the "
+                    "first one's (float32). Child processes run with "
+                    f"{' '.join(f'{k}={v}' for k, v in CHILD_ENV.items())}."), "",
+                   format_sweep(sweep, list(SWEEP_VARIANTS)), ""]
     report += [f"- `uptime` at the end: {sh('uptime')}"]
     text = "\n".join(report)
     print(text)

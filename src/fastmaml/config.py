@@ -38,6 +38,7 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute inner steps in backward: memory flat in inner_steps (2nd order)
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads (0: torch's default)
+    workers: int = 0  # threads computing tasks' meta-gradients in parallel (CPU, per-task loop; 0: auto)
 
     def validate(self) -> None:
         positive = ("inner_lr", "outer_lr")
@@ -48,7 +49,7 @@ class TrainConfig:
         for key in at_least_one:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("eval_steps", "val_every", "chunk_size", "micro_batch_size", "threads", "grad_clip"):
+        for key in ("eval_steps", "val_every", "chunk_size", "micro_batch_size", "threads", "grad_clip", "workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.strategy not in ("auto", "vmap", "loop"):

@@ -115,11 +115,23 @@ def test_micro_batches_give_the_whole_batch_meta_gradient(micro_batch_size):
 
 def test_memory_sweep_checks_the_gradient(monkeypatch):
     monkeypatch.setitem(bench.WORKLOADS, "small-conv", small_conv(meta_batch_size=4))
-    rows = bench.micro_batch_sweep(BenchConfig(memory=False, threads=1), workload="small-conv",
-                                   steps=(1, 2), micro_batch_sizes=(3,))
+    variants = {"whole": ("vmap", None, False), "micro 3": ("vmap", 3, False), "checkpointed": ("loop", None, True)}
+    rows = bench.memory_sweep(BenchConfig(memory=False, threads=1), workload="small-conv",
+                              steps=(1, 2), variants=variants)
     assert [r["inner_steps"] for r in rows] == [1, 2]
-    assert all(r["grad_diff"][3] < 1e-12 for r in rows)
-    assert "| 2 |" in bench.format_sweep(rows, (3,), 4)
+    assert all(r["grad_diff"][k] < 1e-4 for r in rows for k in ("micro 3", "checkpointed"))
+    assert "| 2 |" in bench.format_sweep(rows, list(variants))
+
+
+def test_memory_sweep_detects_a_changed_gradient(monkeypatch):
+    monkeypatch.setitem(bench.WORKLOADS, "small-conv", small_conv(meta_batch_size=4))
+    real_step = bench.fastmaml_step
+    # A "variant" that silently drops the second-order term must fail the sweep's check.
+    monkeypatch.setattr(bench, "fastmaml_step", lambda strategy, chunk, micro_batch_size, grad_checkpointing: (
+        lambda model, w, first_order: real_step(strategy)(model, w, grad_checkpointing)))
+    with pytest.raises(AssertionError, match="changed the meta-gradient"):
+        bench.memory_sweep(BenchConfig(memory=False, threads=1), workload="small-conv", steps=(2,),
+                           variants={"whole": ("loop", None, False), "broken": ("loop", None, True)})
 
 
 def test_peak_memory_in_a_subprocess():

@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -51,14 +52,18 @@ def test_miniimagenet_preset_follows_the_paper(shots, meta_batch):
     assert (c.outer_lr, c.iterations, c.eval_steps) == (0.001, 60_000, 10)
 
 
-def test_small_omniglot_tasks_ask_for_vmap_larger_ones_keep_auto():
-    """Measured on the CPU: vmap wins for tasks of up to 40 images (benchmarks/results/fewshot_cpu.md)."""
-    assert preset_config("omniglot").strategy == "vmap"  # 5 + 5 images
-    assert preset_config("omniglot", ways=20).strategy == "auto"  # 20 + 20: the loop is faster since the BN fix
-    assert preset_config("omniglot", shots=5).strategy == "auto"  # 25 + 25: a loop on the CPU
-    assert preset_config("omniglot", queries=15).strategy == "auto"
-    assert preset_config("omniglot", queries=15, strategy="vmap").strategy == "vmap"
+def test_image_presets_use_the_per_task_loop_with_a_worker_per_core_on_the_cpu():
+    """Measured on the CPU: the loop with tasks split over threads beats vmap (benchmarks/results/fewshot_cpu.md)."""
+    from fastmaml.engine.experiment import auto_workers
+
+    for ways, shots in ((5, 1), (20, 1), (5, 5)):
+        config = preset_config("omniglot", ways=ways, shots=shots)
+        assert config.strategy == "auto" and config.threads == 1 and config.workers == 0
+    assert preset_config("omniglot", strategy="vmap").strategy == "vmap"
     assert preset_config("miniimagenet").strategy == "auto"
+    cores = len(os.sched_getaffinity(0))
+    assert auto_workers(1) == cores and auto_workers(0) == 1
+    assert auto_workers(2) == max(1, cores // 2)
 
 
 def test_user_changes_win_and_root_becomes_absolute(tmp_path, monkeypatch):

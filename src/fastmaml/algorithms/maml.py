@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from fastmaml.core import (
     TaskBatch,
     adaptation_curve,
+    autograd_adapt,
     exact_batch_norm,
     meta_loss_loop,
     meta_loss_vmap,
@@ -48,6 +51,12 @@ class MAML(nn.Module):
     ``grad_checkpointing=True`` (second order) recomputes each inner step during backward instead
     of keeping its graph: peak memory stops growing with ``inner_steps`` for one more forward and
     inner backward per step (benchmarks/results/bench_cpu_memory.md). It runs the per-task loop.
+
+    ``workers=N`` (CPU, loop strategy) lets :meth:`meta_backward` compute the tasks' meta-gradients
+    in N threads, one model replica each; with one torch thread per worker this uses N cores without
+    intra-op synchronisation (benchmarks/results/bench_cpu_workers.md). The result equals the
+    one-thread one up to float summation order and is deterministic, except that with dropout the
+    threads draw from the one global generator in an order that depends on timing.
     """
 
     def __init__(
@@ -62,6 +71,7 @@ class MAML(nn.Module):
         strategy: str = "auto",
         chunk_size: int | None = None,
         grad_checkpointing: bool = False,
+        workers: int = 1,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -74,6 +84,8 @@ class MAML(nn.Module):
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+        if int(workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         if grad_checkpointing and strategy == "vmap" and not first_order:
             raise ValueError("grad_checkpointing runs one task at a time: use strategy 'auto' or 'loop', not 'vmap'")
         self.model = model
@@ -86,6 +98,7 @@ class MAML(nn.Module):
         self.chunk_size = chunk_size
         # First order keeps no graph through the inner steps: nothing to checkpoint.
         self.grad_checkpointing = bool(grad_checkpointing) and not self.first_order
+        self.workers = int(workers)
         self._names = [n for n, _ in model.named_parameters()]
         # Meta-SGD: one learned inner learning rate per parameter element, initialised to inner_lr.
         self.inner_lrs = nn.ParameterList(
@@ -116,15 +129,20 @@ class MAML(nn.Module):
             return dict(zip(self._names, self.inner_lrs))
         return self.inner_lr
 
-    def functional_forward(self, params: Params, x: Tensor) -> Tensor:
-        """Run the model with ``params`` instead of its own parameters (buffers are the model's)."""
+    def functional_forward(self, params: Params, x: Tensor, *, module: nn.Module | None = None) -> Tensor:
+        """Run the model with ``params`` instead of its own parameters (buffers are the model's).
+
+        ``module``: a replica of the model to run instead (worker threads: ``functional_call``
+        swaps tensors into the module it runs, so two threads cannot share one module).
+        """
         state = {**dict(self.model.named_buffers()), **self._frozen_buffers, **params}
+        module = self.model if module is None else module
         # The fused batch-norm kernel is exact in a loop but not under vmap, where primitive ops
         # are needed (and slower): reroute only there.
         if self._exact_bn and self._vmapping:
             with exact_batch_norm():
-                return torch.func.functional_call(self.model, state, (x,))
-        return torch.func.functional_call(self.model, state, (x,))
+                return torch.func.functional_call(module, state, (x,))
+        return torch.func.functional_call(module, state, (x,))
 
     def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
         return self.functional_forward(self.params() if params is None else params, x)
@@ -153,6 +171,59 @@ class MAML(nn.Module):
         if reduction != "mean":
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         return losses.mean()
+
+    def meta_backward(self, batch: TaskBatch, *, scale: float = 1.0) -> Tensor:
+        """Accumulate ``scale`` x the meta-gradient of :meth:`meta_loss` into ``.grad``, as
+        ``(maml.meta_loss(batch) * scale).backward()`` would; returns that loss, detached.
+
+        The trainer's step. With the per-task loop it backpropagates task by task (one task's graph
+        in memory at a time, not all of them), in ``workers`` threads when more than one.
+        """
+        batch = TaskBatch(*batch).validate()
+        device = batch.support_x.device
+        if self.resolved_strategy(device) != "loop":
+            loss = self.meta_loss(batch) * scale
+            loss.backward()
+            return loss.detach()
+        if self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1:
+            return self._threaded_backward(batch, scale)
+        losses = []
+        for i in range(batch.num_tasks):
+            loss = self.meta_loss(batch.slice(i, i + 1)) * (scale / batch.num_tasks)
+            loss.backward()
+            losses.append(loss.detach())
+        return functools.reduce(torch.add, losses)
+
+    def _threaded_backward(self, batch: TaskBatch, scale: float) -> Tensor:
+        """Tasks k, k + W, k + 2W, ... in worker k; partial sums added in worker order (deterministic)."""
+        leaves = [p for p in self.parameters() if p.requires_grad]
+        count = min(self.workers, batch.num_tasks)
+        replicas = [copy.deepcopy(self.model) for _ in range(count)]
+        params, lr = self.params(), self.lr()
+
+        def work(k: int) -> tuple[list[Tensor | None], Tensor]:
+            loss = lambda p, x, y: self.loss_fn(self.functional_forward(p, x, module=replicas[k]), y)  # noqa: E731
+            sums: list[Tensor | None] = [None] * len(leaves)
+            losses = []
+            for i in range(k, batch.num_tasks, count):
+                task = batch.task(i)
+                adapted = autograd_adapt(loss, params, task.support_x, task.support_y, lr=lr,
+                                         steps=self.inner_steps, first_order=self.first_order,
+                                         checkpoint=self.grad_checkpointing)
+                task_loss = loss(adapted, task.query_x, task.query_y) * (scale / batch.num_tasks)
+                grads = torch.autograd.grad(task_loss, leaves, allow_unused=True)
+                sums = [g if s is None else s if g is None else s + g for s, g in zip(sums, grads)]
+                losses.append(task_loss.detach())
+            return sums, functools.reduce(torch.add, losses)
+
+        with ThreadPoolExecutor(count, thread_name_prefix="fastmaml-task") as pool:
+            results = list(pool.map(work, range(count)))
+        for j, leaf in enumerate(leaves):
+            parts = [sums[j] for sums, _ in results if sums[j] is not None]
+            if parts:
+                grad = functools.reduce(torch.add, parts)
+                leaf.grad = grad if leaf.grad is None else leaf.grad + grad
+        return functools.reduce(torch.add, [total for _, total in results])
 
     def adapt(
         self,

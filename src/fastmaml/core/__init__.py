@@ -4,7 +4,7 @@ from fastmaml.core.batch import TaskBatch
 from fastmaml.core.functional import (
     adapt,
     adaptation_curve,
-    checkpointed_adapt,
+    autograd_adapt,
     inner_loss_grads,
     meta_loss_loop,
     meta_loss_vmap,
@@ -16,7 +16,7 @@ __all__ = [
     "TaskBatch",
     "adapt",
     "adaptation_curve",
-    "checkpointed_adapt",
+    "autograd_adapt",
     "exact_batch_norm",
     "inner_loss_grads",
     "meta_loss_loop",

@@ -49,32 +49,45 @@ def adapt(
     return params
 
 
-def checkpointed_adapt(loss: LossFn, params: Params, x: Tensor, y: Tensor, *, lr: LR, steps: int) -> Params:
-    """Second-order :func:`adapt` that keeps only each step's parameters, not its graph.
+def autograd_adapt(
+    loss: LossFn,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    *,
+    lr: LR,
+    steps: int,
+    first_order: bool = False,
+    checkpoint: bool = False,
+) -> Params:
+    """:func:`adapt` with ``torch.autograd.grad`` for the inner gradient instead of ``torch.func.grad``.
 
-    Every inner step runs under ``torch.utils.checkpoint``: the backward pass recomputes one step's
-    forward and inner gradient at a time, so peak memory no longer grows with a graph per inner step
-    (the meta-gradient is the same; the price is one more forward and inner backward per step).
-    ``torch.func`` transforms refuse the saved-tensor hooks that checkpointing needs, so the inner
-    gradient here is ``torch.autograd.grad(create_graph=True)``, and this runs one task at a time
-    (not under vmap). Meta-SGD's learning rates enter as explicit inputs of every checkpoint.
+    Two things need it: ``checkpoint=True`` (second order), where every inner step runs under
+    ``torch.utils.checkpoint`` so that backward recomputes one step's forward and inner gradient at a
+    time and peak memory stops growing with a graph per step (same meta-gradient, one more forward
+    and inner backward per step; ``torch.func`` transforms refuse the saved-tensor hooks that
+    checkpointing needs); and worker threads, because ``torch.func``'s transform stack is not
+    thread-safe. One task at a time (not under vmap). Meta-SGD's learning rates enter every step as
+    explicit inputs. A parameter that does not require grad still adapts, as under ``torch.func.grad``.
     """
     names = list(params)
     lr_names = list(lr) if isinstance(lr, Mapping) else []
     values = tuple(params[k] for k in names)
-    lrs = tuple(lr[k] for k in lr_names) if isinstance(lr, Mapping) else ()
+    lrs = tuple(lr[k] for k in lr_names)
 
     def step(*tensors: Tensor) -> tuple[Tensor, ...]:
         current, rates = tensors[: len(names)], tensors[len(names) :]
-        # A parameter that does not require grad still adapts (as under torch.func.grad).
         current = tuple(v if v.requires_grad else v.detach().requires_grad_() for v in current)
         with torch.enable_grad():
-            grads = torch.autograd.grad(loss(dict(zip(names, current)), x, y), current, create_graph=True)
+            grads = torch.autograd.grad(
+                loss(dict(zip(names, current)), x, y), current, create_graph=not first_order
+            )
         step_lr = dict(zip(lr_names, rates)) if lr_names else lr
         return tuple(v - (step_lr[k] if lr_names else step_lr) * g for k, v, g in zip(names, current, grads))
 
+    use_checkpoint = checkpoint and not first_order and torch.is_grad_enabled()
     for _ in range(steps):
-        values = _checkpoint(step, *values, *lrs, use_reentrant=False)
+        values = _checkpoint(step, *values, *lrs, use_reentrant=False) if use_checkpoint else step(*values, *lrs)
     return dict(zip(names, values))
 
 
@@ -102,7 +115,7 @@ def _task_meta_loss(
     loss: LossFn, params: Params, task: TaskBatch, lr: LR, steps: int, first_order: bool, checkpoint: bool = False
 ):
     if checkpoint and not first_order and torch.is_grad_enabled():
-        adapted = checkpointed_adapt(loss, params, task.support_x, task.support_y, lr=lr, steps=steps)
+        adapted = autograd_adapt(loss, params, task.support_x, task.support_y, lr=lr, steps=steps, checkpoint=True)
     else:
         adapted = adapt(loss, params, task.support_x, task.support_y, lr=lr, steps=steps, first_order=first_order)
     return loss(adapted, task.query_x, task.query_y)
@@ -139,7 +152,7 @@ def meta_loss_loop(
 ) -> Tensor:
     """The same as :func:`meta_loss_vmap` with a Python loop over tasks: the reference and fallback.
 
-    ``checkpoint=True`` recomputes the inner steps during backward (:func:`checkpointed_adapt`);
+    ``checkpoint=True`` recomputes the inner steps during backward (:func:`autograd_adapt`);
     it only changes second-order training with gradients enabled (first order keeps no inner graph).
     """
     return torch.stack(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,4 +86,17 @@ def make_maml(experiment: Experiment) -> MAML:
         strategy=c.strategy,
         chunk_size=c.chunk_size or None,
         grad_checkpointing=c.grad_checkpointing,
+        workers=c.workers or auto_workers(c.threads),
     )
+
+
+def auto_workers(threads: int) -> int:
+    """``workers=0``: the CPU cores this process may use, shared by the processes torchrun started on
+    this node, divided by the torch threads each worker uses (one task per core: 1.4-2.2x faster than
+    one thread on 2 cores for the Omniglot conv net, benchmarks/results/bench_cpu_workers.md).
+    Threads=0 (torch's default, all cores for every op) leaves no cores for workers: 1."""
+    if threads < 1:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cores // (threads * max(local_processes, 1)))

@@ -114,16 +114,12 @@ class Trainer:
         """
         local, share = self.cluster.shard(batch)
         self.opt.zero_grad(set_to_none=True)
-        # A per-task loop gains nothing from one big backward: do it task by task (same gradient,
-        # about one task's graph in memory instead of all of them).
-        whole = 1 if self.maml.resolved_strategy(self.device) == "loop" else local.num_tasks
-        size = self.config.micro_batch_size or whole
+        # MAML.meta_backward goes task by task under the loop strategy (in `workers` threads).
+        size = self.config.micro_batch_size or local.num_tasks
         total = torch.zeros((), device=self.device)
         for start in range(0, local.num_tasks, size):
             chunk = local.slice(start, start + size)
-            loss = self.maml.meta_loss(chunk) * (share * chunk.num_tasks / local.num_tasks)
-            loss.backward()
-            total += loss.detach()
+            total += self.maml.meta_backward(chunk, scale=share * chunk.num_tasks / local.num_tasks)
         self._finish_step(self.maml.parameters(), self.opt, self.config.grad_clip)
         return total
 

@@ -21,8 +21,9 @@ All: Adam β = 0.001, 60,000 meta-iterations (``--metatrain_iterations=60000`` i
 of the original), 10 inner steps at meta-test, validation every ``val_every`` iterations on the
 held-out classes (the best checkpoint is kept), ``--first-order`` for FOMAML. Speed on the CPU
 (benchmarks/results/fewshot_cpu.md): one torch thread (``threads=1``; two were 4-18x slower on a
-shared 2-core machine), and ``strategy=vmap`` for Omniglot tasks of at most 10 images (5-way 1-shot),
-where batching the tasks beat the per-task loop that ``auto`` picks for conv nets on the CPU.
+shared 2-core machine) and ``workers`` = one per core (0, auto): the per-task loop that ``auto``
+picks for conv nets on the CPU, with tasks split over threads, beat vmap on every preset (1.4x for
+5-way 1-shot, 2x for 20-way 1-shot on 2 cores), where one thread alone lost to vmap on 10-image tasks.
 
 Loss scale and α. The original inner loss is ``softmax_cross_entropy_with_logits(...) /
 update_batch_size`` left unreduced (utils.py ``xent``), and ``tf.gradients`` of a vector sums it:
@@ -314,17 +315,8 @@ def _with(changes: dict, **settings) -> FewShotConfig:
         raise ConfigError(str(error)) from None
 
 
-VMAP_MAX_IMAGES = 10  # images per task up to which vmap beat the per-task loop for the conv net on the CPU
-
-
 def omniglot_settings(ways: int, shots: int, queries: int | None = None) -> dict:
-    """The paper's Omniglot hyper-parameters for N-way K-shot (5-way ones below 20 ways).
-
-    Tasks of at most 10 images (5-way 1-shot) ran faster vmapped than looped even for the conv net
-    on the CPU (1.2x; benchmarks/results/fewshot_cpu.md), so that preset asks for vmap; larger
-    tasks keep ``auto`` (a loop on the CPU, vmap on a GPU): since batch norm keeps its fused kernel
-    in the loop, 20-way 1-shot (40 images) runs 1.1-1.2x faster looped.
-    """
+    """The paper's Omniglot hyper-parameters for N-way K-shot (5-way ones below 20 ways)."""
     twenty = ways >= 20
     queries = shots if queries is None else queries  # K query images per class, as the original
     return {
@@ -334,7 +326,6 @@ def omniglot_settings(ways: int, shots: int, queries: int | None = None) -> dict
         "meta_batch_size": 16 if twenty else 32,
         "inner_lr": 0.1 if twenty else 0.4,
         "inner_steps": 5 if twenty else 1,
-        "strategy": "vmap" if ways * (shots + queries) <= VMAP_MAX_IMAGES else "auto",
     }
 
 
