@@ -625,22 +625,28 @@ def memory_sweep(
 ) -> list[dict]:
     """Peak memory and seconds per meta-iteration vs inner steps, second order, for memory-saving variants.
 
-    For each step count every variant's meta-gradient is checked against the first variant's
-    (an AssertionError if they differ beyond float32 rounding).
+    For each step count every variant's meta-gradient is checked against that of the first variant
+    with the same strategy (an AssertionError if they differ beyond float32 rounding). Across
+    strategies the float32 results differ more (vmap uses batch norm from primitive ops, the loop
+    the fused kernel: 1e-3 relative on Omniglot 20-way); their agreement is tested in float64.
     """
     rows = []
     device = torch.device(cfg.device)
-    reference, *others = variants
+    references = {}
+    for name, variant in variants.items():
+        references.setdefault(variant[0], name)
     for n in steps:
         w = with_steps(WORKLOADS[workload], n)
         torch.manual_seed(cfg.seed)
         base = w.make_model().to(device)
         batch = w.batch(cfg.seed, device)
         gradient = lambda v: meta_gradient(base, fastmaml_step(*variant_args(v))(base, w, False), batch)  # noqa: E731
-        expected = gradient(variants[reference])
+        expected = {strategy: gradient(variants[name]) for strategy, name in references.items()}
         row = {"inner_steps": n, "peak": {}, "seconds": {}, "grad_diff": {}}
-        for name in others:
-            row["grad_diff"][name] = diff = max_rel_diff(gradient(variants[name]), expected)
+        for name, variant in variants.items():
+            if name in references.values():
+                continue
+            row["grad_diff"][name] = diff = max_rel_diff(gradient(variant), expected[variant[0]])
             assert diff < 1e-4, f"{name} changed the meta-gradient ({diff:.2e}) at {n} steps"
         if cfg.memory:
             spec = memory_spec(cfg, workload, "fastmaml", False, inner_steps=n)
@@ -683,7 +689,7 @@ def format_table(rows: Sequence[Row]) -> str:
 
 def format_sweep(rows: Sequence[dict], names: Sequence[str]) -> str:
     """Peak memory (seconds of the iteration) per variant and inner-step count."""
-    others = list(names[1:])
+    others = [k for k in names if rows and k in rows[0]["grad_diff"]]
     lines = ["| inner steps | " + " | ".join(names) + " | max rel. grad diff (" + ", ".join(others) + ") |",
              "|---|" + "---|" * (len(names) + 1)]
     for r in rows:
@@ -826,8 +832,8 @@ def run(args: argparse.Namespace, child_command: Sequence[str], prog: str = "fas
                     "seconds, one run, 1 worker): vmap over the whole meta-batch; vmap over micro-batches of 4 "
                     "tasks, each backpropagated before the next (micro_batch_size); the per-task loop, which "
                     "backpropagates task by task; the loop with gradient checkpointing across the inner steps "
-                    "(grad_checkpointing). The last column checks that each variant's meta-gradient equals the "
-                    "first one's (float32). Child processes run with "
+                    "(grad_checkpointing). The last column checks that a variant's meta-gradient equals that of "
+                    "the first variant with its strategy (float32). Child processes run with "
                     f"{' '.join(f'{k}={v}' for k, v in CHILD_ENV.items())}."), "",
                    format_sweep(sweep, list(SWEEP_VARIANTS)), ""]
     report += [f"- `uptime` at the end: {sh('uptime')}"]

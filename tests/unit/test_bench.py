@@ -115,7 +115,8 @@ def test_micro_batches_give_the_whole_batch_meta_gradient(micro_batch_size):
 
 def test_memory_sweep_checks_the_gradient(monkeypatch):
     monkeypatch.setitem(bench.WORKLOADS, "small-conv", small_conv(meta_batch_size=4))
-    variants = {"whole": ("vmap", None, False), "micro 3": ("vmap", 3, False), "checkpointed": ("loop", None, True)}
+    variants = {"whole": ("vmap", None, False), "micro 3": ("vmap", 3, False), "loop": ("loop", None, False),
+                "checkpointed": ("loop", None, True)}
     rows = bench.memory_sweep(BenchConfig(memory=False, threads=1), workload="small-conv",
                               steps=(1, 2), variants=variants)
     assert [r["inner_steps"] for r in rows] == [1, 2]
