@@ -78,11 +78,11 @@ def main() -> int:
     load = os.getloadavg()
     lines = ["# Meta-training throughput vs processes (torchrun, gloo)", "", "```",
              "python " + " ".join(["benchmarks/distributed_bench.py", *sys.argv[1:]]), "```", "",
-             f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python "
-             f"{platform.python_version()}, torch {torch.__version__}, 1 torch thread per process",
+             (f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python "
+              f"{platform.python_version()}, torch {torch.__version__}, 1 torch thread per process"),
              f"- load average at the start: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}", "",
-             "| preset | launcher | processes | workers per process | s / iteration | tasks/s | speed-up vs 1 process |"
-             " wall s |",
+             ("| preset | launcher | processes | workers per process | s / iteration | tasks/s | speed-up vs 1 process"
+              " | wall s |"),
              "|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -610,6 +611,10 @@ SWEEP_VARIANTS = {
 }
 
 
+def _variant_gradient(model: nn.Module, w: Workload, batch: TaskBatch, variant: Sequence) -> list[Tensor | None]:
+    return meta_gradient(model, fastmaml_step(*variant_args(variant))(model, w, False), batch)
+
+
 def variant_args(variant: Sequence) -> tuple:
     """:func:`fastmaml_step`'s positional arguments for a sweep variant (strategy, micro-batch, checkpointing)."""
     strategy, micro_batch_size, checkpointing = variant
@@ -640,7 +645,7 @@ def memory_sweep(
         torch.manual_seed(cfg.seed)
         base = w.make_model().to(device)
         batch = w.batch(cfg.seed, device)
-        gradient = lambda v: meta_gradient(base, fastmaml_step(*variant_args(v))(base, w, False), batch)  # noqa: E731
+        gradient = functools.partial(_variant_gradient, base, w, batch)
         expected = {strategy: gradient(variants[name]) for strategy, name in references.items()}
         row = {"inner_steps": n, "peak": {}, "seconds": {}, "grad_diff": {}}
         for name, variant in variants.items():
