@@ -30,7 +30,9 @@ SHORTHAND = {
     "features": "features",
     "env": "env",
 }
-RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "device", "threads"}
+# What may change on --resume: the schedule and how (not what) is computed, and where the data lives.
+RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "device", "threads", "workers", "micro_batch_size",
+               "chunk_size", "grad_checkpointing", "root", "cache_dir"}
 
 
 def _parser() -> argparse.ArgumentParser:

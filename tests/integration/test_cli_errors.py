@@ -1,5 +1,6 @@
 """Bad input: one line saying what is wrong and what to do, exit code 2, no traceback."""
 
+import json
 import subprocess
 import sys
 
@@ -54,6 +55,17 @@ def test_non_empty_out_unwritable_out_and_corrupt_checkpoint(tmp_path, capsys):
     assert code == 2 and "corrupt or not a fastmaml checkpoint" in err and len(err.splitlines()) == 1
     code, err = run_cli(["train", "--resume", str(run), "--set", "inner_lr=0.5"], capsys)
     assert code == 2 and "a resumed run keeps its config" in err
+
+
+def test_resume_may_change_how_not_what_is_computed(tmp_path, capsys):
+    run = tmp_path / "run"
+    fast = ["--set", "checkpoint_every=2", "--set", "log_every=2", "--no-progress"]
+    assert main(["train", "sinusoid", "--out", str(run), "--iterations", "2", *fast]) == 0
+    assert main(["train", "--resume", str(run), "--iterations", "4", "--set", "micro_batch_size=5",
+                 "--set", "workers=1", "--no-progress"]) == 0
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] == [2, 4]
+    code, err = run_cli(["train", "--resume", str(run), "--set", "meta_batch_size=5"], capsys)
+    assert code == 2 and "meta_batch_size" in err
 
 
 def test_no_traceback_from_the_installed_command(tmp_path):
