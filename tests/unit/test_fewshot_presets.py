@@ -66,6 +66,16 @@ def test_image_presets_use_the_per_task_loop_with_a_worker_per_core_on_the_cpu()
     assert auto_workers(2) == max(1, cores // 2)
 
 
+def test_auto_workers_share_the_cores_among_torchrun_processes(monkeypatch):
+    from fastmaml.engine.experiment import auto_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert auto_workers(1) == 4 and auto_workers(2) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert auto_workers(1) == 1
+
+
 def test_user_changes_win_and_root_becomes_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     c = preset_config("omniglot", ways=20, shots=1, inner_steps=2, first_order=True, root="data/omniglot")
