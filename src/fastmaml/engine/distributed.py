@@ -57,9 +57,17 @@ class Cluster:
         if self.active:
             dist.barrier()
 
-    def close(self) -> None:
-        if self.active and dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, clean: bool = True) -> None:
+        """Tear the process group down. After a clean finish every rank first waits at a barrier, so
+        none destroys its gloo connections while a peer is still writing its last checkpoint or
+        exchanging the last all-reduce (a rank that left early aborted with "terminate called
+        without an active exception" on a loaded CI machine). After an error the peers may be gone,
+        so no barrier is attempted."""
+        if not (self.active and dist.is_initialized()):
+            return
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def init_from_env(device: str, meta_batch_size: int) -> Cluster:

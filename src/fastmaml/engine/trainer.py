@@ -238,6 +238,9 @@ def train(
             write_config(run_dir, preset.name, config)  # iterations may have been extended
         log.info("resuming %s at iteration %d", run_dir, trainer.step)
     try:
-        return trainer.fit(progress=progress)
-    finally:
-        cluster.close()
+        result = trainer.fit(progress=progress)
+    except BaseException:
+        cluster.close(clean=False)
+        raise
+    cluster.close()
+    return result
