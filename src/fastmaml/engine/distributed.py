@@ -66,7 +66,7 @@ class Cluster:
         if not (self.active and dist.is_initialized()):
             return
         if clean:
-            dist.barrier()
+            self.barrier()
         dist.destroy_process_group()
 
 
