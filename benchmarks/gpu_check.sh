@@ -3,7 +3,8 @@
 #
 # Here, before the call (Omniglot travels in the git-ignored carry/ folder; 14 MB):
 #   mkdir -p carry/omniglot && cp ../shared/data/omniglot/*.zip carry/omniglot/
-#   optional peers as wheels in carry/whl (see /work/.library/device/README.md), e.g. higher==0.2.1
+#   optional peers as wheels in carry/whl (see /work/.library/device/README.md), e.g. higher==0.2.1;
+#   for step 4 on MuJoCo also mujoco and gymnasium and their requirements (else step 4 uses 2D navigation)
 # Then: run(command="bash benchmarks/gpu_check.sh", carry=["carry"], timeout_s=600)
 # Results come back under $OUT; copy them to benchmarks/results/ (they are not written there on the device).
 #
@@ -24,8 +25,8 @@ fi
   $PY -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
 } 2>&1 | tee "$OUT/gpu_device.txt"
 
-# Budget: about 6 of the 15 device minutes go to starting the machine; this script stays under 8.
-if [ "$QUICK" = 1 ]; then REPEATS=1; ITERS=20; LIMIT=10; else REPEATS=10; ITERS=1500; LIMIT=25; fi
+# Budget: about 6 of the 15 device minutes go to starting the machine; the timeouts below add up to 580 s.
+if [ "$QUICK" = 1 ]; then REPEATS=1; ITERS=20; LIMIT=10; else REPEATS=10; ITERS=1500; LIMIT=20; fi
 
 # 1. Throughput and peak memory of every paper workload, fastmaml's strategies vs a plain loop (and
 #    the peers where their wheels came along), second and first order; meta-gradients checked in float64.
@@ -42,7 +43,7 @@ timeout $((LIMIT * 8 + 60)) $PY benchmarks/bench.py --device "$DEVICE" --repeats
 # 3. The real Omniglot 5-way 1-shot preset on the GPU (15 queries per class as issue #5's target run):
 #    seconds per iteration over ITERS iterations, to extrapolate the 60,000-iteration run.
 if [ -f carry/omniglot/images_background.zip ]; then
-  timeout 200 $PY -m fastmaml train omniglot --root carry/omniglot --ways 5 --shots 1 --device "$DEVICE" \
+  timeout 150 $PY -m fastmaml train omniglot --root carry/omniglot --ways 5 --shots 1 --device "$DEVICE" \
     --iterations "$ITERS" --out "$OUT/omniglot-run" --no-progress --set queries=15 --set val_every=0 \
     --set log_every=$((ITERS / 5)) --set checkpoint_every="$ITERS" --set threads=0 2>&1 | tail -n 5
   cp "$OUT/omniglot-run/metrics.jsonl" "$OUT/omniglot_gpu_metrics.jsonl" 2>/dev/null
@@ -50,4 +51,11 @@ if [ -f carry/omniglot/images_background.zip ]; then
 else
   echo "carry/omniglot/*.zip not found: skipping the Omniglot run" | tee -a "$OUT/gpu_device.txt"
 fi
+# 4. Meta-RL: the TRPO meta-update on the GPU (sampling stays on the CPU), both task strategies, one
+#    timed iteration each after a warm-up; then the test that the GPU update equals the CPU one.
+RL_ENV=nav2d; $PY -c "import mujoco, gymnasium" 2>/dev/null && RL_ENV=cheetah-dir
+timeout 90 $PY benchmarks/rl_maml_bench.py --env "$RL_ENV" --iterations 1 --strategies vmap loop \
+  --set device="$DEVICE" 2>&1 | tee "$OUT/rl_gpu.txt"
+[ "$DEVICE" = cpu ] || $PY -m pytest -q -p no:cacheprovider tests/unit/rl/test_rl_maml_trpo.py -k gpu 2>&1 \
+  | tail -n 3 | tee -a "$OUT/rl_gpu.txt"
 ls -la "$OUT"

@@ -112,6 +112,8 @@ def test_context_vector_baseline_trains_and_adapts_its_context(tmp_path, capsys)
         (["train", "rl", "--set", "method=anil"], "unknown method 'anil'"),
         (["train", "rl", "--meta-sgd"], "preset 'rl' has no option --meta-sgd"),
         (["train", "rl", "--set", "baselines=random"], "unknown baselines"),
+        pytest.param(["train", "rl", "--device", "cuda"], "sees no CUDA GPU; use device=cpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: cuda is valid")),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, capsys, args, message):

@@ -67,16 +67,21 @@ from fastmaml.rl.trpo import CG_ITERS, DAMPING, MAX_KL, TRPOStats, trpo_step
 STRATEGIES = ("auto", "vmap", "loop")
 
 
-def split_strategy(strategy: str) -> tuple[str, str]:
+def split_strategy(strategy: str, update_device: str | torch.device = "cpu") -> tuple[str, str]:
     """(sampling and no-graph adaptation, differentiated meta-objective) for a ``strategy`` name.
 
     ``"auto"`` vectorises sampling (one policy call per time step for all tasks: 2-4x faster than a
-    loop in 2D navigation) and loops over tasks in the second-order meta-objective, where vmap's
-    batched weights made the TRPO update slower on the CPU: 1.2-1.5x in 2D navigation, 1.5-2.3x in
-    half-cheetah at paper settings (``benchmarks/results/rl_cpu.md``)."""
+    loop in 2D navigation) and, on the CPU, loops over tasks in the second-order meta-objective,
+    where vmap's batched weights made the TRPO update slower: 1.2-1.5x in 2D navigation, 1.5-2.3x in
+    half-cheetah at paper settings (``benchmarks/results/rl_cpu.md``). With the meta-update on a GPU
+    ``"auto"`` vectorises it too: a loop there is 40 tasks x hundreds of tiny kernel launches per
+    Hessian-vector product. That choice is not measured yet (no session so far had a GPU for it);
+    ``benchmarks/gpu_check.sh`` times both."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    return ("vmap", "loop") if strategy == "auto" else (strategy, strategy)
+    if strategy != "auto":
+        return strategy, strategy
+    return ("vmap", "loop") if torch.device(update_device).type == "cpu" else ("vmap", "vmap")
 
 
 class Samples(NamedTuple):
@@ -202,7 +207,7 @@ def meta_objective(
     if tasks is not None:
         inner, outer, old = pytree.tree_map(lambda t: t[:tasks], (inner, outer, old))
     task_fn = partial(_task_surrogate, policy, tuple(lrs), first_order, adapt_keys)
-    strategy = split_strategy(strategy)[1]
+    strategy = split_strategy(strategy, outer.observations.device)[1]
 
     def objective(params: Params) -> tuple[Tensor, Tensor]:
         surrogate, kl_sum = map_tasks(task_fn, params, inner, outer, *old, batched=False, strategy=strategy)
@@ -275,6 +280,7 @@ def maml_trpo_step(
     hvp_tasks: int = 0,
     strategy: str = "auto",
     adapt_keys: Sequence[str] | None = None,
+    update_device: str | torch.device | None = None,
 ) -> tuple[Params, StepStats]:
     """One meta-iteration of Algorithm 3: draw ``meta_batch_size`` goals, sample, adapt, sample,
     TRPO-update θ through the adaptation. ``inner_steps=0``: TRPO on all tasks jointly (no adaptation).
@@ -282,27 +288,36 @@ def maml_trpo_step(
     ``hvp_tasks=k`` computes the KL's Hessian-vector products on the first k tasks only (0: all).
     ``adapt_keys``: the parameters the inner step adapts (default all; the context-vector baseline's
     ``("context",)``); the TRPO step updates every parameter either way.
+    ``update_device``: where the TRPO meta-update runs (e.g. ``"cuda"``); sampling and the no-graph
+    adaptation stay where ``params`` are (the CPU, beside MuJoCo), the samples are copied over once
+    per iteration and the new parameters come back on ``params``' device. ``None``: ``params``' device.
     Randomness (goals, action noise, start states) comes from ``generator``.
     """
     params = {k: p.detach() for k, p in params.items()}
+    home = next(iter(params.values())).device
+    update_device = torch.device(home if update_device is None else update_device)
     goals = env.sample_goals(meta_batch_size, generator)
     lrs = [inner_lr] * inner_steps
     trajs, samples, adapted = sample_and_adapt(
         env, policy, params, goals, generator, trajectories=trajectories, lrs=lrs, horizon=horizon,
         discount=discount, gae_lambda=gae_lambda, strategy=strategy, adapt_keys=adapt_keys,
     )
-    outer = samples[-1]
     with torch.no_grad():
         old = distribution_fn(policy, params if adapted is None else adapted, batched=adapted is not None,
-                              strategy=split_strategy(strategy)[0])(outer.observations)
+                              strategy=split_strategy(strategy)[0])(samples[-1].observations)
+    update_params = params
+    if update_device != home:  # one copy of everything the update reads; the policy module holds no tensors it uses
+        samples, old, update_params = pytree.tree_map(lambda t: t.to(update_device), (samples, old, params))
+    outer = samples[-1]
     common = {"first_order": first_order, "strategy": strategy, "adapt_keys": adapt_keys}
     objective = meta_objective(policy, samples[:-1], outer, old, lrs, **common)
     kl_fn = None
     if 0 < hvp_tasks < meta_batch_size:  # the KL (and its Hessian) of the first hvp_tasks tasks only
         kl_objective = meta_objective(policy, samples[:-1], outer, old, lrs, tasks=hvp_tasks, **common)
         kl_fn = lambda p: kl_objective(p)[1]  # noqa: E731
-    new_params, stats = trpo_step(objective, params, max_kl=max_kl, damping=damping, cg_iters=cg_iters, hvp=hvp,
-                                  kl_fn=kl_fn)
+    new_params, stats = trpo_step(objective, update_params, max_kl=max_kl, damping=damping, cg_iters=cg_iters,
+                                  hvp=hvp, kl_fn=kl_fn)
+    new_params = {k: v.to(home) for k, v in new_params.items()}
     returns = [t.returns.mean().item() for t in trajs]
     return new_params, StepStats(returns, stats)
 

@@ -110,6 +110,7 @@ class RLConfig:
     log_every: int = 1
     checkpoint_every: int = 10
     threads: int = 1  # torch intra-op threads: the sampler's per-step ops are tiny
+    device: str = "cpu"  # where the TRPO meta-update runs (cuda: a GPU); sampling always stays on the CPU (MuJoCo)
 
     def validate(self) -> None:
         if self.env not in ENV_NAMES:
@@ -130,6 +131,10 @@ class RLConfig:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.gae_lambda <= 1 or self.discount > 1:
             raise ConfigError(f"need 0 <= gae_lambda <= 1 and discount <= 1, got {self.gae_lambda}, {self.discount}")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}") from None
         if self.hvp not in HVPS:
             raise ConfigError(f"hvp must be one of {', '.join(HVPS)}, got {self.hvp!r}")
         if self.strategy not in STRATEGIES:
@@ -188,6 +193,7 @@ def _step_kwargs(config: RLConfig) -> dict[str, Any]:
         "first_order": config.first_order, "horizon": config.horizon or None, "discount": config.discount,
         "gae_lambda": config.gae_lambda, "max_kl": config.max_kl, "damping": config.cg_damping,
         "cg_iters": config.cg_iters, "hvp": config.hvp, "hvp_tasks": config.hvp_tasks, "strategy": config.strategy,
+        "update_device": config.device,
     }
 
 
@@ -301,6 +307,8 @@ def train(
     """Meta-train ``config`` into ``run_dir`` (or continue it with ``resume``); the CLI's ``train``."""
     run_dir = Path(run_dir)
     config.validate()
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {config.device!r} asked for, but this torch build sees no CUDA GPU; use device=cpu")
     if config.threads:
         torch.set_num_threads(config.threads)
     if resume:

@@ -17,6 +17,7 @@ from fastmaml.rl.maml_trpo import (
     meta_objective,
     reinforce_loss,
     sample_and_adapt,
+    split_strategy,
 )
 from fastmaml.rl.trainer import OracleBatch, RLConfig
 from fastmaml.rl.trpo import flatten, unflatten
@@ -145,6 +146,30 @@ def test_one_meta_update_lowers_the_surrogate_within_the_kl_bound(options):
     assert all(not torch.equal(new[k], theta[k]) for k in theta)
 
 
+def test_auto_strategy_loops_in_a_cpu_meta_update_and_vectorises_a_gpu_one():
+    assert split_strategy("auto") == split_strategy("auto", "cpu") == ("vmap", "loop")
+    assert split_strategy("auto", "cuda:1") == ("vmap", "vmap")  # a device name needs no GPU to parse
+    assert split_strategy("loop", "cuda") == ("loop", "loop")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the meta-update's device)")
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_meta_update_on_the_gpu_equals_the_cpu_one_and_returns_cpu_parameters(strategy):
+    """Sampling stays on the CPU; only the TRPO update moves (float64, so the two agree closely)."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(16,)).double()
+    theta = {k: p + 0.1 * torch.randn_like(p) if "bias" in k else p for k, p in params_of(policy).items()}
+    step = lambda device: maml_trpo_step(  # noqa: E731
+        Nav2dBatch(dtype=F64), policy, theta, torch.Generator().manual_seed(0), meta_batch_size=4, trajectories=5,
+        inner_lr=LR, horizon=20, strategy=strategy, update_device=device)
+    on_cpu, stats_cpu = step(None)
+    on_gpu, stats_gpu = step("cuda")
+    assert all(v.device.type == "cpu" for v in on_gpu.values())
+    assert stats_gpu.returns == stats_cpu.returns  # same samples: sampling did not move
+    for k in theta:
+        torch.testing.assert_close(on_gpu[k], on_cpu[k], rtol=1e-7, atol=1e-9)
+
+
 def test_meta_test_returns_have_one_row_per_step_and_repeat_with_the_seed():
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(2, 2, hidden_sizes=(16,))
@@ -173,7 +198,7 @@ def test_oracle_observations_carry_the_goal():
     "change, message",
     [({"env": "pong"}, "unknown environment"), ({"baselines": ("random",)}, "unknown baselines"),
      ({"hvp": "magic"}, "hvp must be"), ({"inner_lr": 0.0}, "inner_lr must be > 0"),
-     ({"strategy": "pmap"}, "strategy must be")],
+     ({"strategy": "pmap"}, "strategy must be"), ({"device": "gpu0"}, "device must be cpu, cuda")],
 )
 def test_config_errors_say_what_is_wrong(change, message):
     with pytest.raises(ConfigError, match=message):
