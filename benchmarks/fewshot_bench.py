@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=["auto"], choices=["auto", "vmap", "loop"])
     parser.add_argument("--orders", nargs="+", default=["second", "first"], choices=["second", "first"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="MAML worker threads (loop strategy)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="MAML worker threads")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
@@ -91,8 +91,6 @@ def main() -> None:
             for threads in args.threads:
                 for strategy in args.strategies:
                     for workers in args.workers:
-                        if workers > 1 and strategy == "vmap":
-                            continue  # workers only split the per-task loop
                         torch.set_num_threads(threads)
                         base = make(ways, shots)
                         root = roots[base.dataset]

@@ -38,7 +38,7 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute inner steps in backward: memory flat in inner_steps (2nd order)
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads (0: torch's default)
-    workers: int = 0  # threads computing tasks' meta-gradients in parallel (CPU, per-task loop; 0: auto)
+    workers: int = 0  # threads computing tasks' meta-gradients in parallel (CPU, loop or vmap; 0: auto)
 
     def validate(self) -> None:
         positive = ("inner_lr", "outer_lr")

@@ -52,11 +52,13 @@ class MAML(nn.Module):
     of keeping its graph: peak memory stops growing with ``inner_steps`` for one more forward and
     inner backward per step (benchmarks/results/bench_cpu_memory.md). It runs the per-task loop.
 
-    ``workers=N`` (CPU, loop strategy) lets :meth:`meta_backward` compute the tasks' meta-gradients
-    in N threads, one model replica each; with one torch thread per worker this uses N cores without
-    intra-op synchronisation (benchmarks/results/bench_cpu_workers.md). The result equals the
-    one-thread one up to float summation order and is deterministic, except that with dropout the
-    threads draw from the one global generator in an order that depends on timing.
+    ``workers=N`` (CPU) lets :meth:`meta_backward` compute the tasks' meta-gradients in N threads,
+    one model replica each; with one torch thread per worker this uses N cores without intra-op
+    synchronisation (benchmarks/results/bench_cpu_workers.md). Under the loop strategy worker k
+    takes tasks k, k + N, ...; under vmap it vectorises one contiguous share of the meta-batch (after
+    ``auto`` has seen vmap trace the model once). The result equals the one-thread one up to float
+    summation order and is deterministic, except that with dropout the threads draw from the one
+    global generator in an order that depends on timing.
     """
 
     def __init__(
@@ -129,17 +131,22 @@ class MAML(nn.Module):
             return dict(zip(self._names, self.inner_lrs))
         return self.inner_lr
 
-    def functional_forward(self, params: Params, x: Tensor, *, module: nn.Module | None = None) -> Tensor:
+    def functional_forward(
+        self, params: Params, x: Tensor, *, module: nn.Module | None = None, vmapping: bool | None = None
+    ) -> Tensor:
         """Run the model with ``params`` instead of its own parameters (buffers are the model's).
 
         ``module``: a replica of the model to run instead (worker threads: ``functional_call``
         swaps tensors into the module it runs, so two threads cannot share one module).
+        ``vmapping``: whether this call runs under MAML's vmap (default: MAML's own flag, which
+        worker threads must not rely on, since another thread may reset it).
         """
         state = {**dict(self.model.named_buffers()), **self._frozen_buffers, **params}
         module = self.model if module is None else module
+        vmapping = self._vmapping if vmapping is None else vmapping
         # The fused batch-norm kernel is exact in a loop but not under vmap, where primitive ops
         # are needed (and slower): reroute only there.
-        if self._exact_bn and self._vmapping:
+        if self._exact_bn and vmapping:
             with exact_batch_norm():
                 return torch.func.functional_call(module, state, (x,))
         return torch.func.functional_call(module, state, (x,))
@@ -181,11 +188,15 @@ class MAML(nn.Module):
         """
         batch = TaskBatch(*batch).validate()
         device = batch.support_x.device
+        threads = self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1
         if self.resolved_strategy(device) != "loop":
+            # auto vectorises in threads only once vmap has traced the model (else it falls back)
+            if threads and (self.strategy == "vmap" or self._resolved == "vmap"):
+                return self._threaded_backward(batch, scale, vmap=True)
             loss = self.meta_loss(batch) * scale
             loss.backward()
             return loss.detach()
-        if self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1:
+        if threads:
             return self._threaded_backward(batch, scale)
         losses = []
         for i in range(batch.num_tasks):
@@ -194,12 +205,22 @@ class MAML(nn.Module):
             losses.append(loss.detach())
         return functools.reduce(torch.add, losses)
 
-    def _threaded_backward(self, batch: TaskBatch, scale: float) -> Tensor:
-        """Tasks k, k + W, k + 2W, ... in worker k; partial sums added in worker order (deterministic)."""
+    def _threaded_backward(self, batch: TaskBatch, scale: float, vmap: bool = False) -> Tensor:
+        """Tasks k, k + W, k + 2W, ... in worker k (``vmap``: the k-th contiguous share, in one
+        vectorised call); partial sums added in worker order (deterministic)."""
         leaves = [p for p in self.parameters() if p.requires_grad]
         count = min(self.workers, batch.num_tasks)
         replicas = [copy.deepcopy(self.model) for _ in range(count)]
         params, lr = self.params(), self.lr()
+
+        def work_vmap(k: int) -> tuple[list[Tensor | None], Tensor]:
+            forward = functools.partial(self.functional_forward, module=replicas[k], vmapping=True)
+            loss = lambda p, x, y: self.loss_fn(forward(p, x), y)  # noqa: E731
+            share = batch.slice(k * batch.num_tasks // count, (k + 1) * batch.num_tasks // count)
+            losses = meta_loss_vmap(loss, params, share, lr=lr, steps=self.inner_steps,
+                                    first_order=self.first_order, chunk_size=self.chunk_size)
+            total = losses.sum() * (scale / batch.num_tasks)
+            return list(torch.autograd.grad(total, leaves, allow_unused=True)), total.detach()
 
         def work(k: int) -> tuple[list[Tensor | None], Tensor]:
             loss = lambda p, x, y: self.loss_fn(self.functional_forward(p, x, module=replicas[k]), y)  # noqa: E731
@@ -217,7 +238,7 @@ class MAML(nn.Module):
             return sums, functools.reduce(torch.add, losses)
 
         with ThreadPoolExecutor(count, thread_name_prefix="fastmaml-task") as pool:
-            results = list(pool.map(work, range(count)))
+            results = list(pool.map(work_vmap if vmap else work, range(count)))
         for j, leaf in enumerate(leaves):
             parts = [sums[j] for sums, _ in results if sums[j] is not None]
             if parts:

@@ -136,13 +136,15 @@ def test_auto_picks_loop_for_conv_on_cpu_and_vmap_for_mlp():
     assert MAML(nn.Linear(2, 1), F.mse_loss, inner_lr=0.1).resolved_strategy() == "vmap"
 
 
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
 @pytest.mark.parametrize("first_order,meta_sgd", [(False, False), (True, False), (False, True)])
-def test_worker_threads_give_the_one_thread_meta_gradient(first_order, meta_sgd):
+def test_worker_threads_give_the_one_thread_meta_gradient(first_order, meta_sgd, strategy):
+    """Threads under vmap must still take batch norm's exact path (conv + BatchNorm net here)."""
     batch = image_batch(tasks=5)
     results = []
     for workers in (1, 2, 3):
         maml = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.5, inner_steps=2, first_order=first_order,
-                    meta_sgd=meta_sgd, strategy="loop", workers=workers)
+                    meta_sgd=meta_sgd, strategy=strategy, workers=workers)
         maml.zero_grad()
         loss = maml.meta_backward(batch, scale=0.5)
         results.append((loss, torch.cat([p.grad.reshape(-1) for p in maml.parameters()])))
@@ -154,9 +156,26 @@ def test_worker_threads_give_the_one_thread_meta_gradient(first_order, meta_sgd)
         torch.testing.assert_close(grad, expected[1] * 0.5, rtol=1e-9, atol=1e-12)
     # Fixed partition and summation order: repeating the threaded step gives bit-identical gradients.
     again = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.5, inner_steps=2, first_order=first_order,
-                 meta_sgd=meta_sgd, strategy="loop", workers=2)
+                 meta_sgd=meta_sgd, strategy=strategy, workers=2)
     again.meta_backward(batch, scale=0.5)
     assert torch.equal(torch.cat([p.grad.reshape(-1) for p in again.parameters()]), results[1][1])
+
+
+def test_auto_vectorises_in_threads_once_vmap_has_traced_the_model():
+    g = torch.Generator().manual_seed(0)
+    batch = TaskBatch(*(torch.randn(6, 4, d, generator=g, dtype=torch.float64) for d in (2, 1, 2, 1)))
+    model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    maml = MAML(model, F.mse_loss, inner_lr=0.1, workers=3)
+    calls = []
+    original = maml._threaded_backward
+    maml._threaded_backward = lambda *a, **k: calls.append(k) or original(*a, **k)
+    grads = []
+    for _ in range(2):
+        maml.zero_grad()
+        maml.meta_backward(batch)
+        grads.append(torch.cat([p.grad.reshape(-1) for p in maml.parameters()]))
+    assert calls == [{"vmap": True}]  # the first call traced vmap in one thread, the second used threads
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-15)
 
 
 def test_meta_backward_accumulates_like_backward():
