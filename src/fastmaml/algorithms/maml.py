@@ -184,7 +184,8 @@ class MAML(nn.Module):
         ``(maml.meta_loss(batch) * scale).backward()`` would; returns that loss, detached.
 
         The trainer's step. With the per-task loop it backpropagates task by task (one task's graph
-        in memory at a time, not all of them), in ``workers`` threads when more than one.
+        in memory at a time, not all of them), in ``workers`` threads when more than one; under vmap
+        with several workers each thread backpropagates its vectorised share of the tasks.
         """
         batch = TaskBatch(*batch).validate()
         device = batch.support_x.device
