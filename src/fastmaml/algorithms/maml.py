@@ -55,8 +55,7 @@ class MAML(nn.Module):
     ``workers=N`` (CPU) lets :meth:`meta_backward` compute the tasks' meta-gradients in N threads,
     one model replica each; with one torch thread per worker this uses N cores without intra-op
     synchronisation (benchmarks/results/bench_cpu_workers.md). Under the loop strategy worker k
-    takes tasks k, k + N, ...; under vmap it vectorises one contiguous share of the meta-batch (after
-    ``auto`` has seen vmap trace the model once). The result equals the one-thread one up to float
+    takes tasks k, k + N, ...; under vmap it vectorises one contiguous share of the meta-batch. The result equals the one-thread one up to float
     summation order and is deterministic, except that with dropout the threads draw from the one
     global generator in an order that depends on timing.
     """
@@ -191,9 +190,18 @@ class MAML(nn.Module):
         device = batch.support_x.device
         threads = self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1
         if self.resolved_strategy(device) != "loop":
-            # auto vectorises in threads only once vmap has traced the model (else it falls back)
             if threads and (self.strategy == "vmap" or self._resolved == "vmap"):
                 return self._threaded_backward(batch, scale, vmap=True)
+            if threads:  # auto, first call: the same threads from the start (exact resume), loop if vmap fails
+                try:
+                    out = self._threaded_backward(batch, scale, vmap=True)  # sets .grad only if all workers succeed
+                except Exception as vmap_error:  # noqa: BLE001 - any tracing failure: try the loop instead
+                    out = self._threaded_backward(batch, scale)
+                    log.warning("vmap could not run this model (%s); using a per-task loop instead", vmap_error)
+                    self._resolved = "loop"
+                    return out
+                self._resolved = "vmap"
+                return out
             loss = self.meta_loss(batch) * scale
             loss.backward()
             return loss.detach()

@@ -1,5 +1,6 @@
 """The vmap path equals the per-task loop (and finite differences) for the layers users use."""
 
+import copy
 import logging
 
 import pytest
@@ -161,7 +162,9 @@ def test_worker_threads_give_the_one_thread_meta_gradient(first_order, meta_sgd,
     assert torch.equal(torch.cat([p.grad.reshape(-1) for p in again.parameters()]), results[1][1])
 
 
-def test_auto_vectorises_in_threads_once_vmap_has_traced_the_model():
+def test_auto_vectorises_in_threads_from_the_first_call_and_falls_back_to_the_loop(caplog):
+    """Every call takes the same path (so a resumed run repeats the uninterrupted one bit for bit);
+    a model vmap cannot trace falls back to the threaded loop with a warning."""
     g = torch.Generator().manual_seed(0)
     batch = TaskBatch(*(torch.randn(6, 4, d, generator=g, dtype=torch.float64) for d in (2, 1, 2, 1)))
     model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)).double()
@@ -174,8 +177,25 @@ def test_auto_vectorises_in_threads_once_vmap_has_traced_the_model():
         maml.zero_grad()
         maml.meta_backward(batch)
         grads.append(torch.cat([p.grad.reshape(-1) for p in maml.parameters()]))
-    assert calls == [{"vmap": True}]  # the first call traced vmap in one thread, the second used threads
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-15)
+    assert calls == [{"vmap": True}, {"vmap": True}] and maml.resolved_strategy() == "vmap"
+    assert torch.equal(grads[1], grads[0])
+    reference = MAML(model, F.mse_loss, inner_lr=0.1, strategy="loop")
+    reference.zero_grad()  # the same model: drop the threaded call's gradients first
+    reference.meta_loss(batch).backward()
+    torch.testing.assert_close(grads[0], torch.cat([p.grad.reshape(-1) for p in reference.parameters()]),
+                               rtol=1e-10, atol=1e-13)
+
+    plain = TaskBatch(*(t.float() for t in batch))
+    fallback = MAML(DataDependent(), F.mse_loss, inner_lr=0.1, workers=2)
+    with caplog.at_level(logging.WARNING):
+        fallback.meta_backward(plain)
+    assert "per-task loop" in caplog.text and fallback.resolved_strategy() == "loop"
+    expected = MAML(copy.deepcopy(fallback.model), F.mse_loss, inner_lr=0.1, strategy="loop")
+    expected.zero_grad()
+    expected.meta_loss(plain).backward()
+    for a, b in zip(fallback.parameters(), expected.parameters()):
+        assert a is not b and a.grad.abs().sum() > 0
+        torch.testing.assert_close(a.grad, b.grad)
 
 
 def test_meta_backward_accumulates_like_backward():
