@@ -37,6 +37,11 @@ from fastmaml.core.functional import LR, Params
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "vmap", "loop")
+# Worker threads split a vmap meta-batch only for models at least this big. Measured on 2 CPU cores
+# (benchmarks/results/fewshot_cpu.md): 2 threads were 2.0x faster for the no-conv MLP (~250k
+# parameters) and 1.19x for Omniglot 5-way 1-shot's conv net (112k), but 2.6x SLOWER for the
+# sinusoid MLP (1.7k parameters, a ~4 ms step: 2,000 iterations in 21.2 s against 8.1 s).
+THREADED_VMAP_MIN_PARAMS = 50_000
 _CONV = (nn.modules.conv._ConvNd,)
 
 
@@ -55,7 +60,8 @@ class MAML(nn.Module):
     ``workers=N`` (CPU) lets :meth:`meta_backward` compute the tasks' meta-gradients in N threads,
     one model replica each; with one torch thread per worker this uses N cores without intra-op
     synchronisation (benchmarks/results/bench_cpu_workers.md). Under the loop strategy worker k
-    takes tasks k, k + N, ...; under vmap it vectorises one contiguous share of the meta-batch. The result equals the one-thread one up to float
+    takes tasks k, k + N, ...; under vmap (models of ``THREADED_VMAP_MIN_PARAMS`` parameters or more:
+    smaller ones run faster in one thread) it vectorises one contiguous share of the meta-batch. The result equals the one-thread one up to float
     summation order and is deterministic, except that with dropout the threads draw from the one
     global generator in an order that depends on timing.
     """
@@ -190,6 +196,7 @@ class MAML(nn.Module):
         device = batch.support_x.device
         threads = self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1
         if self.resolved_strategy(device) != "loop":
+            threads = threads and sum(p.numel() for p in self.model.parameters()) >= THREADED_VMAP_MIN_PARAMS
             if threads and (self.strategy == "vmap" or self._resolved == "vmap"):
                 return self._threaded_backward(batch, scale, vmap=True)
             if threads:  # auto, first call: the same threads from the start (exact resume), loop if vmap fails

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmaml import MAML, TaskBatch
+from fastmaml.algorithms import maml as maml_module
 
 
 def conv_bn_net() -> nn.Module:
@@ -139,8 +140,9 @@ def test_auto_picks_loop_for_conv_on_cpu_and_vmap_for_mlp():
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
 @pytest.mark.parametrize("first_order,meta_sgd", [(False, False), (True, False), (False, True)])
-def test_worker_threads_give_the_one_thread_meta_gradient(first_order, meta_sgd, strategy):
+def test_worker_threads_give_the_one_thread_meta_gradient(first_order, meta_sgd, strategy, monkeypatch):
     """Threads under vmap must still take batch norm's exact path (conv + BatchNorm net here)."""
+    monkeypatch.setattr(maml_module, "THREADED_VMAP_MIN_PARAMS", 0)  # thread even this tiny net
     batch = image_batch(tasks=5)
     results = []
     for workers in (1, 2, 3):
@@ -162,9 +164,10 @@ def test_worker_threads_give_the_one_thread_meta_gradient(first_order, meta_sgd,
     assert torch.equal(torch.cat([p.grad.reshape(-1) for p in again.parameters()]), results[1][1])
 
 
-def test_auto_vectorises_in_threads_from_the_first_call_and_falls_back_to_the_loop(caplog):
+def test_auto_vectorises_in_threads_from_the_first_call_and_falls_back_to_the_loop(caplog, monkeypatch):
     """Every call takes the same path (so a resumed run repeats the uninterrupted one bit for bit);
     a model vmap cannot trace falls back to the threaded loop with a warning."""
+    monkeypatch.setattr(maml_module, "THREADED_VMAP_MIN_PARAMS", 0)
     g = torch.Generator().manual_seed(0)
     batch = TaskBatch(*(torch.randn(6, 4, d, generator=g, dtype=torch.float64) for d in (2, 1, 2, 1)))
     model = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)).double()
@@ -196,6 +199,21 @@ def test_auto_vectorises_in_threads_from_the_first_call_and_falls_back_to_the_lo
     for a, b in zip(fallback.parameters(), expected.parameters()):
         assert a is not b and a.grad.abs().sum() > 0
         torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_small_models_vectorise_in_one_thread_despite_workers():
+    g = torch.Generator().manual_seed(0)
+    batch = TaskBatch(*(torch.randn(6, 4, d, generator=g) for d in (2, 1, 2, 1)))
+    small = MAML(nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)), F.mse_loss, inner_lr=0.1, workers=2)
+    big = MAML(nn.Sequential(nn.Linear(2, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 1)),
+               F.mse_loss, inner_lr=0.1, workers=2)
+    assert sum(p.numel() for p in big.model.parameters()) >= maml_module.THREADED_VMAP_MIN_PARAMS
+    threaded = []
+    for maml in (small, big):
+        original = maml._threaded_backward
+        maml._threaded_backward = lambda *a, _o=original, **k: threaded.append(maml) or _o(*a, **k)
+        maml.meta_backward(batch)
+    assert threaded == [big]
 
 
 def test_meta_backward_accumulates_like_backward():
