@@ -60,10 +60,11 @@ class MAML(nn.Module):
     ``workers=N`` (CPU) lets :meth:`meta_backward` compute the tasks' meta-gradients in N threads,
     one model replica each; with one torch thread per worker this uses N cores without intra-op
     synchronisation (benchmarks/results/bench_cpu_workers.md). Under the loop strategy worker k
-    takes tasks k, k + N, ...; under vmap (models of ``THREADED_VMAP_MIN_PARAMS`` parameters or more:
-    smaller ones run faster in one thread) it vectorises one contiguous share of the meta-batch. The result equals the one-thread one up to float
-    summation order and is deterministic, except that with dropout the threads draw from the one
-    global generator in an order that depends on timing.
+    takes tasks k, k + N, ...; under vmap (models of ``THREADED_VMAP_MIN_PARAMS`` parameters or
+    more: smaller ones run faster in one thread) it vectorises one contiguous share of the
+    meta-batch. The result equals the one-thread one up to float summation order and is
+    deterministic, except that with dropout the threads draw from the one global generator in an
+    order that depends on timing.
     """
 
     def __init__(
@@ -107,6 +108,7 @@ class MAML(nn.Module):
         self.grad_checkpointing = bool(grad_checkpointing) and not self.first_order
         self.workers = int(workers)
         self._names = [n for n, _ in model.named_parameters()]
+        self._thread_vmap = sum(p.numel() for p in model.parameters()) >= THREADED_VMAP_MIN_PARAMS
         # Meta-SGD: one learned inner learning rate per parameter element, initialised to inner_lr.
         self.inner_lrs = nn.ParameterList(
             [nn.Parameter(torch.full_like(p.detach(), self.inner_lr)) for _, p in model.named_parameters()]
@@ -196,16 +198,15 @@ class MAML(nn.Module):
         device = batch.support_x.device
         threads = self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1
         if self.resolved_strategy(device) != "loop":
-            threads = threads and sum(p.numel() for p in self.model.parameters()) >= THREADED_VMAP_MIN_PARAMS
-            if threads and (self.strategy == "vmap" or self._resolved == "vmap"):
-                return self._threaded_backward(batch, scale, vmap=True)
-            if threads:  # auto, first call: the same threads from the start (exact resume), loop if vmap fails
+            if threads and self._thread_vmap:  # the same threads from the first call on: exact resume
+                auto_first_call = self.strategy == "auto" and self._resolved is None
                 try:
                     out = self._threaded_backward(batch, scale, vmap=True)  # sets .grad only if all workers succeed
                 except Exception as vmap_error:  # noqa: BLE001 - any tracing failure: try the loop instead
+                    if not auto_first_call:
+                        raise
                     out = self._threaded_backward(batch, scale)
-                    log.warning("vmap could not run this model (%s); using a per-task loop instead", vmap_error)
-                    self._resolved = "loop"
+                    self._fall_back_to_loop(vmap_error)
                     return out
                 self._resolved = "vmap"
                 return out
@@ -324,11 +325,15 @@ class MAML(nn.Module):
             out = vmapped()
         except Exception as vmap_error:  # noqa: BLE001 - any tracing failure: try the loop instead
             out = looped()  # a genuine user error raises here again, without the vmap noise
-            log.warning("vmap could not run this model (%s); using a per-task loop instead", vmap_error)
-            self._resolved = "loop"
+            self._fall_back_to_loop(vmap_error)
             return out
         self._resolved = "vmap"
         return out
+
+    def _fall_back_to_loop(self, vmap_error: Exception) -> None:
+        """``auto`` after vmap failed on its first call and the loop ran instead: loop from now on."""
+        log.warning("vmap could not run this model (%s); using a per-task loop instead", vmap_error)
+        self._resolved = "loop"
 
     def _vmapped(self, fn: Callable[[], Tensor]) -> Tensor:
         self._vmapping = True

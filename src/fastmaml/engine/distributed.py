@@ -86,6 +86,12 @@ def init_from_env(device: str, meta_batch_size: int) -> Cluster:
     return Cluster(dist.get_rank(), dist.get_world_size())
 
 
+def check_cuda(device: str) -> None:
+    """A clear error for a CUDA device on a torch build that sees no GPU."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use device=cpu")
+
+
 def device_for(device: str) -> str:
     """Under torchrun, ``cuda`` means this process's own GPU (LOCAL_RANK)."""
     if device == "cuda" and "LOCAL_RANK" in os.environ:

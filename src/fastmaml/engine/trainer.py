@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from fastmaml.config import TrainConfig, to_dict
 from fastmaml.core import TaskBatch
 from fastmaml.engine import checkpoint
-from fastmaml.engine.distributed import Cluster, device_for, init_from_env
+from fastmaml.engine.distributed import Cluster, check_cuda, device_for, init_from_env
 from fastmaml.engine.evaluate import adaptation_curves
 from fastmaml.engine.run_dir import (
     BEST,
@@ -34,7 +34,7 @@ from fastmaml.engine.run_dir import (
     write_metrics,
 )
 from fastmaml.engine.experiment import Experiment, Preset, make_maml
-from fastmaml.errors import ConfigError, NonFiniteLossError
+from fastmaml.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +218,7 @@ def train(
     """Meta-train ``preset`` with ``config`` into ``run_dir`` (or continue it with ``resume``)."""
     run_dir = Path(run_dir)
     config.validate()
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {config.device!r} asked for, but this torch build sees no CUDA GPU; use device=cpu")
+    check_cuda(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     cluster = init_from_env(config.device, config.meta_batch_size)

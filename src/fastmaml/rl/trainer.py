@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from fastmaml.config import to_dict
 from fastmaml.core.functional import Params
 from fastmaml.engine import checkpoint
+from fastmaml.engine.distributed import check_cuda
 from fastmaml.engine.evaluate import EVAL_SEED, mean_ci95
 from fastmaml.engine.run_dir import (
     CHECKPOINT,
@@ -307,8 +308,7 @@ def train(
     """Meta-train ``config`` into ``run_dir`` (or continue it with ``resume``); the CLI's ``train``."""
     run_dir = Path(run_dir)
     config.validate()
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {config.device!r} asked for, but this torch build sees no CUDA GPU; use device=cpu")
+    check_cuda(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     if resume:

@@ -211,7 +211,7 @@ def test_small_models_vectorise_in_one_thread_despite_workers():
     threaded = []
     for maml in (small, big):
         original = maml._threaded_backward
-        maml._threaded_backward = lambda *a, _o=original, **k: threaded.append(maml) or _o(*a, **k)
+        maml._threaded_backward = lambda *a, _o=original, _m=maml, **k: threaded.append(_m) or _o(*a, **k)
         maml.meta_backward(batch)
     assert threaded == [big]
 
