@@ -631,9 +631,11 @@ def memory_sweep(
     """Peak memory and seconds per meta-iteration vs inner steps, second order, for memory-saving variants.
 
     For each step count every variant's meta-gradient is checked against that of the first variant
-    with the same strategy (an AssertionError if they differ beyond float32 rounding). Across
-    strategies the float32 results differ more (vmap uses batch norm from primitive ops, the loop
-    the fused kernel: 1e-3 relative on Omniglot 20-way); their agreement is tested in float64.
+    with the same strategy, in float64 (an AssertionError if they differ by more than
+    ``cfg.grad_tolerance``). In float32 correct variants already differ visibly: on the CPU by 1e-3
+    relative between vmap (batch norm from primitive ops) and the loop (the fused kernel), and on an
+    H200, where cuDNN convolutions run in TF32 by default, by 1.2e-1 between the whole meta-batch
+    and micro-batches of 4 after one inner step (second order through batch norm amplifies rounding).
     """
     rows = []
     device = torch.device(cfg.device)
@@ -645,14 +647,14 @@ def memory_sweep(
         torch.manual_seed(cfg.seed)
         base = w.make_model().to(device)
         batch = w.batch(cfg.seed, device)
-        gradient = functools.partial(_variant_gradient, base, w, batch)
+        gradient = functools.partial(_variant_gradient, copy.deepcopy(base).double(), w, to_float64(batch))
         expected = {strategy: gradient(variants[name]) for strategy, name in references.items()}
         row = {"inner_steps": n, "peak": {}, "seconds": {}, "grad_diff": {}}
         for name, variant in variants.items():
             if name in references.values():
                 continue
             row["grad_diff"][name] = diff = max_rel_diff(gradient(variant), expected[variant[0]])
-            assert diff < 1e-4, f"{name} changed the meta-gradient ({diff:.2e}) at {n} steps"
+            assert diff <= cfg.grad_tolerance, f"{name} changed the meta-gradient ({diff:.2e}) at {n} steps"
         if cfg.memory:
             spec = memory_spec(cfg, workload, "fastmaml", False, inner_steps=n)
             for name, variant in variants.items():
@@ -838,7 +840,7 @@ def run(args: argparse.Namespace, child_command: Sequence[str], prog: str = "fas
                     "tasks, each backpropagated before the next (micro_batch_size); the per-task loop, which "
                     "backpropagates task by task; the loop with gradient checkpointing across the inner steps "
                     "(grad_checkpointing). The last column checks that a variant's meta-gradient equals that of "
-                    "the first variant with its strategy (float32). Child processes run with "
+                    "the first variant with its strategy (in float64). Child processes run with "
                     f"{' '.join(f'{k}={v}' for k, v in CHILD_ENV.items())}."), "",
                    format_sweep(sweep, list(SWEEP_VARIANTS)), ""]
     report += [f"- `uptime` at the end: {sh('uptime')}"]
