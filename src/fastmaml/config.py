@@ -39,6 +39,8 @@ class TrainConfig:
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads (0: torch's default)
     workers: int = 0  # threads computing tasks' meta-gradients in parallel (CPU, loop or vmap; 0: auto)
+    cuda_graph: bool = True  # on one CUDA device: capture the meta-step once, replay it every iteration
+    tf32: bool = False  # on CUDA: let convolutions/matmuls use TF32 (faster, far less exact meta-gradients)
 
     def validate(self) -> None:
         positive = ("inner_lr", "outer_lr")

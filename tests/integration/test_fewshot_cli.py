@@ -5,11 +5,13 @@ import functools
 import hashlib
 import http.server
 import json
+import math
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fastmaml.cli import main
@@ -102,6 +104,48 @@ def test_train_and_eval_omniglot_5way_1shot(tiny_omniglot, tmp_path, capsys):
     assert accuracy["mean"][10] > 0.5 > accuracy["mean"][0] - 0.2  # chance is 0.2: adaptation works
     code, out, _ = cli(["eval", run, "--tasks", 10, "--steps", 2, "--best"], capsys)
     assert code == 0 and "accuracy:" in out and "±" in out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs are CUDA-only)")
+def test_cuda_graph_replays_the_meta_step_on_each_new_batch(tiny_omniglot, tmp_path, capsys, caplog):
+    """On a GPU the trainer captures the meta-step in a CUDA graph after GRAPH_WARMUP eager iterations.
+    Each replay must compute the meta-loss and meta-gradient of the batch it is given, at the current
+    weights (as the eager step does), and a run must resume into and out of graphs."""
+    from fastmaml.engine.experiment import get_preset
+    from fastmaml.engine.trainer import GRAPH_WARMUP, Trainer
+
+    preset = get_preset("omniglot")
+    config = preset.make_config(root=str(tiny_omniglot), ways=5, shots=1)
+    config.device, config.meta_batch_size = "cuda", 8
+    torch.manual_seed(0)
+    trainer = Trainer(preset.build(config), tmp_path / "direct")
+    assert trainer.graphed
+    generator = torch.Generator().manual_seed(0)
+    for step in range(GRAPH_WARMUP + 4):
+        batch = trainer.experiment.sample(generator, "train", 8).to("cuda")
+        before = {k: p.detach().clone() for k, p in trainer.maml.params().items()}
+        eager = trainer.maml.meta_loss(batch)
+        eager_grads = torch.autograd.grad(eager, list(trainer.maml.params().values()))
+        loss = trainer.meta_step(batch)
+        assert (trainer._graph is not None) == (step >= GRAPH_WARMUP)  # the last warm-up step captures
+        assert loss.item() == pytest.approx(eager.item(), rel=1e-4), step
+        grads = [p.grad for p in trainer.maml.params().values()]
+        scale = max(g.abs().max().item() for g in eager_grads)
+        assert max((g - e).abs().max().item() for g, e in zip(grads, eager_grads)) < 1e-2 * scale, step
+        assert all(not torch.equal(before[k], p) for k, p in trainer.maml.params().items() if "bias" not in k)
+    assert "could not be captured" not in caplog.text
+
+    common = ["--root", tiny_omniglot, "--ways", 5, "--shots", 1, "--device", "cuda", "--set", "meta_batch_size=8",
+              "--set", "val_every=0", "--no-progress", "--set", "log_every=4", "--set", "checkpoint_every=4"]
+    run = tmp_path / "resumed"
+    assert cli(["train", "omniglot", *common, "--iterations", 4, "--out", run, "--set", "cuda_graph=false"],
+               capsys)[0] == 0
+    for graphs, iterations in (("true", 12), ("false", 16)):
+        code, _, err = cli(["train", "--resume", run, "--iterations", iterations, "--no-progress",
+                            "--set", f"cuda_graph={graphs}"], capsys)
+        assert code == 0, err
+    losses = [json.loads(line)["meta_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
 
 
 def test_data_omniglot_verifies_and_caches(tiny_omniglot, tmp_path, capsys):

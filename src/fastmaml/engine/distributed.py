@@ -92,6 +92,18 @@ def check_cuda(device: str) -> None:
         raise ConfigError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use device=cpu")
 
 
+def set_tf32(device: str, allowed: bool) -> None:
+    """On CUDA, whether cuDNN convolutions and cuBLAS matmuls may use TF32 (``TrainConfig.tf32``).
+
+    PyTorch lets convolutions use TF32 by default; for second-order MAML through batch norm that
+    costs most of the meta-gradient's precision (benchmarks/results/gpu_h200.md), so fastmaml's
+    trainer turns it off unless asked.
+    """
+    if device.startswith("cuda"):
+        torch.backends.cudnn.allow_tf32 = allowed
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
 def device_for(device: str) -> str:
     """Under torchrun, ``cuda`` means this process's own GPU (LOCAL_RANK)."""
     if device == "cuda" and "LOCAL_RANK" in os.environ:

@@ -4,6 +4,15 @@ A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one
 ``log_every`` iterations), ``checkpoint.safetensors`` (+ ``.prev``) and, with validation on,
 ``best.safetensors``. Resuming restores weights, optimiser state and both RNG streams, so on the
 CPU N iterations + resume + M iterations equal N + M uninterrupted iterations bit for bit.
+
+On one CUDA device (``cuda_graph``, the default) the meta-step (meta-gradient, clipping, Adam) is
+captured in a CUDA graph after ``GRAPH_WARMUP`` eager iterations and replayed from then on, each
+new task batch copied into the graph's input tensors first: the same kernels without Python and
+launch overhead. On an H200, 1000 Omniglot 5-way 1-shot iterations (15 queries) took 21.8 s so
+against 35.9 s eager (benchmarks/results/gpu_h200.md). ``tf32`` (off by default) lets cuDNN and
+cuBLAS use TF32, as PyTorch does for convolutions by default: there it put relative errors of 1e-1
+to 5e-1 into the second-order meta-gradients of the paper's conv nets, against 4e-4 to 3e-2
+without, for 0.95x to 1.10x the time (same file).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from tqdm.auto import tqdm
 from fastmaml.config import TrainConfig, to_dict
 from fastmaml.core import TaskBatch
 from fastmaml.engine import checkpoint
-from fastmaml.engine.distributed import Cluster, check_cuda, device_for, init_from_env
+from fastmaml.engine.distributed import Cluster, check_cuda, device_for, init_from_env, set_tf32
 from fastmaml.engine.evaluate import adaptation_curves
 from fastmaml.engine.run_dir import (
     BEST,
@@ -39,6 +48,7 @@ from fastmaml.errors import NonFiniteLossError
 log = logging.getLogger(__name__)
 
 VAL_SEED_OFFSET = 7_919  # validation tasks come from their own fixed stream
+GRAPH_WARMUP = 3  # eager iterations (on a side stream) before the meta-step is captured in a CUDA graph
 
 
 def joint_loss(experiment: Experiment, model: torch.nn.Module, batch: TaskBatch) -> torch.Tensor:
@@ -58,7 +68,13 @@ class Trainer:
         self.cluster = cluster
         self.device = torch.device(device_for(self.config.device))
         self.maml = make_maml(experiment).to(self.device)
-        self.opt = torch.optim.Adam(self.maml.parameters(), lr=self.config.outer_lr)
+        # CUDA graphs: one device, one process (gloo's all-reduce cannot be captured)
+        self.graphed = self.config.cuda_graph and self.device.type == "cuda" and not cluster.active
+        self.opt = torch.optim.Adam(self.maml.parameters(), lr=self.config.outer_lr, capturable=self.graphed)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_failed = False
+        self._eager_steps = 0
+        self._static: tuple[TaskBatch, torch.Tensor] | None = None  # the graph's input batch and output loss
         self.baseline = experiment.baseline.to(self.device) if experiment.baseline is not None else None
         self.baseline_opt = (
             torch.optim.Adam(self.baseline.parameters(), lr=self.config.outer_lr) if self.baseline else None
@@ -94,6 +110,11 @@ class Trainer:
 
         self.maml.load_state_dict(part("maml/"))
         self.opt.load_state_dict(checkpoint.unpack(meta["optimizers"]["maml"], tensors))
+        for group in self.opt.param_groups:  # a run may resume with or without CUDA graphs
+            group["capturable"] = self.graphed
+        for state in self.opt.state.values():  # capturable Adam keeps its step count on the GPU, eager on the CPU
+            if "step" in state:
+                state["step"] = state["step"].to(self.device if self.graphed else "cpu")
         if self.baseline is not None:
             self.baseline.load_state_dict(part("baseline/"))
             self.baseline_opt.load_state_dict(checkpoint.unpack(meta["optimizers"]["baseline"], tensors))
@@ -109,9 +130,47 @@ class Trainer:
     def meta_step(self, batch: TaskBatch) -> torch.Tensor:
         """One outer update (Algorithm 2, line 10); returns this process's share of the meta-loss.
 
-        The meta-gradient of the whole meta-batch is accumulated over micro-batches of tasks (lower
-        peak memory, same gradient) and summed over processes.
+        Replays the captured CUDA graph where there is one (see the module docstring), else runs
+        :meth:`eager_meta_step`.
         """
+        if not self.graphed or self._graph_failed:
+            return self.eager_meta_step(batch)
+        if self._graph is None:
+            if self._eager_steps < GRAPH_WARMUP:  # lazy initialisation happens outside the capture
+                self._eager_steps += 1
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    loss = self.eager_meta_step(batch)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                return loss
+            return self._capture(batch)
+        static_batch, static_loss = self._static
+        if any(s.shape != b.shape or s.dtype != b.dtype for s, b in zip(static_batch, batch)):
+            return self.eager_meta_step(batch)  # a batch of another shape: the graph does not fit it
+        for s, b in zip(static_batch, batch):
+            s.copy_(b, non_blocking=True)
+        self._graph.replay()
+        return static_loss.clone()
+
+    def _capture(self, batch: TaskBatch) -> torch.Tensor:
+        """Capture the meta-step on ``batch`` in a CUDA graph and replay it once (capturing runs nothing)."""
+        static_batch = TaskBatch(*(t.clone() for t in batch))
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                static_loss = self.eager_meta_step(static_batch)
+        except Exception as error:  # noqa: BLE001 - an op that cannot be captured: stay eager
+            log.warning("the meta-step could not be captured in a CUDA graph (%s); running it eagerly", error)
+            self._graph_failed = True
+            return self.eager_meta_step(batch)
+        self._graph, self._static = graph, (static_batch, static_loss)
+        graph.replay()
+        return static_loss.clone()
+
+    def eager_meta_step(self, batch: TaskBatch) -> torch.Tensor:
+        """The meta-step, op by op: the meta-gradient of the whole meta-batch is accumulated over
+        micro-batches of tasks (lower peak memory, same gradient) and summed over processes."""
         local, share = self.cluster.shard(batch)
         self.opt.zero_grad(set_to_none=True)
         # MAML.meta_backward goes task by task under the loop strategy (in `workers` threads).
@@ -219,6 +278,7 @@ def train(
     run_dir = Path(run_dir)
     config.validate()
     check_cuda(config.device)
+    set_tf32(config.device, config.tf32)
     if config.threads:
         torch.set_num_threads(config.threads)
     cluster = init_from_env(config.device, config.meta_batch_size)

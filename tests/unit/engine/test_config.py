@@ -1,6 +1,7 @@
 """Config overrides: types, unknown keys, validation."""
 
 import pytest
+import torch
 
 from fastmaml.config import apply_overrides, from_dict, to_dict
 from fastmaml.errors import ConfigError
@@ -43,3 +44,19 @@ def test_bad_overrides_are_clear_errors(override, message):
 def test_validation_rejects_out_of_range_values(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(make_config(), [override]).validate()
+
+
+def test_tf32_is_set_for_cuda_only():
+    from fastmaml.engine.distributed import set_tf32
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        set_tf32("cpu", False)  # a CPU run leaves the process's CUDA flags alone
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        set_tf32("cuda:0", False)  # the trainer's default on a GPU: exact convolutions and matmuls
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        set_tf32("cuda", True)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
