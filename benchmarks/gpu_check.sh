@@ -31,11 +31,13 @@ fi
 if [ "$QUICK" = 1 ]; then REPEATS=1; ITERS=20; LIMIT=5; else REPEATS=10; ITERS=1000; LIMIT=8; fi
 
 # 1. Throughput and peak memory of every paper workload: fastmaml vs a plain loop and the peers
-#    (learn2learn, higher: their wheels in carry/whl), second and first order; meta-gradients checked
-#    in float64. --time-limit bounds each of the 8 (workload, order) groups.
+#    (learn2learn, higher: their wheels in carry/whl) and the CUDA-graph step the trainer uses,
+#    second and first order; meta-gradients checked in float64. --time-limit bounds each of the 8
+#    (workload, order) groups.
+GRAPH_ROW=(); [ "$DEVICE" = cpu ] || GRAPH_ROW=('fastmaml cuda graph')
 timeout $((LIMIT * 8 + 60)) $PY benchmarks/bench.py --device "$DEVICE" --repeats "$REPEATS" --time-limit "$LIMIT" \
   --workloads sinusoid omniglot-5w1s omniglot-20w1s miniimagenet-5w1s \
-  --impls fastmaml 'fastmaml vmap' 'fastmaml loop' 'fastmaml micro-batch 4' 'torch.func loop' learn2learn higher \
+  --impls fastmaml "${GRAPH_ROW[@]}" 'fastmaml vmap' 'fastmaml loop' 'fastmaml micro-batch 4' 'torch.func loop' learn2learn higher \
   --micro-batch-size 4 --out "$OUT/bench_gpu.md"
 
 # 2. The GPU levers (TF32, cudnn.benchmark, convolution as a batched matmul, CUDA graphs) on

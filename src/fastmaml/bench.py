@@ -16,7 +16,8 @@ allocated before.
 Implementations: fastmaml (``strategy="auto"``, ``"vmap"``, ``"loop"``), a plain per-task
 ``torch.func`` loop written here without fastmaml, and, when installed, learn2learn 0.2.0 and
 higher 0.2.1, each written the way its own examples write MAML. Peers are optional imports: a
-missing one gives a row that says so.
+missing one gives a row that says so. On a GPU also "fastmaml cuda graph": fastmaml's meta-gradient
+captured in a CUDA graph and replayed, as ``fastmaml train`` runs it there.
 
     fastmaml bench --workloads sinusoid --repeats 20
     python benchmarks/bench.py --out benchmarks/results/bench_cpu.md --sweep   # + learn2learn's import shim
@@ -160,6 +161,52 @@ def fastmaml_step(
     return build
 
 
+GRAPH_WARMUP = 3  # eager meta-steps before the capture, as the trainer does
+
+
+def cuda_graph_step(model: nn.Module, w: Workload, first_order: bool) -> MetaStep:
+    """fastmaml's meta-gradient (``strategy="auto"``) captured once in a CUDA graph and replayed, each
+    batch copied into the graph's inputs first, as ``fastmaml train`` does on one GPU (``cuda_graph``;
+    the trainer captures Adam too, here the caller's Adam step stays eager). CUDA only."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        raise Unavailable("CUDA graphs need a CUDA device")
+    maml = MAML(model, w.loss_fn, inner_lr=w.inner_lr, inner_steps=w.inner_steps, first_order=first_order)
+    params = [p for p in model.parameters() if p.requires_grad]
+    state: dict = {}
+
+    def capture(batch: TaskBatch) -> None:
+        saved = [p.grad for p in params]
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # lazy initialisation outside the capture
+            for _ in range(GRAPH_WARMUP):
+                for p in params:
+                    p.grad = None
+                maml.meta_backward(batch)
+        torch.cuda.current_stream(device).wait_stream(side)
+        for p in params:
+            p.grad = None  # the captured backward allocates the gradients in the graph's memory
+        state["inputs"] = TaskBatch(*(t.clone() for t in batch))
+        state["graph"] = graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            maml.meta_backward(state["inputs"])
+        state["grads"] = [p.grad for p in params]
+        for p, g in zip(params, saved):
+            p.grad = g
+
+    def step(batch: TaskBatch) -> None:
+        if "graph" not in state:
+            capture(batch)
+        for static, new in zip(state["inputs"], batch):
+            static.copy_(new, non_blocking=True)
+        state["graph"].replay()
+        for p, g in zip(params, state["grads"]):
+            p.grad = g.clone() if p.grad is None else p.grad + g
+
+    return step
+
+
 def fused_batch_norm_loop_step(model: nn.Module, w: Workload, first_order: bool) -> MetaStep:
     """A lever, not a fastmaml option: the loop strategy with PyTorch's fused batch norm.
 
@@ -279,13 +326,17 @@ def implementations(
     levers: bool = False,
     lever_threads: int | None = None,
     workers: int | None = None,
+    cuda: bool = False,
 ) -> dict[str, Implementation]:
-    """Every implementation by name; the chunked-vmap, micro-batched and lever rows only when asked."""
+    """Every implementation by name; the chunked-vmap, micro-batched and lever rows only when asked,
+    the CUDA-graph row only with ``cuda``."""
     impls = [
         Implementation("fastmaml", fastmaml_step("auto")),
         Implementation("fastmaml vmap", fastmaml_step("vmap"), strategy="vmap"),
         Implementation("fastmaml loop", fastmaml_step("loop"), strategy="loop"),
     ]
+    if cuda:
+        impls.append(Implementation("fastmaml cuda graph", cuda_graph_step))
     if chunk_size:
         impls.append(Implementation(f"fastmaml vmap chunk {chunk_size}", fastmaml_step("vmap", chunk_size)))
     if micro_batch_size:
@@ -514,7 +565,8 @@ def measure_peak_here(spec: dict) -> dict:
         build = fastmaml_step(*variant_args(spec["variant"]))
     else:
         build = implementations(spec.get("chunk_size"), spec.get("micro_batch_size"), True,
-                                spec.get("lever_threads"), spec.get("workers"))[spec["implementation"]].build
+                                spec.get("lever_threads"), spec.get("workers"),
+                                cuda=device.type == "cuda")[spec["implementation"]].build
     w = with_steps(WORKLOADS[spec["workload"]], spec.get("inner_steps"))
     torch.manual_seed(spec.get("seed", 0))
     model = w.make_model().to(device)
@@ -580,7 +632,8 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda line: N
     unknown = [w for w in cfg.workloads if w not in WORKLOADS]
     if unknown:
         raise ValueError(f"unknown workload {unknown[0]!r}; choose from {', '.join(WORKLOADS)}")
-    available = implementations(cfg.chunk_size, cfg.micro_batch_size, cfg.levers, cfg.lever_threads, cfg.workers)
+    available = implementations(cfg.chunk_size, cfg.micro_batch_size, cfg.levers, cfg.lever_threads, cfg.workers,
+                                cuda=cfg.device.startswith("cuda"))
     names = list(available) if cfg.implementations is None else list(cfg.implementations)
     names = ["fastmaml", *(n for n in names if n != "fastmaml")]  # first: the reference for gradients and ratios
     missing = [n for n in names if n not in available]

@@ -102,6 +102,32 @@ def test_every_implementation_matches_fastmaml_on_a_conv_net(first_order):
         assert bench.max_rel_diff(grads, reference) < 1e-10, name
 
 
+def test_cuda_graph_row_only_on_a_gpu():
+    assert "fastmaml cuda graph" not in bench.implementations()
+    w = small_conv(meta_batch_size=2, inner_steps=1)
+    model = w.make_model()
+    with pytest.raises(bench.Unavailable, match="CUDA graphs need a CUDA device"):
+        bench.implementations(cuda=True)["fastmaml cuda graph"].build(model, w, False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs are CUDA-only)")
+def test_cuda_graph_step_replays_the_meta_gradient_of_each_batch():
+    """Replays after the capture give each new batch's meta-gradient, added to what .grad holds."""
+    w = small_conv(meta_batch_size=3, inner_steps=2)
+    torch.manual_seed(0)
+    model = w.make_model().cuda()
+    step = bench.implementations(cuda=True)["fastmaml cuda graph"].build(model, w, False)
+    reference = bench.fastmaml_step()(model, w, False)
+    for seed in range(3):
+        batch = w.batch(seed, "cuda")
+        expected = bench.meta_gradient(model, reference, batch)
+        assert bench.max_rel_diff(bench.meta_gradient(model, step, batch), expected) < 1e-10, seed
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    step(batch)
+    assert all(torch.allclose(p.grad, 1 + g) for p, g in zip(model.parameters(), expected))
+
+
 @pytest.mark.parametrize("micro_batch_size", [1, 4])
 def test_micro_batches_give_the_whole_batch_meta_gradient(micro_batch_size):
     w = small_conv(meta_batch_size=6, inner_steps=3)  # 6 tasks in micro-batches of 4: uneven 4 + 2
