@@ -30,14 +30,13 @@ import platform
 import shlex
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastmaml.algorithms.maml import MAML
-from fastmaml.bench import WORKLOADS, to_float64
+from fastmaml.bench import WORKLOADS, BenchConfig, time_interleaved, to_float64
 
 
 class MatmulConv2d(nn.Conv2d):
@@ -95,14 +94,20 @@ VARIANTS = {  # name: (strategy, matmul conv, flags, CUDA graph)
 }
 
 
-def build(name: str, base: nn.Module, workload, batch, device: torch.device):
-    """One iteration of variant ``name`` as a callable (a graph replay for the CUDA-graph variants)."""
-    strategy, matmul, flags, graph = VARIANTS[name]
+def variant_maml(name: str, base: nn.Module, workload) -> tuple[nn.Module, MAML]:
+    """A copy of ``base`` (its convolutions as matmuls where the variant says so) and its MAML."""
+    strategy, matmul, _, _ = VARIANTS[name]
     model = copy.deepcopy(base)
     if matmul:
         matmul_convs(model)
-    maml = MAML(model, workload.loss_fn, inner_lr=workload.inner_lr, inner_steps=workload.inner_steps,
-                strategy=strategy)
+    return model, MAML(model, workload.loss_fn, inner_lr=workload.inner_lr, inner_steps=workload.inner_steps,
+                       strategy=strategy)
+
+
+def build(name: str, base: nn.Module, workload, batch, device: torch.device):
+    """One iteration of variant ``name`` as a callable (a graph replay for the CUDA-graph variants)."""
+    _, _, flags, graph = VARIANTS[name]
+    model, maml = variant_maml(name, base, workload)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=graph)
 
     def iteration() -> None:
@@ -134,13 +139,8 @@ def build(name: str, base: nn.Module, workload, batch, device: torch.device):
 
 
 def meta_gradient(name: str, base: nn.Module, workload, batch) -> list[Tensor]:
-    strategy, matmul, flags, _ = VARIANTS[name]
-    model = copy.deepcopy(base)
-    if matmul:
-        matmul_convs(model)
-    maml = MAML(model, workload.loss_fn, inner_lr=workload.inner_lr, inner_steps=workload.inner_steps,
-                strategy=strategy)
-    with backend_flags(**flags):
+    model, maml = variant_maml(name, base, workload)
+    with backend_flags(**VARIANTS[name][2]):
         maml.meta_backward(batch)
     return [p.grad.detach().double() for p in model.parameters()]
 
@@ -148,11 +148,6 @@ def meta_gradient(name: str, base: nn.Module, workload, batch) -> list[Tensor]:
 def rel_diff(grads: list[Tensor], reference: list[Tensor]) -> float:
     diff = max((g - r).abs().max().item() for g, r in zip(grads, reference))
     return diff / max(r.abs().max().item() for r in reference)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_workload(workload_name: str, variants: list[str], args, device: torch.device) -> list[str]:
@@ -171,17 +166,8 @@ def run_workload(workload_name: str, variants: list[str], args, device: torch.de
         except Exception as error:  # noqa: BLE001 - a lever that does not run here is reported, not fatal
             notes[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
             runners.pop(name, None)
-    sync(device)
-    times = {name: [] for name in runners}
-    names, started = list(runners), time.perf_counter()
-    for r in range(args.repeats):
-        if r >= 2 and time.perf_counter() - started > args.time_limit:
-            break
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            start = time.perf_counter()
-            runners[name]()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
+    # warm-ups done above, where a failing variant is caught
+    times = time_interleaved(runners, BenchConfig(repeats=args.repeats, warmup=0, time_limit=args.time_limit), device)
     base_ms = statistics.median(times["vmap (default)"]) * 1e3 if times.get("vmap (default)") else None
     lines = [f"\n## {workload.description}\n",
              "| variant | ms / iteration | vs vmap (default) | 60,000 iterations | rounds | float32 meta-grad vs float64 |",
