@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from fastmaml.algorithms.maml import MAML
 from fastmaml.bench import WORKLOADS, BenchConfig, time_interleaved, to_float64
+from fastmaml.engine.trainer import GRAPH_WARMUP, side_stream
 
 
 class MatmulConv2d(nn.Conv2d):
@@ -120,12 +121,9 @@ def build(name: str, base: nn.Module, workload, batch, device: torch.device):
         return iteration
     if device.type != "cuda":
         raise RuntimeError("CUDA graphs need a CUDA device")
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
+    with side_stream(device):
+        for _ in range(GRAPH_WARMUP):
             iteration()
-    torch.cuda.current_stream(device).wait_stream(side)
     cuda_graph = torch.cuda.CUDAGraph()
     opt.zero_grad(set_to_none=True)  # the captured backward allocates .grad in the graph's pool
     with backend_flags(**flags), torch.cuda.graph(cuda_graph):

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from fastmaml.algorithms import MAML
 from fastmaml.core import TaskBatch
+from fastmaml.engine.trainer import GRAPH_WARMUP, side_stream
 from fastmaml.models.conv import ConvNet
 from fastmaml.models.mlp import MLP
 
@@ -161,9 +162,6 @@ def fastmaml_step(
     return build
 
 
-GRAPH_WARMUP = 3  # eager meta-steps before the capture, as the trainer does
-
-
 def cuda_graph_step(model: nn.Module, w: Workload, first_order: bool) -> MetaStep:
     """fastmaml's meta-gradient (``strategy="auto"``) captured once in a CUDA graph and replayed, each
     batch copied into the graph's inputs first, as ``fastmaml train`` does on one GPU (``cuda_graph``;
@@ -177,14 +175,11 @@ def cuda_graph_step(model: nn.Module, w: Workload, first_order: bool) -> MetaSte
 
     def capture(batch: TaskBatch) -> None:
         saved = [p.grad for p in params]
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # lazy initialisation outside the capture
+        with side_stream(device):  # as the trainer warms up
             for _ in range(GRAPH_WARMUP):
                 for p in params:
                     p.grad = None
                 maml.meta_backward(batch)
-        torch.cuda.current_stream(device).wait_stream(side)
         for p in params:
             p.grad = None  # the captured backward allocates the gradients in the graph's memory
         state["inputs"] = TaskBatch(*(t.clone() for t in batch))

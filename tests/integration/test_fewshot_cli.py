@@ -106,7 +106,9 @@ def test_train_and_eval_omniglot_5way_1shot(tiny_omniglot, tmp_path, capsys):
     assert code == 0 and "accuracy:" in out and "±" in out
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs are CUDA-only)")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA GPU: CUDA graphs exist only there (CI has none; "
+                           "benchmarks/gpu_check.sh runs this test on the GPU machine)")
 def test_cuda_graph_replays_the_meta_step_on_each_new_batch(tiny_omniglot, tmp_path, capsys, caplog):
     """On a GPU the trainer captures the meta-step in a CUDA graph after GRAPH_WARMUP eager iterations.
     Each replay must compute the meta-loss and meta-gradient of the batch it is given, at the current

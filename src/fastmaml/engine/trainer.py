@@ -51,6 +51,19 @@ VAL_SEED_OFFSET = 7_919  # validation tasks come from their own fixed stream
 GRAPH_WARMUP = 3  # eager iterations (on a side stream) before the meta-step is captured in a CUDA graph
 
 
+@contextlib.contextmanager
+def side_stream(device: torch.device):
+    """Run the block on a fresh CUDA stream, ordered after and before the current one: the warm-up
+    before a CUDA-graph capture, so that lazy initialisation happens outside the capture."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    try:
+        with torch.cuda.stream(side):
+            yield
+    finally:
+        torch.cuda.current_stream(device).wait_stream(side)
+
+
 def joint_loss(experiment: Experiment, model: torch.nn.Module, batch: TaskBatch) -> torch.Tensor:
     """The pretrained baseline's objective: the loss on every point of every task, no adaptation."""
     x = torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1)
@@ -138,12 +151,8 @@ class Trainer:
         if self._graph is None:
             if self._eager_steps < GRAPH_WARMUP:  # lazy initialisation happens outside the capture
                 self._eager_steps += 1
-                side = torch.cuda.Stream(self.device)
-                side.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(side):
-                    loss = self.eager_meta_step(batch)
-                torch.cuda.current_stream(self.device).wait_stream(side)
-                return loss
+                with side_stream(self.device):
+                    return self.eager_meta_step(batch)
             return self._capture(batch)
         static_batch, static_loss = self._static
         if any(s.shape != b.shape or s.dtype != b.dtype for s, b in zip(static_batch, batch)):
