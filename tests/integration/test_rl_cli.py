@@ -105,10 +105,42 @@ def test_context_vector_baseline_trains_and_adapts_its_context(tmp_path, capsys)
     assert len(context) == 4 and context[3] > context[0] + 0.5, context
 
 
+def test_baselines_alone_and_per_direction_returns(tmp_path, capsys):
+    """method=none trains only the baselines (here beside an earlier MAML run); direction tasks are
+    also logged and evaluated per direction, and the halves average back to the whole."""
+    run = tmp_path / "baselines"
+    tiny = [*TINY, "--set", "meta_batch_size=6", "--set", "horizon=10"]
+    assert main(["train", "rl", "--env", "cheetah-dir", "--set", "method=none", *tiny, "--iterations", "2",
+                 "--out", str(run)]) == 0
+    tensors, _ = checkpoint.load(run / "checkpoint.safetensors")
+    assert {k.split("/")[1] for k in tensors if k.startswith("rng/")} == {"pretrained", "oracle"}
+    for row in rows(run):
+        assert "return_pre" not in row and "kl" not in row
+        for name in ("pretrained", "oracle"):
+            halves = [row.get(f"{name}_return_{d}") for d in ("forward", "backward")]
+            assert any(h is not None for h in halves)
+            if all(h is not None for h in halves):  # 6 tasks: both directions, unless a rare draw
+                assert min(halves) - 1e-4 <= row[f"{name}_return"] <= max(halves) + 1e-4
+    capsys.readouterr()
+    assert main(["eval", str(run), "--tasks", "8", "--steps", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["metrics"]) == ["pretrained", "random", "oracle"]
+    goals = torch.randint(0, 2, (8,), generator=torch.Generator().manual_seed(report["seed"])) * 2 - 1
+    forward = int((goals == 1).sum())
+    assert 0 < forward < 8  # the eval seed's 8 goals hold both directions
+    for metrics in report["metrics"].values():
+        assert set(metrics) == {"return", "return_forward", "return_backward"}
+        for step in range(2):
+            whole = metrics["return"]["mean"][step]
+            halves = forward * metrics["return_forward"]["mean"][step] + (8 - forward) * metrics["return_backward"]["mean"][step]
+            assert whole == pytest.approx(halves / 8, rel=1e-5, abs=1e-4)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["train", "rl", "--env", "pong"], "unknown environment 'pong'"),
+        (["train", "rl", "--set", "method=none", "--set", "baselines="], "method=none trains only the baselines"),
         (["train", "rl", "--set", "method=anil"], "unknown method 'anil'"),
         (["train", "rl", "--meta-sgd"], "preset 'rl' has no option --meta-sgd"),
         (["train", "rl", "--set", "baselines=random"], "unknown baselines"),

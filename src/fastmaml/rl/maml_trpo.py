@@ -218,10 +218,13 @@ def meta_objective(
 
 class StepStats(NamedTuple):
     """``returns[k]``: mean undiscounted return of the trajectories sampled after k inner steps
-    (k = 0 .. inner_steps); ``trpo``: the meta-update's loss, KL and line-search outcome."""
+    (k = 0 .. inner_steps); ``trpo``: the meta-update's loss, KL and line-search outcome;
+    ``task_returns`` (inner_steps + 1, T): the same per task; ``goals``: the T tasks' goals."""
 
     returns: list[float]
     trpo: TRPOStats
+    task_returns: Tensor
+    goals: Tensor
 
 
 def sample_and_adapt(
@@ -319,7 +322,7 @@ def maml_trpo_step(
                                   hvp=hvp, kl_fn=kl_fn)
     new_params = {k: v.to(home) for k, v in new_params.items()}
     returns = [t.returns.mean().item() for t in trajs]
-    return new_params, StepStats(returns, stats)
+    return new_params, StepStats(returns, stats, torch.stack([t.returns.mean(1) for t in trajs]), goals)
 
 
 @torch.no_grad()

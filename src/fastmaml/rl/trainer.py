@@ -22,6 +22,15 @@ Learners, each with its own seeded random stream (so adding a baseline leaves MA
   observation; not adapted at meta-test (the original used step size 0).
 - ``random`` (meta-test only): a freshly initialised policy fine-tuned at ``inner_lr``.
 
+``method="none"`` trains the baselines alone (e.g. to add them to a MAML run made with
+``baselines=``: the seeds are per learner, so they meet the same goals as in a joint run, and
+``fastmaml eval`` uses the same meta-test tasks and action noise in every run of one seed).
+
+Direction tasks (``cheetah-dir``, ``ant-dir``) are also reported per direction, in training
+(``return_pre_forward``, ``return_post_backward``, ``pretrained_return_forward``, ...) and at
+meta-test (metrics ``return_forward`` and ``return_backward`` beside ``return``): a policy biased
+towards one direction before adaptation shows there, while the average hides it.
+
 Against cbfinn/maml_rl's baselines: its 2D-navigation "pretrained" policy (``maml0_...``) was
 MAMLTRPO with ``use_maml=False``, which replaces TRPO by one Adam step (lr 1e-3) per iteration on the
 pre-update surrogate; the paper describes it as trained on all tasks jointly, which is what TRPO does
@@ -73,7 +82,8 @@ from fastmaml.rl.trpo import HVPS
 log = logging.getLogger(__name__)
 
 TRAINED_BASELINES = ("pretrained", "oracle")
-METHODS = ("maml", "context")  # the meta-learner: MAML, or the context-vector baseline in its place
+METHODS = ("maml", "context", "none")  # the meta-learner: MAML, the context-vector baseline, or none
+DIRECTIONS = {"forward": 1.0, "backward": -1.0}  # goals of the direction tasks
 SEED_OFFSETS = {"maml": 0, "context": 0, "pretrained": 1_000_003, "oracle": 2_000_003, "random": 3_000_017}
 
 
@@ -82,7 +92,7 @@ class RLConfig:
     """Meta-RL settings (paper section 5.3 and cbfinn/maml_rl; presets in ``fastmaml.experiments.rl``)."""
 
     env: str = "nav2d"  # nav2d | cheetah-vel | cheetah-dir | ant-vel | ant-dir
-    method: str = "maml"  # maml | context (the paper's context-vector baseline: the inner step adapts c only)
+    method: str = "maml"  # maml | context (the paper's context-vector baseline: the inner step adapts c only) | none (baselines only)
     context_dim: int = 10  # entries of the context vector c (method=context); the tasks here have <= 2 parameters
     inner_lr: float = 0.1  # α of the REINFORCE inner step (0.5 for 2D navigation, as the original)
     inner_steps: int = 1  # inner steps at meta-train, each on freshly sampled trajectories
@@ -118,6 +128,8 @@ class RLConfig:
             raise ConfigError(f"unknown environment {self.env!r}; choose one of {', '.join(ENV_NAMES)}")
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method == "none" and not self.baselines:
+            raise ConfigError("method=none trains only the baselines; name at least one (baselines=pretrained,oracle)")
         if self.method == "context" and self.context_dim < 1:
             raise ConfigError(f"context_dim must be >= 1 for method=context, got {self.context_dim}")
         for key in ("inner_lr", "max_kl", "pretrained_lr", "discount", "eval_lr_decay"):
@@ -173,6 +185,18 @@ def make_env(config: RLConfig, oracle: bool = False):
     return OracleBatch(env) if oracle else env
 
 
+def is_direction_env(env) -> bool:
+    """Whether ``env``'s goals are directions ±1 (cheetah-dir, ant-dir; also behind an oracle)."""
+    task = getattr(getattr(env, "env", env), "task", None)
+    return getattr(task, "goal", None) == "direction"
+
+
+def by_direction(values: Tensor, goals: Tensor) -> dict[str, Tensor]:
+    """``values`` (..., T) of T tasks split by their direction goal: {"forward": (..., T_f), ...}."""
+    goals = goals.reshape(len(goals), -1)[:, 0]
+    return {name: values[..., goals == sign] for name, sign in DIRECTIONS.items()}
+
+
 def make_policy(config: RLConfig, env, seed: int, context: bool = False) -> tuple[GaussianMLPPolicy, Params]:
     """The paper's policy for ``env`` (with a ``config.context_dim`` context vector when ``context``)
     and its initial parameters, drawn from ``seed`` alone."""
@@ -203,8 +227,8 @@ class RLTrainer:
 
     def __init__(self, config: RLConfig, run_dir: Path) -> None:
         self.config, self.run_dir = config, Path(run_dir)
-        self.method = config.method  # the meta-learner's name: maml or context
-        self.learners = [self.method, *config.baselines]
+        self.method = config.method  # the meta-learner's name: maml, context or none
+        self.learners = [*([] if self.method == "none" else [self.method]), *config.baselines]
         self.envs = {name: make_env(config, oracle=name == "oracle") for name in self.learners}
         self.policies, self.params, self.generators = {}, {}, {}
         for name in self.learners:
@@ -246,12 +270,16 @@ class RLTrainer:
                 self.envs[name], self.policies[name], self.params[name], self.generators[name],
                 adapt_keys=adapt_keys(name), **kwargs
             )
+            keys = {0: "return_pre", len(stats.returns) - 1: "return_post"} if name == self.method else {0: f"{name}_return"}
+            for step, key in keys.items():
+                values[key] = stats.returns[step]
+                if is_direction_env(self.envs[name]):  # a direction absent from this meta-batch is not logged
+                    for direction, returns in by_direction(stats.task_returns[step], stats.goals).items():
+                        if returns.numel():
+                            values[f"{key}_{direction}"] = returns.mean().item()
             if name == self.method:
-                values.update(return_pre=stats.returns[0], return_post=stats.returns[-1],
-                              loss_before=stats.trpo.loss_before, loss_after=stats.trpo.loss_after,
+                values.update(loss_before=stats.trpo.loss_before, loss_after=stats.trpo.loss_after,
                               kl=stats.trpo.kl_after, step_fraction=stats.trpo.step_fraction)
-            else:
-                values[f"{name}_return"] = stats.returns[0]
             values[f"{name}_finite"] = float(all(torch.isfinite(p).all() for p in self.params[name].values()))
         return values
 
@@ -259,6 +287,7 @@ class RLTrainer:
     def fit(self, progress: bool = True) -> dict[str, Any]:
         c = self.config
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}  # iterations that logged each key (a direction can be absent from one)
         since, last_good = self.step, self.step
         bar = tqdm(total=c.iterations, initial=self.step, disable=not progress, desc=f"rl {c.env}",
                    dynamic_ncols=True, mininterval=0.5)
@@ -267,13 +296,14 @@ class RLTrainer:
             while self.step < c.iterations:
                 for key, value in self.iteration().items():
                     sums[key] = sums.get(key, 0.0) + value
+                    counts[key] = counts.get(key, 0) + 1
                 self.step += 1
                 bar.update(1)
                 log_now = self.step % c.log_every == 0 or self.step == c.iterations
                 save_now = self.step % c.checkpoint_every == 0 or self.step == c.iterations
                 if not (log_now or save_now):
                     continue
-                means = {k: v / (self.step - since) for k, v in sums.items()}
+                means = {k: v / counts[k] for k, v in sums.items()}
                 bad = [k for k, v in means.items() if not math.isfinite(v) or (k.endswith("_finite") and v < 1)]
                 if bad:
                     bar.close()
@@ -292,9 +322,10 @@ class RLTrainer:
                 self.rows.append(row)
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
-                bar.set_postfix({"pre": f"{row['return_pre']:.2f}", "post": f"{row['return_post']:.2f}"})
+                shown = {"pre": "return_pre", "post": "return_post", **{b: f"{b}_return" for b in c.baselines}}
+                bar.set_postfix({label: f"{row[key]:.2f}" for label, key in shown.items() if key in row})
                 log.info("iteration %d: %s", self.step, row)
-                sums, since = {}, self.step
+                sums, counts, since = {}, {}, self.step
                 if save_now:
                     self.save()
                     last_good = self.step
@@ -333,7 +364,7 @@ def load_policies(run_dir: Path, config: RLConfig) -> tuple[dict[str, Any], dict
     trainer = RLTrainer(config, run_dir)
     trainer.restore(tensors, meta)
     methods = {name: (trainer.envs[name], trainer.policies[name], trainer.params[name]) for name in trainer.learners}
-    env = trainer.envs[trainer.method]
+    env = trainer.envs.get(trainer.method) or make_env(config)
     methods["random"] = (env, *make_policy(config, env, config.seed + SEED_OFFSETS["random"]))
     order = [*METHODS, "pretrained", "random", "oracle"]
     return {m: methods[m] for m in order if m in methods}, meta
@@ -354,7 +385,8 @@ def evaluate(
     Every method meets the same goals and action-noise stream. The first step uses the method's
     lr (``inner_lr``; ``pretrained_lr`` for the pretrained policy), later ones ``eval_lr_decay`` x
     that, as the original's meta-test script. The oracle is not adapted: its step-0 return is
-    repeated at every step."""
+    repeated at every step. Direction tasks add the metrics ``return_forward`` and ``return_backward``:
+    the same returns averaged over the tasks of each direction."""
     run_dir = Path(run_dir)
     if which != "checkpoint":
         raise ConfigError("meta-RL runs keep no best checkpoint (there is no validation); drop --best")
@@ -379,8 +411,12 @@ def evaluate(
             strategy=config.strategy, adapt_keys=adapt_keys(method),
         )  # (steps + 1, tasks), or (1, tasks) for the oracle
         per_task = per_task.expand(steps + 1, -1) if method == "oracle" else per_task
-        mean, ci = mean_ci95(per_task.T.double())
-        results[method] = {"return": {"mean": mean.tolist(), "ci95": ci.tolist()}}
+        split = {"": per_task, **({f"_{d}": r for d, r in by_direction(per_task, goals).items() if r.shape[-1]}
+                                  if is_direction_env(env) else {})}
+        results[method] = {}
+        for suffix, returns in split.items():
+            mean, ci = mean_ci95(returns.T.double())
+            results[method][f"return{suffix}"] = {"mean": mean.tolist(), "ci95": ci.tolist()}
     report = {
         "experiment": f"rl {config.env}",
         "checkpoint": which,
@@ -414,7 +450,7 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     out.mkdir(exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     steps = [r["step"] for r in rows]
-    method = {"maml": "MAML", "context": "context vector"}[read_config(run_dir)[1].method]
+    method = {"maml": "MAML", "context": "context vector", "none": ""}[read_config(run_dir)[1].method]
     curves = {"return_pre": f"{method} before adaptation", "return_post": f"{method} after 1 inner step",
               "pretrained_return": "pretrained (joint TRPO)", "oracle_return": "oracle (goal observed)"}
     for key, label in curves.items():
