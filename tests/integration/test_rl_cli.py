@@ -134,6 +134,9 @@ def test_baselines_alone_and_per_direction_returns(tmp_path, capsys):
             whole = metrics["return"]["mean"][step]
             halves = forward * metrics["return_forward"]["mean"][step] + (8 - forward) * metrics["return_backward"]["mean"][step]
             assert whole == pytest.approx(halves / 8, rel=1e-5, abs=1e-4)
+    assert main(["plot", str(run)]) == 0  # a second panel per direction; return_vs_steps from eval.json
+    for name in ("learning_curve.png", "return_vs_steps.png"):
+        assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(

@@ -448,18 +448,25 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
         raise CheckpointError(f"{run_dir} has no metrics yet; train it first (fastmaml train rl ... --out {run_dir})")
     out = run_dir / PLOTS
     out.mkdir(exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
     steps = [r["step"] for r in rows]
+    env = read_config(run_dir)[1].env
     method = {"maml": "MAML", "context": "context vector", "none": ""}[read_config(run_dir)[1].method]
     curves = {"return_pre": f"{method} before adaptation", "return_post": f"{method} after 1 inner step",
               "pretrained_return": "pretrained (joint TRPO)", "oracle_return": "oracle (goal observed)"}
-    for key, label in curves.items():
-        if any(key in r for r in rows):
-            ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=label)
-    ax.set_xlabel("meta-training iteration")
-    ax.set_ylabel("average return (training tasks)")
-    ax.set_title(f"rl {read_config(run_dir)[1].env}: learning curve")
-    ax.legend()
+    split = any(f"{key}_forward" in r for r in rows for key in curves)  # direction tasks: a second panel
+    fig, axes = plt.subplots(1, 2 if split else 1, figsize=(12 if split else 6, 4), squeeze=False)
+    for i, key in enumerate(k for k in curves if any(k in r for r in rows)):
+        color = f"C{i}"
+        axes[0, 0].plot(steps, [r.get(key, float("nan")) for r in rows], color=color, label=curves[key])
+        for direction, style in (("forward", "-"), ("backward", "--")) if split else ():
+            axes[0, 1].plot(steps, [r.get(f"{key}_{direction}", float("nan")) for r in rows], style, color=color,
+                            label=f"{curves[key]}, {direction}")
+    titles = ["learning curve", "by direction (dashed: backward tasks)"]
+    for ax, title in zip(axes[0], titles):
+        ax.set_xlabel("meta-training iteration")
+        ax.set_ylabel("average return (training tasks)")
+        ax.set_title(f"rl {env}: {title}")
+        ax.legend(fontsize=8 if split else None)
     fig.tight_layout()
     fig.savefig(out / "learning_curve.png", dpi=120)
     plt.close(fig)
