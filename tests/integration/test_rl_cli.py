@@ -139,6 +139,25 @@ def test_baselines_alone_and_per_direction_returns(tmp_path, capsys):
         assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_random_initialisation_is_fine_tuned_at_random_lr(tmp_path, capsys):
+    """random_lr sets the random baseline's meta-test step (0: inner_lr); the other methods and the
+    random policy before adaptation do not change."""
+    run = tmp_path / "run"
+    assert main(["train", "rl", "--env", "nav2d", *TINY, "--iterations", "1", "--set", "baselines=",
+                 "--set", "random_lr=0", "--out", str(run)]) == 0
+    reports = []
+    for random_lr in (0.0, 5.0):
+        config = json.loads((run / "config.json").read_text())
+        config["config"]["random_lr"] = random_lr
+        (run / "config.json").write_text(json.dumps(config))
+        capsys.readouterr()
+        assert main(["eval", str(run), "--tasks", "4", "--steps", "1", "--json"]) == 0
+        reports.append(json.loads(capsys.readouterr().out)["metrics"])
+    (at_inner, maml), (at_5, maml_again) = ((r["random"]["return"]["mean"], r["maml"]) for r in reports)
+    assert maml == maml_again and at_inner[0] == at_5[0]
+    assert at_inner[1] != at_5[1]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

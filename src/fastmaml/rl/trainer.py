@@ -20,7 +20,8 @@ Learners, each with its own seeded random stream (so adding a baseline leaves MA
   REINFORCE step at ``pretrained_lr``.
 - ``oracle``: the same TRPO training with the goal (position or velocity/direction) appended to the
   observation; not adapted at meta-test (the original used step size 0).
-- ``random`` (meta-test only): a freshly initialised policy fine-tuned at ``inner_lr``.
+- ``random`` (meta-test only): a freshly initialised policy fine-tuned at ``random_lr`` (default
+  ``inner_lr``).
 
 ``method="none"`` trains the baselines alone (e.g. to add them to a MAML run made with
 ``baselines=``: the seeds are per learner, so they meet the same goals as in a joint run, and
@@ -113,6 +114,7 @@ class RLConfig:
     iterations: int = 500
     baselines: tuple[str, ...] = TRAINED_BASELINES  # trained beside MAML; "random" needs no training
     pretrained_lr: float = 0.02  # the pretrained policy's fine-tuning step at meta-test
+    random_lr: float = 0.0  # the random initialisation's fine-tuning step at meta-test (0: inner_lr)
     eval_steps: int = 3  # inner steps at meta-test
     eval_tasks: int = 40
     eval_trajectories: int = 20  # per task and step at meta-test
@@ -139,7 +141,7 @@ class RLConfig:
                     "eval_trajectories", "log_every", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("horizon", "hvp_tasks", "eval_steps", "threads", "cg_damping"):
+        for key in ("horizon", "hvp_tasks", "eval_steps", "threads", "cg_damping", "random_lr"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.gae_lambda <= 1 or self.discount > 1:
@@ -383,7 +385,7 @@ def evaluate(
     over tasks; the CLI's ``eval``. Same structure as the supervised report (metric ``return``).
 
     Every method meets the same goals and action-noise stream. The first step uses the method's
-    lr (``inner_lr``; ``pretrained_lr`` for the pretrained policy), later ones ``eval_lr_decay`` x
+    lr (``inner_lr``; ``pretrained_lr`` and ``random_lr`` for those baselines), later ones ``eval_lr_decay`` x
     that, as the original's meta-test script. The oracle is not adapted: its step-0 return is
     repeated at every step. Direction tasks add the metrics ``return_forward`` and ``return_backward``:
     the same returns averaged over the tasks of each direction."""
@@ -403,7 +405,7 @@ def evaluate(
     goals = next(iter(methods.values()))[0].sample_goals(tasks, torch.Generator().manual_seed(seed))
     results: dict[str, Any] = {}
     for method, (env, policy, params) in methods.items():
-        lr = config.pretrained_lr if method == "pretrained" else config.inner_lr
+        lr = {"pretrained": config.pretrained_lr, "random": config.random_lr or config.inner_lr}.get(method, config.inner_lr)
         lrs = [] if method == "oracle" else [lr] + [lr * config.eval_lr_decay] * (steps - 1)
         per_task = adaptation_returns(
             env, policy, params, goals, torch.Generator().manual_seed(seed + 1), trajectories=config.eval_trajectories,
