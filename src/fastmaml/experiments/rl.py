@@ -44,7 +44,7 @@ from fastmaml.rl.trainer import RLConfig, evaluate, plot, train
 
 COLUMNS = ("inner_lr", "meta_batch_size", "trajectories", "max_kl", "iterations", "eval_trajectories",
            "eval_lr_decay", "pretrained_lr", "random_lr")
-SETTINGS = {  # the module docstring's table, one row per environment
+SETTINGS = {  # the module docstring's table: one entry per environment (a column there), in COLUMNS order
     "nav2d": (0.5, 20, 20, 0.01, 100, 40, 0.5, 0.5, 0.5),
     "cheetah-vel": (0.1, 40, 10, 0.01, 475, 20, 0.5, 0.02, 0.1),
     "cheetah-dir": (0.1, 40, 20, 0.02, 100, 20, 0.5, 0.2, 1.0),
