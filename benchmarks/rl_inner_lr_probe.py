@@ -16,8 +16,7 @@ import torch
 
 from fastmaml.engine.evaluate import EVAL_SEED
 from fastmaml.engine.run_dir import read_config
-from fastmaml.rl.maml_trpo import adaptation_returns
-from fastmaml.rl.trainer import adapt_keys, by_direction, is_direction_env, load_policies
+from fastmaml.rl.trainer import by_direction, is_direction_env, load_policies, meta_test_returns
 
 
 def main() -> None:
@@ -33,11 +32,7 @@ def main() -> None:
     goals = env.sample_goals(args.tasks, torch.Generator().manual_seed(EVAL_SEED))
     print(f"{args.run} ({config.method}) at iteration {meta['step']}, {args.tasks} tasks; return before -> after one step")
     for lr in args.lrs:
-        returns = adaptation_returns(
-            env, policy, params, goals, torch.Generator().manual_seed(EVAL_SEED + 1),
-            trajectories=config.eval_trajectories, lrs=[lr], horizon=config.horizon or None, discount=config.discount,
-            gae_lambda=config.gae_lambda, strategy=config.strategy, adapt_keys=adapt_keys(config.method),
-        )  # (2, tasks)
+        returns = meta_test_returns(config, config.method, env, policy, params, goals, [lr], EVAL_SEED + 1)  # (2, tasks)
         parts = {"all": returns, **(by_direction(returns, goals) if is_direction_env(env) else {})}
         print(f"  lr {lr:g}: " + ", ".join(f"{name} {r[0].mean():.1f} -> {r[1].mean():.1f}" for name, r in parts.items()))
 

@@ -372,6 +372,18 @@ def load_policies(run_dir: Path, config: RLConfig) -> tuple[dict[str, Any], dict
     return {m: methods[m] for m in order if m in methods}, meta
 
 
+def meta_test_returns(
+    config: RLConfig, method: str, env, policy, params: Params, goals: Tensor, lrs: list[float], seed: int
+) -> Tensor:
+    """Mean return per task after 0..len(lrs) meta-test steps of ``method`` at ``lrs``, with the run's
+    trajectories, horizon and returns settings and the action noise of ``seed``: (len(lrs) + 1, T)."""
+    return adaptation_returns(
+        env, policy, params, goals, torch.Generator().manual_seed(seed), trajectories=config.eval_trajectories,
+        lrs=lrs, horizon=config.horizon or None, discount=config.discount, gae_lambda=config.gae_lambda,
+        strategy=config.strategy, adapt_keys=adapt_keys(method),
+    )
+
+
 def evaluate(
     run_dir: str | Path,
     *,
@@ -407,11 +419,8 @@ def evaluate(
     for method, (env, policy, params) in methods.items():
         lr = {"pretrained": config.pretrained_lr, "random": config.random_lr or config.inner_lr}.get(method, config.inner_lr)
         lrs = [] if method == "oracle" else [lr] + [lr * config.eval_lr_decay] * (steps - 1)
-        per_task = adaptation_returns(
-            env, policy, params, goals, torch.Generator().manual_seed(seed + 1), trajectories=config.eval_trajectories,
-            lrs=lrs[:steps], horizon=config.horizon or None, discount=config.discount, gae_lambda=config.gae_lambda,
-            strategy=config.strategy, adapt_keys=adapt_keys(method),
-        )  # (steps + 1, tasks), or (1, tasks) for the oracle
+        per_task = meta_test_returns(config, method, env, policy, params, goals, lrs[:steps], seed + 1)
+        # (steps + 1, tasks), or (1, tasks) for the oracle
         per_task = per_task.expand(steps + 1, -1) if method == "oracle" else per_task
         split = {"": per_task, **({f"_{d}": r for d, r in by_direction(per_task, goals).items() if r.shape[-1]}
                                   if is_direction_env(env) else {})}
@@ -451,8 +460,9 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     out = run_dir / PLOTS
     out.mkdir(exist_ok=True)
     steps = [r["step"] for r in rows]
-    env = read_config(run_dir)[1].env
-    method = {"maml": "MAML", "context": "context vector", "none": ""}[read_config(run_dir)[1].method]
+    config = read_config(run_dir)[1]
+    env = config.env
+    method = {"maml": "MAML", "context": "context vector", "none": ""}[config.method]
     curves = {"return_pre": f"{method} before adaptation", "return_post": f"{method} after 1 inner step",
               "pretrained_return": "pretrained (joint TRPO)", "oracle_return": "oracle (goal observed)"}
     split = any(f"{key}_forward" in r for r in rows for key in curves)  # direction tasks: a second panel
