@@ -34,8 +34,12 @@ policies averaged over all their samples (the original concatenates the tasks' K
 parameter (log σ included) adapted, one inner lr for all of them. Different:
 
 - The linear baseline is fitted to the task's own samples before predicting them. rllab's
-  ``process_samples`` predicted with the coefficients of its *previous* fit (the task processed
-  before, or at meta-test the unfitted zero baseline at the first step) and fitted afterwards.
+  ``process_samples`` predicted with the coefficients of its *previous* fit and fitted afterwards:
+  at meta-train the task processed just before (for the first task of a round, the fit on all
+  tasks of the round before), at meta-test (one fresh baseline per task) the unfitted zero
+  baseline at the first step and the same task's previous step after. ``baseline_fit="rllab"``
+  reproduces that order (:func:`rllab_baseline_coeffs`), except that the first task of an
+  iteration's first round gets the zero baseline where rllab had the previous iteration's fit.
 - Exactly K trajectories per task. The original sampled until K x horizon steps per task were
   collected, so in 2D navigation (episodes end at the goal) a task could get more than K.
 - Tasks are batched (``torch.vmap`` for sampling, a loop in the meta-objective: measured faster, see
@@ -65,6 +69,7 @@ from fastmaml.rl.sampler import Trajectories, sample_trajectories
 from fastmaml.rl.trpo import CG_ITERS, DAMPING, MAX_KL, TRPOStats, trpo_step
 
 STRATEGIES = ("auto", "vmap", "loop")
+BASELINE_FITS = ("own", "rllab")  # which linear-baseline fit predicts a task's values (module docstring)
 
 
 def split_strategy(strategy: str, update_device: str | torch.device = "cpu") -> tuple[str, str]:
@@ -94,13 +99,36 @@ class Samples(NamedTuple):
     mask: Tensor
 
 
-def process_samples(traj: Trajectories, discount: float = GAMMA, gae_lambda: float = GAE_LAMBDA) -> Samples:
-    """Advantages for every task of ``traj``: GAE against the linear feature baseline fitted to the
-    task's own discounted returns, standardised over the task's steps (rllab's ``center_adv``)."""
-    returns = discounted_returns(traj.rewards, traj.mask, discount)
-    values = predict_linear_baseline(fit_linear_baseline(traj.observations, returns, traj.mask), traj.observations)
+def process_samples(
+    traj: Trajectories, discount: float = GAMMA, gae_lambda: float = GAE_LAMBDA, coeffs: Tensor | None = None
+) -> Samples:
+    """Advantages for every task of ``traj``: GAE against the linear feature baseline, standardised
+    over the task's steps (rllab's ``center_adv``). The baseline's coefficients (T, F) are ``coeffs``
+    where given, else fitted to each task's own discounted returns."""
+    if coeffs is None:
+        coeffs = fit_linear_baseline(traj.observations, discounted_returns(traj.rewards, traj.mask, discount), traj.mask)
+    values = predict_linear_baseline(coeffs, traj.observations)
     advantages = standardize_advantages(gae(traj.rewards, values, traj.mask, discount, gae_lambda), traj.mask)
     return Samples(traj.observations, traj.actions, advantages, traj.mask)
+
+
+def rllab_baseline_coeffs(
+    traj: Trajectories, previous: Tensor | None, *, meta_test: bool, discount: float = GAMMA
+) -> tuple[Tensor, Tensor]:
+    """rllab's order of baseline fits (module docstring): the coefficients (T, F) that predict the
+    values of ``traj``'s T tasks, and the ``previous`` to pass with the next sampling round.
+
+    Meta-train (one baseline object shared by the tasks, processed one after another, then once
+    more on all of them for logging): task i uses task i-1's fit, task 0 the fit on every task of
+    the round before. Meta-test (a fresh baseline per task): each task uses its own fit from the
+    round before. ``previous=None`` (a first round) is rllab's unfitted baseline, which predicts 0."""
+    returns = discounted_returns(traj.rewards, traj.mask, discount)
+    own = fit_linear_baseline(traj.observations, returns, traj.mask)
+    if meta_test:
+        return (torch.zeros_like(own) if previous is None else previous), own
+    first = own.new_zeros(1, own.shape[1]) if previous is None else previous
+    pooled = fit_linear_baseline(*(x.flatten(0, 1)[None] for x in (traj.observations, returns, traj.mask)))
+    return torch.cat([first, own[:-1]]), pooled
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -242,18 +270,27 @@ def sample_and_adapt(
     strategy: str = "auto",
     process_last: bool = True,
     adapt_keys: Sequence[str] | None = None,
+    baseline_fit: str = "own",
+    meta_test: bool = False,
 ) -> tuple[list[Trajectories], list[Samples], Params | None]:
     """Sample ``trajectories`` per goal with θ, adapt (first order, no graph; only ``adapt_keys``,
     default all), sample again, ... : len(lrs) + 1 sampling rounds. Returns the trajectories and
     processed samples of every round (the last one only with ``process_last``) and the final
-    per-task parameters, every one with a leading task dimension (None when ``lrs`` is empty)."""
-    trajs, samples, adapted, batched = [], [], params, False
+    per-task parameters, every one with a leading task dimension (None when ``lrs`` is empty).
+    ``baseline_fit``: "own" fits each task's baseline to its samples; "rllab" keeps the original's
+    order (:func:`rllab_baseline_coeffs`, at meta-test or meta-train as ``meta_test`` says)."""
+    if baseline_fit not in BASELINE_FITS:
+        raise ValueError(f"baseline_fit must be one of {', '.join(BASELINE_FITS)}, got {baseline_fit!r}")
+    trajs, samples, adapted, batched, previous = [], [], params, False, None
     strategy = split_strategy(strategy)[0]
     for step in range(len(lrs) + 1):
         dist = distribution_fn(policy, adapted, batched=batched, strategy=strategy)
         trajs.append(sample_trajectories(env, dist, goals, trajectories, generator, horizon))
         if step < len(lrs) or process_last:
-            samples.append(process_samples(trajs[-1], discount, gae_lambda))
+            coeffs = None
+            if baseline_fit == "rllab":
+                coeffs, previous = rllab_baseline_coeffs(trajs[-1], previous, meta_test=meta_test, discount=discount)
+            samples.append(process_samples(trajs[-1], discount, gae_lambda, coeffs))
         if step < len(lrs):
             one_step = lambda p, s, lr=lrs[step]: adapt(policy, p, [s], [lr], True, adapt_keys)  # noqa: E731
             with torch.no_grad():
@@ -284,6 +321,7 @@ def maml_trpo_step(
     strategy: str = "auto",
     adapt_keys: Sequence[str] | None = None,
     update_device: str | torch.device | None = None,
+    baseline_fit: str = "own",
 ) -> tuple[Params, StepStats]:
     """One meta-iteration of Algorithm 3: draw ``meta_batch_size`` goals, sample, adapt, sample,
     TRPO-update θ through the adaptation. ``inner_steps=0``: TRPO on all tasks jointly (no adaptation).
@@ -294,6 +332,7 @@ def maml_trpo_step(
     ``update_device``: where the TRPO meta-update runs (e.g. ``"cuda"``); sampling and the no-graph
     adaptation stay where ``params`` are (the CPU, beside MuJoCo), the samples are copied over once
     per iteration and the new parameters come back on ``params``' device. ``None``: ``params``' device.
+    ``baseline_fit``: "own" or "rllab" (the original's order of baseline fits, module docstring).
     Randomness (goals, action noise, start states) comes from ``generator``.
     """
     params = {k: p.detach() for k, p in params.items()}
@@ -303,7 +342,7 @@ def maml_trpo_step(
     lrs = [inner_lr] * inner_steps
     trajs, samples, adapted = sample_and_adapt(
         env, policy, params, goals, generator, trajectories=trajectories, lrs=lrs, horizon=horizon,
-        discount=discount, gae_lambda=gae_lambda, strategy=strategy, adapt_keys=adapt_keys,
+        discount=discount, gae_lambda=gae_lambda, strategy=strategy, adapt_keys=adapt_keys, baseline_fit=baseline_fit,
     )
     with torch.no_grad():
         old = distribution_fn(policy, params if adapted is None else adapted, batched=adapted is not None,
@@ -340,12 +379,15 @@ def adaptation_returns(
     gae_lambda: float = GAE_LAMBDA,
     strategy: str = "auto",
     adapt_keys: Sequence[str] | None = None,
+    baseline_fit: str = "own",
 ) -> Tensor:
     """Meta-test: the mean undiscounted return per task after 0, 1, ..., len(lrs) inner steps, each
     step a REINFORCE step at ``lrs[k]`` on the trajectories just sampled (on ``adapt_keys`` only,
-    default all): shape (len(lrs) + 1, T)."""
+    default all): shape (len(lrs) + 1, T). ``baseline_fit="rllab"``: the original meta-test's
+    baselines (zero at the first step, then the task's fit from the step before)."""
     trajs, _, _ = sample_and_adapt(
         env, policy, params, goals, generator, trajectories=trajectories, lrs=lrs, horizon=horizon,
         discount=discount, gae_lambda=gae_lambda, strategy=strategy, process_last=False, adapt_keys=adapt_keys,
+        baseline_fit=baseline_fit, meta_test=True,
     )
     return torch.stack([t.returns.mean(1) for t in trajs])

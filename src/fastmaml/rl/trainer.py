@@ -76,7 +76,7 @@ from fastmaml.engine.run_dir import (
 )
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
 from fastmaml.rl.envs import ENV_NAMES, make_batch
-from fastmaml.rl.maml_trpo import STRATEGIES, adaptation_returns, maml_trpo_step
+from fastmaml.rl.maml_trpo import BASELINE_FITS, STRATEGIES, adaptation_returns, maml_trpo_step
 from fastmaml.rl.policy import CONTEXT_KEYS, GaussianMLPPolicy
 from fastmaml.rl.trpo import HVPS
 
@@ -109,6 +109,7 @@ class RLConfig:
     hvp: str = "exact"  # exact (double backprop) | finite_difference (the original's)
     hvp_tasks: int = 0  # tasks the KL's Hessian-vector products use (0: all)
     strategy: str = "auto"  # auto (vmap to sample, loop in the meta-update: faster) | vmap | loop
+    baseline_fit: str = "own"  # own (each task's own fit) | rllab (the original's order: previous task / previous step; fastmaml.rl.maml_trpo)
     hidden: tuple[int, ...] = (100, 100)
     init_std: float = 1.0
     iterations: int = 500
@@ -152,6 +153,8 @@ class RLConfig:
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}") from None
         if self.hvp not in HVPS:
             raise ConfigError(f"hvp must be one of {', '.join(HVPS)}, got {self.hvp!r}")
+        if self.baseline_fit not in BASELINE_FITS:
+            raise ConfigError(f"baseline_fit must be one of {', '.join(BASELINE_FITS)}, got {self.baseline_fit!r}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         unknown = set(self.baselines) - set(TRAINED_BASELINES)
@@ -220,7 +223,7 @@ def _step_kwargs(config: RLConfig) -> dict[str, Any]:
         "first_order": config.first_order, "horizon": config.horizon or None, "discount": config.discount,
         "gae_lambda": config.gae_lambda, "max_kl": config.max_kl, "damping": config.cg_damping,
         "cg_iters": config.cg_iters, "hvp": config.hvp, "hvp_tasks": config.hvp_tasks, "strategy": config.strategy,
-        "update_device": config.device,
+        "update_device": config.device, "baseline_fit": config.baseline_fit,
     }
 
 
@@ -380,7 +383,7 @@ def meta_test_returns(
     return adaptation_returns(
         env, policy, params, goals, torch.Generator().manual_seed(seed), trajectories=config.eval_trajectories,
         lrs=lrs, horizon=config.horizon or None, discount=config.discount, gae_lambda=config.gae_lambda,
-        strategy=config.strategy, adapt_keys=adapt_keys(method),
+        strategy=config.strategy, adapt_keys=adapt_keys(method), baseline_fit=config.baseline_fit,
     )
 
 

@@ -1,6 +1,6 @@
 """MAML-TRPO pieces (float64): the REINFORCE inner gradient by hand, the second-order meta-gradient
 against finite differences and first order, vmap against the loop, one meta-update's KL bound, the
-oracle's observations and the meta-RL config checks."""
+order of rllab's baseline fits, the oracle's observations and the meta-RL config checks."""
 
 import pytest
 import torch
@@ -8,6 +8,7 @@ import torch
 from fastmaml.errors import ConfigError
 from fastmaml.rl import GaussianMLPPolicy, action_distribution
 from fastmaml.rl.envs import Nav2dBatch
+from fastmaml.rl.baseline import fit_linear_baseline
 from fastmaml.rl.maml_trpo import (
     Samples,
     adapt,
@@ -15,10 +16,14 @@ from fastmaml.rl.maml_trpo import (
     distribution_fn,
     maml_trpo_step,
     meta_objective,
+    process_samples,
     reinforce_loss,
+    rllab_baseline_coeffs,
     sample_and_adapt,
     split_strategy,
 )
+from fastmaml.rl.returns import GAMMA, discounted_returns, standardize_advantages
+from fastmaml.rl.sampler import Trajectories
 from fastmaml.rl.trainer import OracleBatch, RLConfig
 from fastmaml.rl.trpo import flatten, unflatten
 
@@ -183,6 +188,63 @@ def test_meta_test_returns_have_one_row_per_step_and_repeat_with_the_seed():
     assert torch.equal(returns, run())
 
 
+def random_trajectories(tasks=4, n=3, horizon=10, seed=0):
+    """Trajectories with random observations and rewards; task 1's first episode ends at step 7."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(tasks, n, horizon, dtype=F64)
+    mask[1, 0, 7:] = 0
+    obs = torch.randn(tasks, n, horizon, 2, generator=g, dtype=F64)
+    rewards = torch.randn(tasks, n, horizon, generator=g, dtype=F64) * mask
+    return Trajectories(obs, torch.zeros(tasks, n, horizon, 2, dtype=F64), rewards, mask)
+
+
+def own_fits(traj):
+    return fit_linear_baseline(traj.observations, discounted_returns(traj.rewards, traj.mask, GAMMA), traj.mask)
+
+
+def test_rllab_baseline_order_at_meta_train_predicts_each_task_with_the_task_processed_before():
+    traj = random_trajectories()
+    own = own_fits(traj)
+    coeffs, pooled = rllab_baseline_coeffs(traj, None, meta_test=False)
+    assert (coeffs[0] == 0).all() and torch.equal(coeffs[1:], own[:-1])  # the first round: rllab's unfitted baseline
+    # what is carried to the next round is the fit on every task's trajectories together (rllab's logging call)
+    pooled_traj = Trajectories(*(x.flatten(0, 1)[None] for x in traj))
+    torch.testing.assert_close(pooled, own_fits(pooled_traj))
+    assert not torch.allclose(pooled[0], own[-1])
+    coeffs, _ = rllab_baseline_coeffs(random_trajectories(seed=1), pooled, meta_test=False)
+    assert torch.equal(coeffs[0], pooled[0])
+
+
+def test_rllab_baseline_order_at_meta_test_is_zero_first_then_the_tasks_own_previous_fit():
+    first, second = random_trajectories(), random_trajectories(seed=1)
+    coeffs, carried = rllab_baseline_coeffs(first, None, meta_test=True)
+    assert (coeffs == 0).all() and torch.equal(carried, own_fits(first))
+    coeffs, _ = rllab_baseline_coeffs(second, carried, meta_test=True)
+    assert torch.equal(coeffs, own_fits(first))
+    # with the zero baseline and λ = 1 the advantages are the standardised discounted returns
+    samples = process_samples(first, coeffs=torch.zeros_like(carried))
+    expected = standardize_advantages(discounted_returns(first.rewards, first.mask, GAMMA), first.mask)
+    torch.testing.assert_close(samples.advantages, expected)
+
+
+def test_sample_and_adapt_follows_the_chosen_baseline_order():
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,)).double()
+    env = Nav2dBatch(dtype=F64)
+    goals = env.sample_goals(3, torch.Generator().manual_seed(0)).double()
+    run = lambda fit: sample_and_adapt(env, policy, params_of(policy), goals, torch.Generator().manual_seed(1),  # noqa: E731
+                                       trajectories=4, lrs=[LR], horizon=12, baseline_fit=fit, meta_test=True)
+    own, rllab = run("own"), run("rllab")
+    # the same first round (the baseline changes the step, so the second round's samples differ)
+    assert torch.equal(own[0][0].observations, rllab[0][0].observations)
+    assert not torch.equal(own[0][1].observations, rllab[0][1].observations)
+    expected = standardize_advantages(discounted_returns(own[0][0].rewards, own[0][0].mask, GAMMA), own[0][0].mask)
+    torch.testing.assert_close(rllab[1][0].advantages, expected)
+    assert not torch.allclose(own[1][0].advantages, rllab[1][0].advantages)
+    with pytest.raises(ValueError, match="baseline_fit must be"):
+        run("mine")
+
+
 def test_oracle_observations_carry_the_goal():
     env = OracleBatch(Nav2dBatch())
     goals = torch.tensor([[0.3, -0.2], [-0.1, 0.4]])
@@ -198,7 +260,8 @@ def test_oracle_observations_carry_the_goal():
     "change, message",
     [({"env": "pong"}, "unknown environment"), ({"baselines": ("random",)}, "unknown baselines"),
      ({"hvp": "magic"}, "hvp must be"), ({"inner_lr": 0.0}, "inner_lr must be > 0"),
-     ({"strategy": "pmap"}, "strategy must be"), ({"device": "gpu0"}, "device must be cpu, cuda")],
+     ({"strategy": "pmap"}, "strategy must be"), ({"device": "gpu0"}, "device must be cpu, cuda"),
+     ({"baseline_fit": "mine"}, "baseline_fit must be")],
 )
 def test_config_errors_say_what_is_wrong(change, message):
     with pytest.raises(ConfigError, match=message):
