@@ -40,6 +40,8 @@ parameter (log σ included) adapted, one inner lr for all of them. Different:
   baseline at the first step and the same task's previous step after. ``baseline_fit="rllab"``
   reproduces that order (:func:`rllab_baseline_coeffs`), except that the first task of an
   iteration's first round gets the zero baseline where rllab had the previous iteration's fit.
+  Measured on half-cheetah direction, it made MAML worse (46 against 86 after one meta-test step,
+  ``benchmarks/results/rl_cpu.md``), so each task's own fit stays the default.
 - Exactly K trajectories per task. The original sampled until K x horizon steps per task were
   collected, so in 2D navigation (episodes end at the goal) a task could get more than K.
 - Tasks are batched (``torch.vmap`` for sampling, a loop in the meta-objective: measured faster, see
