@@ -39,7 +39,9 @@ parameter (log σ included) adapted, one inner lr for all of them. Different:
   tasks of the round before), at meta-test (one fresh baseline per task) the unfitted zero
   baseline at the first step and the same task's previous step after. ``baseline_fit="rllab"``
   reproduces that order (:func:`rllab_baseline_coeffs`), except that the first task of an
-  iteration's first round gets the zero baseline where rllab had the previous iteration's fit.
+  iteration's first round gets the zero baseline where rllab had the previous iteration's fit, and
+  that the trained baselines (TRPO without adaptation) get the same previous-task order where
+  rllab's joint TRPO predicted all tasks with the previous iteration's fit.
   Measured on half-cheetah direction, it made MAML worse (46 against 86 after one meta-test step,
   ``benchmarks/results/rl_cpu.md``), so each task's own fit stays the default.
 - Exactly K trajectories per task. The original sampled until K x horizon steps per task were

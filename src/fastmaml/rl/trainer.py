@@ -109,7 +109,7 @@ class RLConfig:
     hvp: str = "exact"  # exact (double backprop) | finite_difference (the original's)
     hvp_tasks: int = 0  # tasks the KL's Hessian-vector products use (0: all)
     strategy: str = "auto"  # auto (vmap to sample, loop in the meta-update: faster) | vmap | loop
-    baseline_fit: str = "own"  # own (each task's own fit) | rllab (the original's order: previous task / previous step; fastmaml.rl.maml_trpo)
+    baseline_fit: str = "own"  # own (each task's fit) | rllab (the original's order; fastmaml.rl.maml_trpo)
     hidden: tuple[int, ...] = (100, 100)
     init_std: float = 1.0
     iterations: int = 500

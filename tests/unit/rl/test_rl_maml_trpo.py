@@ -7,8 +7,8 @@ import torch
 
 from fastmaml.errors import ConfigError
 from fastmaml.rl import GaussianMLPPolicy, action_distribution
-from fastmaml.rl.envs import Nav2dBatch
 from fastmaml.rl.baseline import fit_linear_baseline
+from fastmaml.rl.envs import Nav2dBatch
 from fastmaml.rl.maml_trpo import (
     Samples,
     adapt,
@@ -24,7 +24,7 @@ from fastmaml.rl.maml_trpo import (
 )
 from fastmaml.rl.returns import GAMMA, discounted_returns, standardize_advantages
 from fastmaml.rl.sampler import Trajectories
-from fastmaml.rl.trainer import OracleBatch, RLConfig
+from fastmaml.rl.trainer import OracleBatch, RLConfig, _step_kwargs, meta_test_returns
 from fastmaml.rl.trpo import flatten, unflatten
 
 F64 = torch.float64
@@ -243,6 +243,19 @@ def test_sample_and_adapt_follows_the_chosen_baseline_order():
     assert not torch.allclose(own[1][0].advantages, rllab[1][0].advantages)
     with pytest.raises(ValueError, match="baseline_fit must be"):
         run("mine")
+
+
+def test_a_runs_baseline_fit_reaches_its_meta_updates_and_its_meta_test():
+    assert _step_kwargs(RLConfig(baseline_fit="rllab"))["baseline_fit"] == "rllab"
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,))
+    env = Nav2dBatch()
+    goals = env.sample_goals(3, torch.Generator().manual_seed(0))
+    run = lambda fit: meta_test_returns(RLConfig(baseline_fit=fit, eval_trajectories=4, horizon=12), "maml",  # noqa: E731
+                                        env, policy, params_of(policy), goals, [LR], seed=1)
+    expected = adaptation_returns(env, policy, params_of(policy), goals, torch.Generator().manual_seed(1),
+                                  trajectories=4, lrs=[LR], horizon=12, baseline_fit="rllab")
+    assert torch.equal(run("rllab"), expected) and not torch.equal(run("own"), expected)
 
 
 def test_oracle_observations_carry_the_goal():
