@@ -110,10 +110,17 @@ def process_samples(
     over the task's steps (rllab's ``center_adv``). The baseline's coefficients (T, F) are ``coeffs``
     where given, else fitted to each task's own discounted returns."""
     if coeffs is None:
-        coeffs = fit_linear_baseline(traj.observations, discounted_returns(traj.rewards, traj.mask, discount), traj.mask)
+        coeffs = own_baseline_fits(traj, discount)
     values = predict_linear_baseline(coeffs, traj.observations)
     advantages = standardize_advantages(gae(traj.rewards, values, traj.mask, discount, gae_lambda), traj.mask)
     return Samples(traj.observations, traj.actions, advantages, traj.mask)
+
+
+def own_baseline_fits(traj: Trajectories, discount: float = GAMMA, returns: Tensor | None = None) -> Tensor:
+    """Each task's linear-baseline coefficients (T, F), fitted to its own discounted returns."""
+    if returns is None:
+        returns = discounted_returns(traj.rewards, traj.mask, discount)
+    return fit_linear_baseline(traj.observations, returns, traj.mask)
 
 
 def rllab_baseline_coeffs(
@@ -127,7 +134,7 @@ def rllab_baseline_coeffs(
     the round before. Meta-test (a fresh baseline per task): each task uses its own fit from the
     round before. ``previous=None`` (a first round) is rllab's unfitted baseline, which predicts 0."""
     returns = discounted_returns(traj.rewards, traj.mask, discount)
-    own = fit_linear_baseline(traj.observations, returns, traj.mask)
+    own = own_baseline_fits(traj, returns=returns)
     if meta_test:
         return (torch.zeros_like(own) if previous is None else previous), own
     first = own.new_zeros(1, own.shape[1]) if previous is None else previous
