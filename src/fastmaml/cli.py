@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--best", action="store_true", help="use the best validation checkpoint")
     ev.add_argument("--seed", type=int, help="seed of the meta-test task stream (default: fixed)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a meta-test setting, e.g. inner_lr=0.2 (rl: baseline_fit=rllab); "
+                    "the report is then not saved to RUN_DIR/eval.json")
 
     plot = sub.add_parser("plot", help="write the run's PNG figures to RUN_DIR/plots")
     plot.add_argument("run_dir", type=Path)
@@ -153,7 +156,8 @@ def format_report(report: dict) -> str:
     methods = report["metrics"]
     names = list(next(iter(methods.values())))
     lines = [f"{report['experiment']} at iteration {report['step']}: {report['tasks']} meta-test tasks, "
-             f"mean ± 95% CI after N inner steps"]
+             f"mean ± 95% CI after N inner steps"
+             + (f" (meta-test settings changed: {', '.join(report['overrides'])})" if report.get("overrides") else "")]
     for name in names:
         header = f"{'steps':>5}  " + "  ".join(f"{m:>22}" for m in methods)
         lines += ["", f"{name}:", header]
@@ -174,8 +178,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         steps=args.steps,
         seed=EVAL_SEED if args.seed is None else args.seed,
         which="best" if args.best else "checkpoint",
+        **({"overrides": args.set} if args.set else {}),
     )
     print(json.dumps(report) if args.json else format_report(report))
+    if args.set:
+        print(f"meta-tested with {', '.join(args.set)}; not saved to {args.run_dir / 'eval.json'}", file=sys.stderr)
     return 0
 
 

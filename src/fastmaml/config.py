@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from typing import Any
+from typing import Any, ClassVar
 
 from fastmaml.errors import ConfigError
 
@@ -41,6 +41,9 @@ class TrainConfig:
     workers: int = 0  # threads computing tasks' meta-gradients in parallel (CPU, loop or vmap; 0: auto)
     cuda_graph: bool = True  # on one CUDA device: capture the meta-step once, replay it every iteration
     tf32: bool = False  # on CUDA: let convolutions/matmuls use TF32 (faster, far less exact meta-gradients)
+
+    # keys ``fastmaml eval --set`` may change: they neither shape the trained weights nor train them
+    EVAL_KEYS: ClassVar[tuple[str, ...]] = ("inner_lr", "strategy", "chunk_size", "device", "threads", "tf32")
 
     def validate(self) -> None:
         positive = ("inner_lr", "outer_lr")
@@ -103,6 +106,26 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(types))}")
         changes[key] = _parse(key, value.strip(), types[key])
     return dataclasses.replace(config, **changes)
+
+
+def apply_eval_overrides(config: Any, overrides: list[str]) -> Any:
+    """``config`` with ``key=value`` strings applied to meta-test a trained run (``fastmaml eval --set``).
+
+    Only the config class's ``EVAL_KEYS`` may change: the others shape the trained weights (a
+    checkpoint would not load) or only matter while training (changing them would change nothing)."""
+    allowed = getattr(type(config), "EVAL_KEYS", ())
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key not in allowed:
+            raise ConfigError(
+                f"eval --set cannot change {key!r}: it is unknown, shapes the trained model or only matters in "
+                f"training; keys that change meta-testing: {', '.join(allowed)}"
+            )
+        if key == "inner_lr" and getattr(config, "meta_sgd", False):
+            raise ConfigError("eval --set inner_lr: this Meta-SGD run learned its inner learning rates; they are used")
+    config = apply_overrides(config, overrides)
+    config.validate()
+    return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -62,6 +62,24 @@ def test_eval_json_and_table(nav2d_run, capsys):
     assert "return:" in table and "maml" in table and "random" in table and "±" in table
 
 
+def test_eval_set_changes_the_meta_test_protocol_only(nav2d_run, capsys):
+    assert main(["eval", str(nav2d_run), "--tasks", "6", "--steps", "1", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    saved = (nav2d_run / "eval.json").read_text()
+    args = ["eval", str(nav2d_run), "--tasks", "6", "--steps", "1", "--json", "--set", "baseline_fit=rllab"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["overrides"] == ["baseline_fit=rllab"]
+    for method in ("maml", "pretrained", "random", "oracle"):
+        before, changed = plain["metrics"][method]["return"]["mean"], report["metrics"][method]["return"]["mean"]
+        assert changed[0] == pytest.approx(before[0])  # the same goals, noise and initialisations
+        if method != "oracle":  # the first step's advantages now use the zero baseline: another step
+            assert changed[1] != pytest.approx(before[1])
+    assert (nav2d_run / "eval.json").read_text() == saved
+    assert main(["eval", str(nav2d_run), "--set", "hidden=8,8"]) == 2
+    assert "eval --set cannot change 'hidden'" in capsys.readouterr().err
+
+
 def test_plot_writes_learning_curve_and_return_vs_steps(nav2d_run, capsys):
     assert main(["plot", str(nav2d_run)]) == 0
     for name in ("learning_curve.png", "return_vs_steps.png"):

@@ -49,6 +49,35 @@ def test_eval_table_and_plots(trained_run, capsys):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
+def test_eval_set_changes_the_meta_test_step_and_keeps_eval_json(trained_run, capsys):
+    assert main(["eval", str(trained_run), "--tasks", "50", "--steps", "1", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)["metrics"]["maml"]["mse"]["mean"]
+    saved = (trained_run / "eval.json").read_text()
+    args = ["eval", str(trained_run), "--tasks", "50", "--steps", "1", "--json", "--set", "inner_lr=1e-6"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    tiny = report["metrics"]["maml"]["mse"]["mean"]
+    assert report["overrides"] == ["inner_lr=1e-6"] and "not saved" in captured.err
+    assert tiny[0] == pytest.approx(plain[0])  # the same tasks and initialisation
+    assert plain[1] < 0.6 * plain[0] and tiny[1] == pytest.approx(tiny[0], rel=1e-3)  # a step of 1e-6 does nothing
+    assert (trained_run / "eval.json").read_text() == saved
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("hidden=10,10", "eval --set cannot change 'hidden'"),
+        ("iterations=5", "eval --set cannot change 'iterations'"),
+        ("inner_lr=0", "inner_lr must be > 0"),
+    ],
+)
+def test_eval_set_refuses_keys_that_do_not_belong_to_meta_testing(trained_run, capsys, setting, message):
+    assert main(["eval", str(trained_run), "--tasks", "5", "--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
 def test_presets_lists_sinusoid(capsys):
     assert main(["presets"]) == 0
     assert "sinusoid" in capsys.readouterr().out

@@ -67,9 +67,12 @@ def methods_for(experiment: Experiment, maml: MAML) -> dict[str, MAML]:
     return methods
 
 
-def load_trained(run_dir: Path, which: str = "checkpoint") -> tuple[Experiment, MAML, dict[str, Any]]:
-    """Rebuild a run's experiment and MAML wrapper with the weights of its latest (or best) checkpoint."""
-    experiment = build_experiment(run_dir)
+def load_trained(
+    run_dir: Path, which: str = "checkpoint", overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[Experiment, MAML, dict[str, Any]]:
+    """Rebuild a run's experiment and MAML wrapper with the weights of its latest (or best) checkpoint
+    (``overrides``: meta-test settings changed, as ``fastmaml eval --set``)."""
+    experiment = build_experiment(run_dir, overrides)
     name = {"checkpoint": CHECKPOINT, "best": BEST}[which]
     tensors, meta, _ = checkpoint.load_latest(Path(run_dir) / name)
     maml = make_maml(experiment)
@@ -89,22 +92,25 @@ def evaluate(
     seed: int = EVAL_SEED,
     which: str = "checkpoint",
     save: bool = True,
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Score a run on ``tasks`` meta-test tasks after 0..steps inner steps, for each method.
 
     Returns ``{"experiment", "step", "tasks", "steps", "metrics": {method: {metric: {"mean": [...],
-    "ci95": [...]}}}}`` with lists indexed by the number of inner steps; saved to ``RUN_DIR/eval.json``.
+    "ci95": [...]}}}}`` with lists indexed by the number of inner steps; saved to ``RUN_DIR/eval.json``
+    unless ``overrides`` (``key=value``, meta-test settings as ``fastmaml eval --set``) changed the
+    run's protocol; the report then lists them under ``"overrides"``.
     """
     run_dir = Path(run_dir)
     if tasks < 1:
         raise ConfigError(f"--tasks must be >= 1, got {tasks}")
-    _, config = read_config(run_dir)
+    _, config = read_config(run_dir, overrides)
     if config.threads:
         torch.set_num_threads(config.threads)  # as in training: small models run faster on one thread
     steps = config.eval_steps if steps is None else steps
     if steps < 0:
         raise ConfigError(f"--steps must be >= 0, got {steps}")
-    experiment, maml, meta = load_trained(run_dir, which)
+    experiment, maml, meta = load_trained(run_dir, which, overrides)
     results: dict[str, Any] = {}
     for method, wrapper in methods_for(experiment, maml).items():
         generator = torch.Generator().manual_seed(seed)  # the same tasks for every method
@@ -120,8 +126,9 @@ def evaluate(
         "tasks": tasks,
         "steps": steps,
         "seed": seed,
+        **({"overrides": list(overrides)} if overrides else {}),
         "metrics": results,
     }
-    if save:
+    if save and not overrides:
         (run_dir / EVAL).write_text(json.dumps(report, indent=2))
     return report

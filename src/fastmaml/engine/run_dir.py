@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fastmaml.config import from_dict, to_dict
+from fastmaml.config import apply_eval_overrides, from_dict, to_dict
 from fastmaml.engine import checkpoint
 from fastmaml.engine.experiment import Experiment, get_preset
 from fastmaml.errors import CheckpointError
@@ -23,17 +23,19 @@ def write_config(run_dir: Path, experiment: str, config: Any) -> None:
     (run_dir / CONFIG).write_text(json.dumps({"experiment": experiment, "config": to_dict(config)}, indent=2))
 
 
-def read_config(run_dir: Path):
-    """(preset, config) saved in ``run_dir``; CheckpointError if it is not a run folder."""
+def read_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()):
+    """(preset, config) saved in ``run_dir``; CheckpointError if it is not a run folder. ``overrides``
+    (``key=value``) change keys that only affect meta-testing (:func:`fastmaml.config.apply_eval_overrides`)."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a fastmaml run folder (no {CONFIG}); pass the --out folder of a run")
     try:
         saved = json.loads(path.read_text())
         preset = get_preset(saved["experiment"])
-        return preset, from_dict(preset.config_cls, saved["config"])
+        config = from_dict(preset.config_cls, saved["config"])
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path} is unreadable ({error}); restore it or start a new run") from None
+    return preset, apply_eval_overrides(config, list(overrides)) if overrides else config
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -54,8 +56,8 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     (Path(run_dir) / METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def build_experiment(run_dir: Path) -> Experiment:
-    preset, config = read_config(run_dir)
+def build_experiment(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+    preset, config = read_config(run_dir, overrides)
     return preset.build(config)
 
 

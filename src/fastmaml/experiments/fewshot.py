@@ -57,6 +57,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +111,8 @@ class FewShotConfig(TrainConfig):
     # 1 thread measured faster than 2 for the conv meta-step on 2 shared cores
     # (benchmarks/results/fewshot_cpu.md); set threads=0 for torch's default on bigger machines
     threads: int = 1
+
+    EVAL_KEYS: ClassVar[tuple[str, ...]] = TrainConfig.EVAL_KEYS + ("eval_queries", "root", "cache_dir")
 
     def validate(self) -> None:
         super().validate()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,8 @@ class SinusoidConfig(TrainConfig):
     baseline: bool = True
     baseline_lr: float = 0.02
     threads: int = 1  # a 40-40 MLP is too small for intra-op threads: 1 thread measured 1.3x-9x faster
+
+    EVAL_KEYS: ClassVar[tuple[str, ...]] = TrainConfig.EVAL_KEYS + ("eval_queries", "baseline_lr")
 
     def validate(self) -> None:
         super().validate()

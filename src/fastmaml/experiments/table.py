@@ -35,6 +35,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,8 @@ class TableConfig(TrainConfig):
     baseline_lr: float = 0.1
     scratch_lr: float = 0.1
     threads: int = 1  # small MLPs: one thread is fastest
+
+    EVAL_KEYS: ClassVar[tuple[str, ...]] = TrainConfig.EVAL_KEYS + ("eval_queries", "baseline_lr", "scratch_lr")
 
     def validate(self) -> None:
         super().validate()

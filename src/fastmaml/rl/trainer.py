@@ -51,7 +51,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -125,6 +125,12 @@ class RLConfig:
     checkpoint_every: int = 10
     threads: int = 1  # torch intra-op threads: the sampler's per-step ops are tiny
     device: str = "cpu"  # where the TRPO meta-update runs (cuda: a GPU); sampling always stays on the CPU (MuJoCo)
+
+    # keys ``fastmaml eval --set`` may change (the meta-test protocol; the rest shape or train the policies)
+    EVAL_KEYS: ClassVar[tuple[str, ...]] = (
+        "inner_lr", "pretrained_lr", "random_lr", "eval_lr_decay", "eval_trajectories", "baseline_fit",
+        "discount", "gae_lambda", "threads",
+    )
 
     def validate(self) -> None:
         if self.env not in ENV_NAMES:
@@ -395,9 +401,12 @@ def evaluate(
     seed: int = EVAL_SEED,
     which: str = "checkpoint",
     save: bool = True,
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Average return after 0..steps inner steps on ``tasks`` held-out tasks, per method, mean ± 95% CI
     over tasks; the CLI's ``eval``. Same structure as the supervised report (metric ``return``).
+    ``overrides`` (``key=value``, ``RLConfig.EVAL_KEYS`` only) change the meta-test protocol, e.g.
+    ``baseline_fit=rllab``; such a report lists them and is not saved to ``eval.json``.
 
     Every method meets the same goals and action-noise stream. The first step uses the method's
     lr (``inner_lr``; ``pretrained_lr`` and ``random_lr`` for those baselines), later ones ``eval_lr_decay`` x
@@ -407,7 +416,7 @@ def evaluate(
     run_dir = Path(run_dir)
     if which != "checkpoint":
         raise ConfigError("meta-RL runs keep no best checkpoint (there is no validation); drop --best")
-    _, config = read_config(run_dir)
+    _, config = read_config(run_dir, overrides)
     tasks = config.eval_tasks if tasks is None else tasks
     steps = config.eval_steps if steps is None else steps
     if tasks < 1:
@@ -439,9 +448,10 @@ def evaluate(
         "steps": steps,
         "seed": seed,
         "trajectories": config.eval_trajectories,
+        **({"overrides": list(overrides)} if overrides else {}),
         "metrics": results,
     }
-    if save:
+    if save and not overrides:
         (run_dir / EVAL).write_text(json.dumps(report, indent=2))
     return report
 
