@@ -13,7 +13,7 @@ implementation, the peak resident size during one meta-iteration (Linux VmHWM, r
 minus the resident size before it; on a GPU ``torch.cuda.max_memory_allocated`` minus the memory
 allocated before.
 
-Implementations: fastmaml (``strategy="auto"``, ``"vmap"``, ``"loop"``), a plain per-task
+Implementations: fastmaml (``strategy="auto"``, ``"vmap"``, ``"loop"``, ``"hybrid"``), a plain per-task
 ``torch.func`` loop written here without fastmaml, and, when installed, learn2learn 0.2.0 and
 higher 0.2.1, each written the way its own examples write MAML. Peers are optional imports: a
 missing one gives a row that says so. On a GPU also "fastmaml cuda graph": fastmaml's meta-gradient
@@ -329,6 +329,7 @@ def implementations(
         Implementation("fastmaml", fastmaml_step("auto")),
         Implementation("fastmaml vmap", fastmaml_step("vmap"), strategy="vmap"),
         Implementation("fastmaml loop", fastmaml_step("loop"), strategy="loop"),
+        Implementation("fastmaml hybrid", fastmaml_step("hybrid"), strategy="hybrid"),
     ]
     if cuda:
         impls.append(Implementation("fastmaml cuda graph", cuda_graph_step))
@@ -344,6 +345,7 @@ def implementations(
                                     with_threads(fastmaml_step("auto"), lever_threads)))
     if workers:
         impls.append(Implementation(f"fastmaml {workers} workers", fastmaml_step("auto", workers=workers)))
+        impls.append(Implementation(f"fastmaml hybrid {workers} workers", fastmaml_step("hybrid", workers=workers)))
     impls += [
         Implementation("torch.func loop", plain_loop_step),
         Implementation("learn2learn", learn2learn_step),

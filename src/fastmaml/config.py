@@ -32,7 +32,7 @@ class TrainConfig:
     checkpoint_every: int = 5_000
     val_every: int = 0  # evaluate on held-out tasks every N iterations and keep the best (0: off)
     val_tasks: int = 100
-    strategy: str = "auto"  # auto | vmap | loop
+    strategy: str = "auto"  # auto | vmap | loop | hybrid (first inner step vectorised, then a loop)
     chunk_size: int = 0  # tasks vectorised at once under vmap (0: all)
     micro_batch_size: int = 0  # tasks per backward pass; gradients accumulate (0: the whole meta-batch)
     grad_checkpointing: bool = False  # recompute inner steps in backward: memory flat in inner_steps (2nd order)
@@ -57,9 +57,9 @@ class TrainConfig:
         for key in ("eval_steps", "val_every", "chunk_size", "micro_batch_size", "threads", "grad_clip", "workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.strategy not in ("auto", "vmap", "loop"):
-            raise ConfigError(f"strategy must be auto, vmap or loop, got {self.strategy!r}")
-        if self.grad_checkpointing and self.strategy == "vmap" and not self.first_order:
+        if self.strategy not in ("auto", "vmap", "loop", "hybrid"):
+            raise ConfigError(f"strategy must be auto, vmap, loop or hybrid, got {self.strategy!r}")
+        if self.grad_checkpointing and self.strategy in ("vmap", "hybrid") and not self.first_order:
             raise ConfigError("grad_checkpointing runs one task at a time: use --set strategy=auto or loop")
 
 

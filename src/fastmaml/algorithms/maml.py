@@ -28,6 +28,7 @@ from fastmaml.core import (
     autograd_adapt,
     exact_batch_norm,
     meta_loss_loop,
+    meta_loss_shared_first_step,
     meta_loss_vmap,
     uses_batch_norm,
 )
@@ -36,7 +37,7 @@ from fastmaml.core.functional import LR, Params
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("auto", "vmap", "loop")
+STRATEGIES = ("auto", "vmap", "loop", "hybrid")
 # Worker threads split a vmap meta-batch only for models at least this big. Measured on 2 CPU cores
 # (benchmarks/results/fewshot_cpu.md): 2 threads were 2.0x faster for the no-conv MLP (~250k
 # parameters) and 1.19x for Omniglot 5-way 1-shot's conv net (112k), but 2.6x SLOWER for the
@@ -52,6 +53,10 @@ class MAML(nn.Module):
     call), ``"loop"`` (one task at a time), or ``"auto"``: vmap, except for convolutional models on
     the CPU, where per-task weights turn every convolution into a grouped convolution and a loop is
     faster (benchmarks/results/bench_cpu_bn_fix.md); and loop if vmap cannot trace the model.
+    ``"hybrid"`` vectorises only the first inner step, where every task still has the shared
+    weights θ (one convolution over all tasks' support sets), and loops over tasks for the rest
+    (:func:`fastmaml.core.functional.meta_loss_shared_first_step`); evaluation loops. It keeps every
+    task's graph until backward, as vmap does.
 
     ``grad_checkpointing=True`` (second order) recomputes each inner step during backward instead
     of keeping its graph: peak memory stops growing with ``inner_steps`` for one more forward and
@@ -60,7 +65,7 @@ class MAML(nn.Module):
     ``workers=N`` (CPU) lets :meth:`meta_backward` compute the tasks' meta-gradients in N threads,
     one model replica each; with one torch thread per worker this uses N cores without intra-op
     synchronisation (benchmarks/results/bench_cpu_workers.md). Under the loop strategy worker k
-    takes tasks k, k + N, ...; under vmap (models of ``THREADED_VMAP_MIN_PARAMS`` parameters or
+    takes tasks k, k + N, ...; under hybrid it takes one contiguous share; under vmap (models of ``THREADED_VMAP_MIN_PARAMS`` parameters or
     more: smaller ones run faster in one thread) it vectorises one contiguous share of the
     meta-batch. The result equals the one-thread one up to float summation order and is
     deterministic, except that with dropout the threads draw from the one global generator in an
@@ -94,8 +99,8 @@ class MAML(nn.Module):
             raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
         if int(workers) < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        if grad_checkpointing and strategy == "vmap" and not first_order:
-            raise ValueError("grad_checkpointing runs one task at a time: use strategy 'auto' or 'loop', not 'vmap'")
+        if grad_checkpointing and strategy in ("vmap", "hybrid") and not first_order:
+            raise ValueError(f"grad_checkpointing runs one task at a time: use strategy 'auto' or 'loop', not {strategy!r}")
         self.model = model
         self.loss_fn = loss_fn
         self.inner_lr = float(inner_lr)
@@ -179,6 +184,7 @@ class MAML(nn.Module):
             lambda: meta_loss_vmap(self.loss, self.params(), batch, chunk_size=self.chunk_size, **kwargs),
             lambda: meta_loss_loop(self.loss, self.params(), batch, checkpoint=self.grad_checkpointing, **kwargs),
             batch,
+            hybrid=lambda: meta_loss_shared_first_step(*self._hybrid_losses(self.model), self.params(), batch, **kwargs),
         )
         if reduction == "none":
             return losses
@@ -197,7 +203,14 @@ class MAML(nn.Module):
         batch = TaskBatch(*batch).validate()
         device = batch.support_x.device
         threads = self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1
-        if self.resolved_strategy(device) != "loop":
+        strategy = self.resolved_strategy(device)
+        if strategy == "hybrid":
+            if threads:
+                return self._threaded_backward(batch, scale, hybrid=True)
+            loss = self.meta_loss(batch) * scale
+            loss.backward()
+            return loss.detach()
+        if strategy != "loop":
             if threads and self._thread_vmap:  # the same threads from the first call on: exact resume
                 auto_first_call = self.strategy == "auto" and self._resolved is None
                 try:
@@ -222,9 +235,10 @@ class MAML(nn.Module):
             losses.append(loss.detach())
         return functools.reduce(torch.add, losses)
 
-    def _threaded_backward(self, batch: TaskBatch, scale: float, vmap: bool = False) -> Tensor:
+    def _threaded_backward(self, batch: TaskBatch, scale: float, vmap: bool = False, hybrid: bool = False) -> Tensor:
         """Tasks k, k + W, k + 2W, ... in worker k (``vmap``: the k-th contiguous share, in one
-        vectorised call); partial sums added in worker order (deterministic)."""
+        vectorised call; ``hybrid``: that share's first inner step vectorised, the rest task by task);
+        partial sums added in worker order (deterministic)."""
         leaves = [p for p in self.parameters() if p.requires_grad]
         count = min(self.workers, batch.num_tasks)
         replicas = [copy.deepcopy(self.model) for _ in range(count)]
@@ -236,6 +250,13 @@ class MAML(nn.Module):
             share = batch.slice(k * batch.num_tasks // count, (k + 1) * batch.num_tasks // count)
             losses = meta_loss_vmap(loss, params, share, lr=lr, steps=self.inner_steps,
                                     first_order=self.first_order, chunk_size=self.chunk_size)
+            total = losses.sum() * (scale / batch.num_tasks)
+            return list(torch.autograd.grad(total, leaves, allow_unused=True)), total.detach()
+
+        def work_hybrid(k: int) -> tuple[list[Tensor | None], Tensor]:
+            share = batch.slice(k * batch.num_tasks // count, (k + 1) * batch.num_tasks // count)
+            losses = meta_loss_shared_first_step(*self._hybrid_losses(replicas[k]), params, share, lr=lr,
+                                                 steps=self.inner_steps, first_order=self.first_order)
             total = losses.sum() * (scale / batch.num_tasks)
             return list(torch.autograd.grad(total, leaves, allow_unused=True)), total.detach()
 
@@ -255,7 +276,7 @@ class MAML(nn.Module):
             return sums, functools.reduce(torch.add, losses)
 
         with ThreadPoolExecutor(count, thread_name_prefix="fastmaml-task") as pool:
-            results = list(pool.map(work_vmap if vmap else work, range(count)))
+            results = list(pool.map(work_hybrid if hybrid else work_vmap if vmap else work, range(count)))
         for j, leaf in enumerate(leaves):
             parts = [sums[j] for sums, _ in results if sums[j] is not None]
             if parts:
@@ -314,9 +335,26 @@ class MAML(nn.Module):
         has_conv = any(isinstance(m, _CONV) for m in self.model.modules())
         return "loop" if has_conv and device.type == "cpu" else "vmap"
 
-    def _run(self, vmapped: Callable[[], Tensor], looped: Callable[[], Tensor], batch: TaskBatch) -> Tensor:
+    def _hybrid_losses(self, module: nn.Module) -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
+        """The loss as the hybrid strategy's vectorised first step runs it, and as its loop runs it."""
+        def loss(p: Params, x: Tensor, y: Tensor, vmapping: bool) -> Tensor:
+            return self.loss_fn(self.functional_forward(p, x, module=module, vmapping=vmapping), y)
+
+        return functools.partial(loss, vmapping=True), functools.partial(loss, vmapping=False)
+
+    def _run(
+        self,
+        vmapped: Callable[[], Tensor],
+        looped: Callable[[], Tensor],
+        batch: TaskBatch,
+        hybrid: Callable[[], Tensor] | None = None,
+    ) -> Tensor:
+        """Evaluate with the resolved strategy (``hybrid`` only where the caller has such a path: the
+        meta-loss; evaluation loops)."""
         strategy = self.resolved_strategy(batch.support_x.device)
         vmapped = functools.partial(self._vmapped, vmapped)
+        if strategy == "hybrid":
+            return hybrid() if hybrid is not None else looped()
         if strategy == "loop":
             return looped()
         if self.strategy == "vmap" or self._resolved == "vmap":

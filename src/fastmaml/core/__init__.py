@@ -7,6 +7,7 @@ from fastmaml.core.functional import (
     autograd_adapt,
     inner_loss_grads,
     meta_loss_loop,
+    meta_loss_shared_first_step,
     meta_loss_vmap,
     sgd_step,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "exact_batch_norm",
     "inner_loss_grads",
     "meta_loss_loop",
+    "meta_loss_shared_first_step",
     "meta_loss_vmap",
     "sgd_step",
     "uses_batch_norm",

@@ -161,3 +161,36 @@ def meta_loss_loop(
             for i in range(batch.num_tasks)
         ]
     )
+
+
+def meta_loss_shared_first_step(
+    support_loss: LossFn,
+    loss: LossFn,
+    params: Params,
+    batch: TaskBatch,
+    *,
+    lr: LR,
+    steps: int,
+    first_order: bool = False,
+) -> Tensor:
+    """:func:`meta_loss_loop` with every task's first inner gradient in one ``vmap`` over tasks.
+
+    All tasks start from the same θ, so under vmap with θ unbatched the first support forward is one
+    convolution (or matmul) over all tasks' support examples; only the inputs carry the task
+    dimension. Later inner steps and the query losses run task by task with ``loss``, where vmap's
+    per-task weights would turn convolutions into slower grouped ones on the CPU. ``support_loss`` is
+    ``loss`` as it must run under vmap (e.g. batch norm from primitive ops). Gradients after the first
+    step use autograd, so worker threads can call this. Returns the per-task query losses, shape (T,).
+    """
+    if steps < 1:
+        return meta_loss_loop(loss, params, batch, lr=lr, steps=0)
+    first = lambda x, y: inner_loss_grads(support_loss, params, x, y, first_order)  # noqa: E731
+    grads = torch.vmap(first, randomness="different")(batch.support_x, batch.support_y)
+    losses = []
+    for i in range(batch.num_tasks):
+        task = batch.task(i)
+        adapted = sgd_step(params, {k: g[i] for k, g in grads.items()}, lr)
+        adapted = autograd_adapt(loss, adapted, task.support_x, task.support_y, lr=lr, steps=steps - 1,
+                                 first_order=first_order)
+        losses.append(loss(adapted, task.query_x, task.query_y))
+    return torch.stack(losses)

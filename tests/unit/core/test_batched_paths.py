@@ -225,3 +225,31 @@ def test_meta_backward_accumulates_like_backward():
     whole.meta_loss(batch).backward()
     for a, b in zip(maml.parameters(), whole.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("first_order,meta_sgd,steps", [(False, False, 1), (False, False, 3), (True, False, 2),
+                                                          (False, True, 2)])
+def test_hybrid_first_step_vectorised_equals_the_loop(first_order, meta_sgd, steps, workers):
+    """The hybrid strategy (first inner step under vmap with shared weights, the rest per task) gives
+    the loop's meta-loss and meta-gradient, batch norm included, in one thread and in workers."""
+    batch = image_batch(tasks=5)
+    make = lambda strategy, w: MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.5, inner_steps=steps,  # noqa: E731
+                                    first_order=first_order, meta_sgd=meta_sgd, strategy=strategy, workers=w)
+    expected = grads_of(make("loop", 1), batch)
+    hybrid = make("hybrid", workers)
+    assert hybrid.resolved_strategy() == "hybrid"
+    torch.testing.assert_close(grads_of(hybrid, batch)[1], expected[1], rtol=1e-9, atol=1e-12)  # meta_loss().backward()
+    hybrid.zero_grad()
+    loss = hybrid.meta_backward(batch, scale=0.5)  # the trainer's step: threads when workers > 1
+    torch.testing.assert_close(loss, expected[0] * 0.5, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in hybrid.parameters()]), expected[1] * 0.5,
+                               rtol=1e-9, atol=1e-12)
+    # evaluation under hybrid runs the loop
+    curve = hybrid.adaptation_curve(batch, 2)
+    torch.testing.assert_close(curve, make("loop", 1).adaptation_curve(batch, 2))
+
+
+def test_hybrid_refuses_grad_checkpointing():
+    with pytest.raises(ValueError, match="grad_checkpointing runs one task at a time"):
+        MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.5, strategy="hybrid", grad_checkpointing=True)
