@@ -31,10 +31,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from conv_levers_bench import TASKS, problem, variants
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
-
-from conv_levers_bench import TASKS, problem, variants
 
 
 def timed(fn, calls: int) -> float:

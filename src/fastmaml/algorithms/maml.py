@@ -65,9 +65,9 @@ class MAML(nn.Module):
     ``workers=N`` (CPU) lets :meth:`meta_backward` compute the tasks' meta-gradients in N threads,
     one model replica each; with one torch thread per worker this uses N cores without intra-op
     synchronisation (benchmarks/results/bench_cpu_workers.md). Under the loop strategy worker k
-    takes tasks k, k + N, ...; under hybrid it takes one contiguous share; under vmap (models of ``THREADED_VMAP_MIN_PARAMS`` parameters or
-    more: smaller ones run faster in one thread) it vectorises one contiguous share of the
-    meta-batch. The result equals the one-thread one up to float summation order and is
+    takes tasks k, k + N, ...; under hybrid one contiguous share of the meta-batch; under vmap
+    (models of ``THREADED_VMAP_MIN_PARAMS`` parameters or more: smaller ones run faster in one
+    thread) it vectorises one contiguous share of the meta-batch. The result equals the one-thread one up to float summation order and is
     deterministic, except that with dropout the threads draw from the one global generator in an
     order that depends on timing.
     """
