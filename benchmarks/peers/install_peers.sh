@@ -19,6 +19,8 @@
 # Each peer is installed on its own: a failure is reported and the script goes on with the other.
 set -uo pipefail
 PYTHON="${PYTHON:-python}"
+# a relative path (e.g. .venv/bin/python) must survive the `cd` into learn2learn's source below
+case "$PYTHON" in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")" ;; esac
 TORCH_VERSION="$("$PYTHON" -c 'import torch; print(torch.__version__.split("+")[0])')" || {
     echo "install_peers: torch is not importable with $PYTHON; install fastmaml first" >&2; exit 2; }
 TORCHVISION_VERSION="${TORCHVISION_VERSION:-0.28.0}"  # the torchvision release that pairs with torch 2.13
