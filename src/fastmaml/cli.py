@@ -178,7 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         steps=args.steps,
         seed=EVAL_SEED if args.seed is None else args.seed,
         which="best" if args.best else "checkpoint",
-        **({"overrides": args.set} if args.set else {}),
+        overrides=args.set,
     )
     print(json.dumps(report) if args.json else format_report(report))
     if args.set:

@@ -11,6 +11,7 @@ import json
 import typing
 from typing import Any, ClassVar
 
+from fastmaml.algorithms.maml import STRATEGIES
 from fastmaml.errors import ConfigError
 
 
@@ -57,8 +58,8 @@ class TrainConfig:
         for key in ("eval_steps", "val_every", "chunk_size", "micro_batch_size", "threads", "grad_clip", "workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.strategy not in ("auto", "vmap", "loop", "hybrid"):
-            raise ConfigError(f"strategy must be auto, vmap, loop or hybrid, got {self.strategy!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.grad_checkpointing and self.strategy in ("vmap", "hybrid") and not self.first_order:
             raise ConfigError("grad_checkpointing runs one task at a time: use --set strategy=auto or loop")
 

@@ -204,12 +204,8 @@ class MAML(nn.Module):
         device = batch.support_x.device
         threads = self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1
         strategy = self.resolved_strategy(device)
-        if strategy == "hybrid":
-            if threads:
-                return self._threaded_backward(batch, scale, hybrid=True)
-            loss = self.meta_loss(batch) * scale
-            loss.backward()
-            return loss.detach()
+        if strategy == "hybrid" and threads:
+            return self._threaded_backward(batch, scale, hybrid=True)
         if strategy != "loop":
             if threads and self._thread_vmap:  # the same threads from the first call on: exact resume
                 auto_first_call = self.strategy == "auto" and self._resolved is None
