@@ -12,6 +12,7 @@ decoded cache is built on first use), otherwise random images of the same shapes
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import statistics
 import time
@@ -72,7 +73,10 @@ def main() -> None:
     parser.add_argument("--omniglot", help="Omniglot root (the two zips); synthetic images without it")
     parser.add_argument("--miniimagenet", help="mini-ImageNet root (train.csv + train.zip); synthetic without it")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), help="substrings of setting names")
-    parser.add_argument("--strategies", nargs="+", default=["auto"], choices=["auto", "vmap", "loop"])
+    parser.add_argument("--strategies", nargs="+", default=["auto"], choices=["auto", "vmap", "loop", "preset"],
+                        help="'preset': the strategy the preset picks (vmap for Omniglot 5-way 1-shot)")
+    parser.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
+                        help="MAML(compile=...): 'on' compiles in the warm-up iterations")
     parser.add_argument("--orders", nargs="+", default=["second", "first"], choices=["second", "first"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="MAML worker threads")
@@ -82,24 +86,24 @@ def main() -> None:
     roots = {"omniglot": args.omniglot, "miniimagenet": args.miniimagenet}
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads by default; "
           f"median of {args.repeats} iterations after {args.warmup} warm-up\n")
-    print("| setting | meta-batch | inner steps | order | strategy | threads | workers | data | s / iteration |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| setting | meta-batch | inner steps | order | strategy | threads | workers | compile | data | s / iteration |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, (make, ways, shots) in SETTINGS.items():
         if not any(s in name for s in args.settings):
             continue
         for order in args.orders:
             for threads in args.threads:
-                for strategy in args.strategies:
-                    for workers in args.workers:
-                        torch.set_num_threads(threads)
-                        base = make(ways, shots)
-                        root = roots[base.dataset]
-                        config = make(ways, shots, root=root or "/nonexistent", strategy=strategy,
-                                      first_order=order == "first", threads=threads, workers=workers)
-                        seconds = seconds_per_iteration(config, root is not None, args.repeats, args.warmup)
-                        print(f"| {name} | {config.meta_batch_size} | {config.inner_steps} | {order} | {strategy} | "
-                              f"{threads} | {workers} | {'real' if root else 'synthetic'} | {seconds:.3f} |",
-                              flush=True)
+                for strategy, workers, compile_ in itertools.product(args.strategies, args.workers, args.compile):
+                    torch.set_num_threads(threads)
+                    base = make(ways, shots)
+                    root = roots[base.dataset]
+                    chosen = {} if strategy == "preset" else {"strategy": strategy}
+                    config = make(ways, shots, root=root or "/nonexistent", first_order=order == "first",
+                                  threads=threads, workers=workers, compile=compile_, **chosen)
+                    seconds = seconds_per_iteration(config, root is not None, args.repeats, args.warmup)
+                    print(f"| {name} | {config.meta_batch_size} | {config.inner_steps} | {order} | {config.strategy} | "
+                          f"{threads} | {workers} | {compile_} | {'real' if root else 'synthetic'} | {seconds:.3f} |",
+                          flush=True)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ fi
 } 2>&1 | tee "$OUT/gpu_device.txt"
 
 # Budget: starting the machine took 30-60 s of the 15 device minutes on 2026-11-27 (the tool warns of
-# up to 6); the timeouts below add up to 514 s, most important first, and every step writes its
-# results under $OUT as it goes (on 2026-11-27 the whole script ran in 246 s on an H200).
+# up to 6); the timeouts of steps 1-5 add up to 514 s (step 6, 100 s more, comes last), most
+# important first, and every step writes its results under $OUT as it goes (on 2026-11-27 steps 1-5
+# ran in 246 s on an H200).
 if [ "$QUICK" = 1 ]; then REPEATS=1; ITERS=20; LIMIT=5; else REPEATS=10; ITERS=1000; LIMIT=8; fi
 
 # 1. Throughput and peak memory of every paper workload: fastmaml vs a plain loop and the peers
@@ -74,6 +75,13 @@ timeout 70 $PY benchmarks/rl_maml_bench.py --env "$RL_ENV" --iterations 1 --stra
 # 5. Peak memory vs inner steps (vmap whole / micro-batch 4, loop, loop checkpointed), Omniglot 20-way.
 [ "$QUICK" = 1 ] || timeout 50 $PY benchmarks/bench.py --device "$DEVICE" --sweep-only \
   --out "$OUT/bench_gpu_memory.md"
+
+# 6. torch.compile of the meta-loss (MAML(compile=True)), unmeasured on a GPU so far: Omniglot 5-way
+#    1-shot second order against the default step and learn2learn (compiling takes part of the limit;
+#    last, so a slow compile costs nothing above).
+timeout 100 $PY benchmarks/bench.py --device "$DEVICE" --repeats "$REPEATS" --time-limit "$LIMIT" --no-memory \
+  --workloads omniglot-5w1s --orders second --compile --impls fastmaml 'fastmaml compiled' learn2learn \
+  --grad-check-tasks 2 --out "$OUT/bench_gpu_compile.md"
 ls -la "$OUT"
 }
 main 2>&1 | tee "$OUT/gpu_check.log"

@@ -140,16 +140,18 @@ def fastmaml_step(
     micro_batch_size: int | None = None,
     grad_checkpointing: bool = False,
     workers: int = 1,
+    compile: bool = False,
 ):
     """fastmaml's meta-step as the trainer runs it (``MAML.meta_backward``); with ``micro_batch_size``
     the meta-batch is run that many tasks at a time, each micro-batch's share of the mean
     backpropagated before the next (the trainer's accumulation); ``grad_checkpointing`` recomputes
-    the inner steps during backward; ``workers`` threads compute the tasks' meta-gradients."""
+    the inner steps during backward; ``workers`` threads compute the tasks' meta-gradients;
+    ``compile`` runs the meta-loss through ``torch.compile`` (compiled in the warm-up iterations)."""
 
     def build(model: nn.Module, w: Workload, first_order: bool) -> MetaStep:
         maml = MAML(model, w.loss_fn, inner_lr=w.inner_lr, inner_steps=w.inner_steps, first_order=first_order,
                     strategy=strategy, chunk_size=chunk_size, grad_checkpointing=grad_checkpointing,
-                    workers=workers)
+                    workers=workers, compile=compile)
 
         def step(batch: TaskBatch) -> None:
             size = micro_batch_size or batch.num_tasks
@@ -322,9 +324,10 @@ def implementations(
     lever_threads: int | None = None,
     workers: int | None = None,
     cuda: bool = False,
+    compiled: bool = False,
 ) -> dict[str, Implementation]:
-    """Every implementation by name; the chunked-vmap, micro-batched and lever rows only when asked,
-    the CUDA-graph row only with ``cuda``."""
+    """Every implementation by name; the chunked-vmap, micro-batched, lever and compiled rows only
+    when asked, the CUDA-graph row only with ``cuda``."""
     impls = [
         Implementation("fastmaml", fastmaml_step("auto")),
         Implementation("fastmaml vmap", fastmaml_step("vmap"), strategy="vmap"),
@@ -343,9 +346,14 @@ def implementations(
     if lever_threads:
         impls.append(Implementation(f"fastmaml {lever_threads} threads (lever)",
                                     with_threads(fastmaml_step("auto"), lever_threads)))
+    if compiled:
+        impls.append(Implementation("fastmaml compiled", fastmaml_step("auto", compile=True)))
     if workers:
         impls.append(Implementation(f"fastmaml {workers} workers", fastmaml_step("auto", workers=workers)))
         impls.append(Implementation(f"fastmaml hybrid {workers} workers", fastmaml_step("hybrid", workers=workers)))
+        if compiled:
+            impls.append(Implementation(f"fastmaml compiled {workers} workers",
+                                        fastmaml_step("auto", workers=workers, compile=True)))
     impls += [
         Implementation("torch.func loop", plain_loop_step),
         Implementation("learn2learn", learn2learn_step),
@@ -387,6 +395,7 @@ class BenchConfig:
     levers: bool = False  # also time the lever rows (fastmaml loop with fused batch norm)
     lever_threads: int | None = None  # also time fastmaml and the peers with this many torch threads
     workers: int | None = None  # also time fastmaml with this many worker threads (MAML(workers=...))
+    compiled: bool = False  # also time fastmaml with compile=True (torch.compile; compiles in the warm-up)
     grad_tolerance: float = 1e-6  # float64 check
     grad_check_tasks: int = 4
     seed: int = 0
@@ -563,7 +572,7 @@ def measure_peak_here(spec: dict) -> dict:
     else:
         build = implementations(spec.get("chunk_size"), spec.get("micro_batch_size"), True,
                                 spec.get("lever_threads"), spec.get("workers"),
-                                cuda=device.type == "cuda")[spec["implementation"]].build
+                                cuda=device.type == "cuda", compiled=True)[spec["implementation"]].build
     w = with_steps(WORKLOADS[spec["workload"]], spec.get("inner_steps"))
     torch.manual_seed(spec.get("seed", 0))
     model = w.make_model().to(device)
@@ -571,6 +580,10 @@ def measure_peak_here(spec: dict) -> dict:
     meta_step = build(model, w, spec["first_order"])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     load_lazy_modules()
+    for _ in range(spec.get("warmup", 0)):  # compiled rows: compile first, the compiler's memory is not the step's
+        opt.zero_grad(set_to_none=True)
+        meta_step(batch)
+        opt.step()
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -630,7 +643,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda line: N
     if unknown:
         raise ValueError(f"unknown workload {unknown[0]!r}; choose from {', '.join(WORKLOADS)}")
     available = implementations(cfg.chunk_size, cfg.micro_batch_size, cfg.levers, cfg.lever_threads, cfg.workers,
-                                cuda=cfg.device.startswith("cuda"))
+                                cuda=cfg.device.startswith("cuda"), compiled=cfg.compiled)
     names = list(available) if cfg.implementations is None else list(cfg.implementations)
     names = ["fastmaml", *(n for n in names if n != "fastmaml")]  # first: the reference for gradients and ratios
     missing = [n for n in names if n not in available]
@@ -644,7 +657,8 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda line: N
             if cfg.memory:
                 for row in group:
                     if row.tasks_per_s is not None and row.implementation in available:
-                        spec = memory_spec(cfg, name, row.implementation, order == "first")
+                        warmup = int("compiled" in row.implementation)
+                        spec = memory_spec(cfg, name, row.implementation, order == "first", warmup=warmup)
                         row.peak_bytes = measure_peak(spec, cfg)
             for row in group:
                 progress(format_row(row))
@@ -809,6 +823,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="also time fastmaml with N torch threads, interleaved with the rest at --threads")
     parser.add_argument("--workers", type=int, metavar="N",
                         help="also time fastmaml with N worker threads (MAML(workers=N), one torch thread each)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time 'fastmaml compiled' (MAML(compile=True): torch.compile, compiled in the "
+                             "warm-up; with --workers also 'fastmaml compiled N workers')")
     parser.add_argument("--sweep", action="store_true",
                         help="also peak memory vs inner steps (1, 2, 3, 5, 10) for Omniglot 20-way, second order, "
                              "with and without micro-batches")
@@ -829,7 +846,7 @@ def config_from_args(args: argparse.Namespace, child_command: Sequence[str]) -> 
         warmup=0 if args.quick else args.warmup, time_limit=args.time_limit,
         memory=not (args.quick or args.no_memory), device=args.device, threads=args.threads,
         chunk_size=args.chunk_size, micro_batch_size=args.micro_batch_size, levers=args.levers,
-        lever_threads=args.lever_threads, workers=args.workers,
+        lever_threads=args.lever_threads, workers=args.workers, compiled=args.compile,
         grad_tolerance=args.grad_tolerance, grad_check_tasks=args.grad_check_tasks, child_command=tuple(child_command),
     )
 

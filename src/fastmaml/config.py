@@ -14,6 +14,12 @@ from typing import Any, ClassVar
 from fastmaml.algorithms.maml import STRATEGIES
 from fastmaml.errors import ConfigError
 
+COMPILE_CHOICES = ("auto", "on", "off")
+# compile=auto compiles runs this long: compiling costs 10-180 s once per process (less from
+# inductor's on-disk cache) and saves 0.5-0.8 s per iteration for the conv presets, 1 ms for the
+# sinusoid MLP (benchmarks/results/bench_cpu_compile.md); short runs (tests, smoke runs) stay eager.
+COMPILE_AUTO_MIN_ITERATIONS = 1_000
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -42,6 +48,7 @@ class TrainConfig:
     workers: int = 0  # threads computing tasks' meta-gradients in parallel (CPU, loop or vmap; 0: auto)
     cuda_graph: bool = True  # on one CUDA device: capture the meta-step once, replay it every iteration
     tf32: bool = False  # on CUDA: let convolutions/matmuls use TF32 (faster, far less exact meta-gradients)
+    compile: str = "auto"  # torch.compile the meta-loss: on | off | auto (on for CPU runs of >= 1,000 iterations)
 
     # keys ``fastmaml eval --set`` may change: they neither shape the trained weights nor train them
     EVAL_KEYS: ClassVar[tuple[str, ...]] = ("inner_lr", "strategy", "chunk_size", "device", "threads", "tf32")
@@ -62,6 +69,20 @@ class TrainConfig:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.grad_checkpointing and self.strategy in ("vmap", "hybrid") and not self.first_order:
             raise ConfigError("grad_checkpointing runs one task at a time: use --set strategy=auto or loop")
+        if self.compile not in COMPILE_CHOICES:
+            raise ConfigError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
+        if self.compile == "on" and self.strategy == "hybrid":
+            raise ConfigError("compile runs the vmap or loop strategy: use --set compile=off with strategy=hybrid")
+        if self.compile == "on" and self.grad_checkpointing and not self.first_order:
+            raise ConfigError("compile and grad_checkpointing do not combine: set one of them off")
+
+    def use_compile(self) -> bool:
+        """Whether the meta-loss runs through torch.compile. ``auto``: on the CPU, for runs of at least
+        ``COMPILE_AUTO_MIN_ITERATIONS`` iterations, with a strategy and options that compile."""
+        if self.compile != "auto":
+            return self.compile == "on"
+        compilable = self.strategy != "hybrid" and not (self.grad_checkpointing and not self.first_order)
+        return compilable and self.device.startswith("cpu") and self.iterations >= COMPILE_AUTO_MIN_ITERATIONS
 
 
 def field_types(cls: type) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from fastmaml.core.functional import (
     meta_loss_shared_first_step,
     meta_loss_vmap,
     sgd_step,
+    task_meta_loss,
 )
 from fastmaml.core.norm import exact_batch_norm, uses_batch_norm
 
@@ -24,5 +25,6 @@ __all__ = [
     "meta_loss_shared_first_step",
     "meta_loss_vmap",
     "sgd_step",
+    "task_meta_loss",
     "uses_batch_norm",
 ]

@@ -111,9 +111,10 @@ def adaptation_curve(
     return torch.stack(values)
 
 
-def _task_meta_loss(
+def task_meta_loss(
     loss: LossFn, params: Params, task: TaskBatch, lr: LR, steps: int, first_order: bool, checkpoint: bool = False
-):
+) -> Tensor:
+    """One task's query loss after ``steps`` inner steps on its support set (``task`` without a task dim)."""
     if checkpoint and not first_order and torch.is_grad_enabled():
         adapted = autograd_adapt(loss, params, task.support_x, task.support_y, lr=lr, steps=steps, checkpoint=True)
     else:
@@ -136,7 +137,7 @@ def meta_loss_vmap(
     ``randomness="different"`` gives each task its own dropout masks. ``chunk_size`` bounds how
     many tasks are vectorised at once (lower peak memory, same result).
     """
-    per_task = lambda task: _task_meta_loss(loss, params, task, lr, steps, first_order)  # noqa: E731
+    per_task = lambda task: task_meta_loss(loss, params, task, lr, steps, first_order)  # noqa: E731
     return torch.vmap(per_task, randomness="different", chunk_size=chunk_size)(batch)
 
 
@@ -157,7 +158,7 @@ def meta_loss_loop(
     """
     return torch.stack(
         [
-            _task_meta_loss(loss, params, batch.task(i), lr, steps, first_order, checkpoint)
+            task_meta_loss(loss, params, batch.task(i), lr, steps, first_order, checkpoint)
             for i in range(batch.num_tasks)
         ]
     )

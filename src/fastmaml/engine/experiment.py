@@ -87,6 +87,7 @@ def make_maml(experiment: Experiment) -> MAML:
         chunk_size=c.chunk_size or None,
         grad_checkpointing=c.grad_checkpointing,
         workers=c.workers or auto_workers(c.threads),
+        compile=c.use_compile(),
     )
 
 

@@ -1,0 +1,193 @@
+"""MAML(compile=True): torch.compile'd meta-losses give the eager meta-gradient; failures fall back."""
+
+import copy
+import logging
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch._dynamo.utils import counters
+
+from fastmaml import MAML, TaskBatch
+from fastmaml.errors import ConfigError
+from fastmaml.experiments.sinusoid import SinusoidConfig
+
+CXX = torch._inductor.config.cpp.cxx[-1] if hasattr(torch, "_inductor") else "g++"
+needs_compiler = pytest.mark.skipif(
+    shutil.which(CXX) is None,
+    reason=f"torch.compile's CPU backend needs a C++ compiler ({CXX}) on PATH; without one MAML runs eagerly "
+           "(test_compile_failure_falls_back_to_eager covers that)",
+)
+
+
+def conv_bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1, stride=2), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 4 * 4, 3),
+    ).double()
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Linear(16, 1)).double()
+
+
+def image_batch(tasks=4) -> TaskBatch:
+    g = torch.Generator().manual_seed(0)
+    x = lambda: torch.randn(tasks, 6, 1, 8, 8, generator=g, dtype=torch.float64)  # noqa: E731
+    y = lambda: torch.randint(0, 3, (tasks, 6), generator=g)  # noqa: E731
+    return TaskBatch(x(), y(), x(), y())
+
+
+def regression_batch(tasks=4) -> TaskBatch:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(tasks, 10, 1, generator=g, dtype=torch.float64) * 10 - 5
+    y = torch.sin(x) * torch.rand(tasks, 1, 1, generator=g, dtype=torch.float64) * 3
+    return TaskBatch(x[:, :5], y[:, :5], x[:, 5:], y[:, 5:])
+
+
+def meta_gradient(maml: MAML, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    maml.zero_grad()
+    loss = maml.meta_backward(batch)
+    return loss, torch.cat([p.grad.reshape(-1) for p in maml.parameters()])
+
+
+# Each case compiles once (seconds; a fresh machine has no inductor cache), so first order is
+# checked on the conv loop alone.
+CASES = {
+    "conv loop": (conv_bn_net, F.cross_entropy, image_batch, dict(strategy="loop", inner_lr=0.4, inner_steps=2)),
+    "conv loop, first order": (conv_bn_net, F.cross_entropy, image_batch,
+                               dict(strategy="loop", inner_lr=0.4, inner_steps=2, first_order=True)),
+    "conv vmap": (conv_bn_net, F.cross_entropy, image_batch, dict(strategy="vmap", inner_lr=0.4)),
+    "mlp vmap, Meta-SGD": (mlp, F.mse_loss, regression_batch, dict(strategy="vmap", inner_lr=0.01, meta_sgd=True)),
+}
+
+
+@needs_compiler
+@pytest.mark.parametrize("case", list(CASES))
+def test_compiled_meta_gradient_equals_eager(case):
+    make, loss_fn, make_batch, kwargs = CASES[case]
+    model, batch = make(), make_batch()
+    eager = MAML(copy.deepcopy(model), loss_fn, **kwargs)
+    compiled = MAML(copy.deepcopy(model), loss_fn, compile=True, **kwargs)
+    loss_e, grad_e = meta_gradient(eager, batch)
+    graphs = counters["stats"]["unique_graphs"]
+    loss_c, grad_c = meta_gradient(compiled, batch)
+    assert compiled.compile, "compiling failed and MAML fell back to eager"
+    assert counters["stats"]["unique_graphs"] > graphs, "nothing was compiled"
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-10, atol=0)
+    torch.testing.assert_close(grad_c, grad_e, rtol=1e-8, atol=1e-12)
+    # A second step runs the compiled graph again (no recompiling) and still matches.
+    loss_e, grad_e = meta_gradient(eager, make_batch(tasks=4))
+    loss_c, grad_c = meta_gradient(compiled, make_batch(tasks=4))
+    torch.testing.assert_close(grad_c, grad_e, rtol=1e-8, atol=1e-12)
+
+
+@needs_compiler
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_compiled_threads_equal_compiled_one_thread(strategy):
+    batch = image_batch(tasks=5)  # vmap: shares of 2 and 3 tasks, two shapes to compile
+    one = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.4, strategy=strategy, compile=True)
+    two = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.4, strategy=strategy, compile=True, workers=2)
+    two._thread_vmap = True  # threads split vmap only for large models; this one is small
+    _, g1 = meta_gradient(one, batch)
+    _, g2 = meta_gradient(two, batch)
+    torch.testing.assert_close(g2, g1, rtol=1e-12, atol=1e-15)
+    _, again = meta_gradient(two, batch)  # the threads give the same result every time
+    assert torch.equal(again, g2)
+
+
+@needs_compiler
+def test_every_maml_object_compiles_not_only_the_first_eight():
+    # torch.compile allows 8 recompilations per code object; MAML objects must not share that budget.
+    x = torch.randn(2, 3, 1, dtype=torch.float64)
+    batch = TaskBatch(x, x, x, x)
+    for i in range(10):  # the same graph each time: inductor's cache makes the later compiles quick
+        model = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+        graphs = counters["stats"]["unique_graphs"]
+        MAML(model, F.mse_loss, inner_lr=0.1, compile=True).meta_backward(batch)
+        assert counters["stats"]["unique_graphs"] > graphs, f"MAML object {i + 1} ran eagerly"
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
+    def broken_compile(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler found\nsecond line")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    batch = image_batch()
+    eager = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.4, strategy="loop")
+    maml = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.4, strategy="loop", compile=True)
+    with caplog.at_level(logging.WARNING):
+        _, grad = meta_gradient(maml, batch)
+    assert not maml.compile
+    warnings = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert len(warnings) == 1 and "no C++ compiler found" in warnings[0] and "running it eagerly" in warnings[0]
+    _, grad_e = meta_gradient(eager, batch)
+    torch.testing.assert_close(grad, grad_e, rtol=1e-12, atol=0)
+    meta_gradient(maml, batch)  # later steps run eagerly without warning again
+    assert len([r for r in caplog.records if "torch.compile" in r.getMessage()]) == 1
+
+
+def test_evaluation_is_not_compiled(monkeypatch):
+    calls = []
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(fn) or real(fn, **kw))
+    maml = MAML(mlp(), F.mse_loss, inner_lr=0.01, compile=True)
+    batch = regression_batch()
+    with torch.no_grad():
+        maml.meta_loss(batch)
+        maml.adaptation_curve(batch, steps=2)
+    maml.adapt(batch.support_x[0], batch.support_y[0])
+    assert calls == []
+
+
+def test_compile_refusals():
+    with pytest.raises(ValueError, match="compile runs the vmap or loop strategy"):
+        MAML(mlp(), F.mse_loss, inner_lr=0.01, compile=True, strategy="hybrid")
+    with pytest.raises(ValueError, match="compile and grad_checkpointing"):
+        MAML(mlp(), F.mse_loss, inner_lr=0.01, compile=True, grad_checkpointing=True)
+    MAML(mlp(), F.mse_loss, inner_lr=0.01, compile=True, grad_checkpointing=True, first_order=True)  # nothing to check
+    for bad in [dict(compile="maybe"), dict(compile="on", strategy="hybrid"),
+                dict(compile="on", grad_checkpointing=True)]:
+        with pytest.raises(ConfigError):
+            SinusoidConfig(**bad).validate()
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (dict(iterations=1000), True),
+        (dict(iterations=999), False),
+        (dict(iterations=5000, device="cuda"), False),  # unmeasured there: CUDA graphs are the GPU's lever
+        (dict(iterations=5000, strategy="hybrid"), False),
+        (dict(iterations=5000, grad_checkpointing=True), False),
+        (dict(iterations=10, compile="on"), True),
+        (dict(iterations=5000, compile="off"), False),
+    ],
+)
+def test_compile_auto(settings, expected):
+    assert SinusoidConfig(**settings).use_compile() is expected
+
+
+@needs_compiler
+def test_a_deep_copy_computes_with_its_own_model():
+    batch = regression_batch()
+    maml = MAML(mlp(), F.mse_loss, inner_lr=0.01, compile=True)
+    meta_gradient(maml, batch)  # compiled
+    copied = copy.deepcopy(maml)
+    with torch.no_grad():
+        for p in copied.parameters():
+            p.mul_(0.5)
+    reference = MAML(copy.deepcopy(copied.model), F.mse_loss, inner_lr=0.01)
+    _, grad = meta_gradient(copied, batch)
+    _, expected = meta_gradient(reference, batch)
+    torch.testing.assert_close(grad, expected, rtol=1e-8, atol=1e-12)
+    maml.zero_grad()
+    meta_gradient(copied, batch)
+    assert all(p.grad is None for p in maml.parameters()), "the copy's step reached the original"
