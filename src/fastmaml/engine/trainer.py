@@ -13,6 +13,10 @@ against 35.9 s eager (benchmarks/results/gpu_h200.md). ``tf32`` (off by default)
 cuBLAS use TF32, as PyTorch does for convolutions by default: there it put relative errors of 1e-1
 to 5e-1 into the second-order meta-gradients of the paper's conv nets, against 4e-4 to 3e-2
 without, for 0.95x to 1.10x the time (same file).
+
+``compile`` (``auto``: on for CPU runs of ``COMPILE_AUTO_MIN_ITERATIONS`` or more) builds MAML with
+``compile=True``: the meta-loss runs through torch.compile, compiled during the first meta-step
+(benchmarks/results/fewshot_cpu.md, "torch.compile").
 """
 
 from __future__ import annotations
