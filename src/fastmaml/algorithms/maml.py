@@ -86,8 +86,9 @@ class MAML(nn.Module):
     ``compile=True`` runs the meta-loss through ``torch.compile`` (inductor): under the loop
     strategy one compiled function per task (inner steps and query loss, whose backward is the
     meta-gradient), under vmap the vectorised meta-batch. It fuses the batch-norm, ReLU and
-    elementwise work around the convolutions and their double backward: 1.25-1.6x faster per
-    meta-iteration for the paper's conv nets on one CPU core (benchmarks/results/bench_cpu_compile.md).
+    elementwise work around the convolutions and their double backward: on one CPU core 1.24-1.47x
+    faster per meta-iteration on the paper's conv-net workloads, 1.6-2x on the sinusoid MLP
+    (benchmarks/results/bench_cpu_compile.md).
     The first meta-step compiles (seconds to minutes; inductor caches the result on disk for later
     processes); each new task shape compiles again. Only gradient-enabled meta-losses are compiled
     (evaluation and adaptation stay eager). If compiling fails (e.g. no C++ compiler for the CPU
