@@ -147,7 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = (preset.train or train)(preset, config, run_dir, resume=args.resume is not None,
                                       progress=not args.no_progress)
     best = f", best validation {summary['best']['metric']} {summary['best']['value']:.4g}" if summary["best"] else ""
-    print(f"trained {preset.name} for {summary['step']} iterations in {summary['elapsed_s']:.1f} s{best}; "
+    compiled = " (meta-loss compiled with torch.compile)" if summary.get("compiled") else ""
+    print(f"trained {preset.name} for {summary['step']} iterations in {summary['elapsed_s']:.1f} s{compiled}{best}; "
           f"run folder {run_dir}")
     return 0
 

@@ -1,8 +1,10 @@
 """End to end through the CLI: train, eval, plot; MAML must learn something measurable in seconds."""
 
 import json
+import shutil
 
 import pytest
+import torch
 
 from fastmaml.cli import main
 
@@ -81,3 +83,15 @@ def test_eval_set_refuses_keys_that_do_not_belong_to_meta_testing(trained_run, c
 def test_presets_lists_sinusoid(capsys):
     assert main(["presets"]) == 0
     assert "sinusoid" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which(torch._inductor.config.cpp.cxx[-1]) is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler on PATH (none here)")
+def test_compile_on_trains_and_says_so_auto_stays_eager_for_short_runs(tmp_path, capsys):
+    common = ["train", "sinusoid", "--iterations", "100", *FAST]
+    assert main([*common, "--out", str(tmp_path / "on"), "--set", "compile=on"]) == 0
+    assert "meta-loss compiled with torch.compile" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["meta_loss"] < rows[0]["meta_loss"]
+    assert main([*common, "--out", str(tmp_path / "auto")]) == 0  # 100 < 1,000 iterations: eager
+    assert "compiled" not in capsys.readouterr().out

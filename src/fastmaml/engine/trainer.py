@@ -281,7 +281,7 @@ class Trainer:
                         self.save()
                     last_good = self.step
         bar.close()
-        return {"step": self.step, "elapsed_s": self.elapsed, "best": self.best}
+        return {"step": self.step, "elapsed_s": self.elapsed, "best": self.best, "compiled": self.maml.compile}
 
 
 def train(
