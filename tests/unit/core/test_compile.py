@@ -191,3 +191,13 @@ def test_a_deep_copy_computes_with_its_own_model():
     maml.zero_grad()
     meta_gradient(copied, batch)
     assert all(p.grad is None for p in maml.parameters()), "the copy's step reached the original"
+
+
+def test_cpp_wrapper_only_where_worker_threads_run_compiled_graphs():
+    def options(model, **kwargs):
+        return MAML(model, F.mse_loss, inner_lr=0.1, compile=True, **kwargs)._compile_options()
+
+    assert options(conv_bn_net(), strategy="loop", workers=2) == {"cpp_wrapper": True}
+    assert options(conv_bn_net(), workers=2) == {"cpp_wrapper": True}  # auto: the loop on the CPU
+    assert options(conv_bn_net(), strategy="loop") is None  # one worker: the default wrapper
+    assert options(mlp(), workers=2) is None  # vmap of a small model: no threads
