@@ -15,9 +15,10 @@ from fastmaml.algorithms.maml import STRATEGIES
 from fastmaml.errors import ConfigError
 
 COMPILE_CHOICES = ("auto", "on", "off")
-# compile=auto compiles runs this long: compiling costs 10-180 s once per process (less from
-# inductor's on-disk cache) and saves 0.5-0.8 s per iteration for the conv presets, 1 ms for the
-# sinusoid MLP (benchmarks/results/bench_cpu_compile.md); short runs (tests, smoke runs) stay eager.
+# compile=auto compiles runs this long: compiling costs seconds to 3 minutes once per process (less
+# from inductor's on-disk cache) and saved 0.03-1.1 s per iteration on the few-shot presets
+# (benchmarks/results/fewshot_cpu.md), about 1.5 ms on the sinusoid MLP's 4 ms step
+# (bench_cpu_compile.md); short runs (tests, smoke runs) stay eager.
 COMPILE_AUTO_MIN_ITERATIONS = 1_000
 
 
