@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import shutil
 import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,14 @@ STRATEGIES = ("auto", "vmap", "loop", "hybrid")
 # sinusoid MLP (1.7k parameters, a ~4 ms step: 2,000 iterations in 21.2 s against 8.1 s).
 THREADED_VMAP_MIN_PARAMS = 50_000
 _CONV = (nn.modules.conv._ConvNd,)
+
+
+def cpu_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would use (inductor's ``cpp.cxx``), or None if it
+    is not on PATH; without it ``compile=True`` falls back to eager on the CPU."""
+    import torch._inductor.config as inductor_config  # imported on use: it loads the compiler stack
+
+    return shutil.which(inductor_config.cpp.cxx[-1])
 
 
 def _own_code(func: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -446,8 +455,6 @@ class MAML(nn.Module):
             try:
                 out = compiled(*args)
             except Exception as error:  # noqa: BLE001 - a compiler or tracing failure: run eagerly instead
-                if not self.compile:  # another kind failed meanwhile
-                    return fn(*args)
                 log.warning("torch.compile could not compile the meta-loss (%s: %s); running it eagerly",
                             type(error).__name__, str(error).splitlines()[0] if str(error) else "")
                 self.compile = False

@@ -2,7 +2,6 @@
 
 import copy
 import logging
-import shutil
 
 import pytest
 import torch
@@ -11,14 +10,14 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 from fastmaml import MAML, TaskBatch
+from fastmaml.algorithms.maml import cpu_compiler
 from fastmaml.errors import ConfigError
 from fastmaml.experiments.sinusoid import SinusoidConfig
 
-CXX = torch._inductor.config.cpp.cxx[-1] if hasattr(torch, "_inductor") else "g++"
 needs_compiler = pytest.mark.skipif(
-    shutil.which(CXX) is None,
-    reason=f"torch.compile's CPU backend needs a C++ compiler ({CXX}) on PATH; without one MAML runs eagerly "
-           "(test_compile_failure_falls_back_to_eager covers that)",
+    cpu_compiler() is None,
+    reason="torch.compile's CPU backend needs a C++ compiler on PATH and there is none; without one MAML "
+           "runs eagerly, which test_compile_failure_falls_back_to_eager covers",
 )
 
 
