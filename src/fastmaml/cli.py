@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, help="inner steps at meta-test (default: the run's eval_steps)")
     ev.add_argument("--best", action="store_true", help="use the best validation checkpoint")
     ev.add_argument("--seed", type=int, help="seed of the meta-test task stream (default: fixed)")
+    ev.add_argument("--split", choices=["test", "val", "train"], default="test",
+                    help="tasks to score: meta-test (default), validation or meta-training classes/tasks; "
+                    "supervised presets; a report on val or train is not saved to RUN_DIR/eval.json")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change a meta-test setting, e.g. inner_lr=0.2 (rl: baseline_fit=rllab); "
@@ -156,7 +159,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def format_report(report: dict) -> str:
     methods = report["metrics"]
     names = list(next(iter(methods.values())))
-    lines = [f"{report['experiment']} at iteration {report['step']}: {report['tasks']} meta-test tasks, "
+    tasks = {"val": "validation", "train": "meta-training"}.get(report.get("split", "test"), "meta-test")
+    lines = [f"{report['experiment']} at iteration {report['step']}: {report['tasks']} {tasks} tasks, "
              f"mean ± 95% CI after N inner steps"
              + (f" (meta-test settings changed: {', '.join(report['overrides'])})" if report.get("overrides") else "")]
     for name in names:
@@ -173,17 +177,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fastmaml.engine.run_dir import read_config
 
     preset, _ = read_config(args.run_dir)
+    if args.split != "test" and preset.evaluate is not None:
+        raise ConfigError(f"--split {args.split} applies to the supervised presets; the {preset.name} preset "
+                          "meta-tests on its own held-out tasks only")
     report = (preset.evaluate or evaluate)(
         args.run_dir,
         **({} if args.tasks is None else {"tasks": args.tasks}),
+        **({} if args.split == "test" else {"split": args.split}),
         steps=args.steps,
         seed=EVAL_SEED if args.seed is None else args.seed,
         which="best" if args.best else "checkpoint",
         overrides=args.set,
     )
     print(json.dumps(report) if args.json else format_report(report))
-    if args.set:
-        print(f"meta-tested with {', '.join(args.set)}; not saved to {args.run_dir / 'eval.json'}", file=sys.stderr)
+    if args.set or args.split != "test":
+        changed = [*args.set, *([f"--split {args.split}"] if args.split != "test" else [])]
+        print(f"meta-tested with {', '.join(changed)}; not saved to {args.run_dir / 'eval.json'}", file=sys.stderr)
     return 0
 
 

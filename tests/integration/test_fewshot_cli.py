@@ -105,6 +105,17 @@ def test_train_and_eval_omniglot_5way_1shot(tiny_omniglot, tmp_path, capsys):
     code, out, _ = cli(["eval", run, "--tasks", 10, "--steps", 2, "--best"], capsys)
     assert code == 0 and "accuracy:" in out and "±" in out
 
+    # --split val scores the 2 validation characters (x 4 rotations) instead, and leaves eval.json alone
+    saved = (run / "eval.json").read_text()
+    code, out, err = cli(["eval", run, "--tasks", 20, "--json", "--split", "val"], capsys)
+    assert code == 0, err
+    on_val = json.loads(out)
+    assert on_val["split"] == "val" and "split" not in report and "not saved" in err
+    assert on_val["metrics"]["maml"]["accuracy"]["mean"] != accuracy["mean"]  # other classes, other tasks
+    assert (run / "eval.json").read_text() == saved
+    code, out, _ = cli(["eval", run, "--tasks", 5, "--steps", 1, "--split", "train"], capsys)
+    assert code == 0 and "5 meta-training tasks" in out
+
 
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="needs a CUDA GPU: CUDA graphs exist only there (CI has none; "

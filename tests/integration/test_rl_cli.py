@@ -78,6 +78,8 @@ def test_eval_set_changes_the_meta_test_protocol_only(nav2d_run, capsys):
     assert (nav2d_run / "eval.json").read_text() == saved
     assert main(["eval", str(nav2d_run), "--set", "hidden=8,8"]) == 2
     assert "eval --set cannot change 'hidden'" in capsys.readouterr().err
+    assert main(["eval", str(nav2d_run), "--split", "val"]) == 2
+    assert "--split val applies to the supervised presets" in capsys.readouterr().err
 
 
 def test_plot_writes_learning_curve_and_return_vs_steps(nav2d_run, capsys):

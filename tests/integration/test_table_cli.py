@@ -55,6 +55,8 @@ def test_eval_compares_maml_pretrained_and_scratch(table_run, capsys):
     maml = methods["maml"]["mse"]["mean"]
     assert maml[10] < 0.7 * maml[0]  # adapting to 5 rows of a held-out task helps
     assert maml[10] < methods["scratch"]["mse"]["mean"][10]
+    assert main(["eval", str(run), "--tasks", "5", "--split", "val"]) == 2  # trained without val_fraction
+    assert "this run has no val tasks" in capsys.readouterr().err
 
 
 def test_adapt_writes_predictions_for_a_new_task(table_run, tmp_path, capsys):

@@ -18,6 +18,7 @@ from fastmaml.engine.experiment import Experiment, make_maml
 from fastmaml.errors import ConfigError
 
 EVAL_SEED = 20_170_703  # fixed, so every run of an experiment is scored on the same meta-test tasks
+EVAL_SPLITS = ("test", "val", "train")
 
 
 def mean_ci95(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -93,6 +94,7 @@ def evaluate(
     which: str = "checkpoint",
     save: bool = True,
     overrides: list[str] | tuple[str, ...] = (),
+    split: str = "test",
 ) -> dict[str, Any]:
     """Score a run on ``tasks`` meta-test tasks after 0..steps inner steps, for each method.
 
@@ -100,10 +102,16 @@ def evaluate(
     "ci95": [...]}}}}`` with lists indexed by the number of inner steps; saved to ``RUN_DIR/eval.json``
     unless ``overrides`` (``key=value``, meta-test settings as ``fastmaml eval --set``) changed the
     run's protocol; the report then lists them under ``"overrides"``.
+
+    ``split`` picks the tasks: "test" (meta-test, the default), or "val" / "train" to score the
+    run on its validation or meta-training tasks (e.g. while a dataset's test images are missing);
+    such a report says so under ``"split"`` and is not saved.
     """
     run_dir = Path(run_dir)
     if tasks < 1:
         raise ConfigError(f"--tasks must be >= 1, got {tasks}")
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     _, config = read_config(run_dir, overrides)
     if config.threads:
         torch.set_num_threads(config.threads)  # as in training: small models run faster on one thread
@@ -114,7 +122,7 @@ def evaluate(
     results: dict[str, Any] = {}
     for method, wrapper in methods_for(experiment, maml).items():
         generator = torch.Generator().manual_seed(seed)  # the same tasks for every method
-        curves = adaptation_curves(wrapper, experiment, "test", tasks, steps, generator)
+        curves = adaptation_curves(wrapper, experiment, split, tasks, steps, generator)
         mean, ci = mean_ci95(curves)
         results[method] = {
             name: {"mean": mean[:, i].tolist(), "ci95": ci[:, i].tolist()} for i, name in enumerate(experiment.metrics)
@@ -127,8 +135,9 @@ def evaluate(
         "steps": steps,
         "seed": seed,
         **({"overrides": list(overrides)} if overrides else {}),
+        **({"split": split} if split != "test" else {}),
         "metrics": results,
     }
-    if save and not overrides:
+    if save and not overrides and split == "test":
         (run_dir / EVAL).write_text(json.dumps(report, indent=2))
     return report

@@ -167,6 +167,8 @@ def build(config: TableConfig) -> Experiment:
     metrics = {"accuracy": accuracy, "loss": F.cross_entropy} if split.encoder.classification else {"mse": F.mse_loss}
 
     def sample(generator: torch.Generator, name: str, num_tasks: int):
+        if name not in split.tasks or not split.tasks[name].names:
+            raise ConfigError(f"this run has no {name} tasks (set val_fraction when training to hold some out)")
         queries = config.queries if name == "train" else config.eval_queries
         return split.tasks[name].sample(generator, num_tasks, config.shots, queries)
 
