@@ -96,10 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--out", type=Path, default=Path("runs/studies"), help="output folder (default runs/studies)")
     study.add_argument("--data", type=Path, help="autoencoder: Omniglot folder (default $FASTMAML_OMNIGLOT)")
 
-    adapt = sub.add_parser("adapt", help="adapt a meta-trained table run to a new task's rows; write predictions")
+    adapt = sub.add_parser("adapt", help="adapt a meta-trained table or image run to a new task; write predictions")
     adapt.add_argument("run_dir", type=Path)
-    adapt.add_argument("--support", type=Path, required=True, help="CSV: the new task's labelled rows")
-    adapt.add_argument("--predict", type=Path, required=True, help="CSV: rows to predict (target column optional)")
+    adapt.add_argument("--support", type=Path, required=True,
+                       help="the new task's labelled examples: table run, a CSV of rows; image run, a folder "
+                       "SUPPORT/<class>/<image> with one folder per class")
+    adapt.add_argument("--predict", type=Path, required=True,
+                       help="table run: CSV rows to predict (target column optional); image run: an image or a "
+                       "folder of images (in PREDICT/<class>/ folders their class is known: accuracy is reported)")
     adapt.add_argument("--steps", type=int, help="inner steps (default: the run's eval_steps)")
     adapt.add_argument("--out", type=Path, required=True, help="CSV to write: the predict rows plus a prediction column")
     adapt.add_argument("--csv", type=Path, help="the run's training CSV at a new location (its sha256 must match)")
@@ -234,10 +238,22 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
+    from fastmaml.engine.run_dir import read_config
+    from fastmaml.experiments.fewshot import FewShotConfig
+
+    which = "best" if args.best else "checkpoint"
+    _, config = read_config(args.run_dir)
+    if isinstance(config, FewShotConfig):
+        from fastmaml.experiments.adapt_images import adapt_images
+
+        if args.csv is not None:
+            raise ConfigError("--csv is for table runs; an image run reads its new task from --support DIR")
+        print(adapt_images(args.run_dir, args.support, args.predict, args.out, steps=args.steps, which=which))
+        return 0
     from fastmaml.experiments.table import adapt_csv
 
     print(adapt_csv(args.run_dir, args.support, args.predict, args.out, steps=args.steps, csv_path=args.csv,
-                    which="best" if args.best else "checkpoint"))
+                    which=which))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Few-shot image classification through the CLI: data, train, eval on tiny generated data (seconds),
 and a short real Omniglot 5-way 1-shot meta-training when ../shared/data/omniglot is present (minutes)."""
 
+import csv
 import functools
 import hashlib
 import http.server
@@ -15,6 +16,8 @@ import torch
 from PIL import Image
 
 from fastmaml.cli import main
+from fastmaml.engine.run_dir import read_config
+from fastmaml.experiments.adapt_images import image_reader
 from fastmaml.tasks import omniglot
 
 REAL_OMNIGLOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot"
@@ -115,6 +118,60 @@ def test_train_and_eval_omniglot_5way_1shot(tiny_omniglot, tmp_path, capsys):
     assert (run / "eval.json").read_text() == saved
     code, out, _ = cli(["eval", run, "--tasks", 5, "--steps", 1, "--split", "train"], capsys)
     assert code == 0 and "5 meta-training tasks" in out
+
+
+def test_adapt_an_omniglot_run_to_new_characters(tiny_omniglot, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = cli(["train", "omniglot", "--root", tiny_omniglot, "--iterations", 20, "--out", run,
+                        "--set", "meta_batch_size=8", *QUIET], capsys)
+    assert code == 0, err
+    # a new task: 5 meta-test characters, one drawing each to learn from, four others to classify
+    names = sorted(f"{a}/{c.name}" for part in TINY for a in TINY[part] for c in (tiny_omniglot / part / a).iterdir())
+    chosen = omniglot.omniglot_split(names, "test")[:5]
+    support, predict, out_csv = tmp_path / "support", tmp_path / "predict", tmp_path / "out" / "predictions.csv"
+    for name in chosen:
+        pngs = sorted(next(tiny_omniglot.glob(f"*/{name}")).iterdir())
+        for folder, files in ((support, pngs[:1]), (predict, pngs[1:5])):
+            (folder / name.replace("/", "_")).mkdir(parents=True)
+            for png in files:
+                (folder / name.replace("/", "_") / png.name).write_bytes(png.read_bytes())
+    code, out, err = cli(["adapt", run, "--support", support, "--predict", predict, "--out", out_csv], capsys)
+    assert code == 0, err
+    assert "adapted to 5 support images of 5 classes (1 per class) with 10 steps" in out
+    after = float(out.split(" after")[0].rsplit(", ", 1)[1].rstrip("%")) / 100
+    assert "accuracy on the 20 images in class folders" in out and after > 0.5  # chance is 0.2
+    with out_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    classes = sorted(n.replace("/", "_") for n in chosen)
+    assert len(rows) == 20 and list(rows[0]) == ["file", "prediction", *(f"p_{c}" for c in classes)]
+    for row in rows:
+        p = [float(row[f"p_{c}"]) for c in classes]
+        assert sum(p) == pytest.approx(1, abs=1e-4) and row["prediction"] == classes[p.index(max(p))]
+    assert sum(row["prediction"] == row["file"].split("/")[0] for row in rows) / 20 == pytest.approx(after)
+
+    # each image is read exactly as meta-training read it: the cached uint8 pixels (inverted, 28x28)
+    config = read_config(run)[1]
+    cached = omniglot.load_omniglot(tiny_omniglot, "test", rotations=False)
+    first = cached.class_names.index(chosen[0])
+    png = min(next(tiny_omniglot.glob(f"*/{chosen[0]}")).iterdir())
+    assert torch.equal(torch.from_numpy(image_reader(config)(png)), cached.images[first * DRAWINGS])
+
+    four = tmp_path / "four"
+    for c in classes[:4]:
+        (four / c).mkdir(parents=True)
+        for png in (support / c).iterdir():
+            (four / c / png.name).write_bytes(png.read_bytes())
+    bad = [
+        (["--support", four], "meta-trained for 5-way tasks, but --support"),
+        (["--support", predict / classes[0]], "has no class folders"),
+        (["--support", support, "--predict", next((predict / classes[0]).iterdir())], "at least 2 images"),
+        (["--support", support, "--csv", out_csv], "--csv is for table runs"),
+        (["--support", support, "--predict", tmp_path / "nowhere"], "not found"),
+    ]
+    for args, message in bad:
+        args = ["adapt", run, *args] + ([] if "--predict" in args else ["--predict", predict]) + ["--out", out_csv]
+        code, _, err = cli(args, capsys)
+        assert code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(),
@@ -228,6 +285,20 @@ def test_train_and_eval_an_image_folder(tmp_path, capsys, monkeypatch):
     code, out, err = cli(["eval", run, "--tasks", 6, "--json"], capsys)
     assert code == 0, err
     assert len(json.loads(out)["metrics"]["maml"]["accuracy"]["mean"]) == 4
+    # adapt to 3 of the colours, one image each; classify 2 others of each (RGB, resized to 16x16)
+    support, predict = tmp_path / "support", tmp_path / "predict"
+    for c in ("class_00", "class_07", "class_15"):
+        for folder, picks in ((support, ["0.png"]), (predict, ["1.png", "2.png"])):
+            (folder / c).mkdir(parents=True)
+            for name in picks:
+                (folder / c / name).write_bytes((tree / c / name).read_bytes())
+    code, out, err = cli(["adapt", run, "--support", support, "--predict", predict, "--out", tmp_path / "p.csv"],
+                         capsys)
+    assert code == 0, err
+    assert "with 3 steps" in out and "accuracy on the 6 images in class folders" in out
+    pixels = image_reader(read_config(run)[1])(tree / "class_07" / "1.png")
+    assert pixels.shape == (3, 16, 16) and pixels.dtype == np.uint8
+    assert tuple(pixels[:, 8, 8]) == (84, 171, 81)  # the class's colour, unchanged by the resize
     code, _, err = cli(["train", "images", "--root", tree, "--ways", 30, "--out", tmp_path / "r2"], capsys)
     assert code == 2 and len(err.splitlines()) == 1
     assert "folder train split: ways=30 but only 13 classes are available; use ways <= 13" in err

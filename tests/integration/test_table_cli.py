@@ -127,7 +127,7 @@ def test_adapt_refuses_a_run_of_another_preset(tmp_path, capsys):
     f = tmp_path / "f.csv"
     f.write_text("x,y\n1,2\n")
     assert main(["adapt", str(run), "--support", str(f), "--predict", str(f), "--out", str(tmp_path / "o.csv")]) == 2
-    assert "needs a table run" in capsys.readouterr().err
+    assert "needs a table run (CSV rows) or a few-shot image run" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ classification

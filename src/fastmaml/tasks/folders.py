@@ -25,7 +25,7 @@ MODES = {1: "L", 3: "RGB"}
 Splits = Mapping[str, float] | Mapping[str, Sequence[str]]
 
 
-def _scan(root: Path) -> tuple[dict[str, list[str]], dict[str, int]]:
+def scan_class_folders(root: Path) -> tuple[dict[str, list[str]], dict[str, int]]:
     """class -> its image files (relative paths, sorted) under ``root/<class>/``, and their sizes."""
     if not root.is_dir():
         raise DataError(f"image folder {root} not found; expected {root}/<class>/<image>")
@@ -93,7 +93,7 @@ def load_image_folder(
     if channels not in MODES:
         raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     root = Path(root)
-    classes, sizes = _scan(root)
+    classes, sizes = scan_class_folders(root)
     chosen = split_classes(list(classes), splits, seed)  # before decoding: bad splits fail fast
 
     def images() -> Iterator[np.ndarray]:
