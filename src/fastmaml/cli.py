@@ -99,10 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     adapt = sub.add_parser("adapt", help="adapt a meta-trained table or image run to a new task; write predictions")
     adapt.add_argument("run_dir", type=Path)
     adapt.add_argument("--support", type=Path, required=True,
-                       help="the new task's labelled examples: table run, a CSV of rows; image run, a folder "
-                       "SUPPORT/<class>/<image> with one folder per class")
+                       help="the new task's labelled examples: table run, a CSV of rows; sinusoid run, a CSV "
+                       "with columns x,y; image run, a folder SUPPORT/<class>/<image> with one folder per class")
     adapt.add_argument("--predict", type=Path, required=True,
-                       help="table run: CSV rows to predict (target column optional); image run: an image or a "
+                       help="table run: CSV rows to predict (target column optional); sinusoid run: a CSV with "
+                       "column x (y optional); image run: an image or a "
                        "folder of images (in PREDICT/<class>/ folders their class is known: accuracy is reported)")
     adapt.add_argument("--steps", type=int, help="inner steps (default: the run's eval_steps)")
     adapt.add_argument("--out", type=Path, required=True, help="CSV to write: the predict rows plus a prediction column")
@@ -242,13 +243,20 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from fastmaml.experiments.fewshot import FewShotConfig
 
     which = "best" if args.best else "checkpoint"
-    _, config = read_config(args.run_dir)
+    preset, config = read_config(args.run_dir)
     if isinstance(config, FewShotConfig):
         from fastmaml.experiments.adapt_images import adapt_images
 
         if args.csv is not None:
             raise ConfigError("--csv is for table runs; an image run reads its new task from --support DIR")
         print(adapt_images(args.run_dir, args.support, args.predict, args.out, steps=args.steps, which=which))
+        return 0
+    if preset.name == "sinusoid":
+        from fastmaml.experiments.sinusoid import adapt_points
+
+        if args.csv is not None:
+            raise ConfigError("--csv is for table runs; a sinusoid run reads its new task's x,y rows from --support")
+        print(adapt_points(args.run_dir, args.support, args.predict, args.out, steps=args.steps, which=which))
         return 0
     from fastmaml.experiments.table import adapt_csv
 

@@ -82,6 +82,14 @@ def test_eval_set_changes_the_meta_test_protocol_only(nav2d_run, capsys):
     assert "--split val applies to the supervised presets" in capsys.readouterr().err
 
 
+def test_adapt_refuses_an_rl_run(nav2d_run, tmp_path, capsys):
+    f = tmp_path / "f.csv"
+    f.write_text("x,y\n1,2\n")
+    assert main(["adapt", str(nav2d_run), "--support", str(f), "--predict", str(f), "--out", str(tmp_path / "o")]) == 2
+    assert "needs a table or sinusoid run (CSV rows) or a few-shot image run" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_plot_writes_learning_curve_and_return_vs_steps(nav2d_run, capsys):
     assert main(["plot", str(nav2d_run)]) == 0
     for name in ("learning_curve.png", "return_vs_steps.png"):

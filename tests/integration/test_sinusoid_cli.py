@@ -1,6 +1,8 @@
 """End to end through the CLI: train, eval, plot; MAML must learn something measurable in seconds."""
 
+import csv
 import json
+import math
 
 import pytest
 
@@ -95,3 +97,32 @@ def test_compile_on_trains_and_says_so_auto_stays_eager_for_short_runs(tmp_path,
     assert rows[-1]["meta_loss"] < rows[0]["meta_loss"]
     assert main([*common, "--out", str(tmp_path / "auto")]) == 0  # 100 < 1,000 iterations: eager
     assert "compiled" not in capsys.readouterr().out
+
+
+def test_adapt_fits_a_new_sine_from_ten_points(trained_run, tmp_path, capsys):
+    xs = [-4.5 + 0.9 * i for i in range(11)]
+    sine = lambda x: 3.0 * math.sin(x - 1.0)  # noqa: E731
+    support, predict, out = tmp_path / "support.csv", tmp_path / "predict.csv", tmp_path / "out" / "p.csv"
+    support.write_text("x,y\n" + "".join(f"{x},{sine(x)}\n" for x in xs[:10]))
+    grid = [-5 + 0.25 * i for i in range(41)]
+    predict.write_text("x,y,prediction\n" + "".join(f"{x},{sine(x)},old\n" for x in grid))
+    assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict), "--out", str(out),
+                 "--steps", "10"]) == 0
+    summary = capsys.readouterr().out
+    assert "adapted to 10 support points with 10 steps; wrote 41 predictions" in summary
+    after, before = (float(part.split()[0]) for part in summary.split("MSE on those points ")[1].split(" ("))
+    assert after < 0.5 * before  # ten points and ten steps fit the new sine far better than the initialisation
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 41 and list(rows[0]) == ["x", "y", "prediction", "y_prediction"]
+    assert rows[0]["prediction"] == "old"
+    mse = sum((float(r["y_prediction"]) - float(r["y"])) ** 2 for r in rows) / len(rows)
+    assert mse == pytest.approx(after, rel=1e-3)
+
+    support.write_text("x,z\n1,2\n")
+    assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict), "--out", str(out)]) == 2
+    assert "no column 'y'" in capsys.readouterr().err
+    support.write_text("x,y\n1,two\n")
+    assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "line 2, column 'y': 'two' is not a number" in err and len(err.splitlines()) == 1

@@ -121,15 +121,6 @@ def test_adapt_with_a_bad_support_file_exits_2(table_run, tmp_path, capsys):
     assert "no rows" in capsys.readouterr().err
 
 
-def test_adapt_refuses_a_run_of_another_preset(tmp_path, capsys):
-    run = tmp_path / "sin"
-    assert main(["train", "sinusoid", "--iterations", "2", "--out", str(run), "--no-progress"]) == 0
-    f = tmp_path / "f.csv"
-    f.write_text("x,y\n1,2\n")
-    assert main(["adapt", str(run), "--support", str(f), "--predict", str(f), "--out", str(tmp_path / "o.csv")]) == 2
-    assert "needs a table run (CSV rows) or a few-shot image run" in capsys.readouterr().err
-
-
 # ------------------------------------------------------------------------------------------ classification
 def write_grades(path, tasks=30, rows=15, seed=0, signs=None):
     """Task s: grade = low / mid / high by thirds of sign_s * size, sign_s = ±1: pooling cannot tell the tasks apart."""

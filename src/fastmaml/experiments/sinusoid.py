@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fastmaml.config import TrainConfig
-from fastmaml.errors import ConfigError
+from fastmaml.errors import ConfigError, DataError
 from fastmaml.engine.experiment import Experiment, Preset, register
 from fastmaml.models.mlp import MLP
 from fastmaml.tasks.sinusoid import SinusoidTasks, evaluate
@@ -118,3 +118,53 @@ def adaptation_figure(experiment: Experiment, methods: dict, out: Path, seed: in
             "predictions": predictions,
         }
     return [plotting.sinusoid_adaptation(curves, out / "adaptation.png")]
+
+
+def adapt_points(
+    run_dir: str | Path,
+    support: str | Path,
+    predict: str | Path,
+    out: str | Path,
+    steps: int | None = None,
+    which: str = "checkpoint",
+) -> str:
+    """``fastmaml adapt`` for a sinusoid run: adapt to the ``x,y`` rows of ``support``, predict ``predict``'s x.
+
+    ``out`` gets ``predict``'s rows plus a ``prediction`` column; where ``predict`` has a ``y``
+    column the summary gives the MSE before and after adapting. Returns that summary.
+    """
+    from fastmaml.engine.evaluate import load_trained
+    from fastmaml.experiments.table import output_column, write_csv
+    from fastmaml.tasks.table import read_csv
+
+    experiment, maml, _ = load_trained(Path(run_dir), which)
+    steps = experiment.config.eval_steps if steps is None else int(steps)
+    if steps < 0:
+        raise ConfigError(f"--steps must be >= 0, got {steps}")
+    support_table, predict_table = read_csv(support), read_csv(predict)
+    support_table.require(["x", "y"])
+    predict_table.require(["x"])
+
+    def numbers(table, column: str):
+        values = []
+        for line, text in enumerate(table.column(column), start=2):
+            try:
+                values.append(float(text))
+            except ValueError:
+                raise DataError(f"{table.path}, line {line}, column {column!r}: {text!r} is not a number") from None
+        return torch.tensor(values).view(-1, 1)
+
+    sx, sy, px = numbers(support_table, "x"), numbers(support_table, "y"), numbers(predict_table, "x")
+    adapted = maml.adapt(sx, sy, steps=steps, first_order=True)
+    with torch.no_grad():
+        after, before = maml(px, adapted).view(-1), maml(px).view(-1)
+    column = output_column(predict_table, "y", "prediction")
+    write_csv(Path(out), [*predict_table.header, column],
+              [[*row, f"{value:.6g}"] for row, value in zip(predict_table.rows, after.tolist())])
+    summary = (f"adapted to {len(support_table.rows)} support points with {steps} steps; wrote "
+               f"{len(predict_table.rows)} predictions to {out}")
+    if "y" in predict_table.header:
+        truth = numbers(predict_table, "y").view(-1)
+        summary += (f"; MSE on those points {F.mse_loss(after, truth).item():.4g} "
+                    f"({F.mse_loss(before, truth).item():.4g} before adapting)")
+    return summary

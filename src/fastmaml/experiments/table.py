@@ -238,7 +238,7 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     run_dir = Path(run_dir)
     preset, config = read_config(run_dir)
     if preset.name != "table":
-        raise ConfigError(f"adapt needs a table run (CSV rows) or a few-shot image run (class folders); "
+        raise ConfigError(f"adapt needs a table or sinusoid run (CSV rows) or a few-shot image run (class folders); "
                           f"{run_dir} is a {preset.name!r} run")
     steps = config.eval_steps if steps is None else steps
     if steps < 0:
@@ -262,22 +262,22 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     if encoder.classification:
         probabilities = after.softmax(-1)
         labels = encoder.decode_labels(probabilities.argmax(-1))
-        names = [_column(predict_table, encoder.target, "prediction"),
-                 *(_column(predict_table, encoder.target, f"p_{c}") for c in encoder.classes)]
+        names = [output_column(predict_table, encoder.target, "prediction"),
+                 *(output_column(predict_table, encoder.target, f"p_{c}") for c in encoder.classes)]
         cells = [[label, *(f"{p:.4f}" for p in row)] for label, row in zip(labels, probabilities.tolist())]
         if truth is not None:
             accuracy_of = lambda logits: accuracy(logits, truth).item()  # noqa: E731
             summary += f"; accuracy on those rows {accuracy_of(after):.4g} ({accuracy_of(before):.4g} before adapting)"
     else:
         prediction = encoder.decode_y(after).view(-1)
-        names = [_column(predict_table, encoder.target, "prediction")]
+        names = [output_column(predict_table, encoder.target, "prediction")]
         cells = [[f"{value:.6g}"] for value in prediction.tolist()]
         if truth is not None:
             truth = encoder.decode_y(truth).view(-1)
             mse = lambda p: ((p - truth) ** 2).mean().item()  # noqa: E731
             summary += (f"; MSE on those rows {mse(prediction):.4g} "
                         f"({mse(encoder.decode_y(before).view(-1)):.4g} before adapting)")
-    _write(Path(out), [*predict_table.header, *names], [[*row, *c] for row, c in zip(predict_table.rows, cells)])
+    write_csv(Path(out), [*predict_table.header, *names], [[*row, *c] for row, c in zip(predict_table.rows, cells)])
     return summary
 
 
@@ -296,12 +296,12 @@ def relocated(config: TableConfig, csv_path: str | Path) -> str:
     return os.path.abspath(path)
 
 
-def _column(table: Table, target: str, name: str) -> str:
+def output_column(table: Table, target: str, name: str) -> str:
     """``name``, or ``TARGET_name`` if the predict file already has a column called ``name``."""
     return name if name not in table.header else f"{target}_{name}"
 
 
-def _write(out: Path, header: list[str], rows: list[list[str]]) -> None:
+def write_csv(out: Path, header: list[str], rows: list[list[str]]) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", newline="") as f:
