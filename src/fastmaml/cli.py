@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--out", type=Path, default=Path("runs/studies"), help="output folder (default runs/studies)")
     study.add_argument("--data", type=Path, help="autoencoder: Omniglot folder (default $FASTMAML_OMNIGLOT)")
 
-    adapt = sub.add_parser("adapt", help="adapt a meta-trained table or image run to a new task; write predictions")
+    adapt = sub.add_parser("adapt", help="adapt a trained table, sinusoid or image run to a new task; write predictions")
     adapt.add_argument("run_dir", type=Path)
     adapt.add_argument("--support", type=Path, required=True,
                        help="the new task's labelled examples: table run, a CSV of rows; sinusoid run, a CSV "

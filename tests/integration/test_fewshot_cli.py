@@ -17,6 +17,7 @@ from PIL import Image
 
 from fastmaml.cli import main
 from fastmaml.engine.run_dir import read_config
+from fastmaml.experiments import adapt_images
 from fastmaml.experiments.adapt_images import image_reader
 from fastmaml.tasks import omniglot
 
@@ -120,7 +121,7 @@ def test_train_and_eval_omniglot_5way_1shot(tiny_omniglot, tmp_path, capsys):
     assert code == 0 and "5 meta-training tasks" in out
 
 
-def test_adapt_an_omniglot_run_to_new_characters(tiny_omniglot, tmp_path, capsys):
+def test_adapt_an_omniglot_run_to_new_characters(tiny_omniglot, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     code, _, err = cli(["train", "omniglot", "--root", tiny_omniglot, "--iterations", 20, "--out", run,
                         "--set", "meta_batch_size=8", *QUIET], capsys)
@@ -148,6 +149,14 @@ def test_adapt_an_omniglot_run_to_new_characters(tiny_omniglot, tmp_path, capsys
         p = [float(row[f"p_{c}"]) for c in classes]
         assert sum(p) == pytest.approx(1, abs=1e-4) and row["prediction"] == classes[p.index(max(p))]
     assert sum(row["prediction"] == row["file"].split("/")[0] for row in rows) / 20 == pytest.approx(after)
+
+    # many images go in batches (batch statistics within each): 20 images, at most 7 -> 7, 7, 6
+    with monkeypatch.context() as patch:
+        patch.setattr(adapt_images, "BATCH", 7)
+        assert [len(b) for b in adapt_images.batches(20)] == [7, 7, 6]
+        code, out, err = cli(["adapt", run, "--support", support, "--predict", predict, "--out", out_csv], capsys)
+    assert code == 0 and "wrote 20 predictions" in out, err
+    assert [len(b) for b in adapt_images.batches(257)] == [129, 128] and [len(b) for b in adapt_images.batches(2)] == [2]
 
     # each image is read exactly as meta-training read it: the cached uint8 pixels (inverted, 28x28)
     config = read_config(run)[1]

@@ -125,4 +125,7 @@ def test_adapt_fits_a_new_sine_from_ten_points(trained_run, tmp_path, capsys):
     support.write_text("x,y\n1,two\n")
     assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "line 2, column 'y': 'two' is not a number" in err and len(err.splitlines()) == 1
+    assert "line 2, column 'y': 'two' is not a finite number" in err and len(err.splitlines()) == 1
+    support.write_text("x,y\n1,2\nnan,3\n")
+    assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict), "--out", str(out)]) == 2
+    assert "line 3, column 'x': 'nan' is not a finite number" in capsys.readouterr().err

@@ -10,7 +10,7 @@ The adapted network then classifies all the images together, as one batch: the n
 with the statistics of the batch they see (batch norm without running averages, as the original
 code and the paper's numbers), just as meta-test classifies a task's query images together. So give
 the images to classify together, a handful per class or more, not one at a time; one image alone is
-refused. Where an image lies in a folder named like one of the classes (``PREDICT/<class>/<image>``),
+refused. Many images are classified in batches of at most 256, of near-equal sizes. Where an image lies in a folder named like one of the classes (``PREDICT/<class>/<image>``),
 that class is taken as its label and the summary reports accuracy before and after adapting.
 
 The inner loss is the run's (cross-entropy summed over the images, divided by the number of images
@@ -20,7 +20,6 @@ step as in training whatever the number of shots.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from PIL import Image
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.tasks.folders import IMAGE_EXTENSIONS, MODES, scan_class_folders
 from fastmaml.tasks.images import decode_image
+
+BATCH = 256  # images classified together at most (batch statistics; memory)
 
 
 def image_reader(config) -> Callable[[Path], np.ndarray]:
@@ -65,6 +66,12 @@ def _images_to_predict(predict: Path) -> list[Path]:
     return found
 
 
+def batches(count: int) -> list[np.ndarray]:
+    """Indices 0..count-1 in the fewest batches of at most ``BATCH``, of near-equal sizes (so none of
+    1 image where ``count`` >= 2)."""
+    return np.array_split(np.arange(count), -(-count // BATCH))
+
+
 def adapt_images(
     run_dir: str | Path,
     support: str | Path,
@@ -81,6 +88,7 @@ def adapt_images(
     """
     from fastmaml.engine.evaluate import load_trained
     from fastmaml.experiments.fewshot import xent_per_shot
+    from fastmaml.experiments.table import write_csv
 
     run_dir, support, predict, out = Path(run_dir), Path(support), Path(predict), Path(out)
     experiment, maml, _ = load_trained(run_dir, which)
@@ -105,21 +113,21 @@ def adapt_images(
             "give at least 2 images to --predict: the network normalises with the statistics of the batch "
             "it classifies (as at meta-test), so images are classified together, not one at a time"
         )
-    px = torch.from_numpy(np.stack([read(path) for path in files])).float().div_(255)
     relative = [path.relative_to(predict).as_posix() if predict.is_dir() else path.name for path in files]
     truth = [names.index(p.parent.name) if predict.is_dir() and p.parent.name in names else None for p in files]
 
     per_class = len(support_files) / len(names)
     maml.loss_fn = xent_per_shot(per_class)
     adapted = maml.adapt(sx, sy, steps=steps, first_order=True)
+    before, after = [], []
     with torch.no_grad():
-        before, after = maml(px).argmax(-1), maml(px, adapted).softmax(-1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "prediction", *(f"p_{name}" for name in names)])
-        for name, p in zip(relative, after.tolist()):
-            writer.writerow([name, names[max(range(len(p)), key=p.__getitem__)], *(f"{v:.6g}" for v in p)])
+        for chunk in batches(len(files)):
+            px = torch.from_numpy(np.stack([read(files[i]) for i in chunk])).float().div_(255)
+            before.append(maml(px).argmax(-1))
+            after.append(maml(px, adapted).softmax(-1))
+    before, after = torch.cat(before), torch.cat(after)
+    rows = [[name, names[int(p.argmax())], *(f"{v:.6g}" for v in p.tolist())] for name, p in zip(relative, after)]
+    write_csv(out, ["file", "prediction", *(f"p_{name}" for name in names)], rows)
     shots = f"{per_class:g}" if per_class == int(per_class) else f"{per_class:.1f} on average"
     summary = (f"adapted to {len(support_files)} support images of {len(names)} classes ({shots} per class) "
                f"with {steps} steps; wrote {len(files)} predictions to {out}")

@@ -9,6 +9,7 @@ step 0.02 for K = 10 and 0.01 for K = 5, the values the paper reports.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -149,9 +150,13 @@ def adapt_points(
         values = []
         for line, text in enumerate(table.column(column), start=2):
             try:
-                values.append(float(text))
+                value = float(text)
             except ValueError:
-                raise DataError(f"{table.path}, line {line}, column {column!r}: {text!r} is not a number") from None
+                value = math.nan
+            if not math.isfinite(value):
+                raise DataError(f"{table.path}, line {line}, column {column!r}: {text!r} is not a finite number; "
+                                "fix or drop that row")
+            values.append(value)
         return torch.tensor(values).view(-1, 1)
 
     sx, sy, px = numbers(support_table, "x"), numbers(support_table, "y"), numbers(predict_table, "x")
