@@ -244,18 +244,16 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     which = "best" if args.best else "checkpoint"
     preset, config = read_config(args.run_dir)
+    if args.csv is not None and preset.name != "table":
+        raise ConfigError(f"--csv is for table runs; a {preset.name} run reads its new task from --support")
     if isinstance(config, FewShotConfig):
         from fastmaml.experiments.adapt_images import adapt_images
 
-        if args.csv is not None:
-            raise ConfigError("--csv is for table runs; an image run reads its new task from --support DIR")
         print(adapt_images(args.run_dir, args.support, args.predict, args.out, steps=args.steps, which=which))
         return 0
     if preset.name == "sinusoid":
         from fastmaml.experiments.sinusoid import adapt_points
 
-        if args.csv is not None:
-            raise ConfigError("--csv is for table runs; a sinusoid run reads its new task's x,y rows from --support")
         print(adapt_points(args.run_dir, args.support, args.predict, args.out, steps=args.steps, which=which))
         return 0
     from fastmaml.experiments.table import adapt_csv

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.tasks.folders import IMAGE_EXTENSIONS, MODES, scan_class_folders
 from fastmaml.tasks.images import decode_image
+from fastmaml.tasks.omniglot import decode_drawing
 
 BATCH = 256  # images classified together at most (batch statistics; memory)
 
@@ -38,8 +38,7 @@ def image_reader(config) -> Callable[[Path], np.ndarray]:
     """``path -> uint8 (C, H, W)``: one image decoded as the run's dataset was (see the module docstring)."""
     size = config.image_size
     if config.dataset == "omniglot":
-        resample = Image.Resampling.LANCZOS if config.antialias else Image.Resampling.NEAREST
-        return lambda path: 255 - decode_image(_read(path), str(path), size, "L", resample)
+        return lambda path: decode_drawing(_read(path), str(path), size, config.antialias)
     mode = "RGB" if config.dataset == "miniimagenet" else MODES[config.channels]
     return lambda path: decode_image(_read(path), str(path), size, mode)
 

@@ -152,6 +152,13 @@ def _scan(root: Path) -> list[tuple[Path, dict[str, list[str]], dict[str, int]]]
     return parts
 
 
+def decode_drawing(data: bytes, where: str, image_size: int, antialias: bool = True) -> np.ndarray:
+    """One Omniglot PNG as the cache stores it: uint8 (1, size, size), ink = 255 (the original's
+    1 - png / 255), resized with Lanczos (``antialias``) or nearest neighbour."""
+    resample = Image.Resampling.LANCZOS if antialias else Image.Resampling.NEAREST
+    return 255 - decode_image(data, where, image_size, "L", resample)
+
+
 def _omniglot_images(
     root: str | Path, cache_dir: str | Path | None, download: bool, image_size: int, antialias: bool
 ) -> tuple[FewShotImages, Path]:
@@ -159,7 +166,6 @@ def _omniglot_images(
     if download:
         download_omniglot(root)
     parts = _scan(root)
-    resample = Image.Resampling.LANCZOS if antialias else Image.Resampling.NEAREST
     names = [c for _, chars, _ in parts for c in chars]
     all_sizes = {n: s for _, _, sizes in parts for n, s in sizes.items()}
 
@@ -168,8 +174,7 @@ def _omniglot_images(
             with FileSource(location) as source:
                 for pngs in chars.values():
                     for png in pngs:
-                        gray = decode_image(source.read(png), source.describe(png), image_size, "L", resample)
-                        yield 255 - gray  # ink = 255, as the original's 1 - png / 255
+                        yield decode_drawing(source.read(png), source.describe(png), image_size, antialias)
 
     path = Path(cache_dir or default_cache_dir() / "omniglot") / (
         f"omniglot_{image_size}" + ("" if antialias else "_nearest")
