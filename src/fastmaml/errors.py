@@ -23,3 +23,11 @@ class NonFiniteLossError(FastMAMLError):
     """Training produced NaN or inf; the last good checkpoint is kept. CLI exit code 1."""
 
     exit_code = 1
+
+
+def kept_checkpoint(run_dir: object, last_good: int, first_due: int) -> str:
+    """The part of a :class:`NonFiniteLossError` message saying which checkpoint survives: the one at
+    ``last_good`` or, when the run failed before its first checkpoint (``last_good == 0``), none."""
+    if last_good > 0:
+        return f"the last good checkpoint (iteration {last_good}) is kept in {run_dir}"
+    return f"no checkpoint had been written yet (the first was due at iteration {first_due})"

@@ -99,3 +99,14 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, nan_pres
     assert len(err.strip().splitlines()) == 1
     tensors, step = weights(run)
     assert step == 20 and all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("maml/"))
+
+
+def test_non_finite_loss_before_the_first_checkpoint_says_none_is_kept(tmp_path, nan_preset, capsys):
+    """A run failing before its first checkpoint must not claim one is kept."""
+    run = tmp_path / "nan-early"
+    code = main(["train", "nan-test", "--iterations", "100", *FAST, "--set", "checkpoint_every=50", "--out", str(run)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no checkpoint had been written yet (the first was due at iteration 50)" in err
+    assert "last good checkpoint" not in err and len(err.strip().splitlines()) == 1
+    assert not list(run.glob("checkpoint*"))

@@ -47,7 +47,7 @@ from fastmaml.engine.run_dir import (
     write_metrics,
 )
 from fastmaml.engine.experiment import Experiment, Preset, make_maml
-from fastmaml.errors import NonFiniteLossError
+from fastmaml.errors import NonFiniteLossError, kept_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +249,9 @@ class Trainer:
                         f"the pretrained baseline's loss became {means[1]}")
                     raise NonFiniteLossError(
                         f"{what} between iterations "
-                        f"{since + 1} and {self.step}; training stopped and the last good checkpoint "
-                        f"(iteration {last_good}) is kept in {self.run_dir}. Lower outer_lr or inner_lr, "
+                        f"{since + 1} and {self.step}; training stopped and "
+                        f"{kept_checkpoint(self.run_dir, last_good, min(c.checkpoint_every, c.iterations))}. "
+                        "Lower outer_lr or inner_lr, "
                         "or set grad_clip, then start a new run."
                     )
                 now = time.perf_counter()

@@ -74,7 +74,7 @@ from fastmaml.engine.run_dir import (
     write_config,
     write_metrics,
 )
-from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError
+from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError, kept_checkpoint
 from fastmaml.rl.envs import ENV_NAMES, make_batch
 from fastmaml.rl.maml_trpo import BASELINE_FITS, STRATEGIES, adaptation_returns, maml_trpo_step
 from fastmaml.rl.policy import CONTEXT_KEYS, GaussianMLPPolicy
@@ -322,7 +322,7 @@ class RLTrainer:
                             else bad[0])
                     raise NonFiniteLossError(
                         f"{what} became NaN or infinite between iterations {since + 1} and {self.step}; training "
-                        f"stopped and the last good checkpoint (iteration {last_good}) is kept in {self.run_dir}. "
+                        f"stopped and {kept_checkpoint(self.run_dir, last_good, min(c.checkpoint_every, c.iterations))}. "
                         "Lower inner_lr or max_kl, then start a new run."
                     )
                 now = time.perf_counter()
