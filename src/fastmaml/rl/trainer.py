@@ -108,6 +108,7 @@ class RLConfig:
     cg_damping: float = 1e-5
     hvp: str = "exact"  # exact (double backprop) | finite_difference (the original's)
     hvp_tasks: int = 0  # tasks the KL's Hessian-vector products use (0: all)
+    fd_base_eps: float = 1.0  # hvp=finite_difference steps ε = fd_base_eps / ‖θ‖; 1.0: the original runs' (rl.trpo)
     strategy: str = "auto"  # auto (vmap to sample, loop in the meta-update: faster) | vmap | loop
     baseline_fit: str = "own"  # own (each task's fit) | rllab (the original's order; fastmaml.rl.maml_trpo)
     hidden: tuple[int, ...] = (100, 100)
@@ -141,7 +142,7 @@ class RLConfig:
             raise ConfigError("method=none trains only the baselines; name at least one (baselines=pretrained,oracle)")
         if self.method == "context" and self.context_dim < 1:
             raise ConfigError(f"context_dim must be >= 1 for method=context, got {self.context_dim}")
-        for key in ("inner_lr", "max_kl", "pretrained_lr", "discount", "eval_lr_decay"):
+        for key in ("inner_lr", "max_kl", "pretrained_lr", "discount", "eval_lr_decay", "fd_base_eps"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
         for key in ("inner_steps", "meta_batch_size", "trajectories", "cg_iters", "iterations", "eval_tasks",
@@ -230,6 +231,7 @@ def _step_kwargs(config: RLConfig) -> dict[str, Any]:
         "gae_lambda": config.gae_lambda, "max_kl": config.max_kl, "damping": config.cg_damping,
         "cg_iters": config.cg_iters, "hvp": config.hvp, "hvp_tasks": config.hvp_tasks, "strategy": config.strategy,
         "update_device": config.device, "baseline_fit": config.baseline_fit,
+        "fd_base_eps": config.fd_base_eps,
     }
 
 

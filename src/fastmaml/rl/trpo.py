@@ -33,7 +33,8 @@ CG_ITERS = 10
 CG_RESIDUAL_TOL = 1e-10
 BACKTRACK_RATIO = 0.8
 MAX_BACKTRACKS = 15
-FD_BASE_EPS = 1e-8
+FD_BASE_EPS = 1e-8  # FiniteDifferenceHvp's default base_eps
+ORIGINAL_FD_BASE_EPS = 1.0  # the base_eps cbfinn/maml_rl's runs had (see finite_difference_hvp)
 
 
 def flatten(tensors) -> Tensor:
@@ -92,6 +93,12 @@ def finite_difference_hvp(
     In float32 the default ε is below the resolution of typical weights (θ + εv rounds to θ): on
     the 100-100 policy we measured 118% relative error against :func:`exact_hvp`, and 5e-7 in
     float64. Use float64 parameters or a larger ``base_eps`` in float32.
+
+    The original MAML runs did not use that default: rllab's ``ConjugateGradientOptimizer`` builds
+    its default as ``FiniteDifferenceHvp(num_slices)``, so ``num_slices = 1`` lands in the first
+    positional parameter, ``base_eps``. Their products were secants over ε‖v‖ = ‖v‖ / ‖θ‖
+    (:data:`ORIGINAL_FD_BASE_EPS`), far from the local Hessian for the long vectors that conjugate
+    gradient builds; ``--set hvp=finite_difference`` uses that value (``fd_base_eps``).
     """
     theta = flatten(params).detach()
     eps = base_eps / (theta.norm().item() + 1e-8)
@@ -159,18 +166,21 @@ def trpo_step(
     cg_iters: int = CG_ITERS,
     hvp: str = "exact",
     kl_fn: Callable[[Params], Tensor] | None = None,
+    fd_base_eps: float = FD_BASE_EPS,
 ) -> tuple[Params, TRPOStats]:
     """One TRPO update of ``params`` (module docstring); returns new detached params and statistics.
 
-    ``hvp`` picks :func:`exact_hvp` or :func:`finite_difference_hvp`, applied to ``kl_fn``
-    (default: the KL that ``objective`` returns; pass a cheaper one, e.g. on a subset of tasks).
+    ``hvp`` picks :func:`exact_hvp` or :func:`finite_difference_hvp` (with ``base_eps=fd_base_eps``),
+    applied to ``kl_fn`` (default: the KL that ``objective`` returns; pass a cheaper one, e.g. on a
+    subset of tasks).
     """
     if hvp not in HVPS:
         raise ValueError(f"hvp must be one of {', '.join(HVPS)}, got {hvp!r}")
     leaves = _leaves(params)
     loss = objective(leaves)[0]
     loss_grad = flatten(torch.autograd.grad(loss, list(leaves.values()), materialize_grads=True))
-    fisher = HVPS[hvp](kl_fn or (lambda p: objective(p)[1]), leaves, damping)
+    options = {"base_eps": fd_base_eps} if hvp == "finite_difference" else {}
+    fisher = HVPS[hvp](kl_fn or (lambda p: objective(p)[1]), leaves, damping, **options)
     direction = conjugate_gradient(fisher, loss_grad, cg_iters).detach()
     step_size = torch.sqrt(2 * max_kl / (direction @ fisher(direction).detach() + 1e-8))
     if torch.isnan(step_size):

@@ -34,3 +34,10 @@ def test_presets_follow_the_evaluated_original_runs(
 def test_random_lr_must_not_be_negative():
     with pytest.raises(ConfigError, match="random_lr must be >= 0"):
         RLConfig(random_lr=-1.0).validate()
+
+
+def test_finite_difference_step_defaults_to_the_original_runs_and_must_be_positive():
+    # cbfinn/maml_rl's optimizer built FiniteDifferenceHvp(num_slices): num_slices = 1 became base_eps
+    assert RLConfig().fd_base_eps == 1.0
+    with pytest.raises(ConfigError, match="fd_base_eps must be > 0"):
+        RLConfig(fd_base_eps=0.0).validate()

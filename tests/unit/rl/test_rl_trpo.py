@@ -153,6 +153,32 @@ def test_trpo_step_improves_the_surrogate_within_the_trust_region(hvp):
     assert all(not p.requires_grad for p in params.values())
 
 
+def test_original_finite_difference_step_is_accurate_in_float32_where_the_class_default_is_not():
+    """The original runs' ε = 1 / ‖θ‖ against FiniteDifferenceHvp's default 1e-8 / ‖θ‖, both in float32
+    (the original's precision), on a policy of the paper's width."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(20, 6)  # 100-100, as the locomotion policy
+    theta = {k: p.detach() for k, p in policy.named_parameters()}
+    obs = torch.randn(512, 20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        old = action_distribution(policy, theta, obs)
+
+    def mean_kl(params):
+        return gaussian_kl(*old, *action_distribution(policy, params, obs)).mean()
+
+    v = 0.1 * torch.randn(flatten(theta).numel(), generator=torch.Generator().manual_seed(2))
+    exact = exact_hvp(mean_kl, theta, 0.0)(v)
+    error = {eps: ((finite_difference_hvp(mean_kl, theta, 0.0, base_eps=eps)(v) - exact).norm() / exact.norm()).item()
+             for eps in (1.0, 1e-8)}
+    assert error[1.0] < 0.05 and error[1e-8] > 0.5
+
+
+def test_trpo_step_uses_the_given_finite_difference_step():
+    _, old, objective = setup(seed=8)
+    steps = [trpo_step(objective, old, max_kl=MAX_KL, hvp="finite_difference", fd_base_eps=eps)[0] for eps in (1e-8, 30.0)]
+    assert any(not torch.allclose(steps[0][k], steps[1][k], rtol=0, atol=1e-9) for k in old)
+
+
 def test_trpo_step_rejects_an_unknown_hvp():
     _, old, objective = setup()
     with pytest.raises(ValueError, match="hvp must be one of exact, finite_difference, got 'fisher'"):
