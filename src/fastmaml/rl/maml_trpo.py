@@ -52,11 +52,13 @@ parameter (log σ included) adapted, one inner lr for all of them. Different:
   ``num_slices = 1`` positionally into ``base_eps`` (:func:`fastmaml.rl.trpo.finite_difference_hvp`).
   That large ε matters: at the class default 1e-8 / ‖θ‖, 2D navigation's initialisation (every
   episode starts at s = 0 and the biases at 0, so every ReLU sits on its kink and θ ± εv lands on
-  different linear pieces) gives garbage products, and the line search rejected the first three
-  steps; at 1 / ‖θ‖ every step was accepted and the post-adaptation return rose from -64 to -26 in
-  5 iterations (``--set fd_base_eps=1e-8`` / ``1.0``, float32). Exact products use ReLU's one-sided
-  derivative and are unaffected. On a fresh half-cheetah policy the two agree (0.6% error at the
-  gradient, the same direction: ``benchmarks/rl_hvp_probe.py``).
+  different linear pieces) gives garbage products: the line search rejected the first two steps
+  and the third moved the policy by a KL of 5e-6; at 1 / ‖θ‖ every step was accepted and the
+  post-adaptation return rose from -64 to -26 in 5 iterations (``--set fd_base_eps=1e-8`` / ``1.0``,
+  float32). Exact products use ReLU's one-sided derivative and are unaffected. On half-cheetah the
+  original's products are within about 1% of the exact ones (the same TRPO direction, fresh and
+  trained policies; ``benchmarks/rl_hvp_probe.py``), and a full run with them met the same plateau
+  (``benchmarks/results/rl_cpu.md``).
 """
 
 from __future__ import annotations
