@@ -20,9 +20,21 @@ import torch
 
 from fastmaml.engine.run_dir import read_config
 from fastmaml.experiments.rl import make_config
-from fastmaml.rl.maml_trpo import distribution_fn, meta_objective, sample_and_adapt, split_strategy
+from fastmaml.rl.maml_trpo import (
+    distribution_fn,
+    meta_objective,
+    sample_and_adapt,
+    split_strategy,
+)
 from fastmaml.rl.trainer import load_policies, make_env, make_policy
-from fastmaml.rl.trpo import HVPS, _leaves, conjugate_gradient, flatten, line_search, unflatten
+from fastmaml.rl.trpo import (
+    HVPS,
+    _leaves,
+    conjugate_gradient,
+    flatten,
+    line_search,
+    unflatten,
+)
 
 VARIANTS = {"exact": ("exact", {}), "fd 1.0 (original runs)": ("finite_difference", {"base_eps": 1.0}),
             "fd 1e-8 (class default)": ("finite_difference", {"base_eps": 1e-8})}
@@ -55,7 +67,7 @@ def main() -> None:
         old = distribution_fn(policy, adapted, batched=True, strategy=split_strategy("auto")[0])(
             samples[-1].observations)
     objective = meta_objective(policy, samples[:-1], samples[-1], old, lrs)
-    kl_fn = lambda p: objective(p)[1]  # noqa: E731
+    kl_fn = lambda p: objective(p)[1]
     leaves = _leaves(params)
     loss = objective(leaves)[0]
     g = flatten(torch.autograd.grad(loss, list(leaves.values())))
