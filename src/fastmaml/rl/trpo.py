@@ -96,9 +96,10 @@ def finite_difference_hvp(
 
     The original MAML runs did not use that default: rllab's ``ConjugateGradientOptimizer`` builds
     its default as ``FiniteDifferenceHvp(num_slices)``, so ``num_slices = 1`` lands in the first
-    positional parameter, ``base_eps``. Their products were secants over ε‖v‖ = ‖v‖ / ‖θ‖
-    (:data:`ORIGINAL_FD_BASE_EPS`), far from the local Hessian for the long vectors that conjugate
-    gradient builds; ``--set hvp=finite_difference`` uses that value (``fd_base_eps``).
+    positional parameter, ``base_eps``: their products were secants over steps of ‖v‖ / ‖θ‖
+    (:data:`ORIGINAL_FD_BASE_EPS`). On half-cheetah policies, fresh and trained, those were within
+    about 1% of the exact products (``benchmarks/rl_hvp_probe.py``). ``--set hvp=finite_difference``
+    uses that value (``fd_base_eps``); this function and :func:`trpo_step` keep the class default.
     """
     theta = flatten(params).detach()
     eps = base_eps / (theta.norm().item() + 1e-8)
