@@ -78,7 +78,7 @@ from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError, ke
 from fastmaml.rl.envs import ENV_NAMES, make_batch
 from fastmaml.rl.maml_trpo import BASELINE_FITS, STRATEGIES, adaptation_returns, maml_trpo_step
 from fastmaml.rl.policy import CONTEXT_KEYS, GaussianMLPPolicy
-from fastmaml.rl.trpo import HVPS
+from fastmaml.rl.trpo import HVPS, ORIGINAL_FD_BASE_EPS
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class RLConfig:
     cg_damping: float = 1e-5
     hvp: str = "exact"  # exact (double backprop) | finite_difference (the original's)
     hvp_tasks: int = 0  # tasks the KL's Hessian-vector products use (0: all)
-    fd_base_eps: float = 1.0  # hvp=finite_difference steps ε = fd_base_eps / ‖θ‖; 1.0: the original runs' (rl.trpo)
+    fd_base_eps: float = ORIGINAL_FD_BASE_EPS  # hvp=finite_difference steps ε = fd_base_eps / ‖θ‖ (rl.trpo)
     strategy: str = "auto"  # auto (vmap to sample, loop in the meta-update: faster) | vmap | loop
     baseline_fit: str = "own"  # own (each task's fit) | rllab (the original's order; fastmaml.rl.maml_trpo)
     hidden: tuple[int, ...] = (100, 100)
