@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fastmaml.config import apply_overrides, dumps
+from fastmaml.config import apply_overrides, dumps, protocol_overrides
 from fastmaml.errors import ConfigError, FastMAMLError
 
 # CLI shorthand -> config key; each applies only to presets whose config has that key.
@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change a meta-test setting, e.g. inner_lr=0.2 (rl: baseline_fit=rllab); "
-                    "the report is then not saved to RUN_DIR/eval.json")
+                    "the report is then not saved to RUN_DIR/eval.json, unless only threads, strategy or "
+                    "chunk_size changed (they change how it runs, not what it computes)")
 
     plot = sub.add_parser("plot", help="write the run's PNG figures to RUN_DIR/plots")
     plot.add_argument("run_dir", type=Path)
@@ -195,8 +196,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overrides=args.set,
     )
     print(json.dumps(report) if args.json else format_report(report))
-    if args.set or args.split != "test":
-        changed = [*args.set, *([f"--split {args.split}"] if args.split != "test" else [])]
+    changed = [*protocol_overrides(args.set), *([f"--split {args.split}"] if args.split != "test" else [])]
+    if changed:
         print(f"meta-tested with {', '.join(changed)}; not saved to {args.run_dir / 'eval.json'}", file=sys.stderr)
     return 0
 

@@ -131,6 +131,16 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
     return dataclasses.replace(config, **changes)
 
 
+# ``fastmaml eval --set`` keys that change how meta-testing runs, not what it computes (up to the
+# summation order of floating-point sums): a report made with only these is the run's own and is saved.
+EXECUTION_KEYS = ("threads", "strategy", "chunk_size")
+
+
+def protocol_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The ``key=value`` items of ``overrides`` that change the meta-test protocol (not ``EXECUTION_KEYS``)."""
+    return [item for item in overrides if item.partition("=")[0].strip() not in EXECUTION_KEYS]
+
+
 def apply_eval_overrides(config: Any, overrides: list[str]) -> Any:
     """``config`` with ``key=value`` strings applied to meta-test a trained run (``fastmaml eval --set``).
 

@@ -76,6 +76,13 @@ def test_eval_set_changes_the_meta_test_protocol_only(nav2d_run, capsys):
         if method != "oracle":  # the first step's advantages now use the zero baseline: another step
             assert changed[1] != pytest.approx(before[1])
     assert (nav2d_run / "eval.json").read_text() == saved
+    # threads changes how it runs, not the protocol: the same figures, saved
+    assert main(["eval", str(nav2d_run), "--tasks", "6", "--steps", "1", "--json", "--set", "threads=1"]) == 0
+    captured = capsys.readouterr()
+    threads = json.loads(captured.out)
+    assert "overrides" not in threads and "not saved" not in captured.err
+    assert threads["metrics"]["maml"]["return"]["mean"] == pytest.approx(plain["metrics"]["maml"]["return"]["mean"])
+    assert json.loads((nav2d_run / "eval.json").read_text())["metrics"] == threads["metrics"]
     assert main(["eval", str(nav2d_run), "--set", "hidden=8,8"]) == 2
     assert "eval --set cannot change 'hidden'" in capsys.readouterr().err
     assert main(["eval", str(nav2d_run), "--split", "val"]) == 2

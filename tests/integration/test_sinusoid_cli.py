@@ -67,6 +67,30 @@ def test_eval_set_changes_the_meta_test_step_and_keeps_eval_json(trained_run, ca
     assert (trained_run / "eval.json").read_text() == saved
 
 
+def test_eval_set_threads_or_strategy_only_is_the_runs_own_report_and_saved(trained_run, capsys):
+    """threads, strategy and chunk_size change how meta-testing runs, not what it computes."""
+    (trained_run / "eval.json").unlink(missing_ok=True)
+    assert main(["eval", str(trained_run), "--tasks", "30", "--steps", "2", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    args = ["eval", str(trained_run), "--tasks", "30", "--steps", "2", "--json",
+            "--set", "threads=1", "--set", "strategy=loop"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert "overrides" not in report and "not saved" not in captured.err
+    for method, metrics in plain["metrics"].items():
+        assert report["metrics"][method]["mse"]["mean"] == pytest.approx(metrics["mse"]["mean"], rel=1e-4)
+    assert json.loads((trained_run / "eval.json").read_text())["metrics"] == report["metrics"]
+    # mixed with a protocol change, only that one is listed and nothing is saved
+    args = ["eval", str(trained_run), "--tasks", "30", "--steps", "2", "--json",
+            "--set", "threads=1", "--set", "inner_lr=1e-6"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["overrides"] == ["inner_lr=1e-6"]
+    assert "meta-tested with inner_lr=1e-6; not saved" in captured.err
+    assert json.loads((trained_run / "eval.json").read_text())["metrics"] == report["metrics"]
+
+
 @pytest.mark.parametrize(
     "setting, message",
     [

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from fastmaml.algorithms import MAML
+from fastmaml.config import protocol_overrides
 from fastmaml.engine import checkpoint
 from fastmaml.engine.run_dir import BEST, CHECKPOINT, EVAL, build_experiment, read_config
 from fastmaml.engine.experiment import Experiment, make_maml
@@ -101,7 +102,8 @@ def evaluate(
     Returns ``{"experiment", "step", "tasks", "steps", "metrics": {method: {metric: {"mean": [...],
     "ci95": [...]}}}}`` with lists indexed by the number of inner steps; saved to ``RUN_DIR/eval.json``
     unless ``overrides`` (``key=value``, meta-test settings as ``fastmaml eval --set``) changed the
-    run's protocol; the report then lists them under ``"overrides"``.
+    run's protocol; the report then lists them under ``"overrides"``. ``config.EXECUTION_KEYS``
+    (threads, strategy, chunk_size) change how it runs, not the protocol.
 
     ``split`` picks the tasks: "test" (meta-test, the default), or "val" / "train" to score the
     run on its validation or meta-training tasks (e.g. while a dataset's test images are missing);
@@ -134,10 +136,10 @@ def evaluate(
         "tasks": tasks,
         "steps": steps,
         "seed": seed,
-        **({"overrides": list(overrides)} if overrides else {}),
+        **({"overrides": changed} if (changed := protocol_overrides(overrides)) else {}),
         **({"split": split} if split != "test" else {}),
         "metrics": results,
     }
-    if save and not overrides and split == "test":
+    if save and not changed and split == "test":
         (run_dir / EVAL).write_text(json.dumps(report, indent=2))
     return report

@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fastmaml.config import to_dict
+from fastmaml.config import protocol_overrides, to_dict
 from fastmaml.core.functional import Params
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import check_cuda
@@ -408,7 +408,8 @@ def evaluate(
     """Average return after 0..steps inner steps on ``tasks`` held-out tasks, per method, mean ± 95% CI
     over tasks; the CLI's ``eval``. Same structure as the supervised report (metric ``return``).
     ``overrides`` (``key=value``, ``RLConfig.EVAL_KEYS`` only) change the meta-test protocol, e.g.
-    ``baseline_fit=rllab``; such a report lists them and is not saved to ``eval.json``.
+    ``baseline_fit=rllab``; such a report lists them and is not saved to ``eval.json`` (``threads``
+    alone changes how it runs, not the protocol, so that report is saved).
 
     Every method meets the same goals and action-noise stream. The first step uses the method's
     lr (``inner_lr``; ``pretrained_lr`` and ``random_lr`` for those baselines), later ones ``eval_lr_decay`` x
@@ -450,10 +451,10 @@ def evaluate(
         "steps": steps,
         "seed": seed,
         "trajectories": config.eval_trajectories,
-        **({"overrides": list(overrides)} if overrides else {}),
+        **({"overrides": changed} if (changed := protocol_overrides(overrides)) else {}),
         "metrics": results,
     }
-    if save and not overrides:
+    if save and not changed:
         (run_dir / EVAL).write_text(json.dumps(report, indent=2))
     return report
 
