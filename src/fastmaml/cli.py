@@ -97,17 +97,25 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--out", type=Path, default=Path("runs/studies"), help="output folder (default runs/studies)")
     study.add_argument("--data", type=Path, help="autoencoder: Omniglot folder (default $FASTMAML_OMNIGLOT)")
 
-    adapt = sub.add_parser("adapt", help="adapt a trained table, sinusoid or image run to a new task; write predictions")
+    adapt = sub.add_parser("adapt", help="adapt a trained run to a new task: write predictions (table, sinusoid, "
+                           "image runs) or the adapted policy (rl runs)")
     adapt.add_argument("run_dir", type=Path)
-    adapt.add_argument("--support", type=Path, required=True,
+    adapt.add_argument("--support", type=Path,
                        help="the new task's labelled examples: table run, a CSV of rows; sinusoid run, a CSV "
                        "with columns x,y; image run, a folder SUPPORT/<class>/<image> with one folder per class")
-    adapt.add_argument("--predict", type=Path, required=True,
+    adapt.add_argument("--predict", type=Path,
                        help="table run: CSV rows to predict (target column optional); sinusoid run: a CSV with "
                        "column x (y optional); image run: an image or a "
                        "folder of images (in PREDICT/<class>/ folders their class is known: accuracy is reported)")
+    adapt.add_argument("--goal", help="rl run: the new task's goal: x,y (nav2d), a velocity (cheetah-vel, ant-vel) "
+                       "or +1/-1, forward/backward (cheetah-dir, ant-dir)")
+    adapt.add_argument("--method", help="rl run: which trained policy to adapt (default: the run's own; also "
+                       "pretrained or random where the run has them)")
+    adapt.add_argument("--trajectories", type=int, help="rl run: trajectories per step (default: the run's eval_trajectories)")
+    adapt.add_argument("--seed", type=int, default=0, help="rl run: seed of the action noise (default 0)")
     adapt.add_argument("--steps", type=int, help="inner steps (default: the run's eval_steps)")
-    adapt.add_argument("--out", type=Path, required=True, help="CSV to write: the predict rows plus a prediction column")
+    adapt.add_argument("--out", type=Path, required=True, help="CSV to write: the predict rows plus a prediction "
+                       "column; rl run: a .safetensors file for the adapted policy")
     adapt.add_argument("--csv", type=Path, help="the run's training CSV at a new location (its sha256 must match)")
     adapt.add_argument("--best", action="store_true", help="use the best validation checkpoint")
 
@@ -245,6 +253,14 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     which = "best" if args.best else "checkpoint"
     preset, config = read_config(args.run_dir)
+    if preset.name == "rl":
+        return adapt_rl(args)
+    rl_only = [f"--{name}" for name in ("goal", "method", "trajectories") if getattr(args, name) is not None]
+    if rl_only:
+        raise ConfigError(f"{' and '.join(rl_only)} apply to rl runs; a {preset.name} run adapts to --support")
+    missing = [f"--{name}" for name in ("support", "predict") if getattr(args, name) is None]
+    if missing:
+        raise ConfigError(f"adapt needs {' and '.join(missing)} for a {preset.name} run (see fastmaml adapt --help)")
     if args.csv is not None and preset.name != "table":
         raise ConfigError(f"--csv is for table runs; a {preset.name} run reads its new task from --support")
     if isinstance(config, FewShotConfig):
@@ -261,6 +277,27 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     print(adapt_csv(args.run_dir, args.support, args.predict, args.out, steps=args.steps, csv_path=args.csv,
                     which=which))
+    return 0
+
+
+def adapt_rl(args: argparse.Namespace) -> int:
+    from fastmaml.rl.adapt import adapt_policy, report, save_adapted
+
+    given = [f"--{name}" for name in ("support", "predict", "csv") if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"{' and '.join(given)}: an rl run adapts to a new --goal by sampling it; drop them")
+    if args.best:
+        raise ConfigError("meta-RL runs keep no best checkpoint (there is no validation); drop --best")
+    if args.goal is None:
+        raise ConfigError("adapt needs --goal for an rl run: x,y (nav2d), a velocity (cheetah-vel, ant-vel) or "
+                          "+1/-1 (cheetah-dir, ant-dir)")
+    if args.out.suffix != ".safetensors" or not args.out.parent.is_dir():
+        raise ConfigError(f"--out {args.out}: give a .safetensors file in an existing folder")
+    adapted, note = adapt_policy(args.run_dir, args.goal, method=args.method, steps=args.steps,
+                                 trajectories=args.trajectories, seed=args.seed)
+    save_adapted(args.out, adapted)
+    print(report(adapted, note))
+    print(f"adapted policy written to {args.out} (fastmaml.rl.adapt.load_adapted reads it)")
     return 0
 
 

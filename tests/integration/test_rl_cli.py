@@ -8,6 +8,8 @@ import torch
 
 from fastmaml.cli import main
 from fastmaml.engine import checkpoint
+from fastmaml.engine.run_dir import read_config
+from fastmaml.errors import CheckpointError
 
 # about a minute on a busy 2-core CPU: 8 meta-iterations of 10 tasks x 10 trajectories (paper: 100 x 20 x 20)
 SMALL = ["--set", "meta_batch_size=10", "--set", "trajectories=10", "--no-progress"]
@@ -87,14 +89,6 @@ def test_eval_set_changes_the_meta_test_protocol_only(nav2d_run, capsys):
     assert "eval --set cannot change 'hidden'" in capsys.readouterr().err
     assert main(["eval", str(nav2d_run), "--split", "val"]) == 2
     assert "--split val applies to the supervised presets" in capsys.readouterr().err
-
-
-def test_adapt_refuses_an_rl_run(nav2d_run, tmp_path, capsys):
-    f = tmp_path / "f.csv"
-    f.write_text("x,y\n1,2\n")
-    assert main(["adapt", str(nav2d_run), "--support", str(f), "--predict", str(f), "--out", str(tmp_path / "o")]) == 2
-    assert "needs a table or sinusoid run (CSV rows) or a few-shot image run" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
 
 
 def test_plot_writes_learning_curve_and_return_vs_steps(nav2d_run, capsys):
@@ -217,3 +211,70 @@ def test_best_checkpoint_is_refused_for_rl(tmp_path, capsys):
     assert main(args) == 0
     assert main(["eval", str(run), "--best"]) == 2
     assert "no best checkpoint" in capsys.readouterr().err
+
+
+def greedy_return(policy, params, goal) -> float:
+    """Return of the policy's mean action in the gymnasium environment (nav2d is deterministic)."""
+    import gymnasium
+
+    import fastmaml.rl.envs  # noqa: F401 - registers the environments
+    from fastmaml.rl import action_distribution
+
+    env = gymnasium.make("fastmaml/Nav2d-v0")
+    obs, _ = env.reset(seed=0, options={"goal": goal})
+    total, done = 0.0, False
+    while not done:
+        with torch.no_grad():
+            mean, _ = action_distribution(policy, params, torch.as_tensor(obs, dtype=torch.float32))
+        obs, reward, terminated, truncated, _ = env.step(mean.numpy())
+        total, done = total + reward, terminated or truncated
+    return total
+
+
+def test_adapt_takes_the_policy_to_a_new_goal_and_saves_it_for_gymnasium(nav2d_run, tmp_path, capsys):
+    from fastmaml.rl.adapt import load_adapted
+    from fastmaml.rl.trainer import load_policies
+
+    out = tmp_path / "policy.safetensors"
+    assert main(["adapt", str(nav2d_run), "--goal", "0.4,-0.35", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "maml at iteration 8, adapted to goal 0.4,-0.35" in printed and str(out) in printed
+    policy, params, meta = load_adapted(out)
+    assert meta["goal"] == [0.4, -0.35] and meta["method"] == "maml" and meta["iteration"] == 8
+    assert meta["lrs"] == [0.5, 0.25, 0.25] and meta["trajectories"] == 40 and len(meta["return_mean"]) == 4
+    assert meta["return_mean"][1] > meta["return_mean"][0] + 10, meta["return_mean"]  # the first step helps a lot
+    _, config = read_config(nav2d_run)
+    _, _, meta_params = load_policies(nav2d_run, config)[0]["maml"]
+    assert params.keys() == meta_params.keys() and not torch.equal(params["mean.0.weight"], meta_params["mean.0.weight"])
+    before, after = greedy_return(policy, meta_params, [0.4, -0.35]), greedy_return(policy, params, [0.4, -0.35])
+    assert after > before + 5, (before, after)
+    # the pretrained baseline, one step, a goal outside the training square: allowed, with a note
+    assert main(["adapt", str(nav2d_run), "--goal", "0.7,0", "--method", "pretrained", "--steps", "1",
+                 "--trajectories", "5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "outside the meta-training goals" in printed
+    assert load_adapted(out)[2]["method"] == "pretrained" and load_adapted(out)[2]["lrs"] == [0.5]
+    with pytest.raises(CheckpointError, match="not an adapted policy"):
+        load_adapted(nav2d_run / "checkpoint.safetensors")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--goal", "0.4"], "a nav2d task's goal is x,y in [-0.5, 0.5]^2; give two numbers as x,y"),
+        (["--goal", "nan,0"], "give two numbers as x,y"),
+        (["--goal", "0.1,0.1", "--method", "oracle"], "the oracle observes its goal and is not adapted"),
+        (["--goal", "0.1,0.1", "--method", "context"], "this run can adapt maml, pretrained, random"),
+        (["--goal", "0.1,0.1", "--trajectories", "1"], "--trajectories must be >= 2"),
+        (["--support", "x"], "an rl run adapts to a new --goal by sampling it"),
+        ([], "adapt needs --goal for an rl run"),
+        (["--goal", "0.1,0.1", "--best"], "keep no best checkpoint"),
+    ],
+)
+def test_adapt_errors_for_rl_runs(nav2d_run, tmp_path, capsys, args, message):
+    assert main(["adapt", str(nav2d_run), *args, "--out", str(tmp_path / "p.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "p.safetensors").exists()
+    assert main(["adapt", str(nav2d_run), "--goal", "0.1,0.1", "--out", str(tmp_path / "p.csv")]) == 2
+    assert "give a .safetensors file" in capsys.readouterr().err

@@ -153,3 +153,8 @@ def test_adapt_fits_a_new_sine_from_ten_points(trained_run, tmp_path, capsys):
     support.write_text("x,y\n1,2\nnan,3\n")
     assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict), "--out", str(out)]) == 2
     assert "line 3, column 'x': 'nan' is not a finite number" in capsys.readouterr().err
+    # the rl flags, and a missing support set, get one line each
+    assert main(["adapt", str(trained_run), "--goal", "1", "--out", str(out)]) == 2
+    assert "--goal apply to rl runs; a sinusoid run adapts to --support" in capsys.readouterr().err
+    assert main(["adapt", str(trained_run), "--predict", str(predict), "--out", str(out)]) == 2
+    assert "adapt needs --support for a sinusoid run" in capsys.readouterr().err

@@ -238,7 +238,8 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     run_dir = Path(run_dir)
     preset, config = read_config(run_dir)
     if preset.name != "table":
-        raise ConfigError(f"adapt needs a table or sinusoid run (CSV rows) or a few-shot image run (class folders); "
+        raise ConfigError(f"adapt needs a table or sinusoid run (CSV rows), a few-shot image run (class folders) "
+                          f"or an rl run (--goal); "
                           f"{run_dir} is a {preset.name!r} run")
     steps = config.eval_steps if steps is None else steps
     if steps < 0:
