@@ -34,6 +34,7 @@ from fastmaml.rl.trainer import (
     load_policies,
     make_env,
     make_policy,
+    meta_test_lrs,
 )
 
 FORMAT = "fastmaml-adapted-policy-1"
@@ -136,8 +137,7 @@ def adapt_policy(
         torch.set_num_threads(config.threads)
     methods, meta = load_policies(Path(run_dir), config)
     env, policy, params = methods[method]
-    lr = {"pretrained": config.pretrained_lr, "random": config.random_lr or config.inner_lr}.get(method, config.inner_lr)
-    lrs = [lr] + [lr * config.eval_lr_decay] * (steps - 1) if steps else []
+    lrs = meta_test_lrs(config, method, steps)
     trajs, _, adapted = sample_and_adapt(
         env, policy, params, goals, torch.Generator().manual_seed(seed), trajectories=trajectories, lrs=lrs,
         horizon=config.horizon or None, discount=config.discount, gae_lambda=config.gae_lambda,

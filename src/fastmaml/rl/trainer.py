@@ -383,6 +383,15 @@ def load_policies(run_dir: Path, config: RLConfig) -> tuple[dict[str, Any], dict
     return {m: methods[m] for m in order if m in methods}, meta
 
 
+def meta_test_lrs(config: RLConfig, method: str, steps: int) -> list[float]:
+    """``method``'s meta-test step sizes for ``steps`` steps: its first-step lr (``inner_lr``, or
+    ``pretrained_lr`` / ``random_lr`` for those baselines), then ``eval_lr_decay`` x that; none for the oracle."""
+    if method == "oracle" or steps == 0:
+        return []
+    lr = {"pretrained": config.pretrained_lr, "random": config.random_lr or config.inner_lr}.get(method, config.inner_lr)
+    return [lr] + [lr * config.eval_lr_decay] * (steps - 1)
+
+
 def meta_test_returns(
     config: RLConfig, method: str, env, policy, params: Params, goals: Tensor, lrs: list[float], seed: int
 ) -> Tensor:
@@ -432,9 +441,8 @@ def evaluate(
     goals = next(iter(methods.values()))[0].sample_goals(tasks, torch.Generator().manual_seed(seed))
     results: dict[str, Any] = {}
     for method, (env, policy, params) in methods.items():
-        lr = {"pretrained": config.pretrained_lr, "random": config.random_lr or config.inner_lr}.get(method, config.inner_lr)
-        lrs = [] if method == "oracle" else [lr] + [lr * config.eval_lr_decay] * (steps - 1)
-        per_task = meta_test_returns(config, method, env, policy, params, goals, lrs[:steps], seed + 1)
+        per_task = meta_test_returns(config, method, env, policy, params, goals, meta_test_lrs(config, method, steps),
+                                     seed + 1)
         # (steps + 1, tasks), or (1, tasks) for the oracle
         per_task = per_task.expand(steps + 1, -1) if method == "oracle" else per_task
         split = {"": per_task, **({f"_{d}": r for d, r in by_direction(per_task, goals).items() if r.shape[-1]}
