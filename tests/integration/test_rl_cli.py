@@ -132,6 +132,15 @@ def test_context_vector_baseline_trains_and_adapts_its_context(tmp_path, capsys)
     context = report["metrics"]["context"]["return"]["mean"]
     # calibrated on seeds 0-4 at this scale: 3 context steps gain +0.9 to +1.8 (seed 0: +1.1)
     assert len(context) == 4 and context[3] > context[0] + 0.5, context
+    # adapt moves the context vector only, and the saved policy reads it back
+    from fastmaml.rl.adapt import load_adapted
+
+    out = tmp_path / "context.safetensors"
+    assert main(["adapt", str(run), "--goal", "0.2,0.2", "--steps", "1", "--trajectories", "4", "--out", str(out)]) == 0
+    policy, params, meta = load_adapted(out)
+    assert meta["method"] == "context" and policy.context.shape == (10,)
+    assert not torch.equal(params["context"], tensors["context/context"])
+    assert all(torch.equal(params[k], tensors[f"context/{k}"]) for k in params if k != "context")
 
 
 def test_baselines_alone_and_per_direction_returns(tmp_path, capsys):
