@@ -281,7 +281,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def adapt_rl(args: argparse.Namespace) -> int:
-    from fastmaml.rl.adapt import adapt_policy, report, save_adapted
+    from fastmaml.rl.adapt import adapt_policy, check_out_path, report, save_adapted
 
     given = [f"--{name}" for name in ("support", "predict", "csv") if getattr(args, name) is not None]
     if given:
@@ -291,8 +291,7 @@ def adapt_rl(args: argparse.Namespace) -> int:
     if args.goal is None:
         raise ConfigError("adapt needs --goal for an rl run: x,y (nav2d), a velocity (cheetah-vel, ant-vel) or "
                           "+1/-1 (cheetah-dir, ant-dir)")
-    if args.out.suffix != ".safetensors" or not args.out.parent.is_dir():
-        raise ConfigError(f"--out {args.out}: give a .safetensors file in an existing folder")
+    check_out_path(args.out)
     adapted, note = adapt_policy(args.run_dir, args.goal, method=args.method, steps=args.steps,
                                  trajectories=args.trajectories, seed=args.seed)
     save_adapted(args.out, adapted)

@@ -286,4 +286,6 @@ def test_adapt_errors_for_rl_runs(nav2d_run, tmp_path, capsys, args, message):
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
     assert not (tmp_path / "p.safetensors").exists()
     assert main(["adapt", str(nav2d_run), "--goal", "0.1,0.1", "--out", str(tmp_path / "p.csv")]) == 2
-    assert "give a .safetensors file" in capsys.readouterr().err
+    assert "an adapted policy is written as a .safetensors file" in capsys.readouterr().err
+    assert main(["adapt", str(nav2d_run), "--goal", "0.1,0.1", "--out", str(tmp_path / "no" / "p.safetensors")]) == 2
+    assert "the folder" in capsys.readouterr().err

@@ -239,7 +239,7 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     preset, config = read_config(run_dir)
     if preset.name != "table":
         raise ConfigError(f"adapt needs a table or sinusoid run (CSV rows), a few-shot image run (class folders) "
-                          f"or an rl run (--goal); "
+                          "or an rl run (--goal); "
                           f"{run_dir} is a {preset.name!r} run")
     steps = config.eval_steps if steps is None else steps
     if steps < 0:

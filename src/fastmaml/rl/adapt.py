@@ -73,7 +73,8 @@ def parse_goal(env_name: str, text: str) -> tuple[Tensor, str | None]:
         top = 2.0 if env_name == "cheetah-vel" else 3.0
         inside = 0.0 <= values[0] <= top
         goal = torch.tensor(values, dtype=torch.float64)
-    note = None if inside else (f"note: goal {text} lies outside the meta-training goals "
+    shown = ",".join(f"{v:g}" for v in values)
+    note = None if inside else (f"note: goal {shown} lies outside the meta-training goals "
                                 f"({training_goals(env_name)}); adaptation was meta-learned for those")
     return goal, note
 
@@ -153,13 +154,19 @@ def adapt_policy(
     return result, note
 
 
-def save_adapted(path: str | Path, adapted: AdaptedPolicy) -> None:
-    """Write the adapted parameters atomically (safetensors) with what :func:`load_adapted` needs."""
+def check_out_path(path: str | Path) -> Path:
+    """``path`` if an adapted policy can be written there (checked before any sampling)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ConfigError(f"--out {path}: an adapted policy is written as a .safetensors file")
     if not path.parent.is_dir():
         raise ConfigError(f"--out {path}: the folder {path.parent} does not exist")
+    return path
+
+
+def save_adapted(path: str | Path, adapted: AdaptedPolicy) -> None:
+    """Write the adapted parameters atomically (safetensors) with what :func:`load_adapted` needs."""
+    path = check_out_path(path)
     meta = {"kind": FORMAT, **adapted.summary(), "config": to_dict(adapted.config)}
     checkpoint.save(path, adapted.params, meta, keep_previous=False)
 
