@@ -282,12 +282,13 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 def adapt_rl(args: argparse.Namespace) -> int:
     from fastmaml.rl.adapt import adapt_policy, check_out_path, report, save_adapted
+    from fastmaml.rl.trainer import NO_BEST
 
     given = [f"--{name}" for name in ("support", "predict", "csv") if getattr(args, name) is not None]
     if given:
         raise ConfigError(f"{' and '.join(given)}: an rl run adapts to a new --goal by sampling it; drop them")
     if args.best:
-        raise ConfigError("meta-RL runs keep no best checkpoint (there is no validation); drop --best")
+        raise ConfigError(NO_BEST)
     if args.goal is None:
         raise ConfigError("adapt needs --goal for an rl run: x,y (nav2d), a velocity (cheetah-vel, ant-vel) or "
                           "+1/-1 (cheetah-dir, ant-dir)")

@@ -31,10 +31,10 @@ from fastmaml.rl.policy import GaussianMLPPolicy
 from fastmaml.rl.trainer import (
     RLConfig,
     adapt_keys,
-    load_policies,
     make_env,
     make_policy,
     meta_test_lrs,
+    prepare_meta_test,
 )
 
 FORMAT = "fastmaml-adapted-policy-1"
@@ -128,15 +128,10 @@ def adapt_policy(
     if method not in choices:
         why = " (the oracle observes its goal and is not adapted)" if method == "oracle" else ""
         raise ConfigError(f"--method {method!r}: this run can adapt {', '.join(choices)}{why}")
-    steps = config.eval_steps if steps is None else steps
     trajectories = config.eval_trajectories if trajectories is None else trajectories
-    if steps < 0:
-        raise ConfigError(f"--steps must be >= 0, got {steps}")
     if trajectories < 2:
         raise ConfigError(f"--trajectories must be >= 2 (the step standardises advantages), got {trajectories}")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    methods, meta = load_policies(Path(run_dir), config)
+    steps, methods, meta = prepare_meta_test(Path(run_dir), config, steps)
     env, policy, params = methods[method]
     lrs = meta_test_lrs(config, method, steps)
     trajs, _, adapted = sample_and_adapt(

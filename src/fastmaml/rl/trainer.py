@@ -383,6 +383,22 @@ def load_policies(run_dir: Path, config: RLConfig) -> tuple[dict[str, Any], dict
     return {m: methods[m] for m in order if m in methods}, meta
 
 
+NO_BEST = "meta-RL runs keep no best checkpoint (there is no validation); drop --best"
+
+
+def prepare_meta_test(
+    run_dir: Path, config: RLConfig, steps: int | None
+) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """For eval and adapt: the number of meta-test steps (``eval_steps`` unless given; checked), and,
+    with the run's torch thread count set, its policies and checkpoint meta (:func:`load_policies`)."""
+    steps = config.eval_steps if steps is None else steps
+    if steps < 0:
+        raise ConfigError(f"--steps must be >= 0, got {steps}")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    return steps, *load_policies(Path(run_dir), config)
+
+
 def meta_test_lrs(config: RLConfig, method: str, steps: int) -> list[float]:
     """``method``'s meta-test step sizes for ``steps`` steps: its first-step lr (``inner_lr``, or
     ``pretrained_lr`` / ``random_lr`` for those baselines), then ``eval_lr_decay`` x that; none for the oracle."""
@@ -427,17 +443,12 @@ def evaluate(
     the same returns averaged over the tasks of each direction."""
     run_dir = Path(run_dir)
     if which != "checkpoint":
-        raise ConfigError("meta-RL runs keep no best checkpoint (there is no validation); drop --best")
+        raise ConfigError(NO_BEST)
     _, config = read_config(run_dir, overrides)
     tasks = config.eval_tasks if tasks is None else tasks
-    steps = config.eval_steps if steps is None else steps
     if tasks < 1:
         raise ConfigError(f"--tasks must be >= 1, got {tasks}")
-    if steps < 0:
-        raise ConfigError(f"--steps must be >= 0, got {steps}")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    methods, meta = load_policies(run_dir, config)
+    steps, methods, meta = prepare_meta_test(run_dir, config, steps)
     goals = next(iter(methods.values()))[0].sample_goals(tasks, torch.Generator().manual_seed(seed))
     results: dict[str, Any] = {}
     for method, (env, policy, params) in methods.items():
