@@ -289,3 +289,28 @@ def test_adapt_errors_for_rl_runs(nav2d_run, tmp_path, capsys, args, message):
     assert "an adapted policy is written as a .safetensors file" in capsys.readouterr().err
     assert main(["adapt", str(nav2d_run), "--goal", "0.1,0.1", "--out", str(tmp_path / "no" / "p.safetensors")]) == 2
     assert "the folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("env, goal", [("ant-vel", "1.5"), ("ant-dir", "-1")])
+def test_maml_on_ant_trains_evaluates_and_adapts_end_to_end(tmp_path, capsys, env, goal):
+    """The ant's 125-dimensional observations and early termination through the whole MAML path
+    (second-order TRPO, eval, adapt), at a tiny scale; the preset's run is in README."""
+    from fastmaml.rl.adapt import load_adapted
+
+    run, out = tmp_path / env, tmp_path / "ant.safetensors"
+    tiny = [*TINY, "--set", "meta_batch_size=2", "--set", "horizon=15", "--set", "baselines="]
+    assert main(["train", "rl", "--env", env, *tiny, "--iterations", "2", "--out", str(run)]) == 0
+    logged = rows(run)
+    assert [row["step"] for row in logged] == [1, 2]
+    for row in logged:
+        assert all(torch.isfinite(torch.tensor(row[k])) for k in ("return_pre", "return_post", "kl"))
+        assert 0 <= row["kl"] <= 0.01  # the preset's max KL, which the line search keeps
+    capsys.readouterr()
+    assert main(["eval", str(run), "--tasks", "2", "--steps", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    means = report["metrics"]["maml"]["return"]["mean"]
+    assert len(means) == 2 and all(torch.isfinite(torch.tensor(means)))
+    assert main(["adapt", str(run), "--goal", goal, "--steps", "1", "--trajectories", "2", "--out", str(out)]) == 0
+    policy, params, meta = load_adapted(out)
+    assert meta["goal"] == [float(goal)] and meta["iteration"] == 2 and len(meta["return_mean"]) == 2
+    assert params["mean.0.weight"].shape == (100, 125)
