@@ -293,8 +293,8 @@ def test_adapt_errors_for_rl_runs(nav2d_run, tmp_path, capsys, args, message):
 
 @pytest.mark.parametrize("env, goal", [("ant-vel", "1.5"), ("ant-dir", "-1")])
 def test_maml_on_ant_trains_evaluates_and_adapts_end_to_end(tmp_path, capsys, env, goal):
-    """The ant's 125-dimensional observations and early termination through the whole MAML path
-    (second-order TRPO, eval, adapt), at a tiny scale; the preset's run is in README."""
+    """The ant's 125-dimensional observations through the whole MAML path (second-order TRPO, eval,
+    adapt), at a tiny scale; the preset's run is in README."""
     from fastmaml.rl.adapt import load_adapted
 
     run, out = tmp_path / env, tmp_path / "ant.safetensors"

@@ -396,7 +396,7 @@ def prepare_meta_test(
         raise ConfigError(f"--steps must be >= 0, got {steps}")
     if config.threads:
         torch.set_num_threads(config.threads)
-    return steps, *load_policies(Path(run_dir), config)
+    return steps, *load_policies(run_dir, config)
 
 
 def meta_test_lrs(config: RLConfig, method: str, steps: int) -> list[float]:
