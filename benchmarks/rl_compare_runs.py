@@ -7,7 +7,11 @@ context-vector baseline and ``--set method=none`` for the other baselines) and e
 Each run's ``eval.json`` must come from the same environment, meta-test seed, task count, steps and
 trajectories: ``fastmaml eval`` then draws the same goals and action noise for every method of
 every run, so the rows compare like with like. A method in several runs is taken from the first.
-Prints a markdown table (mean ± 95% CI after 0..N steps; per direction too for direction tasks).
+Prints a markdown table (mean ± 95% CI after 0..N steps; per direction too for direction tasks),
+then the paired differences: the first method (e.g. MAML) minus each other one, task by task on the
+same tasks, mean ± 95% CI over tasks. Task difficulty (e.g. the goal velocity) is shared by both
+sides of a pair and cancels, so this interval is the one that says whether one method beats the
+other on these tasks (it says nothing about other training seeds).
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from fastmaml import plotting
+from fastmaml.engine.evaluate import mean_ci95
 
 SAME = ("experiment", "tasks", "steps", "seed", "trajectories")
 
@@ -54,6 +61,23 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def paired(report: dict) -> str:
+    """The first method minus each other one, per task (``per_task`` in ``eval.json``)."""
+    methods = report["metrics"]
+    first = next(iter(methods))
+    if any("per_task" not in values["return"] for values in methods.values()):
+        return ("\n(no paired differences: an eval.json without per-task returns, written before they were "
+                "kept; run `fastmaml eval` on each run again)")
+    steps = range(report["steps"] + 1)
+    reference = torch.tensor(methods[first]["return"]["per_task"], dtype=torch.float64)
+    lines = ["", f"{first} minus each method, paired over the same {report['tasks']} tasks:", "",
+             "| method | " + " | ".join(f"{k} steps" for k in steps) + " |", "|---|" + "---|" * len(steps)]
+    for method, values in list(methods.items())[1:]:
+        mean, ci = mean_ci95((reference - torch.tensor(values["return"]["per_task"], dtype=torch.float64)).T)
+        lines.append(f"| {first} - {method} | " + " | ".join(f"{m:+.2f} ± {c:.2f}" for m, c in zip(mean, ci)) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -63,6 +87,7 @@ def main() -> None:
     print(f"{report['experiment']}: {report['tasks']} meta-test tasks, seed {report['seed']}, "
           f"{report['trajectories']} trajectories per task and step")
     print(table(report))
+    print(paired(report))
     if args.figure:
         print(plotting.metric_vs_steps(report, args.figure))
 

@@ -57,6 +57,10 @@ def test_eval_json_and_table(nav2d_run, capsys):
     assert maml[1] > maml[0] + 10  # one inner step helps a lot
     oracle = report["metrics"]["oracle"]["return"]["mean"]
     assert oracle == [oracle[0]] * 4  # not adapted
+    for method in report["metrics"].values():  # per-task returns, for paired comparisons
+        per_task = torch.tensor(method["return"]["per_task"], dtype=torch.float64)
+        assert per_task.shape == (4, 20)
+        torch.testing.assert_close(per_task.mean(dim=1), torch.tensor(method["return"]["mean"], dtype=torch.float64))
     assert json.loads((nav2d_run / "eval.json").read_text())["metrics"] == report["metrics"]
 
     assert main(["eval", str(nav2d_run), "--tasks", "5", "--steps", "1"]) == 0

@@ -440,7 +440,9 @@ def evaluate(
     lr (``inner_lr``; ``pretrained_lr`` and ``random_lr`` for those baselines), later ones ``eval_lr_decay`` x
     that, as the original's meta-test script. The oracle is not adapted: its step-0 return is
     repeated at every step. Direction tasks add the metrics ``return_forward`` and ``return_backward``:
-    the same returns averaged over the tasks of each direction."""
+    the same returns averaged over the tasks of each direction. ``return`` also keeps ``per_task``
+    (after 0..steps steps, one return per task, in the goals' order) for paired comparisons
+    (``benchmarks/rl_compare_runs.py``)."""
     run_dir = Path(run_dir)
     if which != "checkpoint":
         raise ConfigError(NO_BEST)
@@ -462,6 +464,8 @@ def evaluate(
         for suffix, returns in split.items():
             mean, ci = mean_ci95(returns.T.double())
             results[method][f"return{suffix}"] = {"mean": mean.tolist(), "ci95": ci.tolist()}
+        # every method met the same goals and noise, so two methods (or runs) compare task by task
+        results[method]["return"]["per_task"] = per_task.tolist()
     report = {
         "experiment": f"rl {config.env}",
         "checkpoint": which,
