@@ -20,10 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from fastmaml import plotting
-from fastmaml.engine.evaluate import mean_ci95
+from fastmaml.engine.evaluate import paired_differences
 
 SAME = ("experiment", "tasks", "steps", "seed", "trajectories")
 
@@ -63,17 +61,15 @@ def table(report: dict) -> str:
 
 def paired(report: dict) -> str:
     """The first method minus each other one, per task (``per_task`` in ``eval.json``)."""
-    methods = report["metrics"]
-    first = next(iter(methods))
-    if any("per_task" not in values["return"] for values in methods.values()):
+    differences = paired_differences(report["metrics"])
+    if differences is None:
         return ("\n(no paired differences: an eval.json without per-task returns, written before they were "
                 "kept; run `fastmaml eval` on each run again)")
+    first = next(iter(report["metrics"]))
     steps = range(report["steps"] + 1)
-    reference = torch.tensor(methods[first]["return"]["per_task"], dtype=torch.float64)
     lines = ["", f"{first} minus each method, paired over the same {report['tasks']} tasks:", "",
              "| method | " + " | ".join(f"{k} steps" for k in steps) + " |", "|---|" + "---|" * len(steps)]
-    for method, values in list(methods.items())[1:]:
-        mean, ci = mean_ci95((reference - torch.tensor(values["return"]["per_task"], dtype=torch.float64)).T)
+    for method, (mean, ci) in differences.items():
         lines.append(f"| {first} - {method} | " + " | ".join(f"{m:+.2f} ± {c:.2f}" for m, c in zip(mean, ci)) + " |")
     return "\n".join(lines)
 

@@ -171,6 +171,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def format_report(report: dict) -> str:
+    from fastmaml.engine.evaluate import paired_differences
+
     methods = report["metrics"]
     names = list(next(iter(methods.values())))
     tasks = {"val": "validation", "train": "meta-training"}.get(report.get("split", "test"), "meta-test")
@@ -182,6 +184,13 @@ def format_report(report: dict) -> str:
         lines += ["", f"{name}:", header]
         for step in range(report["steps"] + 1):
             cells = [f"{methods[m][name]['mean'][step]:>12.4f} ± {methods[m][name]['ci95'][step]:<7.4f}" for m in methods]
+            lines.append(f"{step:>5}  " + "  ".join(f"{c:>22}" for c in cells))
+    if differences := paired_differences(methods):
+        first = next(iter(methods))
+        lines += ["", f"{first} minus each method, task by task on the same tasks (paired), mean ± 95% CI:",
+                  f"{'steps':>5}  " + "  ".join(f"{f'{first} - {m}':>22}" for m in differences)]
+        for step in range(report["steps"] + 1):
+            cells = [f"{mean[step]:>+12.4f} ± {ci[step]:<7.4f}" for mean, ci in differences.values()]
             lines.append(f"{step:>5}  " + "  ".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)
 

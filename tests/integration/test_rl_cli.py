@@ -66,6 +66,8 @@ def test_eval_json_and_table(nav2d_run, capsys):
     assert main(["eval", str(nav2d_run), "--tasks", "5", "--steps", "1"]) == 0
     table = capsys.readouterr().out
     assert "return:" in table and "maml" in table and "random" in table and "±" in table
+    assert "maml minus each method, task by task on the same tasks (paired)" in table
+    assert "maml - pretrained" in table and "maml - oracle" in table
 
 
 def test_eval_set_changes_the_meta_test_protocol_only(nav2d_run, capsys):

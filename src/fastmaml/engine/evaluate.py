@@ -29,6 +29,26 @@ def mean_ci95(values: Tensor) -> tuple[Tensor, Tensor]:
     return values.mean(dim=0), 1.96 * std / math.sqrt(n)
 
 
+def paired_differences(metrics: dict[str, Any], metric: str = "return") -> dict[str, tuple[list, list]] | None:
+    """The first method minus each other one, task by task, after 0..N steps: ``{method: (mean, ci95)}``.
+
+    ``metrics`` is a report's ``"metrics"`` whose ``metric`` keeps ``per_task`` (lists indexed by the
+    number of steps, one value per task, every method on the same tasks, as the meta-RL evaluation
+    writes them). What is hard or easy about a task is shared by both sides of a pair and cancels, so
+    this interval, not the two separate ones, says whether one method beats the other on these tasks.
+    None when a method lacks ``per_task`` (a report written before they were kept) or there is only one.
+    """
+    if len(metrics) < 2 or any("per_task" not in values.get(metric, {}) for values in metrics.values()):
+        return None
+    first, *others = metrics
+    reference = torch.tensor(metrics[first][metric]["per_task"], dtype=torch.float64)
+    differences = {}
+    for method in others:
+        mean, ci = mean_ci95((reference - torch.tensor(metrics[method][metric]["per_task"], dtype=torch.float64)).T)
+        differences[method] = (mean.tolist(), ci.tolist())
+    return differences
+
+
 def adaptation_curves(
     maml: MAML,
     experiment: Experiment,
