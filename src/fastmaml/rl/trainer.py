@@ -441,8 +441,8 @@ def evaluate(
     that, as the original's meta-test script. The oracle is not adapted: its step-0 return is
     repeated at every step. Direction tasks add the metrics ``return_forward`` and ``return_backward``:
     the same returns averaged over the tasks of each direction. ``return`` also keeps ``per_task``
-    (after 0..steps steps, one return per task, in the goals' order) for paired comparisons
-    (``benchmarks/rl_compare_runs.py``)."""
+    (after 0..steps steps, one return per task, in the goals' order) for the paired comparisons of
+    ``fastmaml eval``'s table and ``benchmarks/rl_compare_runs.py``."""
     run_dir = Path(run_dir)
     if which != "checkpoint":
         raise ConfigError(NO_BEST)
