@@ -76,6 +76,10 @@ class TrainConfig:
             raise ConfigError("compile runs the vmap or loop strategy: use --set compile=off with strategy=hybrid")
         if self.compile == "on" and self.grad_checkpointing and not self.first_order:
             raise ConfigError("compile and grad_checkpointing do not combine: set one of them off")
+        if self.compile == "on" and self.device.startswith("cuda"):
+            raise ConfigError("compile=on is refused on CUDA devices: torch.compile gave a wrong meta-gradient "
+                              "there (benchmarks/results/gpu_h200.md); leave compile at auto or off (the CUDA "
+                              "graph, cuda_graph=true, is the GPU's speed lever)")
 
     def use_compile(self) -> bool:
         """Whether the meta-loss runs through torch.compile. ``auto``: on the CPU, for runs of at least

@@ -103,7 +103,10 @@ class MAML(nn.Module):
     (evaluation and adaptation stay eager). With worker threads on the CPU the graphs run through
     inductor's C++ wrapper, without the GIL, so the threads run in parallel. If compiling fails
     (e.g. no C++ compiler for the CPU backend) it warns once and runs eagerly. Not with
-    ``grad_checkpointing`` or ``strategy="hybrid"``.
+    ``grad_checkpointing`` or ``strategy="hybrid"``. On a CUDA device it warns and runs eagerly:
+    there the compiled vmap meta-step gave a wrong meta-gradient (max relative difference 0.94
+    against eager, Omniglot 5-way 1-shot, H200, torch 2.11; benchmarks/results/gpu_h200.md); a
+    GPU's speed comes from the trainer's CUDA graph instead.
     """
 
     def __init__(
@@ -452,6 +455,11 @@ class MAML(nn.Module):
             return compiled
 
         def first_call(*args: object) -> Tensor:
+            if any(p.device.type == "cuda" for p in self.model.parameters()):
+                log.warning("compile is off on CUDA devices: torch.compile gave a wrong meta-gradient there "
+                            "(benchmarks/results/gpu_h200.md); running the meta-loss eagerly")
+                self.compile = False
+                return fn(*args)
             try:
                 out = compiled(*args)
             except Exception as error:  # noqa: BLE001 - a compiler or tracing failure: run eagerly instead

@@ -156,6 +156,21 @@ def test_compile_refusals():
                 dict(compile="on", grad_checkpointing=True)]:
         with pytest.raises(ConfigError):
             SinusoidConfig(**bad).validate()
+    with pytest.raises(ConfigError, match="compile=on is refused on CUDA devices: torch.compile gave a wrong"):
+        SinusoidConfig(compile="on", device="cuda:1").validate()
+    SinusoidConfig(compile="auto", device="cuda").validate()  # auto stays eager there (test_compile_auto)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA GPU (CI has none; benchmarks/gpu_check.sh runs this test on the GPU machine)")
+def test_compile_on_a_cuda_model_warns_and_runs_eagerly(caplog):
+    batch = TaskBatch(*(t.cuda() for t in image_batch()))
+    eager = MAML(conv_bn_net().cuda(), F.cross_entropy, inner_lr=0.4)
+    maml = MAML(conv_bn_net().cuda(), F.cross_entropy, inner_lr=0.4, compile=True)
+    with caplog.at_level(logging.WARNING):
+        _, grad = meta_gradient(maml, batch)
+    assert not maml.compile and "compile is off on CUDA devices" in caplog.text
+    torch.testing.assert_close(grad, meta_gradient(eager, batch)[1], rtol=1e-9, atol=1e-12)  # cuDNN sums in any order
 
 
 @pytest.mark.parametrize(
