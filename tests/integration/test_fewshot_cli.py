@@ -205,6 +205,9 @@ def test_cuda_graph_replays_the_meta_step_on_each_new_batch(tiny_omniglot, tmp_p
         before = {k: p.detach().clone() for k, p in trainer.maml.params().items()}
         eager = trainer.maml.meta_loss(batch)
         eager_grads = torch.autograd.grad(eager, list(trainer.maml.params().values()))
+        # drop the reference step's autograd graph: kept alive, it holds the parameters' AccumulateGrad
+        # nodes, made on the default stream, and the capture on its side stream then fails (H200, 2026-12-04)
+        eager = eager.detach()
         loss = trainer.meta_step(batch)
         assert (trainer._graph is not None) == (step >= GRAPH_WARMUP)  # the last warm-up step captures
         assert loss.item() == pytest.approx(eager.item(), rel=1e-4), step
