@@ -88,6 +88,7 @@ VARIANTS = {  # name: (strategy, matmul conv, flags, CUDA graph)
     "vmap, cudnn.benchmark": ("vmap", False, {"benchmark": True}, False),
     "vmap, CUDA graph": ("vmap", False, {}, True),
     "vmap, no TF32, CUDA graph": ("vmap", False, {"cudnn_tf32": False}, True),
+    "vmap, no TF32, cudnn.benchmark, CUDA graph": ("vmap", False, {"cudnn_tf32": False, "benchmark": True}, True),
     "vmap, matmul conv": ("vmap", True, {}, False),
     "vmap, matmul conv + TF32": ("vmap", True, {"matmul_tf32": True}, False),
     "vmap, matmul conv + TF32, CUDA graph": ("vmap", True, {"matmul_tf32": True}, True),
