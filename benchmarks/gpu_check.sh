@@ -52,7 +52,7 @@ timeout 150 $PY benchmarks/bench.py --device "$DEVICE" --repeats "$REPEATS" --ti
 #    graph, TF32 off), towards 60,000 iterations for TRAIN_S seconds (stopped by SIGTERM; a
 #    checkpoint every CKPT iterations), then fastmaml eval on 600 meta-test tasks of the checkpoint it
 #    reached; the checkpoint comes back too. On 2026-12-04: 5-way 1-shot reached 20,000 iterations
-#    in 180 s (98.5%); 20-way 1-shot 6,500 in 320 s, and its eval did not finish within 45 s.
+#    in 180 s (98.5%); 20-way 1-shot 6,500 in 320 s, and its eval did not finish within 50 s.
 WAYS=${WAYS:-20}; SHOTS=${SHOTS:-1}
 if [ -f carry/omniglot/images_background.zip ]; then
   export FASTMAML_CACHE=/tmp/fastmaml-cache; RUN=/tmp/omniglot-${WAYS}w${SHOTS}s; rm -rf "$RUN"
