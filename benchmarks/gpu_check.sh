@@ -6,7 +6,7 @@
 #   the peers and MuJoCo as wheels for the device's Python 3.12 in carry/whl:
 #   DEST=carry/whl bash benchmarks/peers/gpu_wheels.sh
 #   (without them the peers are "not installed")
-# Then: run(command="bash benchmarks/gpu_check.sh", carry=["carry"], timeout_s=560)
+# Then: run(command="bash benchmarks/gpu_check.sh", carry=["carry"], timeout_s=590)
 # Results come back under $OUT; copy them to benchmarks/results/ (they are not written there on the device).
 #
 # Dry run on the CPU (checks the script, not the GPU): DEVICE=cpu QUICK=1 OUT=/tmp/gpu bash benchmarks/gpu_check.sh
@@ -30,8 +30,8 @@ fi
 # What this check measures (2026-12-04; the checks of 2026-11-27 are in benchmarks/results/gpu_h200.md:
 # the peers table without the trainer's CUDA-graph step, the levers, the memory sweep, the RL update).
 # Budget: 15 device minutes, of which starting the machine took 30-60 s on 2026-11-27. The step
-# timeouts add up to about 550 s, most important first; each step writes under $OUT as it goes.
-if [ "$QUICK" = 1 ]; then REPEATS=1; LIMIT=3; TRAIN_S=100; CKPT=10; EVAL_TASKS=20; else REPEATS=10; LIMIT=6; TRAIN_S=200; CKPT=500; EVAL_TASKS=600; fi
+# timeouts add up to about 565 s (run it with timeout_s=590), most important first; each step writes under $OUT as it goes.
+if [ "$QUICK" = 1 ]; then REPEATS=1; LIMIT=3; TRAIN_S=100; CKPT=10; EVAL_TASKS=20; else REPEATS=10; LIMIT=6; TRAIN_S=180; CKPT=500; EVAL_TASKS=600; fi
 
 # 1. Throughput of every paper workload: fastmaml (eager, and the CUDA-graph step the trainer runs)
 #    against a plain torch.func loop and the peers (learn2learn, higher: wheels in carry/whl), second
@@ -61,10 +61,18 @@ if [ -f carry/omniglot/images_background.zip ]; then
     --set checkpoint_every=$CKPT --set threads=0
   cp "$RUN/metrics.jsonl" "$OUT/omniglot_${WAYS}w${SHOTS}s_gpu.jsonl"
   cp "$RUN/checkpoint.safetensors" "$OUT/omniglot_${WAYS}w${SHOTS}s_checkpoint.safetensors"
+  start=$(date +%s)
   timeout 100 $PY -m fastmaml eval "$RUN" --tasks "$EVAL_TASKS" 2>&1 | tee "$OUT/omniglot_${WAYS}w${SHOTS}s_gpu_eval.txt"
+  echo "eval: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$OUT/omniglot_${WAYS}w${SHOTS}s_gpu_eval.txt"
 else
   echo "carry/omniglot/*.zip not found: skipping the Omniglot run" | tee -a "$OUT/gpu_device.txt"
 fi
+
+# 3b. Where an eval's time goes: the adaptation curves of 200 tasks (0..10 steps) of fresh 5-way and
+#     20-way nets, vmapped in chunks of 16 and 100 tasks (fastmaml eval's chunk; `--set chunk_size=16`
+#     gives the smaller one) and looped. The 20-way eval of 2026-12-04 did not finish in 50 s.
+[ "$DEVICE" = cpu ] || timeout 40 $PY benchmarks/eval_speed.py --device "$DEVICE" --tasks 200 --chunks 16 100 \
+  --out "$OUT/eval_speed.md"
 
 # 4. The tests that run only on a GPU: the trainer's and the benchmark's CUDA graphs, the TRPO update,
 #    compile falling back to eager on CUDA.

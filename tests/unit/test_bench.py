@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,3 +175,18 @@ def test_unknown_names_are_errors():
         bench.run_bench(BenchConfig(**{**FAST, "workloads": ["imagenet"]}))
     with pytest.raises(ValueError, match="unknown implementation"):
         bench.run_bench(BenchConfig(**FAST, implementations=["jax"]))
+
+
+def test_eval_speed_script_times_every_strategy_and_chunk(tmp_path, monkeypatch):
+    """benchmarks/eval_speed.py (gpu_check.sh step 3b) runs end to end and writes one row per setting."""
+    script = Path(__file__).parents[2] / "benchmarks" / "eval_speed.py"
+    spec = importlib.util.spec_from_file_location("eval_speed", script)
+    eval_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_speed)
+    out = tmp_path / "eval_speed.md"
+    monkeypatch.setattr("sys.argv", ["eval_speed.py", "--workloads", "omniglot-5w1s", "--tasks", "4", "--steps", "1",
+                                     "--chunks", "2", "4", "--out", str(out)])
+    eval_speed.main()
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| omniglot")]
+    assert [row.split(" | ")[1:3] for row in rows] == [["vmap", "2"], ["vmap", "4"], ["loop", "2"], ["loop", "4"]]
+    assert all(float(row.split(" | ")[4]) > 0 for row in rows)
