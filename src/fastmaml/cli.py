@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="tasks to score: meta-test (default), validation or meta-training classes/tasks; "
                     "supervised presets; a report on val or train is not saved to RUN_DIR/eval.json")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar (supervised presets)")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change a meta-test setting, e.g. inner_lr=0.2 (rl: baseline_fit=rllab); "
                     "the report is then not saved to RUN_DIR/eval.json, unless only threads, strategy or "
@@ -211,6 +212,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed=EVAL_SEED if args.seed is None else args.seed,
         which="best" if args.best else "checkpoint",
         overrides=args.set,
+        **({} if preset.evaluate else {"progress": not args.no_progress}),
     )
     print(json.dumps(report) if args.json else format_report(report))
     changed = [*protocol_overrides(args.set), *([f"--split {args.split}"] if args.split != "test" else [])]

@@ -42,6 +42,14 @@ def test_eval_json_shows_fast_adaptation_beating_the_pretrained_baseline(trained
     assert json.loads((trained_run / "eval.json").read_text())["metrics"] == report["metrics"]
 
 
+def test_eval_shows_a_progress_bar_over_every_method_unless_told_not_to(trained_run, capsys):
+    assert main(["eval", str(trained_run), "--tasks", "250", "--steps", "1", "--set", "threads=1"]) == 0
+    err = capsys.readouterr().err
+    assert "eval sinusoid" in err and "500/500" in err  # 250 tasks for maml and for pretrained, in chunks of 100
+    assert main(["eval", str(trained_run), "--tasks", "250", "--steps", "1", "--no-progress"]) == 0
+    assert "eval sinusoid" not in capsys.readouterr().err
+
+
 def test_eval_table_and_plots(trained_run, capsys):
     assert main(["eval", str(trained_run), "--tasks", "20"]) == 0
     out = capsys.readouterr().out

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from fastmaml.algorithms import MAML
 from fastmaml.config import protocol_overrides
@@ -57,8 +58,11 @@ def adaptation_curves(
     steps: int,
     generator: torch.Generator,
     chunk: int = 100,
+    bar: tqdm | None = None,
 ) -> Tensor:
-    """Every metric after 0..steps inner steps on ``num_tasks`` tasks: (num_tasks, steps + 1, metrics)."""
+    """Every metric after 0..steps inner steps on ``num_tasks`` tasks: (num_tasks, steps + 1, metrics).
+
+    ``bar``, a progress bar, advances by the tasks of each chunk."""
     metrics = list(experiment.metrics.values())
     stacked: Callable[[Tensor, Tensor], Tensor] = lambda pred, y: torch.stack([m(pred, y) for m in metrics])  # noqa: E731
     device = next(maml.parameters()).device
@@ -70,6 +74,8 @@ def adaptation_curves(
             batch = experiment.sample(generator, split, n).to(device)
             out.append(maml.adaptation_curve(batch, steps, stacked).float().cpu())
             done += n
+            if bar is not None:
+                bar.update(n)
     return torch.cat(out)
 
 
@@ -116,6 +122,7 @@ def evaluate(
     save: bool = True,
     overrides: list[str] | tuple[str, ...] = (),
     split: str = "test",
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score a run on ``tasks`` meta-test tasks after 0..steps inner steps, for each method.
 
@@ -127,7 +134,8 @@ def evaluate(
 
     ``split`` picks the tasks: "test" (meta-test, the default), or "val" / "train" to score the
     run on its validation or meta-training tasks (e.g. while a dataset's test images are missing);
-    such a report says so under ``"split"`` and is not saved.
+    such a report says so under ``"split"`` and is not saved. ``progress`` shows a bar over the tasks
+    of every method (on stderr).
     """
     run_dir = Path(run_dir)
     if tasks < 1:
@@ -142,13 +150,16 @@ def evaluate(
         raise ConfigError(f"--steps must be >= 0, got {steps}")
     experiment, maml, meta = load_trained(run_dir, which, overrides)
     results: dict[str, Any] = {}
-    for method, wrapper in methods_for(experiment, maml).items():
-        generator = torch.Generator().manual_seed(seed)  # the same tasks for every method
-        curves = adaptation_curves(wrapper, experiment, split, tasks, steps, generator)
-        mean, ci = mean_ci95(curves)
-        results[method] = {
-            name: {"mean": mean[:, i].tolist(), "ci95": ci[:, i].tolist()} for i, name in enumerate(experiment.metrics)
-        }
+    methods = methods_for(experiment, maml)
+    with tqdm(total=tasks * len(methods), disable=not progress, desc=f"eval {experiment.name}", unit="task") as bar:
+        for method, wrapper in methods.items():
+            generator = torch.Generator().manual_seed(seed)  # the same tasks for every method
+            curves = adaptation_curves(wrapper, experiment, split, tasks, steps, generator, bar=bar)
+            mean, ci = mean_ci95(curves)
+            results[method] = {
+                name: {"mean": mean[:, i].tolist(), "ci95": ci[:, i].tolist()}
+                for i, name in enumerate(experiment.metrics)
+            }
     report = {
         "experiment": experiment.name,
         "checkpoint": which,
