@@ -30,7 +30,8 @@ fi
 # What this check measures (2026-12-04; the checks of 2026-11-27 are in benchmarks/results/gpu_h200.md:
 # the peers table without the trainer's CUDA-graph step, the levers, the memory sweep, the RL update).
 # Budget: 15 device minutes, of which starting the machine took 30-60 s on 2026-11-27. The step
-# timeouts add up to about 565 s (run it with timeout_s=590), most important first; each step writes under $OUT as it goes.
+# timeouts add up to about 565 s (so timeout_s=590), most important first; each step writes under
+# $OUT as it goes.
 if [ "$QUICK" = 1 ]; then REPEATS=1; LIMIT=3; TRAIN_S=100; CKPT=10; EVAL_TASKS=20; else REPEATS=10; LIMIT=6; TRAIN_S=180; CKPT=500; EVAL_TASKS=600; fi
 
 # 1. Throughput of every paper workload: fastmaml (eager, and the CUDA-graph step the trainer runs)
@@ -68,10 +69,10 @@ else
   echo "carry/omniglot/*.zip not found: skipping the Omniglot run" | tee -a "$OUT/gpu_device.txt"
 fi
 
-# 3b. Where an eval's time goes: the adaptation curves of 200 tasks (0..10 steps) of fresh 5-way and
-#     20-way nets, vmapped in chunks of 16 and 100 tasks (fastmaml eval's chunk; `--set chunk_size=16`
-#     gives the smaller one) and looped. The 20-way eval of 2026-12-04 did not finish in 50 s.
-[ "$DEVICE" = cpu ] || timeout 40 $PY benchmarks/eval_speed.py --device "$DEVICE" --tasks 200 --chunks 16 100 \
+# 3b. Where an eval's time goes: the adaptation curves of 200 tasks (0..10 steps) of fresh 20-way and
+#     5-way nets, vmapped in chunks of 100 tasks (fastmaml eval's) and 16 (`--set chunk_size=16`), and
+#     looped. The 20-way eval of 2026-12-04 did not finish in 50 s.
+[ "$DEVICE" = cpu ] || timeout 40 $PY benchmarks/eval_speed.py --device "$DEVICE" --tasks 200 --chunks 100 16 \
   --out "$OUT/eval_speed.md"
 
 # 4. The tests that run only on a GPU: the trainer's and the benchmark's CUDA graphs, the TRPO update,
