@@ -23,23 +23,12 @@ import time
 import torch
 
 from fastmaml.algorithms import MAML
+from fastmaml.bench import image_batch
 from fastmaml.core.batch import TaskBatch
 from fastmaml.experiments.fewshot import accuracy, omniglot_config, xent_per_shot
 from fastmaml.models.conv import ConvNet
 
 WORKLOADS = {"omniglot-20w1s": (20, 1), "omniglot-5w1s": (5, 1)}
-
-
-def task_batch(tasks: int, ways: int, shots: int, device: torch.device, seed: int = 0) -> TaskBatch:
-    """``tasks`` tasks of Omniglot's shape: ``shots`` support and 1 query image per class."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(ways).repeat_interleave(shots)
-    return TaskBatch(
-        torch.rand(tasks, ways * shots, 1, 28, 28, generator=g),
-        labels.expand(tasks, -1).clone(),
-        torch.rand(tasks, ways, 1, 28, 28, generator=g),
-        torch.arange(ways).expand(tasks, -1).clone(),
-    ).to(device)
 
 
 def time_eval(maml: MAML, batch: TaskBatch, steps: int, chunk: int, sync) -> tuple[float, float]:
@@ -86,7 +75,7 @@ def main() -> None:
     for workload in args.workloads:
         ways, shots = WORKLOADS[workload]
         config = omniglot_config(ways, shots)
-        batch = task_batch(args.tasks, ways, shots, device)
+        batch = image_batch(torch.Generator().manual_seed(0), args.tasks, ways, shots, 1, 1, 28).to(device)  # 1 query
         for strategy in args.strategies:
             for chunk in args.chunks if strategy == "vmap" else args.chunks[:1]:  # the loop runs task by task
                 torch.manual_seed(0)
