@@ -3,11 +3,14 @@
 import csv
 import json
 import math
+import shutil
 
 import pytest
+import torch
 
 from fastmaml.algorithms.maml import cpu_compiler
 from fastmaml.cli import main
+from fastmaml.engine import evaluate as evaluate_module
 
 FAST = ["--set", "meta_batch_size=10", "--set", "outer_lr=0.01", "--set", "log_every=50", "--set", "checkpoint_every=200", "--no-progress"]
 
@@ -97,6 +100,43 @@ def test_eval_set_threads_or_strategy_only_is_the_runs_own_report_and_saved(trai
     assert json.loads(captured.out)["overrides"] == ["inner_lr=1e-6"]
     assert "meta-tested with inner_lr=1e-6; not saved" in captured.err
     assert json.loads((trained_run / "eval.json").read_text())["metrics"] == report["metrics"]
+
+
+def test_eval_of_a_run_trained_on_cuda_uses_its_gpu_where_there_is_one_and_the_cpu_elsewhere(
+    trained_run, tmp_path, capsys, monkeypatch
+):
+    """A run made with --device cuda is meta-tested on that GPU where the machine has one (the model
+    used to stay on the CPU, even beside a GPU), and on the CPU elsewhere, e.g. a GPU run scored on a
+    laptop; asking for CUDA with --set device=cuda where there is none is one clear error."""
+    gpu_run = tmp_path / "gpu_run"
+    shutil.copytree(trained_run, gpu_run)
+    (gpu_run / "eval.json").unlink(missing_ok=True)
+    config = json.loads((gpu_run / "config.json").read_text())
+    config["config"]["device"] = "cuda"
+    (gpu_run / "config.json").write_text(json.dumps(config))
+    devices = []
+    curves = evaluate_module.adaptation_curves
+
+    def spy(wrapper, *args, **kwargs):
+        devices.append({p.device.type for p in wrapper.parameters()})
+        return curves(wrapper, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "adaptation_curves", spy)
+    assert main(["eval", str(gpu_run), "--tasks", "40", "--steps", "2", "--json"]) == 0
+    on_run_device = json.loads(capsys.readouterr().out)["metrics"]
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert devices == [{expected}, {expected}]  # maml and the pretrained baseline
+    assert (gpu_run / "eval.json").is_file()
+    # the sinusoid tasks are drawn on the CPU either way, so the numbers match the CPU run's own
+    assert main(["eval", str(trained_run), "--tasks", "40", "--steps", "2", "--json", "--set", "device=cpu"]) == 0
+    on_cpu = json.loads(capsys.readouterr().out)["metrics"]
+    assert devices[-1] == {"cpu"}
+    for method, metrics in on_cpu.items():
+        assert on_run_device[method]["mse"]["mean"] == pytest.approx(metrics["mse"]["mean"], rel=1e-3)
+    if not torch.cuda.is_available():
+        assert main(["eval", str(gpu_run), "--tasks", "5", "--set", "device=cuda"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "sees no CUDA GPU" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from fastmaml.algorithms import MAML
 from fastmaml.config import protocol_overrides
 from fastmaml.engine import checkpoint
+from fastmaml.engine.distributed import check_cuda, device_for
 from fastmaml.engine.run_dir import BEST, CHECKPOINT, EVAL, build_experiment, read_config
 from fastmaml.engine.experiment import Experiment, make_maml
 from fastmaml.errors import ConfigError
@@ -96,20 +97,42 @@ def methods_for(experiment: Experiment, maml: MAML) -> dict[str, MAML]:
 
 
 def load_trained(
-    run_dir: Path, which: str = "checkpoint", overrides: list[str] | tuple[str, ...] = ()
+    run_dir: Path,
+    which: str = "checkpoint",
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str | torch.device = "cpu",
 ) -> tuple[Experiment, MAML, dict[str, Any]]:
     """Rebuild a run's experiment and MAML wrapper with the weights of its latest (or best) checkpoint
-    (``overrides``: meta-test settings changed, as ``fastmaml eval --set``)."""
+    (``overrides``: meta-test settings changed, as ``fastmaml eval --set``), the model and baseline on
+    ``device`` (the CPU unless asked: ``adapt`` feeds them CPU tensors; ``evaluate`` passes
+    :func:`eval_device`)."""
     experiment = build_experiment(run_dir, overrides)
     name = {"checkpoint": CHECKPOINT, "best": BEST}[which]
     tensors, meta, _ = checkpoint.load_latest(Path(run_dir) / name)
     maml = make_maml(experiment)
     maml.load_state_dict({k[len("maml/"):]: v for k, v in tensors.items() if k.startswith("maml/")})
+    maml.to(device)
     if experiment.baseline is not None:
         experiment.baseline.load_state_dict(
             {k[len("baseline/"):]: v for k, v in tensors.items() if k.startswith("baseline/")}
         )
+        experiment.baseline.to(device)
     return experiment, maml, meta
+
+
+def eval_device(config: Any, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """Where ``fastmaml eval`` meta-tests a run: the run's CUDA device (or ``--set device=...``'s)
+    where this machine has one, else the CPU, so a run meta-trained on a GPU can be scored on a
+    machine without one. A CUDA device asked for with ``--set device=cuda`` on such a machine is an
+    error, not a silent fall-back."""
+    device = str(getattr(config, "device", "cpu"))
+    if not device.startswith("cuda"):
+        return "cpu"
+    if torch.cuda.is_available():
+        return device_for(device)
+    if any(item.partition("=")[0].strip() == "device" for item in overrides):
+        check_cuda(device)
+    return "cpu"
 
 
 def evaluate(
@@ -148,7 +171,7 @@ def evaluate(
     steps = config.eval_steps if steps is None else steps
     if steps < 0:
         raise ConfigError(f"--steps must be >= 0, got {steps}")
-    experiment, maml, meta = load_trained(run_dir, which, overrides)
+    experiment, maml, meta = load_trained(run_dir, which, overrides, device=eval_device(config, overrides))
     results: dict[str, Any] = {}
     methods = methods_for(experiment, maml)
     with tqdm(total=tasks * len(methods), disable=not progress, desc=f"eval {experiment.name}", unit="task") as bar:
