@@ -126,6 +126,7 @@ class RLConfig:
     checkpoint_every: int = 10
     threads: int = 1  # torch intra-op threads: the sampler's per-step ops are tiny
     device: str = "cpu"  # where the TRPO meta-update runs (cuda: a GPU); sampling always stays on the CPU (MuJoCo)
+    implicit_damping: bool = True  # half-cheetah: MuJoCo's Euler integrates joint damping implicitly (false: explicitly)
 
     # keys ``fastmaml eval --set`` may change (the meta-test protocol; the rest shape or train the policies)
     EVAL_KEYS: ClassVar[tuple[str, ...]] = (
@@ -164,6 +165,9 @@ class RLConfig:
             raise ConfigError(f"baseline_fit must be one of {', '.join(BASELINE_FITS)}, got {self.baseline_fit!r}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if not self.implicit_damping and not self.env.startswith("cheetah"):
+            raise ConfigError(f"implicit_damping=false applies to the half-cheetah (MuJoCo's Euler integrator); "
+                              f"{self.env} does not integrate with it, so leave it at true")
         unknown = set(self.baselines) - set(TRAINED_BASELINES)
         if unknown:
             raise ConfigError(f"unknown baselines {sorted(unknown)}; choose from {', '.join(TRAINED_BASELINES)}")
@@ -193,7 +197,7 @@ class OracleBatch:
 
 
 def make_env(config: RLConfig, oracle: bool = False):
-    env = make_batch(config.env)
+    env = make_batch(config.env, **({} if config.implicit_damping else {"implicit_damping": False}))
     return OracleBatch(env) if oracle else env
 
 

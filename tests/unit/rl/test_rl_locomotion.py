@@ -207,3 +207,21 @@ def test_misuse_gives_clear_errors():
     env.reset(torch.ones(2))
     with pytest.raises(ValueError, match=r"actions must have shape \(2, 6\)"):
         env.step(torch.zeros(2, 8))
+
+
+def test_explicit_damping_option_changes_only_the_half_cheetahs_integration():
+    """implicit_damping=False sets MuJoCo's mjDSBL_EULERDAMP (today's Euler integrates joint damping
+    implicitly; whether rllab's MuJoCo 1.31 did is not documented): the same actions then move the
+    cheetah differently. The ant steps with RK4, which the flag does not touch: refused."""
+    goals = torch.ones(3, dtype=torch.float64)
+    implicit = LocomotionBatch("cheetah-dir", dtype=torch.float64)
+    explicit = LocomotionBatch("cheetah-dir", dtype=torch.float64, implicit_damping=False)
+    assert not implicit.model.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_EULERDAMP
+    assert explicit.model.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_EULERDAMP
+    a, b = rollout(implicit, goals, 50, seed=0), rollout(explicit, goals, 50, seed=0)
+    assert torch.equal(a[0][0], b[0][0])  # the same start: the flag acts only when stepping
+    assert not torch.allclose(a[-1][0], b[-1][0], atol=1e-3)
+    again = rollout(LocomotionBatch("cheetah-dir", dtype=torch.float64, implicit_damping=False), goals, 50, seed=0)
+    assert torch.equal(again[-1][0], b[-1][0])  # still deterministic
+    with pytest.raises(ValueError, match="implicit_damping=false applies to the Euler integrator"):
+        LocomotionBatch("ant-dir", implicit_damping=False)

@@ -41,3 +41,21 @@ def test_finite_difference_step_defaults_to_the_original_runs_and_must_be_positi
     assert RLConfig().fd_base_eps == 1.0
     with pytest.raises(ConfigError, match="fd_base_eps must be > 0"):
         RLConfig(fd_base_eps=0.0).validate()
+
+
+def test_explicit_damping_is_a_half_cheetah_option_and_reaches_its_environments():
+    pytest.importorskip("mujoco", reason="mujoco is the optional 'rl' extra (CI installs fastmaml[rl])")
+    import mujoco
+
+    from fastmaml.rl.trainer import make_env
+
+    config = make_config("cheetah-dir", implicit_damping=False)
+    config.validate()
+    for oracle in (False, True):
+        env = make_env(config, oracle=oracle)
+        model = getattr(env, "env", env).model
+        assert model.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_EULERDAMP
+    assert not make_env(make_config("cheetah-dir")).model.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_EULERDAMP
+    for env in ("nav2d", "ant-dir"):
+        with pytest.raises(ConfigError, match="implicit_damping=false applies to the half-cheetah"):
+            make_config(env, implicit_damping=False).validate()

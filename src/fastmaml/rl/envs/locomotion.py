@@ -27,6 +27,9 @@ of 0.01, contact ``solimp`` (0.8, 0.8, 0.01) on every geom instead of MuJoCo's d
 episode starts from the model's ``init_qpos`` numeric (torso at 0.55 with bent legs, rllab's start)
 rather than qpos0. Its motors have ctrlrange ±1 and gear 150 where rllab had ±150 and gear 1: the
 same torques once actions are normalised. What remains different is MuJoCo itself (rllab used 1.31).
+One such difference can be switched: today's Euler integrator (the half-cheetah's) integrates joint
+damping implicitly unless ``mjDSBL_EULERDAMP`` is set; ``implicit_damping=False`` sets it, to measure
+how much that changes a result (whether MuJoCo 1.31 damped implicitly is not documented).
 """
 
 from __future__ import annotations
@@ -101,13 +104,18 @@ class LocomotionBatch:
     horizon = HORIZON
     goal_shape: tuple[int, ...] = ()
 
-    def __init__(self, task: str, *, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, task: str, *, dtype: torch.dtype = torch.float32, implicit_damping: bool = True) -> None:
         if task not in TASKS:
             raise ConfigError(f"unknown locomotion task {task!r}; choose one of {', '.join(TASKS)}")
         self.task = TASKS[task]
         self.dtype = dtype
         self.model = model = load_model(self.task.robot)
         self.is_ant = self.task.robot == "ant"
+        if not implicit_damping:
+            if int(model.opt.integrator) != int(mujoco.mjtIntegrator.mjINT_EULER):
+                raise ConfigError(f"implicit_damping=false applies to the Euler integrator (the half-cheetah); "
+                                  f"{task} steps with another one, so leave it at true")
+            model.opt.disableflags |= int(mujoco.mjtDisableBit.mjDSBL_EULERDAMP)
         self.torso = model.body("torso").id
         self.init_qpos = model.numeric("init_qpos").data.copy() if self.is_ant else model.qpos0.copy()
         self.integrate = {  # what mj_step does after its forward pass, for the two models used here
