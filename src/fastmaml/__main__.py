@@ -1,7 +1,5 @@
 """``python -m fastmaml`` is the ``fastmaml`` command."""
 
-import sys
+from fastmaml.cli import run
 
-from fastmaml.cli import main
-
-sys.exit(main())
+run()

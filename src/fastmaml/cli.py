@@ -6,8 +6,10 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from fastmaml.config import apply_overrides, dumps, protocol_overrides
 from fastmaml.errors import ConfigError, FastMAMLError
@@ -339,5 +341,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> NoReturn:
+    """The ``fastmaml`` command and ``python -m fastmaml``: :func:`main`, then exit with its code.
+
+    Under torchrun (``WORLD_SIZE`` > 1) the process ends with ``os._exit`` once its output is flushed,
+    skipping the interpreter's finalization: there, gloo's worker threads sometimes abort a process
+    whose run had finished and saved everything ("terminate called without an active exception",
+    SIGABRT; seen once in a clean-clone CI run, after both ranks had printed their summary), which
+    torchrun reports as a failed job. Everything the run writes is written and closed before
+    ``main`` returns (the process group too), so nothing is lost by not finalizing.
+    """
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from fastmaml.cli import main
@@ -56,3 +57,27 @@ def test_micro_batches_give_the_same_update(tmp_path):
     assert main(["train", "sinusoid", "--iterations", "20", "--out", str(micro), *COMMON,
                  "--set", "micro_batch_size=3"]) == 0
     assert_close(final(whole)[0], final(micro)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_the_command_ends_torchrun_processes_without_finalizing_and_others_normally(monkeypatch):
+    """``fastmaml`` / ``python -m fastmaml`` exit with main's code; under torchrun (WORLD_SIZE > 1)
+    through os._exit after flushing, so gloo's threads cannot abort a finished run during the
+    interpreter's finalization (SIGABRT after both ranks had printed their summary, once in CI)."""
+    import fastmaml.cli as cli
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(SystemExit) as normal:
+        cli.run()
+    assert normal.value.code == 3
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(Exited) as torchrun_exit:
+        cli.run()
+    assert torchrun_exit.value.args == (3,)
