@@ -109,3 +109,10 @@ def device_for(device: str) -> str:
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         return f"cuda:{os.environ['LOCAL_RANK']}"
     return device
+
+
+def cuda_or_cpu(device: str) -> str:
+    """A run's CUDA ``device`` (as :func:`device_for` resolves it) where this machine has CUDA, else
+    the CPU: where a trained run's images and model go when it is used again, e.g. a GPU run
+    meta-tested on a machine without one."""
+    return device_for(device) if device.startswith("cuda") and torch.cuda.is_available() else "cpu"

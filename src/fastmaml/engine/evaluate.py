@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from fastmaml.algorithms import MAML
 from fastmaml.config import protocol_overrides
 from fastmaml.engine import checkpoint
-from fastmaml.engine.distributed import check_cuda, device_for
+from fastmaml.engine.distributed import check_cuda, cuda_or_cpu
 from fastmaml.engine.run_dir import BEST, CHECKPOINT, EVAL, build_experiment, read_config
 from fastmaml.engine.experiment import Experiment, make_maml
 from fastmaml.errors import ConfigError
@@ -126,13 +126,9 @@ def eval_device(config: Any, overrides: list[str] | tuple[str, ...] = ()) -> str
     machine without one. A CUDA device asked for with ``--set device=cuda`` on such a machine is an
     error, not a silent fall-back."""
     device = str(getattr(config, "device", "cpu"))
-    if not device.startswith("cuda"):
-        return "cpu"
-    if torch.cuda.is_available():
-        return device_for(device)
     if any(item.partition("=")[0].strip() == "device" for item in overrides):
         check_cuda(device)
-    return "cpu"
+    return cuda_or_cpu(device)
 
 
 def evaluate(

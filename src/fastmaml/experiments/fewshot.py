@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastmaml.config import TrainConfig
-from fastmaml.engine.distributed import device_for
+from fastmaml.engine.distributed import cuda_or_cpu
 from fastmaml.engine.experiment import Experiment, Preset, register
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.models.conv import ConvNet, NoConvMLP
@@ -249,7 +249,7 @@ def _load_split(spec: DataSpec, split: str, device: str) -> FewShotImages:
 
 def _device(config: FewShotConfig) -> str:
     """Where the images live: the run's CUDA device when there is one, else the CPU."""
-    return device_for(config.device) if config.device.startswith("cuda") and torch.cuda.is_available() else "cpu"
+    return cuda_or_cpu(config.device)
 
 
 def load_split(config: FewShotConfig, split: str) -> FewShotImages:
