@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from fastmaml.config import apply_overrides, dumps, protocol_overrides
+from fastmaml.config import apply_overrides, dumps
 from fastmaml.errors import ConfigError, FastMAMLError
 
 # CLI shorthand -> config key; each applies only to presets whose config has that key.
@@ -217,7 +217,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         **({} if preset.evaluate else {"progress": not args.no_progress}),
     )
     print(json.dumps(report) if args.json else format_report(report))
-    changed = [*protocol_overrides(args.set), *([f"--split {args.split}"] if args.split != "test" else [])]
+    changed = [*report.get("overrides", ()), *([f"--split {args.split}"] if args.split != "test" else [])]
     if changed:
         print(f"meta-tested with {', '.join(changed)}; not saved to {args.run_dir / 'eval.json'}", file=sys.stderr)
     return 0

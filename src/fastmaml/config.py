@@ -135,14 +135,18 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
     return dataclasses.replace(config, **changes)
 
 
-# ``fastmaml eval --set`` keys that change how meta-testing runs, not what it computes (up to the
-# summation order of floating-point sums): a report made with only these is the run's own and is saved.
-EXECUTION_KEYS = ("threads", "strategy", "chunk_size")
+# ``fastmaml eval --set`` keys that change how or where meta-testing runs, not what it computes (up
+# to the summation order of floating-point sums; the device also picks other kernels): a report made
+# with only these is the run's own and is saved. A config may add keys of its own with a method
+# ``execution_keys()`` (the few-shot configs: ``root`` of a data set whose loader checks its content).
+EXECUTION_KEYS = ("threads", "strategy", "chunk_size", "device", "cache_dir")
 
 
-def protocol_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
-    """The ``key=value`` items of ``overrides`` that change the meta-test protocol (not ``EXECUTION_KEYS``)."""
-    return [item for item in overrides if item.partition("=")[0].strip() not in EXECUTION_KEYS]
+def protocol_overrides(overrides: list[str] | tuple[str, ...], config: Any = None) -> list[str]:
+    """The ``key=value`` items of ``overrides`` that change the meta-test protocol of a run with
+    ``config`` (not ``EXECUTION_KEYS``, nor the config's own ``execution_keys()``)."""
+    execution = EXECUTION_KEYS + (tuple(config.execution_keys()) if hasattr(config, "execution_keys") else ())
+    return [item for item in overrides if item.partition("=")[0].strip() not in execution]
 
 
 def apply_eval_overrides(config: Any, overrides: list[str]) -> Any:

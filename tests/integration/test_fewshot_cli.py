@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import json
 import math
+import shutil
 import threading
 from pathlib import Path
 
@@ -108,6 +109,17 @@ def test_train_and_eval_omniglot_5way_1shot(tiny_omniglot, tmp_path, capsys):
     assert accuracy["mean"][10] > 0.5 > accuracy["mean"][0] - 0.2  # chance is 0.2: adaptation works
     code, out, _ = cli(["eval", run, "--tasks", 10, "--steps", 2, "--best"], capsys)
     assert code == 0 and "accuracy:" in out and "±" in out
+    # the same Omniglot files elsewhere (say, a run meta-trained on another machine): the loader
+    # checks them, so the same tasks and scores, and the report is the run's own and saved
+    moved = tmp_path / "moved_omniglot"
+    shutil.copytree(tiny_omniglot, moved)
+    (run / "eval.json").unlink()
+    code, out, err = cli(["eval", run, "--tasks", 20, "--json", "--set", f"root={moved}"], capsys)
+    assert code == 0, err
+    relocated = json.loads(out)
+    assert "overrides" not in relocated and "not saved" not in err
+    assert relocated["metrics"] == report["metrics"]
+    assert json.loads((run / "eval.json").read_text())["metrics"] == report["metrics"]
 
     # --split val scores the 2 validation characters (x 4 rotations) instead, and leaves eval.json alone
     saved = (run / "eval.json").read_text()
@@ -297,6 +309,12 @@ def test_train_and_eval_an_image_folder(tmp_path, capsys, monkeypatch):
     code, out, err = cli(["eval", run, "--tasks", 6, "--json"], capsys)
     assert code == 0, err
     assert len(json.loads(out)["metrics"]["maml"]["accuracy"]["mean"]) == 4
+    # a folder data set's root is the data itself: another root is another protocol, not saved
+    saved = (run / "eval.json").read_text()
+    code, out, err = cli(["eval", run, "--tasks", 2, "--steps", 1, "--json", "--set", f"root={tree}"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["overrides"] == [f"root={tree}"] and "not saved" in err
+    assert (run / "eval.json").read_text() == saved
     # adapt to 3 of the colours, one image each; classify 2 others of each (RGB, resized to 16x16)
     support, predict = tmp_path / "support", tmp_path / "predict"
     for c in ("class_00", "class_07", "class_15"):

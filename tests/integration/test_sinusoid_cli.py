@@ -127,10 +127,14 @@ def test_eval_of_a_run_trained_on_cuda_uses_its_gpu_where_there_is_one_and_the_c
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert devices == [{expected}, {expected}]  # maml and the pretrained baseline
     assert (gpu_run / "eval.json").is_file()
-    # the sinusoid tasks are drawn on the CPU either way, so the numbers match the CPU run's own
-    assert main(["eval", str(trained_run), "--tasks", "40", "--steps", "2", "--json", "--set", "device=cpu"]) == 0
-    on_cpu = json.loads(capsys.readouterr().out)["metrics"]
+    # the sinusoid tasks are drawn on the CPU either way, so the numbers match the run's on its GPU;
+    # the device says where meta-testing runs, not what it computes: the report is the run's own, saved
+    assert main(["eval", str(gpu_run), "--tasks", "40", "--steps", "2", "--json", "--set", "device=cpu"]) == 0
+    captured = capsys.readouterr()
+    on_cpu = json.loads(captured.out)["metrics"]
     assert devices[-1] == {"cpu"}
+    assert "overrides" not in json.loads(captured.out) and "not saved" not in captured.err
+    assert json.loads((gpu_run / "eval.json").read_text())["metrics"] == on_cpu
     for method, metrics in on_cpu.items():
         assert on_run_device[method]["mse"]["mean"] == pytest.approx(metrics["mse"]["mean"], rel=1e-3)
     if not torch.cuda.is_available():

@@ -149,7 +149,8 @@ def evaluate(
     "ci95": [...]}}}}`` with lists indexed by the number of inner steps; saved to ``RUN_DIR/eval.json``
     unless ``overrides`` (``key=value``, meta-test settings as ``fastmaml eval --set``) changed the
     run's protocol; the report then lists them under ``"overrides"``. ``config.EXECUTION_KEYS``
-    (threads, strategy, chunk_size) change how it runs, not the protocol.
+    (threads, strategy, chunk_size, device, cache_dir; a few-shot run's ``root`` where its loader
+    checks the data) change how or where it runs, not the protocol.
 
     ``split`` picks the tasks: "test" (meta-test, the default), or "val" / "train" to score the
     run on its validation or meta-training tasks (e.g. while a dataset's test images are missing);
@@ -186,7 +187,7 @@ def evaluate(
         "tasks": tasks,
         "steps": steps,
         "seed": seed,
-        **({"overrides": changed} if (changed := protocol_overrides(overrides)) else {}),
+        **({"overrides": changed} if (changed := protocol_overrides(overrides, config)) else {}),
         **({"split": split} if split != "test" else {}),
         "metrics": results,
     }

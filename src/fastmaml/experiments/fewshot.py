@@ -114,6 +114,14 @@ class FewShotConfig(TrainConfig):
 
     EVAL_KEYS: ClassVar[tuple[str, ...]] = TrainConfig.EVAL_KEYS + ("eval_queries", "root", "cache_dir")
 
+    def execution_keys(self) -> tuple[str, ...]:
+        """``fastmaml eval --set`` keys that only say where things are (``config.protocol_overrides``):
+        the Omniglot and MiniImagenet loaders check what they read (Omniglot's alphabet and character
+        counts, MiniImagenet's split files and image names), so another ``root`` holds the same data
+        and a run meta-trained elsewhere (e.g. on a GPU machine) is meta-tested and its report saved.
+        A folder data set's ``root`` is the data itself: changing it changes the protocol."""
+        return ("root",) if self.dataset in ("omniglot", "miniimagenet") else ()
+
     def validate(self) -> None:
         super().validate()
         for key, choices in (("dataset", DATASETS), ("network", NETWORKS)):

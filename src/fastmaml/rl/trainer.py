@@ -478,7 +478,7 @@ def evaluate(
         "steps": steps,
         "seed": seed,
         "trajectories": config.eval_trajectories,
-        **({"overrides": changed} if (changed := protocol_overrides(overrides)) else {}),
+        **({"overrides": changed} if (changed := protocol_overrides(overrides, config)) else {}),
         "metrics": results,
     }
     if save and not changed:
