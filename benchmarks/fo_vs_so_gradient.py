@@ -24,12 +24,7 @@ import torch
 from fastmaml import MAML
 from fastmaml.engine.evaluate import load_trained
 from fastmaml.engine.run_dir import build_experiment
-
-
-def flat_grad(maml: MAML, batch) -> torch.Tensor:
-    maml.model.zero_grad(set_to_none=True)
-    maml.meta_loss(batch).backward()
-    return torch.cat([p.grad.reshape(-1) for p in maml.model.parameters()])
+from fastmaml.studies.order_activation import meta_gradient
 
 
 def probe(run_dir: Path, batches: int = 5, init: bool = False, seed: int = 0,
@@ -42,16 +37,13 @@ def probe(run_dir: Path, batches: int = 5, init: bool = False, seed: int = 0,
         experiment, _, meta = load_trained(run_dir, overrides=overrides)
         step = meta["step"]
     c = experiment.config
-    wrappers = {
-        order: MAML(experiment.model, experiment.loss_fn, inner_lr=c.inner_lr, inner_steps=c.inner_steps,
-                    first_order=order == "first", strategy="loop", workers=1, compile=False)
-        for order in ("first", "second")
-    }
+    maml = MAML(experiment.model, experiment.loss_fn, inner_lr=c.inner_lr, inner_steps=c.inner_steps,
+                strategy="loop", workers=1, compile=False)
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(batches):
         batch = experiment.sample(generator, "train", c.meta_batch_size)
-        first, second = (flat_grad(wrappers[o], batch) for o in ("first", "second"))
+        first, second = meta_gradient(maml, batch, True), meta_gradient(maml, batch, False)
         with torch.no_grad():
             scale = sum(experiment.model(x).abs().mean().item() for x in batch[0]) / len(batch[0])  # per task
         rows.append({

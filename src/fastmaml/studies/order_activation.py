@@ -70,7 +70,7 @@ def curvature(maml: MAML, batch: TaskBatch, power_iterations: int = POWER_ITERAT
             lam = _norm(w)
             v = w
         spectral.append(lam.item())
-    so, fo = _meta_gradient(maml, batch, False), _meta_gradient(maml, batch, True)
+    so, fo = meta_gradient(maml, batch, False), meta_gradient(maml, batch, True)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return {
         "spectral": mean(spectral),
@@ -82,7 +82,8 @@ def curvature(maml: MAML, batch: TaskBatch, power_iterations: int = POWER_ITERAT
     }
 
 
-def _meta_gradient(maml: MAML, batch: TaskBatch, first_order: bool) -> Tensor:
+def meta_gradient(maml: MAML, batch: TaskBatch, first_order: bool) -> Tensor:
+    """``maml``'s meta-gradient on ``batch``, first or second order, as one flat vector (no .grad written)."""
     saved = maml.first_order
     maml.first_order = first_order
     try:
