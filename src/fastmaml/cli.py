@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
                     "the report is then not saved to RUN_DIR/eval.json, unless only threads, strategy or "
                     "chunk_size changed (they change how it runs, not what it computes)")
 
+    compare = sub.add_parser("compare", help="evaluated runs side by side: one table, paired differences per "
+                             "task, a figure")
+    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                         help="runs evaluated alike (fastmaml eval with the same --tasks, --steps, --seed)")
+    compare.add_argument("--figure", type=Path, help="write the metric-vs-steps figure (PNG) here")
+
     plot = sub.add_parser("plot", help="write the run's PNG figures to RUN_DIR/plots")
     plot.add_argument("run_dir", type=Path)
     plot.add_argument("--tasks", type=int, default=100, help="meta-test tasks when the run has no eval.json")
@@ -188,9 +194,11 @@ def format_report(report: dict) -> str:
         for step in range(report["steps"] + 1):
             cells = [f"{methods[m][name]['mean'][step]:>12.4f} ± {methods[m][name]['ci95'][step]:<7.4f}" for m in methods]
             lines.append(f"{step:>5}  " + "  ".join(f"{c:>22}" for c in cells))
-    if differences := paired_differences(methods):
+    for name in names:
+        if not (differences := paired_differences(methods, name)):
+            continue
         first = next(iter(methods))
-        lines += ["", f"{first} minus each method, task by task on the same tasks (paired), mean ± 95% CI:",
+        lines += ["", f"{name}: {first} minus each method, task by task on the same tasks (paired), mean ± 95% CI:",
                   f"{'steps':>5}  " + "  ".join(f"{f'{first} - {m}':>22}" for m in differences)]
         for step in range(report["steps"] + 1):
             cells = [f"{mean[step]:>+12.4f} ± {ci[step]:<7.4f}" for mean, ci in differences.values()]
@@ -220,6 +228,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     changed = [*report.get("overrides", ()), *([f"--split {args.split}"] if args.split != "test" else [])]
     if changed:
         print(f"meta-tested with {', '.join(changed)}; not saved to {args.run_dir / 'eval.json'}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fastmaml import plotting
+    from fastmaml.engine.compare import merge, summary
+
+    report = merge(args.run_dirs)
+    print(summary(report))
+    if args.figure:
+        if args.figure.suffix.lower() != ".png":
+            raise ConfigError(f"--figure {args.figure}: give a .png path")
+        args.figure.parent.mkdir(parents=True, exist_ok=True)
+        print(plotting.metric_vs_steps(report, args.figure))
     return 0
 
 
@@ -315,7 +337,7 @@ def adapt_rl(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data, "presets": cmd_presets}
-COMMANDS.update(study=cmd_study, adapt=cmd_adapt)
+COMMANDS.update(study=cmd_study, adapt=cmd_adapt, compare=cmd_compare)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

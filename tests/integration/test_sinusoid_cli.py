@@ -43,6 +43,17 @@ def test_eval_json_shows_fast_adaptation_beating_the_pretrained_baseline(trained
     assert maml["mean"][1] < 0.6 * pretrained["mean"][1]
     assert maml["mean"][5] < maml["mean"][1]
     assert json.loads((trained_run / "eval.json").read_text())["metrics"] == report["metrics"]
+    # every task's value is kept (6 significant digits), for paired comparisons on the same tasks
+    per_task = torch.tensor(maml["per_task"], dtype=torch.float64)
+    assert per_task.shape == (6, 200)
+    assert torch.allclose(per_task.mean(dim=1), torch.tensor(maml["mean"], dtype=torch.float64), rtol=1e-5)
+
+
+def test_eval_table_shows_paired_differences_against_the_pretrained_baseline(trained_run, capsys):
+    assert main(["eval", str(trained_run), "--tasks", "50", "--steps", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "mse: maml minus each method, task by task on the same tasks (paired)" in out
+    assert "maml - pretrained" in out
 
 
 def test_eval_shows_a_progress_bar_over_every_method_unless_told_not_to(trained_run, capsys):

@@ -51,6 +51,12 @@ def paired_differences(metrics: dict[str, Any], metric: str = "return") -> dict[
     return differences
 
 
+def per_task(values: Tensor) -> list[list[float]]:
+    """(tasks, steps + 1) values as lists indexed by the number of steps, one value per task, to 6
+    significant digits (for :func:`paired_differences` between methods or runs scored on the same tasks)."""
+    return [[float(f"{v:.6g}") for v in row] for row in values.T.tolist()]
+
+
 def adaptation_curves(
     maml: MAML,
     experiment: Experiment,
@@ -146,7 +152,8 @@ def evaluate(
     """Score a run on ``tasks`` meta-test tasks after 0..steps inner steps, for each method.
 
     Returns ``{"experiment", "step", "tasks", "steps", "metrics": {method: {metric: {"mean": [...],
-    "ci95": [...]}}}}`` with lists indexed by the number of inner steps; saved to ``RUN_DIR/eval.json``
+    "ci95": [...], "per_task": [[...], ...]}}}}`` with lists indexed by the number of inner steps
+    (``per_task``: one list of the tasks' values per step, for paired comparisons); saved to ``RUN_DIR/eval.json``
     unless ``overrides`` (``key=value``, meta-test settings as ``fastmaml eval --set``) changed the
     run's protocol; the report then lists them under ``"overrides"``. ``config.EXECUTION_KEYS``
     (threads, strategy, chunk_size, device, cache_dir; a few-shot run's ``root`` where its loader
@@ -177,7 +184,7 @@ def evaluate(
             curves = adaptation_curves(wrapper, experiment, split, tasks, steps, generator, bar=bar)
             mean, ci = mean_ci95(curves)
             results[method] = {
-                name: {"mean": mean[:, i].tolist(), "ci95": ci[:, i].tolist()}
+                name: {"mean": mean[:, i].tolist(), "ci95": ci[:, i].tolist(), "per_task": per_task(curves[:, :, i])}
                 for i, name in enumerate(experiment.metrics)
             }
     report = {

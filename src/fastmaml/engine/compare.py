@@ -1,0 +1,130 @@
+"""Runs evaluated alike, side by side: one table, paired differences, one figure (``fastmaml compare``).
+
+    fastmaml eval RUN_A && fastmaml eval RUN_B
+    fastmaml compare RUN_A RUN_B [--figure out.png]
+
+Each run's ``eval.json`` must come from the same experiment, meta-test seed, task count, steps (and,
+for meta-RL, trajectories): ``fastmaml eval`` then draws the same tasks for every method of every
+run, so the rows compare like with like. A method that several runs report with the same numbers
+(the meta-RL runs' random initialisation, for one) is shown once; with different numbers (MAML in a
+first-order and a second-order run) it is shown once per run, labelled ``method [run folder]``.
+The paired differences are the first row minus each other one, task by task on the same tasks:
+what is hard or easy about a task is shared by both sides of a pair and cancels, so this interval,
+not the two separate ones, says whether one beats the other on these tasks (it says nothing about
+other training seeds).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fastmaml.engine.evaluate import paired_differences
+from fastmaml.engine.run_dir import EVAL
+from fastmaml.errors import ConfigError
+
+SAME = ("experiment", "tasks", "steps", "seed", "trajectories", "split")
+
+
+def read_report(run: Path) -> dict[str, Any]:
+    path = Path(run) / EVAL
+    if not path.is_file():
+        raise ConfigError(f"{run} has no {EVAL}; run `fastmaml eval {run}` first")
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path} is not a readable eval report ({error}); run `fastmaml eval {run}` again") from None
+    if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict) or not report["metrics"]:
+        raise ConfigError(f"{path} is not an eval report (no metrics); run `fastmaml eval {run}` again")
+    return report
+
+
+def merge(runs: list[Path]) -> dict[str, Any]:
+    """One report holding every run's methods (see the module docstring), with ``runs``: the run and
+    iteration each row comes from."""
+    if not runs:
+        raise ConfigError("name at least one run folder")
+    reports = [(Path(run), read_report(run)) for run in runs]
+    first_run, first = reports[0]
+    for run, report in reports[1:]:
+        for key in SAME:
+            if report.get(key) != first.get(key):
+                raise ConfigError(f"{run}'s eval has {key}={report.get(key)!r}, {first_run}'s {first.get(key)!r}: "
+                                  f"evaluate every run alike (fastmaml eval RUN with the same --tasks, --steps, --seed)")
+    names = [run.name for run, _ in reports]
+    label = {run: run.name if names.count(run.name) == 1 else str(run) for run, _ in reports}
+    found: dict[str, list[tuple[Path, dict, int]]] = {}
+    for run, report in reports:
+        for method, values in report["metrics"].items():
+            entries = found.setdefault(method, [])
+            if all(values != seen for _, seen, _ in entries):
+                entries.append((run, values, report["step"]))
+    merged = {key: value for key, value in first.items() if key != "metrics"}
+    merged["metrics"], merged["runs"] = {}, {}
+    for method, entries in found.items():
+        for run, values, step in entries:
+            name = method if len(entries) == 1 else f"{method} [{label[run]}]"
+            merged["metrics"][name] = values
+            merged["runs"][name] = f"{run} (iteration {step})"
+    return merged
+
+
+def metric_names(report: dict[str, Any]) -> list[str]:
+    """Every metric in the report, in the order the methods list them."""
+    names: list[str] = []
+    for values in report["metrics"].values():
+        names += [name for name in values if name not in names]
+    return names
+
+
+def decimals(report: dict[str, Any], name: str) -> int:
+    """Decimals for a metric's table: 4 below 10 (accuracies, most losses), 3 below 100, else 2 (returns)."""
+    means = [abs(m) for values in report["metrics"].values() if name in values for m in values[name]["mean"]]
+    top = max(means, default=0.0)
+    return 4 if top < 10 else 3 if top < 100 else 2
+
+
+def table(report: dict[str, Any]) -> str:
+    """Mean ± 95% CI after 0..N steps, one markdown table per metric."""
+    lines = []
+    steps = range(report["steps"] + 1)
+    for name in metric_names(report):
+        d = decimals(report, name)
+        lines += ["", f"{name}:", "", "| method | run | " + " | ".join(f"{k} step{'' if k == 1 else 's'}" for k in steps) + " |",
+                  "|---|---|" + "---|" * len(steps)]
+        for method, values in report["metrics"].items():
+            if name in values:
+                cells = [f"{m:.{d}f} ± {c:.{d}f}" for m, c in zip(values[name]["mean"], values[name]["ci95"])]
+                lines.append(f"| {method} | {report['runs'][method]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired(report: dict[str, Any]) -> str:
+    """The first row minus each other one, task by task, for every metric all rows keep per task."""
+    methods = report["metrics"]
+    first = next(iter(methods))
+    steps = range(report["steps"] + 1)
+    lines = []
+    for name in metric_names(report):
+        differences = paired_differences({m: v for m, v in methods.items() if name in v}, name)
+        if differences is None:
+            continue
+        d = decimals(report, name)
+        lines += ["", f"{name}: {first} minus each other row, paired over the same {report['tasks']} tasks:", "",
+                  "| difference | " + " | ".join(f"{k} step{'' if k == 1 else 's'}" for k in steps) + " |", "|---|" + "---|" * len(steps)]
+        for method, (mean, ci) in differences.items():
+            lines.append(f"| {first} - {method} | " + " | ".join(f"{m:+.{d}f} ± {c:.{d}f}" for m, c in zip(mean, ci)) + " |")
+    if not lines and len(methods) > 1:
+        return ("\n(no paired differences: an eval.json without per-task values, written before they were kept; "
+                "run `fastmaml eval` on each run again)")
+    return "\n".join(lines)
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The header line, the table and the paired differences, as ``fastmaml compare`` prints them."""
+    where = {"val": "validation", "train": "meta-training"}.get(report.get("split", "test"), "meta-test")
+    trajectories = (f", {report['trajectories']} trajectories per task and step"
+                    if "trajectories" in report else "")
+    head = f"{report['experiment']}: {report['tasks']} {where} tasks, seed {report['seed']}{trajectories}"
+    return "\n".join([head, table(report), paired(report)]).rstrip()

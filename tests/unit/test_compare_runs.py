@@ -1,0 +1,103 @@
+"""fastmaml compare (fastmaml.engine.compare, and benchmarks/rl_compare_runs.py on top of it): runs
+evaluated alike merge into one table and paired differences; runs evaluated differently are refused."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastmaml.cli import main
+from fastmaml.engine import compare
+from fastmaml.errors import ConfigError
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "rl_compare_runs.py"
+
+
+def write_eval(run: Path, methods: dict, seed: int = 7, step: int = 100, metric: str = "return", **extra) -> Path:
+    run.mkdir(parents=True)
+    metrics = {m: {metric: {"mean": [v, v + 1], "ci95": [0.5, 0.5]}} for m, v in methods.items()}
+    report = {"experiment": "rl cheetah-dir", "checkpoint": "checkpoint", "step": step, "tasks": 4, "steps": 1,
+              "seed": seed, "trajectories": 2, "metrics": metrics, **extra}
+    (run / "eval.json").write_text(json.dumps(report))
+    return run
+
+
+def add_per_task(run: Path, per_task: dict, metric: str = "return") -> None:
+    report = json.loads((run / "eval.json").read_text())
+    for method, values in report["metrics"].items():
+        values[metric]["per_task"] = per_task[method]
+    (run / "eval.json").write_text(json.dumps(report))
+
+
+def test_merge_shows_a_method_once_when_runs_agree_and_once_per_run_when_they_differ(tmp_path):
+    a = write_eval(tmp_path / "a", {"maml": 1.0, "random": 2.0})
+    b = write_eval(tmp_path / "b", {"pretrained": 3.0, "random": 2.0, "oracle": 4.0}, step=50)
+    report = compare.merge([a, b])
+    assert list(report["metrics"]) == ["maml", "random", "pretrained", "oracle"]  # the same random row: once
+    assert report["runs"]["random"] == f"{a} (iteration 100)"
+    assert report["runs"]["pretrained"] == f"{b} (iteration 50)"
+    table = compare.table(report)
+    assert "| pretrained |" in table and "3.0000 ± 0.5000 | 4.0000 ± 0.5000 |" in table
+
+    c = write_eval(tmp_path / "c", {"maml": 1.5, "random": 2.0})
+    report = compare.merge([a, c])
+    assert list(report["metrics"]) == ["maml [a]", "maml [c]", "random"]
+    assert report["metrics"]["maml [c]"]["return"]["mean"] == [1.5, 2.5]
+
+
+def test_runs_evaluated_differently_or_not_at_all_are_refused(tmp_path):
+    a = write_eval(tmp_path / "a", {"maml": 1.0})
+    b = write_eval(tmp_path / "b", {"oracle": 1.0}, seed=8)
+    with pytest.raises(ConfigError, match="seed=8"):
+        compare.merge([a, b])
+    with pytest.raises(ConfigError, match="no eval.json; run `fastmaml eval"):
+        compare.merge([a, tmp_path])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "eval.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not a readable eval report"):
+        compare.merge([a, tmp_path / "broken"])
+
+
+def test_paired_differences_are_taken_task_by_task(tmp_path):
+    a = write_eval(tmp_path / "a", {"maml": 1.0})
+    b = write_eval(tmp_path / "b", {"pretrained": 0.0, "oracle": 0.0})
+    assert "no paired differences" in compare.paired(compare.merge([a, b]))  # eval.json from before per_task
+
+    per_task = {"maml": [[1, 2, 3, 4], [5, 6, 7, 8]], "pretrained": [[0, 2, 2, 4], [5, 5, 5, 5]],
+                "oracle": [[9, 9, 9, 9], [9, 9, 9, 9]]}
+    add_per_task(a, per_task)
+    add_per_task(b, per_task)
+    lines = compare.paired(compare.merge([a, b])).splitlines()
+    assert "return: maml minus each other row, paired over the same 4 tasks:" in lines
+    # differences [1, 0, 1, 0] and [0, 1, 2, 3]: means 0.5 and 1.5, 1.96 std / 2 = 0.57 and 1.27
+    assert "| maml - pretrained | +0.5000 ± 0.5658 | +1.5000 ± 1.2652 |" in lines
+    assert "| maml - oracle | -6.5000 ± 1.2652 | -2.5000 ± 1.2652 |" in lines
+
+
+def test_cli_compares_two_supervised_runs_of_the_same_method(tmp_path, capsys):
+    extra = {"experiment": "omniglot-5way-1shot"}
+    a = write_eval(tmp_path / "so", {"maml": 0.9}, metric="accuracy", **extra)
+    b = write_eval(tmp_path / "fo", {"maml": 0.8}, metric="accuracy", **extra)
+    add_per_task(a, {"maml": [[0.2, 0.2, 0.4, 0.2], [1.0, 0.8, 1.0, 1.0]]}, "accuracy")
+    add_per_task(b, {"maml": [[0.2, 0.2, 0.2, 0.2], [0.8, 0.8, 1.0, 0.6]]}, "accuracy")
+    figure = tmp_path / "figs" / "compare.png"
+    assert main(["compare", str(a), str(b), "--figure", str(figure)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("omniglot-5way-1shot: 4 meta-test tasks, seed 7, 2 trajectories")
+    assert "| maml [so] - maml [fo] | +0.0500 ± 0.0980 | +0.1500 ± 0.1877 |" in out
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
+    captured = capsys.readouterr()
+    assert "has no eval.json" in captured.err and "Traceback" not in captured.err
+    assert main(["compare", str(a), "--figure", str(tmp_path / "x.jpg")]) == 2
+
+
+def test_the_rl_script_is_the_cli_command(tmp_path):
+    a = write_eval(tmp_path / "a", {"maml": 1.0})
+    b = write_eval(tmp_path / "b", {"oracle": 4.0})
+    done = subprocess.run([sys.executable, str(SCRIPT), str(a), str(b)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "| oracle | " in done.stdout and "4.0000 ± 0.5000" in done.stdout
