@@ -180,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def format_report(report: dict) -> str:
-    from fastmaml.engine.evaluate import paired_differences
+    from fastmaml.engine.evaluate import paired_by_metric
 
     methods = report["metrics"]
     names = list(next(iter(methods.values())))
@@ -194,10 +194,8 @@ def format_report(report: dict) -> str:
         for step in range(report["steps"] + 1):
             cells = [f"{methods[m][name]['mean'][step]:>12.4f} ± {methods[m][name]['ci95'][step]:<7.4f}" for m in methods]
             lines.append(f"{step:>5}  " + "  ".join(f"{c:>22}" for c in cells))
-    for name in names:
-        if not (differences := paired_differences(methods, name)):
-            continue
-        first = next(iter(methods))
+    first = next(iter(methods))
+    for name, differences in paired_by_metric(methods).items():
         lines += ["", f"{name}: {first} minus each method, task by task on the same tasks (paired), mean ± 95% CI:",
                   f"{'steps':>5}  " + "  ".join(f"{f'{first} - {m}':>22}" for m in differences)]
         for step in range(report["steps"] + 1):

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fastmaml.engine.evaluate import paired_differences
+from fastmaml.engine.evaluate import metric_names, paired_by_metric
 from fastmaml.engine.run_dir import EVAL
 from fastmaml.errors import ConfigError
 
@@ -70,14 +70,6 @@ def merge(runs: list[Path]) -> dict[str, Any]:
     return merged
 
 
-def metric_names(report: dict[str, Any]) -> list[str]:
-    """Every metric in the report, in the order the methods list them."""
-    names: list[str] = []
-    for values in report["metrics"].values():
-        names += [name for name in values if name not in names]
-    return names
-
-
 def decimals(report: dict[str, Any], name: str) -> int:
     """Decimals for a metric's table: 4 below 10 (accuracies, most losses), 3 below 100, else 2 (returns)."""
     means = [abs(m) for values in report["metrics"].values() if name in values for m in values[name]["mean"]]
@@ -85,14 +77,19 @@ def decimals(report: dict[str, Any], name: str) -> int:
     return 4 if top < 10 else 3 if top < 100 else 2
 
 
+def header(columns: list[str], steps: range) -> list[str]:
+    """A markdown table's header and rule: ``columns``, then one column per number of steps."""
+    names = [*columns, *(f"{k} step{'' if k == 1 else 's'}" for k in steps)]
+    return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+
+
 def table(report: dict[str, Any]) -> str:
     """Mean ± 95% CI after 0..N steps, one markdown table per metric."""
     lines = []
     steps = range(report["steps"] + 1)
-    for name in metric_names(report):
+    for name in metric_names(report["metrics"]):
         d = decimals(report, name)
-        lines += ["", f"{name}:", "", "| method | run | " + " | ".join(f"{k} step{'' if k == 1 else 's'}" for k in steps) + " |",
-                  "|---|---|" + "---|" * len(steps)]
+        lines += ["", f"{name}:", "", *header(["method", "run"], steps)]
         for method, values in report["metrics"].items():
             if name in values:
                 cells = [f"{m:.{d}f} ± {c:.{d}f}" for m, c in zip(values[name]["mean"], values[name]["ci95"])]
@@ -106,13 +103,10 @@ def paired(report: dict[str, Any]) -> str:
     first = next(iter(methods))
     steps = range(report["steps"] + 1)
     lines = []
-    for name in metric_names(report):
-        differences = paired_differences({m: v for m, v in methods.items() if name in v}, name)
-        if differences is None:
-            continue
+    for name, differences in paired_by_metric(methods).items():
         d = decimals(report, name)
         lines += ["", f"{name}: {first} minus each other row, paired over the same {report['tasks']} tasks:", "",
-                  "| difference | " + " | ".join(f"{k} step{'' if k == 1 else 's'}" for k in steps) + " |", "|---|" + "---|" * len(steps)]
+                  *header(["difference"], steps)]
         for method, (mean, ci) in differences.items():
             lines.append(f"| {first} - {method} | " + " | ".join(f"{m:+.{d}f} ± {c:.{d}f}" for m, c in zip(mean, ci)) + " |")
     if not lines and len(methods) > 1:

@@ -51,6 +51,19 @@ def paired_differences(metrics: dict[str, Any], metric: str = "return") -> dict[
     return differences
 
 
+def metric_names(metrics: dict[str, Any]) -> list[str]:
+    """Every metric of a report's ``"metrics"``, in the order its methods list them."""
+    names: list[str] = []
+    for values in metrics.values():
+        names += [name for name in values if name not in names]
+    return names
+
+
+def paired_by_metric(metrics: dict[str, Any]) -> dict[str, dict[str, tuple[list, list]]]:
+    """:func:`paired_differences` for every metric that every method keeps per task: ``{metric: {method: (mean, ci95)}}``."""
+    return {name: differences for name in metric_names(metrics) if (differences := paired_differences(metrics, name))}
+
+
 def per_task(values: Tensor) -> list[list[float]]:
     """(tasks, steps + 1) values as lists indexed by the number of steps, one value per task, to 6
     significant digits (for :func:`paired_differences` between methods or runs scored on the same tasks)."""
