@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from fastmaml.algorithms import MAML
 from fastmaml.config import protocol_overrides
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import check_cuda, cuda_or_cpu
-from fastmaml.engine.run_dir import BEST, CHECKPOINT, EVAL, build_experiment, read_config
+from fastmaml.engine.run_dir import BEST, CHECKPOINT, build_experiment, read_config, write_eval
 from fastmaml.engine.experiment import Experiment, make_maml
 from fastmaml.errors import ConfigError
 
@@ -212,5 +211,5 @@ def evaluate(
         "metrics": results,
     }
     if save and not changed and split == "test":
-        (run_dir / EVAL).write_text(json.dumps(report, indent=2))
+        write_eval(run_dir, report)
     return report

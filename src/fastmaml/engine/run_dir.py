@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,21 @@ CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"
 EVAL = "eval.json"
 PLOTS = "plots"
+
+
+# a JSON list holding only numbers (no nested list, object or string)
+_NUMBER_LIST = re.compile(r"\[\s*([-+0-9.eE]+(?:,\s*[-+0-9.eE]+)*)\s*\]")
+
+
+def write_eval(run_dir: Path, report: dict[str, Any]) -> None:
+    """Save an eval report to ``RUN_DIR/eval.json``: indented, each list of numbers on one line (600
+    tasks x 11 steps stay a readable 60 KB instead of 260 KB, one number per line), written to a
+    temporary file and renamed, so a killed eval leaves the previous report whole."""
+    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r",\s*", m.group(1))) + "]",
+                            json.dumps(report, indent=2))
+    tmp = Path(run_dir) / (EVAL + ".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, Path(run_dir) / EVAL)
 
 
 def write_config(run_dir: Path, experiment: str, config: Any) -> None:

@@ -62,6 +62,7 @@ from fastmaml.core.functional import Params
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import check_cuda
 from fastmaml.engine.evaluate import EVAL_SEED, mean_ci95
+from fastmaml.engine.evaluate import per_task as rounded_per_task
 from fastmaml.engine.run_dir import (
     CHECKPOINT,
     EVAL,
@@ -72,6 +73,7 @@ from fastmaml.engine.run_dir import (
     read_config,
     read_metrics,
     write_config,
+    write_eval,
     write_metrics,
 )
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError, kept_checkpoint
@@ -445,8 +447,8 @@ def evaluate(
     that, as the original's meta-test script. The oracle is not adapted: its step-0 return is
     repeated at every step. Direction tasks add the metrics ``return_forward`` and ``return_backward``:
     the same returns averaged over the tasks of each direction. ``return`` also keeps ``per_task``
-    (after 0..steps steps, one return per task, in the goals' order) for the paired comparisons of
-    ``fastmaml eval``'s table and ``benchmarks/rl_compare_runs.py``."""
+    (after 0..steps steps, one return per task, in the goals' order, 6 significant digits) for the
+    paired comparisons of ``fastmaml eval``'s table and ``fastmaml compare``."""
     run_dir = Path(run_dir)
     if which != "checkpoint":
         raise ConfigError(NO_BEST)
@@ -469,7 +471,7 @@ def evaluate(
             mean, ci = mean_ci95(returns.T.double())
             results[method][f"return{suffix}"] = {"mean": mean.tolist(), "ci95": ci.tolist()}
         # every method met the same goals and noise, so two methods (or runs) compare task by task
-        results[method]["return"]["per_task"] = per_task.tolist()
+        results[method]["return"]["per_task"] = rounded_per_task(per_task.T)
     report = {
         "experiment": f"rl {config.env}",
         "checkpoint": which,
@@ -482,7 +484,7 @@ def evaluate(
         "metrics": results,
     }
     if save and not changed:
-        (run_dir / EVAL).write_text(json.dumps(report, indent=2))
+        write_eval(run_dir, report)
     return report
 
 
