@@ -50,6 +50,11 @@ THREADED_VMAP_MIN_PARAMS = 50_000
 _CONV = (nn.modules.conv._ConvNd,)
 
 
+# the largest relative difference between a compiled and the eager meta-gradient (and loss) accepted
+# on the first meta-step; float32 fusion gives about 1e-6, the wrong gradients seen were 1e-2 to 1
+COMPILE_TOLERANCE = 1e-3
+
+
 def cpu_compiler() -> str | None:
     """The C++ compiler torch.compile's CPU backend would use (inductor's ``cpp.cxx``), or None if it
     is not on PATH; without it ``compile=True`` falls back to eager on the CPU."""
@@ -101,8 +106,11 @@ class MAML(nn.Module):
     The first meta-step compiles (seconds to minutes; inductor caches the result on disk for later
     processes); each new task shape compiles again. Only gradient-enabled meta-losses are compiled
     (evaluation and adaptation stay eager). With worker threads on the CPU the graphs run through
-    inductor's C++ wrapper, without the GIL, so the threads run in parallel. If compiling fails
-    (e.g. no C++ compiler for the CPU backend) it warns once and runs eagerly. Not with
+    inductor's C++ wrapper, without the GIL, so the threads run in parallel. The meta-loss must
+    compile as one graph, and on its first call its meta-gradient must match an eager run's (relative
+    difference at most ``COMPILE_TOLERANCE``); otherwise (no C++ compiler for the CPU backend; torch
+    2.4, whose compiler cannot trace ``torch.func.functional_call`` whole; torch 2.5.1's wrong compiled
+    vmap of batch norm; benchmarks/results/torch_versions.md) it warns once and runs eagerly. Not with
     ``grad_checkpointing`` or ``strategy="hybrid"``. On a CUDA device it warns and runs eagerly:
     there the compiled vmap meta-step gave a wrong meta-gradient (max relative difference 0.94
     against eager, Omniglot 5-way 1-shot, H200, torch 2.11; benchmarks/results/gpu_h200.md); a
@@ -449,7 +457,11 @@ class MAML(nn.Module):
         if not self.compile or not torch.is_grad_enabled():
             return fn
         if kind not in self._compiled:  # unbound (self is an argument), so a deep copy of MAML stays correct
-            self._compiled[kind] = torch.compile(_own_code(fn.__func__), dynamic=False, options=self._compile_options())
+            # fullgraph: a meta-loss torch.compile cannot capture whole fails on its first call and runs
+            # eagerly, instead of running as pieces (torch 2.4 breaks the graph at functional_call, and
+            # there the pieces gave no meta-gradient under worker threads)
+            self._compiled[kind] = torch.compile(_own_code(fn.__func__), dynamic=False, fullgraph=True,
+                                                 options=self._compile_options())
         compiled = functools.partial(self._compiled[kind], self)
         if kind in self._compiled_ran:
             return compiled
@@ -461,16 +473,45 @@ class MAML(nn.Module):
                 self.compile = False
                 return fn(*args)
             try:
-                out = compiled(*args)
+                with torch.random.fork_rng(devices=[]):  # the check draws nothing from the caller's stream
+                    difference = self._compiled_difference(compiled, fn, args)
             except Exception as error:  # noqa: BLE001 - a compiler or tracing failure: run eagerly instead
                 log.warning("torch.compile could not compile the meta-loss (%s: %s); running it eagerly",
                             type(error).__name__, str(error).splitlines()[0] if str(error) else "")
                 self.compile = False
                 return fn(*args)
+            if not difference <= COMPILE_TOLERANCE:
+                log.warning("torch.compile's meta-gradient differs from the eager one by %.3g (relative, first "
+                            "meta-step; torch %s); running the meta-loss eagerly", difference, torch.__version__)
+                self.compile = False
+                return fn(*args)
+            log.debug("torch.compile's meta-gradient (%s) is within %.3g of the eager one", kind, difference)
             self._compiled_ran.add(kind)
-            return out
+            return compiled(*args)
 
         return first_call
+
+    def _compiled_difference(self, compiled: Callable[..., Tensor], fn: Callable[..., Tensor], args: tuple) -> float:
+        """|g_compiled - g_eager| / |g_eager|: the meta-gradients (and loss values) of the meta-loss
+        compiled and run eagerly on ``args``. Checked once per compiled function, as torch.compile
+        has given wrong meta-gradients (torch 2.5.1 CPU, conv net with batch norm under vmap: 0.02
+        where eager gives 1e-16; torch 2.11 on CUDA, benchmarks/results/gpu_h200.md). Each graph is
+        used once (a compiled backward may donate its buffers, so it cannot be kept for the caller)."""
+        leaves = [p for p in self.parameters() if p.requires_grad]
+
+        def run(meta_loss: Callable[..., Tensor]) -> Tensor:
+            loss = meta_loss(*args)
+            if not loss.requires_grad or not leaves:
+                return loss.detach().reshape(-1).double()
+            grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
+            parts = [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, leaves)]
+            return torch.cat([*parts, loss.detach().reshape(-1)]).double()
+
+        state = torch.random.get_rng_state()
+        got = run(compiled)
+        torch.random.set_rng_state(state)  # the same random draws (dropout) for both, where they can match
+        want = run(fn)
+        return float((got - want).norm() / want.norm().clamp_min(1e-30))
 
     def _compile_options(self) -> dict | None:
         """Inductor options. With worker threads on the CPU, the C++ wrapper: it runs each compiled

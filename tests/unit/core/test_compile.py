@@ -2,6 +2,7 @@
 
 import copy
 import logging
+import re
 
 import pytest
 import torch
@@ -13,6 +14,13 @@ from fastmaml import MAML, TaskBatch
 from fastmaml.algorithms.maml import cpu_compiler
 from fastmaml.errors import ConfigError
 from fastmaml.experiments.sinusoid import SinusoidConfig
+
+TORCH = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+# torch 2.4's compiler cannot capture torch.func.functional_call in one graph: MAML warns and runs eagerly
+WHOLE_GRAPH = TORCH >= (2, 5)
+whole_graph = pytest.mark.skipif(not WHOLE_GRAPH, reason=(
+    "torch 2.4's compiler cannot capture torch.func.functional_call in one graph, so MAML(compile=True) runs "
+    "eagerly there (test_a_graph_break_runs_the_whole_meta_loss_eagerly covers that)"))
 
 needs_compiler = pytest.mark.skipif(
     cpu_compiler() is None,
@@ -76,8 +84,15 @@ def test_compiled_meta_gradient_equals_eager(case):
     loss_e, grad_e = meta_gradient(eager, batch)
     graphs = counters["stats"]["unique_graphs"]
     loss_c, grad_c = meta_gradient(compiled, batch)
-    assert compiled.compile, "compiling failed and MAML fell back to eager"
-    assert counters["stats"]["unique_graphs"] > graphs, "nothing was compiled"
+    if not WHOLE_GRAPH:
+        assert not compiled.compile, "torch 2.4 cannot compile the meta-loss whole: MAML should run it eagerly"
+    elif case == "conv vmap" and TORCH < (2, 11):
+        # torch 2.5.1 compiles this one wrong (meta-gradient 0.02 off), and the first step's check then turns
+        # compile off; 2.11 and 2.13 compile it right; the versions between were not measured
+        pass
+    else:
+        assert compiled.compile, "compiling failed and MAML fell back to eager"
+        assert counters["stats"]["unique_graphs"] > graphs, "nothing was compiled"
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-10, atol=0)
     torch.testing.assert_close(grad_c, grad_e, rtol=1e-8, atol=1e-12)
     # A second step runs the compiled graph again (no recompiling) and still matches.
@@ -101,6 +116,7 @@ def test_compiled_threads_equal_compiled_one_thread(strategy):
 
 
 @needs_compiler
+@whole_graph
 def test_every_maml_object_compiles_not_only_the_first_eight():
     # torch.compile allows 8 recompilations per code object; MAML objects must not share that budget.
     x = torch.randn(2, 3, 1, dtype=torch.float64)
@@ -131,6 +147,75 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
     torch.testing.assert_close(grad, grad_e, rtol=1e-12, atol=0)
     meta_gradient(maml, batch)  # later steps run eagerly without warning again
     assert len([r for r in caplog.records if "torch.compile" in r.getMessage()]) == 1
+
+
+class GraphBreak(nn.Module):
+    """A model torch.compile cannot capture in one graph (as torch 2.4 could not capture functional_call)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(1, 1).double()
+
+    def forward(self, x):
+        torch._dynamo.graph_break()
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_graph_break_runs_the_whole_meta_loss_eagerly(caplog, workers):
+    # not a partly compiled meta-loss: on torch 2.4 its pieces gave no meta-gradient under worker threads
+    batch = regression_batch()
+    eager = MAML(GraphBreak(), F.mse_loss, inner_lr=0.01, strategy="loop")
+    maml = MAML(GraphBreak(), F.mse_loss, inner_lr=0.01, strategy="loop", compile=True, workers=workers)
+    with caplog.at_level(logging.WARNING):
+        _, grad = meta_gradient(maml, batch)
+    assert not maml.compile
+    assert "torch.compile could not compile the meta-loss" in caplog.text and "running it eagerly" in caplog.text
+    torch.testing.assert_close(grad, meta_gradient(eager, batch)[1], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_wrong_compiled_meta_gradient_runs_eagerly(monkeypatch, caplog, workers):
+    # as torch 2.5.1's compiled vmap of a conv net with batch norm (0.02 where eager gives 1e-16)
+    def miscompile(fn, **kwargs):
+        def call(*args):
+            loss = fn(*args)
+            return loss + 0.5 * (loss - loss.detach())  # the same value, 1.5 x its gradient
+        return call
+
+    monkeypatch.setattr(torch, "compile", miscompile)
+    batch = image_batch()
+    eager = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.4, strategy="loop")
+    maml = MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.4, strategy="loop", compile=True, workers=workers)
+    with caplog.at_level(logging.WARNING):
+        _, grad = meta_gradient(maml, batch)
+    assert not maml.compile
+    # the gradient's half, measured against the gradient and the (unchanged) loss together
+    found = re.search(r"torch.compile's meta-gradient differs from the eager one by ([0-9.]+) \(relative", caplog.text)
+    assert found and 0.3 < float(found.group(1)) <= 0.5
+    torch.testing.assert_close(grad, meta_gradient(eager, batch)[1], rtol=1e-12, atol=0)
+
+
+def test_a_right_compiled_meta_gradient_passes_the_check_without_changing_the_random_stream(monkeypatch):
+    class Noisy(nn.Module):  # draws from the global generator without changing its output
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, x):
+            return self.net(x) + 0 * torch.rand_like(x)
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # "compiled" = eager: the check passes
+    batch = regression_batch()
+    maml = MAML(Noisy(), F.mse_loss, inner_lr=0.01, strategy="loop", compile=True)
+    eager = MAML(Noisy(), F.mse_loss, inner_lr=0.01, strategy="loop")
+    torch.manual_seed(5)
+    meta_gradient(maml, batch)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    meta_gradient(eager, batch)
+    assert maml.compile and torch.equal(after, torch.rand(3))
 
 
 def test_evaluation_is_not_compiled(monkeypatch):
