@@ -369,10 +369,17 @@ def run() -> NoReturn:
     whose run had finished and saved everything ("terminate called without an active exception",
     SIGABRT; seen once in a clean-clone CI run, after both ranks had printed their summary), which
     torchrun reports as a failed job. Everything the run writes is written and closed before
-    ``main`` returns (the process group too), so nothing is lost by not finalizing.
+    ``main`` returns, so nothing is lost by not finalizing; the process group, whose destruction
+    can hang, is left to the exit after every rank passed a last barrier
+    (:func:`fastmaml.engine.distributed.exit_closes_process_group`).
     """
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if torchrun:
+        from fastmaml.engine.distributed import exit_closes_process_group
+
+        exit_closes_process_group()
     code = main()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if torchrun:
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()

@@ -1,25 +1,55 @@
 """torch.distributed (gloo, 2 CPU processes via torchrun) and micro-batching give the same updates."""
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from fastmaml.cli import main
-from fastmaml.engine import checkpoint
+from fastmaml.engine import checkpoint, distributed
 
 COMMON = ["--set", "meta_batch_size=8", "--set", "log_every=10", "--set", "checkpoint_every=10", "--no-progress"]
 
 
-def torchrun(*args, nproc=2):
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc): torchrun's workers run in sessions of their own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def torchrun(*args, nproc=2, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "fastmaml", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
-    return proc
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # kill the workers too: a rank that hangs holds the output pipes open, and subprocess.run's
+        # timeout then waits for it for ever (seen with torch 2.4.1: rank 0 in destroy_process_group)
+        for pid in [*descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s\nstdout:\n{stdout[-2000:]}\nstderr:\n{stderr[-4000:]}")
+    assert proc.returncode == 0, f"stdout:\n{stdout[-2000:]}\nstderr:\n{stderr[-4000:]}"
+    return stdout
 
 
 def final(run):
@@ -73,11 +103,30 @@ def test_the_command_ends_torchrun_processes_without_finalizing_and_others_norma
 
     monkeypatch.setattr(cli, "main", lambda: 3)
     monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(distributed, "_EXIT_CLOSES_GROUP", False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(SystemExit) as normal:
         cli.run()
     assert normal.value.code == 3
+    assert not distributed._EXIT_CLOSES_GROUP  # the API and the plain command destroy their group
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(Exited) as torchrun_exit:
         cli.run()
     assert torchrun_exit.value.args == (3,)
+    assert distributed._EXIT_CLOSES_GROUP  # under torchrun the exit closes it, after the last barrier
+
+
+def test_close_waits_at_a_barrier_and_destroys_the_group_unless_the_exit_will(monkeypatch):
+    calls = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(distributed, "_EXIT_CLOSES_GROUP", False)
+    cluster = distributed.Cluster(rank=0, world_size=2)
+    cluster.close()
+    cluster.close(clean=False)  # after an error: no barrier, the peers may be gone
+    assert calls == ["barrier", "destroy", "destroy"]
+    calls.clear()
+    monkeypatch.setattr(distributed, "_EXIT_CLOSES_GROUP", True)
+    cluster.close()
+    assert calls == ["barrier"]

@@ -23,6 +23,18 @@ import torch.distributed as dist
 from fastmaml.core import TaskBatch
 from fastmaml.errors import ConfigError
 
+# set by the fastmaml command under torchrun, which ends its process with os._exit (fastmaml.cli.run)
+_EXIT_CLOSES_GROUP = False
+
+
+def exit_closes_process_group() -> None:
+    """Leave the process group to the process's exit: :meth:`Cluster.close` then stops after its
+    barrier. ``dist.destroy_process_group`` can hang after a clean finish (seen once here: torch
+    2.4.1, Python 3.10, rank 0 in it for minutes after rank 1 had finished and exited;
+    pytorch/pytorch#75097), and a process that ends with ``os._exit`` does not need it."""
+    global _EXIT_CLOSES_GROUP
+    _EXIT_CLOSES_GROUP = True
+
 
 @dataclass(frozen=True)
 class Cluster:
@@ -62,12 +74,14 @@ class Cluster:
         none destroys its gloo connections while a peer is still writing its last checkpoint or
         exchanging the last all-reduce (a rank that left early aborted with "terminate called
         without an active exception" on a loaded CI machine). After an error the peers may be gone,
-        so no barrier is attempted."""
+        so no barrier is attempted. Under the fastmaml command the group is then left to the
+        process's exit (:func:`exit_closes_process_group`)."""
         if not (self.active and dist.is_initialized()):
             return
         if clean:
             self.barrier()
-        dist.destroy_process_group()
+        if not _EXIT_CLOSES_GROUP:
+            dist.destroy_process_group()
 
 
 def init_from_env(device: str, meta_batch_size: int) -> Cluster:
