@@ -26,9 +26,9 @@ _NUMBER_LIST = re.compile(r"\[\s*([-+0-9.eE]+(?:,\s*[-+0-9.eE]+)*)\s*\]")
 
 
 def write_eval(run_dir: Path, report: dict[str, Any]) -> None:
-    """Save an eval report to ``RUN_DIR/eval.json``: indented, each list of numbers on one line (600
-    tasks x 11 steps stay a readable 60 KB instead of 260 KB, one number per line), written to a
-    temporary file and renamed, so a killed eval leaves the previous report whole."""
+    """Save an eval report to ``RUN_DIR/eval.json``: indented, each list of numbers on one line (an
+    Omniglot report of 600 tasks x 11 steps: 106 KB instead of 260 KB with one number per line),
+    written to a temporary file and renamed, so a killed eval leaves the previous report whole."""
     text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r",\s*", m.group(1))) + "]",
                             json.dumps(report, indent=2))
     tmp = Path(run_dir) / (EVAL + ".tmp")
