@@ -473,8 +473,7 @@ class MAML(nn.Module):
                 self.compile = False
                 return fn(*args)
             try:
-                with torch.random.fork_rng(devices=[]):  # the check draws nothing from the caller's stream
-                    difference = self._compiled_difference(compiled, fn, args)
+                difference = self._compiled_difference(compiled, fn, args)
             except Exception as error:  # noqa: BLE001 - a compiler or tracing failure: run eagerly instead
                 log.warning("torch.compile could not compile the meta-loss (%s: %s); running it eagerly",
                             type(error).__name__, str(error).splitlines()[0] if str(error) else "")
@@ -507,10 +506,15 @@ class MAML(nn.Module):
             parts = [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, leaves)]
             return torch.cat([*parts, loss.detach().reshape(-1)]).double()
 
+        # both runs draw from the caller's random state (the same dropout masks, where they can
+        # match), and the caller's stream is left as it was: the check draws nothing from it
         state = torch.random.get_rng_state()
-        got = run(compiled)
-        torch.random.set_rng_state(state)  # the same random draws (dropout) for both, where they can match
-        want = run(fn)
+        try:
+            got = run(compiled)
+            torch.random.set_rng_state(state)
+            want = run(fn)
+        finally:
+            torch.random.set_rng_state(state)
         return float((got - want).norm() / want.norm().clamp_min(1e-30))
 
     def _compile_options(self) -> dict | None:

@@ -15,12 +15,12 @@ from fastmaml.algorithms.maml import cpu_compiler
 from fastmaml.errors import ConfigError
 from fastmaml.experiments.sinusoid import SinusoidConfig
 
-TORCH = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
 # torch 2.4's compiler cannot capture torch.func.functional_call in one graph: MAML warns and runs eagerly
-WHOLE_GRAPH = TORCH >= (2, 5)
+WHOLE_GRAPH = torch.__version__ >= (2, 5)
 whole_graph = pytest.mark.skipif(not WHOLE_GRAPH, reason=(
     "torch 2.4's compiler cannot capture torch.func.functional_call in one graph, so MAML(compile=True) runs "
-    "eagerly there (test_a_graph_break_runs_the_whole_meta_loss_eagerly covers that)"))
+    "eagerly there and no compiled graph exists to count (test_a_graph_break_runs_the_whole_meta_loss_eagerly "
+    "covers that fallback on every torch)"))
 
 needs_compiler = pytest.mark.skipif(
     cpu_compiler() is None,
@@ -86,7 +86,7 @@ def test_compiled_meta_gradient_equals_eager(case):
     loss_c, grad_c = meta_gradient(compiled, batch)
     if not WHOLE_GRAPH:
         assert not compiled.compile, "torch 2.4 cannot compile the meta-loss whole: MAML should run it eagerly"
-    elif case == "conv vmap" and TORCH < (2, 11):
+    elif case == "conv vmap" and torch.__version__ < (2, 11):
         # torch 2.5.1 compiles this one wrong (meta-gradient 0.02 off), and the first step's check then turns
         # compile off; 2.11 and 2.13 compile it right; the versions between were not measured
         pass
