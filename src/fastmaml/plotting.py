@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
 LABELS = {"maml": "MAML", "pretrained": "pretrained, fine-tuned", "context": "context vector", "scratch": "from scratch"}
@@ -37,6 +38,16 @@ def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def metric_vs_steps(report: dict[str, Any], path: Path) -> Path:
     """Each method's metric after 0..N inner steps, with 95% confidence intervals (paper Fig. 3)."""
+    fig = metric_vs_steps_figure(report)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps the legend below the panels
+    plt.close(fig)
+    return path
+
+
+def metric_vs_steps_figure(report: dict[str, Any]) -> plt.Figure:
+    """The figure of :func:`metric_vs_steps`, laid out: one panel per metric, whole-number steps on
+    the x axis, and one legend for all panels below them, where it cannot cover a curve or its band
+    (inside a panel, matplotlib's "best" place ignored the bands and sat on the MAML curve)."""
     metrics = next(iter(report["metrics"].values()))
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
     for ax, name in zip(axes[0], metrics):
@@ -45,14 +56,14 @@ def metric_vs_steps(report: dict[str, Any], path: Path) -> Path:
             steps = range(len(mean))
             ax.plot(steps, mean, "o-", label=LABELS.get(method, method))
             ax.fill_between(steps, mean - ci, mean + ci, alpha=0.2)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("inner gradient steps at meta-test")
         ax.set_ylabel(name)
         ax.set_title(f"{report['experiment']}: {name} on {report['tasks']} meta-test tasks (95% CI)")
-        ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 4), frameon=False)
+    return fig
 
 
 def sinusoid_adaptation(curves: dict[str, dict[str, Any]], path: Path) -> Path:

@@ -1,0 +1,67 @@
+"""The return/metric-vs-steps figure: its legend sits outside every panel, its steps are whole."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pytest
+
+from fastmaml import plotting
+
+
+def _report(methods: dict[str, list[float]], metrics=("return", "return_forward")) -> dict:
+    return {
+        "experiment": "rl",
+        "tasks": 40,
+        "metrics": {
+            method: {name: {"mean": means, "ci95": [5.0] * len(means)} for name in metrics}
+            for method, means in methods.items()
+        },
+    }
+
+
+# the ant-direction eval whose figure had the legend on the MAML curve (docs/figures at 315)
+ANT = {"maml": [8.0, 162.9, 160.8, 164.1], "random": [7.5, 12.9, 12.0, 12.9],
+       "pretrained": [6.3, 10.2, 11.2, 11.1], "oracle": [427.9] * 4}
+
+
+def test_legend_is_below_every_panel_and_lists_every_method():
+    fig = plotting.metric_vs_steps_figure(_report(ANT))
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        (legend,) = fig.legends
+        box = legend.get_window_extent(renderer)
+        assert [t.get_text() for t in legend.get_texts()] == ["MAML", "random", "pretrained, fine-tuned", "oracle"]
+        for ax in fig.axes:
+            assert ax.get_legend() is None
+            panel = ax.get_tightbbox(renderer)  # the panel with its tick labels and axis label
+            assert not box.overlaps(panel), (box, panel)
+            assert box.y1 <= panel.y0
+    finally:
+        plt.close(fig)
+
+
+def test_steps_axis_has_whole_numbers_only():
+    fig = plotting.metric_vs_steps_figure(_report(ANT))
+    try:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            ticks = [t for t in ax.get_xticks() if -0.5 <= t <= 3.5]
+            assert ticks == [0, 1, 2, 3]
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("methods", [1, 7])
+def test_saved_png_includes_the_legend(tmp_path, methods):
+    """bbox_inches="tight" grows the saved image to hold the legend below the panels."""
+    report = _report({f"method {i}": [float(i), i + 1.0] for i in range(methods)}, metrics=("loss",))
+    path = plotting.metric_vs_steps(report, tmp_path / "f.png")
+    image = plt.imread(path)
+    fig = plotting.metric_vs_steps_figure(report)
+    try:
+        width, height = fig.get_size_inches() * 120
+    finally:
+        plt.close(fig)
+    assert image.shape[0] > height  # taller than the panels alone: the legend rows are in the file
+    assert abs(image.shape[1] - width) < 0.2 * width
