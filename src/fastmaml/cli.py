@@ -136,13 +136,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fastmaml.engine.experiment import get_preset
-    from fastmaml.engine.run_dir import read_config
+    from fastmaml.engine.run_dir import CONFIG, read_config
     from fastmaml.engine.trainer import train
 
     if (args.out is None) == (args.resume is None):
         raise ConfigError("give exactly one of --out RUN_DIR (a new run) or --resume RUN_DIR (continue a run)")
     shorthand = {key: getattr(args, flag) for flag, key in SHORTHAND.items() if getattr(args, flag) is not None}
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun; 0 in a single process
     if args.resume is not None:
+        if rank and not (args.resume / CONFIG).is_file():
+            raise ConfigError(
+                f"{args.resume} is not on this node (rank {rank}): under torchrun every process reads the run "
+                "folder to resume; keep it on a filesystem all nodes share, or copy rank 0's folder to the "
+                "same path on every node"
+            )
         preset, config = read_config(args.resume)
         if args.preset and args.preset != preset.name:
             raise ConfigError(f"{args.resume} is a {preset.name!r} run, not {args.preset!r}")
@@ -174,8 +181,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       progress=not args.no_progress)
     best = f", best validation {summary['best']['metric']} {summary['best']['value']:.4g}" if summary["best"] else ""
     compiled = " (meta-loss compiled with torch.compile)" if summary.get("compiled") else ""
-    print(f"trained {preset.name} for {summary['step']} iterations in {summary['elapsed_s']:.1f} s{compiled}{best}; "
-          f"run folder {run_dir}")
+    if rank == 0:  # the other processes of a torchrun job wrote nothing
+        print(f"trained {preset.name} for {summary['step']} iterations in {summary['elapsed_s']:.1f} s{compiled}{best}; "
+              f"run folder {run_dir}")
     return 0
 
 

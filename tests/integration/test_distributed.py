@@ -3,8 +3,10 @@
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,22 +36,46 @@ def descendants(pid: int) -> list[int]:
 
 
 def torchrun(*args, nproc=2, timeout=300):
+    """``torchrun --standalone --nproc_per_node NPROC -m fastmaml ARGS``: stdout; fails the test on a
+    non-zero exit or after ``timeout`` seconds."""
+    return run_launches([["--standalone", "--nproc_per_node", str(nproc)]], args, timeout)[0]
+
+
+def torchrun_nodes(*args, nodes=2, timeout=300):
+    """The same command started as ``nodes`` torchrun launches of one process each, as on separate
+    machines (``--nnodes N --node_rank I --master_addr --master_port``), here all on 127.0.0.1: the
+    multi-node path (static rendezvous, ranks from node ranks, one local process per node). stdout
+    of each node."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    node = ["--nnodes", str(nodes), "--master_addr", "127.0.0.1", "--master_port", str(port), "--nproc_per_node", "1"]
+    return run_launches([[*node, "--node_rank", str(i)] for i in range(nodes)], args, timeout)
+
+
+def run_launches(launches, args, timeout):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "fastmaml", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # kill the workers too: a rank that hangs holds the output pipes open, and subprocess.run's
-        # timeout then waits for it for ever (seen with torch 2.4.1: rank 0 in destroy_process_group)
-        for pid in [*descendants(proc.pid), proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {timeout} s\nstdout:\n{stdout[-2000:]}\nstderr:\n{stderr[-4000:]}")
-    assert proc.returncode == 0, f"stdout:\n{stdout[-2000:]}\nstderr:\n{stderr[-4000:]}"
-    return stdout
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launch, "-m", "fastmaml", *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for launch in launches]
+    deadline, outputs, hung = time.monotonic() + timeout, [], False
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            # kill the workers too: a rank that hangs holds the output pipes open, and subprocess.run's
+            # timeout then waits for it for ever (seen with torch 2.4.1: rank 0 in destroy_process_group)
+            for pid in [*descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            outputs.append(proc.communicate())
+            hung = True
+    for proc, (stdout, stderr) in zip(procs, outputs):
+        report = f"stdout:\n{stdout[-2000:]}\nstderr:\n{stderr[-4000:]}"
+        if hung:
+            pytest.fail(f"torchrun did not finish in {timeout} s\n{report}")
+        assert proc.returncode == 0, report
+    return [stdout for stdout, _ in outputs]
 
 
 def final(run):
@@ -79,6 +105,34 @@ def test_two_gloo_processes_match_one_process_and_resume(tmp_path):
     c, meta_c = final(resumed)
     assert meta_c["step"] == 30
     assert_close(b, c, rtol=0, atol=0)
+
+
+def test_two_nodes_match_one_process_and_resume(tmp_path):
+    """Two torchrun launches as two nodes of one process each (on 127.0.0.1), the run folder on a
+    filesystem both see: the same update as one process, one set of logs, and a resume of both
+    nodes that continues the run exactly."""
+    single, nodes = tmp_path / "single", tmp_path / "nodes"
+    assert main(["train", "sinusoid", "--iterations", "30", "--out", str(single), *COMMON]) == 0
+    first, second = torchrun_nodes("train", "sinusoid", "--iterations", "20", "--out", str(nodes), *COMMON)
+    assert "run folder" in first and second == ""  # only rank 0 reports the run it wrote
+    assert final(nodes)[1]["step"] == 20
+    torchrun_nodes("train", "--resume", str(nodes), "--iterations", "30", "--no-progress")
+    (a, meta_a), (b, meta_b) = final(single), final(nodes)
+    assert meta_b["step"] == 30
+    assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert [row["step"] for row in meta_b["metrics"]] == [10, 20, 30]
+    assert len((nodes / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_node_without_the_run_folder_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    """A torchrun process other than rank 0 that cannot see the run folder stops with one line
+    (exit 2) saying that every node needs it, instead of "not a run folder"."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--resume", str(tmp_path / "elsewhere"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is not on this node (rank 1)" in err and "filesystem all nodes share" in err
+    assert "Traceback" not in err
 
 
 def test_micro_batches_give_the_same_update(tmp_path):
