@@ -223,6 +223,17 @@ def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, capsys, args, message
     assert message in err and len(err.splitlines()) == 1
 
 
+def test_torchrun_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """Under torchrun every process would meta-train the whole run and write the same folder (seen:
+    one rank failed on the folder the other had just made); meta-RL refuses instead, on every rank."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    run = tmp_path / "run"
+    assert main(["train", "rl", "--env", "nav2d", *TINY, "--iterations", "1", "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "meta-RL runs as one process" in err and len(err.splitlines()) == 1
+    assert not run.exists()
+
+
 def test_best_checkpoint_is_refused_for_rl(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "rl", "--env", "nav2d", *TINY, "--iterations", "1", "--set", "baselines=", "--out", str(run)]

@@ -49,6 +49,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -357,6 +358,11 @@ def train(
 ) -> dict[str, Any]:
     """Meta-train ``config`` into ``run_dir`` (or continue it with ``resume``); the CLI's ``train``."""
     run_dir = Path(run_dir)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # every process would meta-train the whole run on its own and write the same run folder
+        raise ConfigError("meta-RL runs as one process and does not split its tasks over torchrun's processes; "
+                          "start `fastmaml train rl` without torchrun (to use two cores, train MAML with --set "
+                          "baselines= and its baselines with --set method=none as two processes)")
     config.validate()
     check_cuda(config.device)
     if config.threads:
