@@ -359,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
+        if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # each process would do the whole job and write the same files
+            raise ConfigError(f"`fastmaml {args.command}` runs as one process; only `fastmaml train` splits its work "
+                              f"over torchrun's processes, so start it without torchrun")
         return COMMANDS[args.command](args)
     except FastMAMLError as error:
         print(f"fastmaml: error: {error}", file=sys.stderr)

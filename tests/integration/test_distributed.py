@@ -135,6 +135,17 @@ def test_a_node_without_the_run_folder_says_how_to_resume(tmp_path, monkeypatch,
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", [["eval", "RUN"], ["plot", "RUN"], ["presets"], ["study", "linear"]])
+def test_commands_other_than_train_refuse_torchrun(tmp_path, monkeypatch, capsys, command):
+    """Only train splits its work over processes; under torchrun every process of another command
+    would do the whole job and write the same files, so each says so in one line (exit 2)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main([str(tmp_path) if word == "RUN" else word for word in command]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"`fastmaml {command[0]}` runs as one process" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_micro_batches_give_the_same_update(tmp_path):
     whole, micro = tmp_path / "whole", tmp_path / "micro"
     assert main(["train", "sinusoid", "--iterations", "20", "--out", str(whole), *COMMON]) == 0
