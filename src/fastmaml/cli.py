@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # each process would do the whole job and write the same files
             raise ConfigError(f"`fastmaml {args.command}` runs as one process; only `fastmaml train` splits its work "
-                              f"over torchrun's processes, so start it without torchrun")
+                              "over torchrun's processes, so start it without torchrun")
         return COMMANDS[args.command](args)
     except FastMAMLError as error:
         print(f"fastmaml: error: {error}", file=sys.stderr)

@@ -121,6 +121,8 @@ def test_two_nodes_match_one_process_and_resume(tmp_path):
     assert meta_b["step"] == 30
     assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert [row["step"] for row in meta_b["metrics"]] == [10, 20, 30]
+    for x, y in zip(meta_a["metrics"], meta_b["metrics"], strict=True):  # the global loss, before and after the resume
+        assert abs(x["meta_loss"] - y["meta_loss"]) < 1e-4 * abs(x["meta_loss"])
     assert len((nodes / "metrics.jsonl").read_text().splitlines()) == 3
 
 
