@@ -33,8 +33,9 @@ SHORTHAND = {
     "env": "env",
 }
 # What may change on --resume: the schedule and how (not what) is computed, and where the data lives.
-RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "device", "threads", "workers", "micro_batch_size",
-               "chunk_size", "grad_checkpointing", "cuda_graph", "tf32", "compile", "root", "cache_dir"}
+RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "device", "threads", "sim_threads", "workers",
+               "micro_batch_size", "chunk_size", "grad_checkpointing", "cuda_graph", "tf32", "compile", "root",
+               "cache_dir"}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -213,6 +213,7 @@ def test_random_initialisation_is_fine_tuned_at_random_lr(tmp_path, capsys):
         (["train", "rl", "--set", "method=anil"], "unknown method 'anil'"),
         (["train", "rl", "--meta-sgd"], "preset 'rl' has no option --meta-sgd"),
         (["train", "rl", "--set", "baselines=random"], "unknown baselines"),
+        (["train", "rl", "--env", "ant-dir", "--set", "sim_threads=0"], "sim_threads must be >= 1"),
         pytest.param(["train", "rl", "--device", "cuda"], "sees no CUDA GPU; use device=cpu",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: cuda is valid")),
     ],
@@ -330,7 +331,13 @@ def test_maml_on_ant_trains_evaluates_and_adapts_end_to_end(tmp_path, capsys, en
     report = json.loads(capsys.readouterr().out)
     means = report["metrics"]["maml"]["return"]["mean"]
     assert len(means) == 2 and all(torch.isfinite(torch.tensor(means)))
+    # MuJoCo stepped by two threads: how, not what: the same returns, and the report is the run's own
+    assert main(["eval", str(run), "--tasks", "2", "--steps", "1", "--json", "--set", "sim_threads=2"]) == 0
+    threaded = json.loads(capsys.readouterr().out)
+    assert threaded["metrics"] == report["metrics"] and "overrides" not in threaded
+    assert main(["train", "--resume", str(run), "--iterations", "3", "--set", "sim_threads=2", "--no-progress"]) == 0
+    assert [row["step"] for row in rows(run)] == [1, 2, 3]
     assert main(["adapt", str(run), "--goal", goal, "--steps", "1", "--trajectories", "2", "--out", str(out)]) == 0
     policy, params, meta = load_adapted(out)
-    assert meta["goal"] == [float(goal)] and meta["iteration"] == 2 and len(meta["return_mean"]) == 2
+    assert meta["goal"] == [float(goal)] and meta["iteration"] == 3 and len(meta["return_mean"]) == 2
     assert params["mean.0.weight"].shape == (100, 125)

@@ -128,14 +128,21 @@ class RLConfig:
     log_every: int = 1
     checkpoint_every: int = 10
     threads: int = 1  # torch intra-op threads: the sampler's per-step ops are tiny
+    sim_threads: int = 1  # threads stepping the MuJoCo robots (same results; pays for the ant, not the cheetah)
     device: str = "cpu"  # where the TRPO meta-update runs (cuda: a GPU); sampling always stays on the CPU (MuJoCo)
     implicit_damping: bool = True  # half-cheetah: MuJoCo's Euler integrates joint damping implicitly (false: explicitly)
 
     # keys ``fastmaml eval --set`` may change (the meta-test protocol; the rest shape or train the policies)
     EVAL_KEYS: ClassVar[tuple[str, ...]] = (
         "inner_lr", "pretrained_lr", "random_lr", "eval_lr_decay", "eval_trajectories", "baseline_fit",
-        "discount", "gae_lambda", "threads",
+        "discount", "gae_lambda", "threads", "sim_threads",
     )
+
+    @staticmethod
+    def execution_keys() -> tuple[str, ...]:
+        """Keys beside ``fastmaml.config.EXECUTION_KEYS`` that change how meta-testing runs, not what
+        it computes: a report made with them is the run's own and is saved."""
+        return ("sim_threads",)
 
     def validate(self) -> None:
         if self.env not in ENV_NAMES:
@@ -150,7 +157,7 @@ class RLConfig:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
         for key in ("inner_steps", "meta_batch_size", "trajectories", "cg_iters", "iterations", "eval_tasks",
-                    "eval_trajectories", "log_every", "checkpoint_every"):
+                    "eval_trajectories", "log_every", "checkpoint_every", "sim_threads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         for key in ("horizon", "hvp_tasks", "eval_steps", "threads", "cg_damping", "random_lr"):
@@ -200,7 +207,10 @@ class OracleBatch:
 
 
 def make_env(config: RLConfig, oracle: bool = False):
-    env = make_batch(config.env, **({} if config.implicit_damping else {"implicit_damping": False}))
+    options = {} if config.env == "nav2d" else {"threads": config.sim_threads}  # nav2d steps in torch
+    if not config.implicit_damping:
+        options["implicit_damping"] = False
+    env = make_batch(config.env, **options)
     return OracleBatch(env) if oracle else env
 
 

@@ -8,6 +8,7 @@ import torch
 mujoco = pytest.importorskip("mujoco", reason="mujoco is the optional 'rl' extra (CI installs fastmaml[rl])")
 gymnasium = pytest.importorskip("gymnasium", reason="gymnasium is the optional 'rl' extra (CI installs fastmaml[rl])")
 
+from fastmaml.errors import ConfigError  # noqa: E402
 from fastmaml.rl.envs import ENV_NAMES  # noqa: E402
 from fastmaml.rl.envs.locomotion import TASKS, LocomotionBatch, load_model  # noqa: E402
 
@@ -153,6 +154,40 @@ def test_cheetah_never_terminates():
     env = LocomotionBatch("cheetah-vel")
     steps = rollout(env, torch.ones(3), 60, seed=6)
     assert not any(done.any() for _, _, done in steps[1:])
+
+
+@pytest.mark.parametrize("task", ["cheetah-dir", "ant-dir"])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_give_bit_identical_trajectories(task, threads):
+    """``threads`` step disjoint robots in parallel (MuJoCo releases the GIL): the same observations,
+    rewards and terminations to the last bit, also with robots that stopped early (ant)."""
+    goals = torch.tensor([-1.0, 1.0, 1.0, -1.0, 1.0])
+    envs = [LocomotionBatch(task, dtype=torch.float64, threads=n) for n in (1, threads)]
+    runs = []
+    for env in envs:
+        g = torch.Generator().manual_seed(8)
+        steps = [env.reset(goals, g)]
+        if env.is_ant:  # one torso on the floor: that robot stops at the first step
+            env.datas[1].qpos[2] = 0.1
+            mujoco.mj_forward(env.model, env.datas[1])
+        for _ in range(40):
+            steps += list(env.step(1.2 * torch.randn(len(goals), env.action_dim, generator=g, dtype=torch.float64)))
+        runs.append(steps)
+    assert envs[1].threads == threads and envs[1]._pool is not None
+    if task == "ant-dir":
+        assert runs[1][-1].tolist()[1] and not all(runs[1][-1].tolist())  # some stopped, some run
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_failing_thread_raises_in_the_caller():
+    env = LocomotionBatch("cheetah-dir", threads=2)
+    env.reset(torch.ones(4), torch.Generator().manual_seed(0))
+    env.datas[3] = None  # a robot whose state is gone: its thread fails
+    with pytest.raises(AttributeError):
+        env.step(torch.zeros(4, env.action_dim))
+    with pytest.raises(ConfigError, match="sim_threads must be >= 1"):
+        LocomotionBatch("ant-dir", threads=0)
 
 
 @pytest.mark.parametrize("task", ["cheetah-dir", "ant-vel"])

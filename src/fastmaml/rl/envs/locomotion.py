@@ -35,6 +35,7 @@ how much that changes a result (whether MuJoCo 1.31 damped implicitly is not doc
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,9 +105,16 @@ class LocomotionBatch:
     horizon = HORIZON
     goal_shape: tuple[int, ...] = ()
 
-    def __init__(self, task: str, *, dtype: torch.dtype = torch.float32, implicit_damping: bool = True) -> None:
+    def __init__(
+        self, task: str, *, dtype: torch.dtype = torch.float32, implicit_damping: bool = True, threads: int = 1
+    ) -> None:
         if task not in TASKS:
             raise ConfigError(f"unknown locomotion task {task!r}; choose one of {', '.join(TASKS)}")
+        if threads < 1:
+            raise ConfigError(f"sim_threads must be >= 1, got {threads}")
+        # MuJoCo's functions release the GIL, so threads step disjoint sets of robots in parallel
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="mujoco") if threads > 1 else None
         self.task = TASKS[task]
         self.dtype = dtype
         self.model = model = load_model(self.task.robot)
@@ -150,11 +158,15 @@ class LocomotionBatch:
             self._allocate(batch)
         qpos_noise = torch.randn(batch, model.nq, generator=generator, dtype=torch.float64).numpy()
         qvel_noise = torch.randn(batch, model.nv, generator=generator, dtype=torch.float64).numpy()
-        for i, data in enumerate(self.datas):
-            mujoco.mj_resetData(model, data)
-            data.qpos[:] = self.init_qpos + QPOS_NOISE * qpos_noise[i]
-            data.qvel[:] = QVEL_NOISE * qvel_noise[i]
-            self._forward_and_read(i)
+        def start(robots: np.ndarray) -> None:
+            for i in robots:
+                data = self.datas[i]
+                mujoco.mj_resetData(model, data)
+                data.qpos[:] = self.init_qpos + QPOS_NOISE * qpos_noise[i]
+                data.qvel[:] = QVEL_NOISE * qvel_noise[i]
+                self._forward_and_read(i)
+
+        self._for_robots(start, np.arange(batch))
         self.goals = goals.numpy().copy()
         self.done = np.zeros(batch, dtype=bool)
         return self._tensor(self._observation())
@@ -172,12 +184,16 @@ class LocomotionBatch:
         actions = np.clip(actions, -1.0, 1.0)
         running = ~self.done
         model, skip_pos_vel = self.model, mujoco.mjtStage.mjSTAGE_VEL
-        for i in np.flatnonzero(running):
-            data = self.datas[i]
-            data.ctrl[:] = actions[i]
-            mujoco.mj_forwardSkip(model, data, skip_pos_vel, 1)  # same state, new controls
-            self.integrate(model, data)
-            self._forward_and_read(i)
+
+        def advance(robots: np.ndarray) -> None:
+            for i in robots:
+                data = self.datas[i]
+                data.ctrl[:] = actions[i]
+                mujoco.mj_forwardSkip(model, data, skip_pos_vel, 1)  # same state, new controls
+                self.integrate(model, data)
+                self._forward_and_read(i)
+
+        self._for_robots(advance, np.flatnonzero(running))
         reward = np.where(running, self._reward(actions), 0.0)
         if self.is_ant:
             state = np.concatenate([self.qpos, self.qvel], axis=1)
@@ -186,6 +202,16 @@ class LocomotionBatch:
         return self._tensor(self._observation()), self._tensor(reward), torch.from_numpy(self.done.copy())
 
     # ----------------------------------------------------------------------------- internals
+    def _for_robots(self, work, robots: np.ndarray) -> None:
+        """``work(robots)``, split over the threads in contiguous slices. Every robot has its own
+        MjData and writes only its own rows of the arrays below, so the result does not depend on
+        the number of threads (tested bit for bit)."""
+        if self._pool is None or len(robots) < 2:
+            work(robots)
+            return
+        for future in [self._pool.submit(work, part) for part in np.array_split(robots, self.threads) if len(part)]:
+            future.result()  # re-raises a worker's exception here
+
     def _allocate(self, batch: int) -> None:
         model = self.model
         self.qpos = np.zeros((batch, model.nq))
