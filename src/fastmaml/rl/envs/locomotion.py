@@ -100,6 +100,9 @@ class LocomotionBatch:
     integrating: exactly rllab's ``mj_step`` then ``mj_forward`` (the unit tests check bit
     equality, which holds on MuJoCo 3.1 and 4.0), without computing the positions twice.
     After ``done`` a robot is no longer stepped: its observation stays and its reward is 0.
+    ``threads`` > 1 steps disjoint slices of the robots in that many threads (MuJoCo releases the
+    GIL): the same results, faster for the ant, slower for the cheap half-cheetah
+    (benchmarks/results/rl_sim_threads_cpu.md).
     """
 
     horizon = HORIZON
