@@ -161,6 +161,7 @@ class LocomotionBatch:
             self._allocate(batch)
         qpos_noise = torch.randn(batch, model.nq, generator=generator, dtype=torch.float64).numpy()
         qvel_noise = torch.randn(batch, model.nv, generator=generator, dtype=torch.float64).numpy()
+
         def start(robots: np.ndarray) -> None:
             for i in robots:
                 data = self.datas[i]
