@@ -9,6 +9,10 @@ a broadcast after every step. Rank 0 alone writes logs and checkpoints.
     torchrun --nproc_per_node 2 -m fastmaml train sinusoid --out runs/ddp      # one node, 2 processes
     torchrun --nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500 \\
              --nproc_per_node 8 -m fastmaml train omniglot ... --device cuda   # and node_rank 1 on the other
+
+A new run needs nothing shared between nodes; ``--resume`` reads the run folder in every process,
+so it must be on a filesystem all nodes share (or copied to the same path on each); tested as two
+nodes of one process each on 127.0.0.1 (tests/integration/test_distributed.py).
 """
 
 from __future__ import annotations
