@@ -180,6 +180,15 @@ def test_threads_give_bit_identical_trajectories(task, threads):
         assert torch.equal(a, b)
 
 
+def test_the_config_key_reaches_the_environments():
+    from fastmaml.rl.trainer import RLConfig, make_env
+
+    assert make_env(RLConfig(env="ant-dir", sim_threads=3)).threads == 3
+    assert make_env(RLConfig(env="ant-dir", sim_threads=2), oracle=True).env.threads == 2
+    assert make_env(RLConfig(env="cheetah-dir")).threads == 1
+    make_env(RLConfig(env="nav2d", sim_threads=2))  # 2D navigation steps in torch: the key is ignored
+
+
 def test_a_failing_thread_raises_in_the_caller():
     env = LocomotionBatch("cheetah-dir", threads=2)
     env.reset(torch.ones(4), torch.Generator().manual_seed(0))
