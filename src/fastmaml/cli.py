@@ -137,13 +137,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fastmaml.engine.experiment import get_preset
+    from fastmaml.engine.distributed import launched_rank
     from fastmaml.engine.run_dir import CONFIG, read_config
     from fastmaml.engine.trainer import train
 
     if (args.out is None) == (args.resume is None):
         raise ConfigError("give exactly one of --out RUN_DIR (a new run) or --resume RUN_DIR (continue a run)")
     shorthand = {key: getattr(args, flag) for flag, key in SHORTHAND.items() if getattr(args, flag) is not None}
-    rank = int(os.environ.get("RANK", "0"))  # under torchrun; 0 in a single process
+    rank = launched_rank()
     if args.resume is not None:
         if rank and not (args.resume / CONFIG).is_file():
             raise ConfigError(
@@ -360,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from fastmaml.engine.distributed import launched_world_size
+
+        if args.command != "train" and launched_world_size() > 1:
             # each process would do the whole job and write the same files
             raise ConfigError(f"`fastmaml {args.command}` runs as one process; only `fastmaml train` splits its work "
                               "over torchrun's processes, so start it without torchrun")
@@ -386,10 +389,10 @@ def run() -> NoReturn:
     can hang, is left to the exit after every rank passed a last barrier
     (:func:`fastmaml.engine.distributed.exit_closes_process_group`).
     """
-    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if torchrun:
-        from fastmaml.engine.distributed import exit_closes_process_group
+    from fastmaml.engine.distributed import exit_closes_process_group, launched_world_size
 
+    torchrun = launched_world_size() > 1
+    if torchrun:
         exit_closes_process_group()
     code = main()
     if torchrun:

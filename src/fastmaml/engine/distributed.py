@@ -88,9 +88,19 @@ class Cluster:
             dist.destroy_process_group()
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun started for this job (its ``WORLD_SIZE``; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_rank() -> int:
+    """This process's rank among them (torchrun's ``RANK``; 0 without torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_from_env(device: str, meta_batch_size: int) -> Cluster:
     """A Cluster from torchrun's environment variables (a single process when they are absent)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world_size()
     if world == 1:
         return Cluster()
     if meta_batch_size < world:

@@ -49,7 +49,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -61,7 +60,7 @@ from tqdm.auto import tqdm
 from fastmaml.config import protocol_overrides, to_dict
 from fastmaml.core.functional import Params
 from fastmaml.engine import checkpoint
-from fastmaml.engine.distributed import check_cuda
+from fastmaml.engine.distributed import check_cuda, launched_world_size
 from fastmaml.engine.evaluate import EVAL_SEED, mean_ci95
 from fastmaml.engine.evaluate import per_task as rounded_per_task
 from fastmaml.engine.run_dir import (
@@ -368,7 +367,7 @@ def train(
 ) -> dict[str, Any]:
     """Meta-train ``config`` into ``run_dir`` (or continue it with ``resume``); the CLI's ``train``."""
     run_dir = Path(run_dir)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_world_size() > 1:
         # every process would meta-train the whole run on its own and write the same run folder
         raise ConfigError("meta-RL runs as one process and does not split its tasks over torchrun's processes; "
                           "start `fastmaml train rl` without torchrun (to use two cores, train MAML with --set "
