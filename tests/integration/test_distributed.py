@@ -126,6 +126,37 @@ def test_two_nodes_match_one_process_and_resume(tmp_path):
     assert len((nodes / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+RL = ["--env", "nav2d", "--set", "meta_batch_size=5", "--set", "trajectories=4", "--set", "horizon=20",
+      "--set", "log_every=1", "--set", "checkpoint_every=2", "--no-progress"]
+
+
+def test_meta_rl_splits_its_tasks_over_two_processes_and_resumes_exactly(tmp_path):
+    """MAML-TRPO and both trained baselines with 5 tasks over 2 gloo processes. Before the first
+    update every task's trajectories are those of one process (the update itself equals the
+    single-process one in float64, tests/unit/rl/test_rl_distributed.py; in float32 the conjugate
+    gradient amplifies the summation order, so later iterations drift apart as two seeds would).
+    Rank 0 alone reports and logs; both processes restarted continue bit for bit, and a run
+    started on two processes continues on one."""
+    single, ddp, resumed = tmp_path / "single", tmp_path / "ddp", tmp_path / "resumed"
+    assert main(["train", "rl", *RL, "--iterations", "1", "--out", str(single)]) == 0
+    out = torchrun("train", "rl", *RL, "--iterations", "4", "--out", str(ddp))
+    assert out.count("trained rl for 4 iterations") == 1  # one summary, from rank 0
+    one, two = final(single)[1]["metrics"][0], final(ddp)[1]["metrics"][0]
+    for key in ("return_pre", "pretrained_return", "oracle_return", "return_post"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key  # the same trajectories, gathered from both
+    assert len((ddp / "metrics.jsonl").read_text().splitlines()) == 4
+    torchrun("train", "rl", *RL, "--iterations", "2", "--out", str(resumed))
+    torchrun("train", "--resume", str(resumed), "--iterations", "4", "--no-progress")
+    (a, meta_a), (b, meta_b) = (checkpoint.load(run / "checkpoint.safetensors") for run in (ddp, resumed))
+    assert meta_b["step"] == 4
+    assert len(a) > 10 and any(k.startswith("oracle/") for k in a)
+    assert_close(a, b, rtol=0, atol=0)  # every learner's parameters and generator
+    drop = lambda rows: [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]  # noqa: E731
+    assert drop(meta_a["metrics"]) == drop(meta_b["metrics"])
+    assert main(["train", "--resume", str(resumed), "--iterations", "5", "--no-progress"]) == 0
+    assert final(resumed)[1]["step"] == 5
+
+
 def test_a_node_without_the_run_folder_says_how_to_resume(tmp_path, monkeypatch, capsys):
     """A torchrun process other than rank 0 that cannot see the run folder stops with one line
     (exit 2) saying that every node needs it, instead of "not a run folder"."""

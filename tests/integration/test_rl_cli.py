@@ -224,14 +224,19 @@ def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, capsys, args, message
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_torchrun_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
-    """Under torchrun every process would meta-train the whole run and write the same folder (seen:
-    one rank failed on the folder the other had just made); meta-RL refuses instead, on every rank."""
+@pytest.mark.parametrize("setting,message", [
+    ("baseline_fit=rllab", "baseline_fit=rllab chains each task's baseline"),
+    ("hvp_tasks=2", "hvp_tasks (the KL of the first tasks only) needs every task in one process"),
+])
+def test_settings_that_need_one_process_are_refused_under_torchrun(tmp_path, capsys, monkeypatch, setting, message):
+    """Split over torchrun's processes, a run cannot chain baselines across tasks or take the KL of
+    the first tasks only; it says so on every rank before anything is written."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     run = tmp_path / "run"
-    assert main(["train", "rl", "--env", "nav2d", *TINY, "--iterations", "1", "--out", str(run), "--no-progress"]) == 2
+    args = ["train", "rl", "--env", "nav2d", *TINY, "--set", setting, "--iterations", "1", "--out", str(run)]
+    assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert "meta-RL runs as one process" in err and len(err.splitlines()) == 1
+    assert message in err and len(err.splitlines()) == 1
     assert not run.exists()
 
 

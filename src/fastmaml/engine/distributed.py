@@ -53,11 +53,27 @@ class Cluster:
     def active(self) -> bool:
         return self.world_size > 1
 
+    def rows(self, total: int) -> slice:
+        """This rank's contiguous share of ``total`` tasks (sizes differ by at most one)."""
+        return slice(self.rank * total // self.world_size, (self.rank + 1) * total // self.world_size)
+
     def shard(self, batch: TaskBatch) -> tuple[TaskBatch, float]:
         """This rank's slice of the tasks and its share of the meta-batch (the loss weight)."""
         total = batch.num_tasks
-        start, stop = self.rank * total // self.world_size, (self.rank + 1) * total // self.world_size
-        return batch.slice(start, stop), (stop - start) / total
+        rows = self.rows(total)
+        return batch.slice(rows.start, rows.stop), (rows.stop - rows.start) / total
+
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over ranks, as a new tensor on ``tensor``'s device (copied to this rank's
+        GPU and back where the backend is NCCL and ``tensor`` is on the CPU)."""
+        if not self.active:
+            return tensor
+        comm = tensor.device
+        if dist.get_backend() == "nccl" and comm.type != "cuda":
+            comm = torch.device("cuda", torch.cuda.current_device())
+        out = tensor.detach().to(comm, copy=True)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out.to(tensor.device)
 
     def sum_(self, tensors: Iterable[torch.Tensor]) -> None:
         """In-place sum over ranks (gradients, loss accumulators), as one flat all-reduce."""

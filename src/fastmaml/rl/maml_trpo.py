@@ -240,6 +240,7 @@ def meta_objective(
     strategy: str = "auto",
     tasks: int | None = None,
     adapt_keys: Sequence[str] | None = None,
+    totals: tuple[int, Tensor] | None = None,
 ) -> Callable[[Params], tuple[Tensor, Tensor]]:
     """``params -> (meta-loss, mean KL)`` for :func:`fastmaml.rl.trpo.trpo_step` (module docstring).
 
@@ -247,6 +248,9 @@ def meta_objective(
     and ``old`` the (μ, log σ) at ``outer.observations`` of the policies that collected them. With
     ``tasks=k`` only the first k tasks count (e.g. a cheaper KL for the Hessian-vector products).
     ``adapt_keys``: the parameters the inner step adapts (default: all).
+    ``totals=(tasks, steps)``: the meta-batch's number of tasks and of steps inside episodes in
+    ``outer``, when these samples are one process's share of it (torch.distributed): the loss and KL
+    are then this share's part of the meta-batch's, which sum over the processes to the whole.
     """
     inner = list(inner)
     if tasks is not None:
@@ -256,6 +260,8 @@ def meta_objective(
 
     def objective(params: Params) -> tuple[Tensor, Tensor]:
         surrogate, kl_sum = map_tasks(task_fn, params, inner, outer, *old, batched=False, strategy=strategy)
+        if totals is not None:
+            return surrogate.sum() / totals[0], kl_sum.sum() / totals[1]
         return surrogate.mean(), kl_sum.sum() / outer.mask.sum()
 
     return objective
@@ -289,20 +295,27 @@ def sample_and_adapt(
     adapt_keys: Sequence[str] | None = None,
     baseline_fit: str = "own",
     meta_test: bool = False,
+    rows: slice | None = None,
 ) -> tuple[list[Trajectories], list[Samples], Params | None]:
     """Sample ``trajectories`` per goal with θ, adapt (first order, no graph; only ``adapt_keys``,
     default all), sample again, ... : len(lrs) + 1 sampling rounds. Returns the trajectories and
     processed samples of every round (the last one only with ``process_last``) and the final
     per-task parameters, every one with a leading task dimension (None when ``lrs`` is empty).
     ``baseline_fit``: "own" fits each task's baseline to its samples; "rllab" keeps the original's
-    order (:func:`rllab_baseline_coeffs`, at meta-test or meta-train as ``meta_test`` says)."""
+    order (:func:`rllab_baseline_coeffs`, at meta-test or meta-train as ``meta_test`` says).
+    ``rows``: sample and adapt only those tasks of ``goals`` (one process's share under
+    torch.distributed, :func:`fastmaml.rl.sampler.sample_trajectories`); everything returned then
+    holds those tasks only."""
     if baseline_fit not in BASELINE_FITS:
         raise ValueError(f"baseline_fit must be one of {', '.join(BASELINE_FITS)}, got {baseline_fit!r}")
+    if rows is not None and baseline_fit == "rllab":
+        raise ValueError("baseline_fit='rllab' chains each task's baseline to the task before; it needs every "
+                         "task in one process (rows=None)")
     trajs, samples, adapted, batched, previous = [], [], params, False, None
     strategy = split_strategy(strategy)[0]
     for step in range(len(lrs) + 1):
         dist = distribution_fn(policy, adapted, batched=batched, strategy=strategy)
-        trajs.append(sample_trajectories(env, dist, goals, trajectories, generator, horizon))
+        trajs.append(sample_trajectories(env, dist, goals, trajectories, generator, horizon, rows))
         if step < len(lrs) or process_last:
             coeffs = None
             if baseline_fit == "rllab":
@@ -340,6 +353,8 @@ def maml_trpo_step(
     update_device: str | torch.device | None = None,
     baseline_fit: str = "own",
     fd_base_eps: float = ORIGINAL_FD_BASE_EPS,
+    rows: slice | None = None,
+    all_sum: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Params, StepStats]:
     """One meta-iteration of Algorithm 3: draw ``meta_batch_size`` goals, sample, adapt, sample,
     TRPO-update θ through the adaptation. ``inner_steps=0``: TRPO on all tasks jointly (no adaptation).
@@ -354,7 +369,19 @@ def maml_trpo_step(
     ``fd_base_eps``: the finite-difference step of ``hvp="finite_difference"`` (default: the
     original runs' 1.0, :func:`fastmaml.rl.trpo.finite_difference_hvp`).
     Randomness (goals, action noise, start states) comes from ``generator``.
+
+    Split over processes (torch.distributed): every process passes the same ``params`` and
+    ``generator`` state, its share of the tasks as ``rows`` and ``all_sum`` (a tensor -> its sum
+    over the processes, the same on each). Each samples and adapts its tasks only, with the random
+    numbers the whole batch would give them; the gradient, the Hessian-vector products and the line
+    search's loss and KL are summed (:func:`fastmaml.rl.trpo.trpo_step`), so every process takes the
+    single-process update, up to floating-point summation order, and ends with the same parameters
+    and generator state. The returned statistics cover the whole meta-batch.
     """
+    if (rows is None) != (all_sum is None):
+        raise ValueError("give rows and all_sum together (a process's share of the tasks and the sum over processes)")
+    if rows is not None and 0 < hvp_tasks < meta_batch_size:
+        raise ValueError("hvp_tasks (the KL of the first tasks only) needs every task in one process (rows=None)")
     params = {k: p.detach() for k, p in params.items()}
     home = next(iter(params.values())).device
     update_device = torch.device(home if update_device is None else update_device)
@@ -363,6 +390,7 @@ def maml_trpo_step(
     trajs, samples, adapted = sample_and_adapt(
         env, policy, params, goals, generator, trajectories=trajectories, lrs=lrs, horizon=horizon,
         discount=discount, gae_lambda=gae_lambda, strategy=strategy, adapt_keys=adapt_keys, baseline_fit=baseline_fit,
+        rows=rows,
     )
     with torch.no_grad():
         old = distribution_fn(policy, params if adapted is None else adapted, batched=adapted is not None,
@@ -372,16 +400,25 @@ def maml_trpo_step(
         samples, old, update_params = pytree.tree_map(lambda t: t.to(update_device), (samples, old, params))
     outer = samples[-1]
     common = {"first_order": first_order, "strategy": strategy, "adapt_keys": adapt_keys}
+    if all_sum is not None:  # this process's share of the meta-batch's loss and KL
+        common["totals"] = (meta_batch_size, all_sum(outer.mask.sum()))
     objective = meta_objective(policy, samples[:-1], outer, old, lrs, **common)
     kl_fn = None
     if 0 < hvp_tasks < meta_batch_size:  # the KL (and its Hessian) of the first hvp_tasks tasks only
         kl_objective = meta_objective(policy, samples[:-1], outer, old, lrs, tasks=hvp_tasks, **common)
         kl_fn = lambda p: kl_objective(p)[1]  # noqa: E731
     new_params, stats = trpo_step(objective, update_params, max_kl=max_kl, damping=damping, cg_iters=cg_iters,
-                                  hvp=hvp, kl_fn=kl_fn, fd_base_eps=fd_base_eps)
+                                  hvp=hvp, kl_fn=kl_fn, fd_base_eps=fd_base_eps, all_sum=all_sum)
     new_params = {k: v.to(home) for k, v in new_params.items()}
-    returns = [t.returns.mean().item() for t in trajs]
-    return new_params, StepStats(returns, stats, torch.stack([t.returns.mean(1) for t in trajs]), goals)
+    task_returns = torch.stack([t.returns.mean(1) for t in trajs])
+    if all_sum is None:
+        returns = [t.returns.mean().item() for t in trajs]
+    else:  # every process's tasks in their places; the others' entries are 0 before the sum
+        whole = task_returns.new_zeros(len(trajs), meta_batch_size)
+        whole[:, rows] = task_returns
+        task_returns = all_sum(whole)
+        returns = task_returns.mean(1).tolist()
+    return new_params, StepStats(returns, stats, task_returns, goals)
 
 
 @torch.no_grad()

@@ -41,6 +41,7 @@ def sample_trajectories(
     num_trajectories: int,
     generator: torch.Generator,
     horizon: int | None = None,
+    rows: slice | None = None,
 ) -> Trajectories:
     """Roll out ``num_trajectories`` episodes of ``horizon`` (default ``env.horizon``) steps per goal.
 
@@ -48,17 +49,33 @@ def sample_trajectories(
     ``distribution(obs)`` maps observations (T, N, obs_dim) to the policy's (μ, log σ), e.g. with
     per-task adapted parameters under ``torch.vmap``. Actions and the environment's start noise come
     from ``generator``, so a seed fixes the whole batch.
+
+    ``rows=slice(a, b)`` rolls out tasks a..b-1 of ``goals`` only (one process's share under
+    torch.distributed; ``distribution`` then sees those tasks' observations): every random number
+    is still drawn for all tasks and the share's are used, so each task's trajectories are the ones
+    the whole batch would give it, and ``generator`` ends in the same state in every process.
     """
     if num_trajectories < 1:
         raise ValueError(f"num_trajectories must be >= 1, got {num_trajectories}")
     horizon = env.horizon if horizon is None else horizon
-    tasks = len(goals)
-    obs = env.reset(goals.repeat_interleave(num_trajectories, dim=0), generator)
+    starts = goals.repeat_interleave(num_trajectories, dim=0)
+    if rows is None:
+        total, tasks = len(goals), len(goals)
+        obs = env.reset(starts, generator)
+    else:
+        total, (first, stop, _) = len(goals), rows.indices(len(goals))
+        rows, tasks = slice(first, stop), max(stop - first, 0)
+        obs = env.reset(starts, generator, rows=slice(first * num_trajectories, stop * num_trajectories))
     alive = torch.ones(tasks * num_trajectories, dtype=torch.bool)
     observations, actions, rewards, masks = [], [], [], []
     for _ in range(horizon):
         obs = obs.reshape(tasks, num_trajectories, -1)
-        action = sample_actions(*distribution(obs), generator)
+        mean, log_std = distribution(obs)
+        if rows is None:
+            action = sample_actions(mean, log_std, generator)
+        else:  # the whole batch's noise, this share's rows
+            noise = torch.randn((total, *mean.shape[1:]), generator=generator, dtype=mean.dtype, device=mean.device)
+            action = mean + torch.exp(log_std) * noise[rows]
         next_obs, reward, done = env.step(action.reshape(tasks * num_trajectories, -1))
         observations.append(obs)
         actions.append(action)

@@ -45,6 +45,7 @@ own process with its own seed, here all tasks and methods share one seeded batch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -60,7 +61,7 @@ from tqdm.auto import tqdm
 from fastmaml.config import protocol_overrides, to_dict
 from fastmaml.core.functional import Params
 from fastmaml.engine import checkpoint
-from fastmaml.engine.distributed import check_cuda, launched_world_size
+from fastmaml.engine.distributed import Cluster, check_cuda, device_for, init_from_env, launched_world_size
 from fastmaml.engine.evaluate import EVAL_SEED, mean_ci95
 from fastmaml.engine.evaluate import per_task as rounded_per_task
 from fastmaml.engine.run_dir import (
@@ -195,9 +196,10 @@ class OracleBatch:
     def sample_goals(self, num_tasks: int, generator: torch.Generator) -> Tensor:
         return self.env.sample_goals(num_tasks, generator)
 
-    def reset(self, goals: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        obs = self.env.reset(goals, generator)
-        self.goal_features = torch.as_tensor(goals).reshape(len(obs), self.goal_dim).to(obs.dtype)
+    def reset(self, goals: Tensor, generator: torch.Generator | None = None, rows: slice | None = None) -> Tensor:
+        obs = self.env.reset(goals, generator) if rows is None else self.env.reset(goals, generator, rows=rows)
+        goals = torch.as_tensor(goals) if rows is None else torch.as_tensor(goals)[rows]
+        self.goal_features = goals.reshape(len(obs), self.goal_dim).to(obs.dtype)
         return torch.cat([obs, self.goal_features], dim=1)
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -254,8 +256,8 @@ def _step_kwargs(config: RLConfig) -> dict[str, Any]:
 class RLTrainer:
     """Owns the environments, policies, RNG streams and run folder of one meta-RL run."""
 
-    def __init__(self, config: RLConfig, run_dir: Path) -> None:
-        self.config, self.run_dir = config, Path(run_dir)
+    def __init__(self, config: RLConfig, run_dir: Path, cluster: Cluster = Cluster()) -> None:
+        self.config, self.run_dir, self.cluster = config, Path(run_dir), cluster
         self.method = config.method  # the meta-learner's name: maml, context or none
         self.learners = [*([] if self.method == "none" else [self.method]), *config.baselines]
         self.envs = {name: make_env(config, oracle=name == "oracle") for name in self.learners}
@@ -295,6 +297,9 @@ class RLTrainer:
         for name in self.learners:
             kwargs = _step_kwargs(self.config)
             kwargs["inner_steps"] = self.config.inner_steps if name == self.method else 0
+            if self.cluster.active:  # this process's tasks; sums over the processes
+                kwargs.update(rows=self.cluster.rows(self.config.meta_batch_size), all_sum=self.cluster.all_sum)
+                kwargs["update_device"] = device_for(self.config.device)
             self.params[name], stats = maml_trpo_step(
                 self.envs[name], self.policies[name], self.params[name], self.generators[name],
                 adapt_keys=adapt_keys(name), **kwargs
@@ -318,10 +323,11 @@ class RLTrainer:
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}  # iterations that logged each key (a direction can be absent from one)
         since, last_good = self.step, self.step
-        bar = tqdm(total=c.iterations, initial=self.step, disable=not progress, desc=f"rl {c.env}",
+        main = self.cluster.is_main  # every process has the same metrics; rank 0 shows, logs and saves them
+        bar = tqdm(total=c.iterations, initial=self.step, disable=not (progress and main), desc=f"rl {c.env}",
                    dynamic_ncols=True, mininterval=0.5)
         started = time.perf_counter()
-        with open(self.run_dir / METRICS, "a") as metrics_file:
+        with open(self.run_dir / METRICS, "a") if main else contextlib.nullcontext() as metrics_file:
             while self.step < c.iterations:
                 for key, value in self.iteration().items():
                     sums[key] = sums.get(key, 0.0) + value
@@ -349,14 +355,16 @@ class RLTrainer:
                 row = {"step": self.step, **{k: v for k, v in means.items() if not k.endswith("_finite")},
                        "elapsed_s": round(self.elapsed, 3)}
                 self.rows.append(row)
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-                shown = {"pre": "return_pre", "post": "return_post", **{b: f"{b}_return" for b in c.baselines}}
-                bar.set_postfix({label: f"{row[key]:.2f}" for label, key in shown.items() if key in row})
-                log.info("iteration %d: %s", self.step, row)
+                if main:
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                    shown = {"pre": "return_pre", "post": "return_post", **{b: f"{b}_return" for b in c.baselines}}
+                    bar.set_postfix({label: f"{row[key]:.2f}" for label, key in shown.items() if key in row})
+                    log.info("iteration %d: %s", self.step, row)
                 sums, counts, since = {}, {}, self.step
                 if save_now:
-                    self.save()
+                    if main:
+                        self.save()
                     last_good = self.step
         bar.close()
         return {"step": self.step, "elapsed_s": self.elapsed, "best": None}
@@ -367,27 +375,44 @@ def train(
 ) -> dict[str, Any]:
     """Meta-train ``config`` into ``run_dir`` (or continue it with ``resume``); the CLI's ``train``."""
     run_dir = Path(run_dir)
-    if launched_world_size() > 1:
-        # every process would meta-train the whole run on its own and write the same run folder
-        raise ConfigError("meta-RL runs as one process and does not split its tasks over torchrun's processes; "
-                          "start `fastmaml train rl` without torchrun (to use two cores, train MAML with --set "
-                          "baselines= and its baselines with --set method=none as two processes)")
     config.validate()
+    if launched_world_size() > 1:
+        check_splittable(config)
     check_cuda(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    cluster = init_from_env(config.device, config.meta_batch_size)
     if resume:
         tensors, meta = load_for_resume(run_dir)
-    else:
+    elif cluster.is_main:
         prepare_new_run(run_dir)
         write_config(run_dir, preset.name, config)
-    trainer = RLTrainer(config, run_dir)
+    cluster.barrier()  # the run folder exists before any process writes or reads it
+    trainer = RLTrainer(config, run_dir, cluster)
     if resume:
         trainer.restore(tensors, meta)
-        write_metrics(run_dir, trainer.rows)  # drops rows logged after the checkpoint, before a crash
-        write_config(run_dir, preset.name, config)  # iterations may have been extended
+        if cluster.is_main:
+            write_metrics(run_dir, trainer.rows)  # drops rows logged after the checkpoint, before a crash
+            write_config(run_dir, preset.name, config)  # iterations may have been extended
         log.info("resuming %s at iteration %d", run_dir, trainer.step)
-    return trainer.fit(progress=progress)
+    try:
+        result = trainer.fit(progress=progress)
+    except BaseException:
+        cluster.close(clean=False)
+        raise
+    cluster.close()
+    return result
+
+
+def check_splittable(config: RLConfig) -> None:
+    """The settings a run split over torchrun's processes cannot have, each with what to do."""
+    if config.baseline_fit == "rllab":
+        raise ConfigError("baseline_fit=rllab chains each task's baseline to the task before it, so it needs every "
+                          "task in one process; train it without torchrun or with baseline_fit=own")
+    if 0 < config.hvp_tasks < config.meta_batch_size:
+        raise ConfigError("hvp_tasks (the KL of the first tasks only) needs every task in one process; under "
+                          "torchrun the Hessian-vector products are already split over the processes, so leave "
+                          "hvp_tasks at 0")
 
 
 # ---------------------------------------------------------------------- meta-test

@@ -168,12 +168,20 @@ def trpo_step(
     hvp: str = "exact",
     kl_fn: Callable[[Params], Tensor] | None = None,
     fd_base_eps: float = FD_BASE_EPS,
+    all_sum: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Params, TRPOStats]:
     """One TRPO update of ``params`` (module docstring); returns new detached params and statistics.
 
     ``hvp`` picks :func:`exact_hvp` or :func:`finite_difference_hvp` (with ``base_eps=fd_base_eps``),
     applied to ``kl_fn`` (default: the KL that ``objective`` returns; pass a cheaper one, e.g. on a
     subset of tasks).
+
+    ``all_sum`` (a tensor -> its sum over the processes of a torch.distributed run): ``objective``
+    is this process's share of a loss and KL that are sums over the processes, and every process
+    calls ``trpo_step`` with the same ``params``. The gradient, each Hessian-vector product (before
+    the damping is added once) and the line search's loss and KL are summed, so every process runs
+    the same conjugate gradient and line search and returns the same parameters: the update of the
+    summed objective.
     """
     if hvp not in HVPS:
         raise ValueError(f"hvp must be one of {', '.join(HVPS)}, got {hvp!r}")
@@ -181,7 +189,15 @@ def trpo_step(
     loss = objective(leaves)[0]
     loss_grad = flatten(torch.autograd.grad(loss, list(leaves.values()), materialize_grads=True))
     options = {"base_eps": fd_base_eps} if hvp == "finite_difference" else {}
-    fisher = HVPS[hvp](kl_fn or (lambda p: objective(p)[1]), leaves, damping, **options)
+    local_objective = objective  # this process's share (all of it in one process)
+    kl_fn = kl_fn or (lambda p: local_objective(p)[1])
+    if all_sum is None:
+        fisher = HVPS[hvp](kl_fn, leaves, damping, **options)
+    else:
+        loss, loss_grad = all_sum(loss.detach()), all_sum(loss_grad)
+        share = HVPS[hvp](kl_fn, leaves, 0.0, **options)
+        fisher = lambda v: all_sum(share(v)) + damping * v  # noqa: E731
+        objective = lambda p: tuple(all_sum(torch.stack(local_objective(p))))  # noqa: E731 - the summed one
     direction = conjugate_gradient(fisher, loss_grad, cg_iters).detach()
     step_size = torch.sqrt(2 * max_kl / (direction @ fisher(direction).detach() + 1e-8))
     if torch.isnan(step_size):

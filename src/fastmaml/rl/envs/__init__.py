@@ -6,6 +6,11 @@ Every batch has the same small interface, which the sampler uses:
     obs = env.reset(goals, generator)                    # one robot/agent per goal row: (B, obs_dim)
     obs, reward, done = env.step(actions)                # actions (B, action_dim) in [-1, 1]
 
+``env.reset(goals, generator, rows=slice(a, b))`` starts only rows a..b-1 of the batch, where they
+would start in the whole batch (the random start noise is drawn for all rows): how the processes of
+a ``torch.distributed`` run share one batch (``fastmaml.rl.sampler``). An environment of a user's
+own needs ``rows`` only to be trained under torchrun.
+
 ``Nav2dBatch`` (pure torch) and ``LocomotionBatch`` (MuJoCo; half-cheetah and ant, needs the ``rl``
 extra). Importing this package registers gymnasium ids ``fastmaml/Nav2d-v0``,
 ``fastmaml/HalfCheetahVel-v0``, ``fastmaml/HalfCheetahDir-v0``, ``fastmaml/AntVel-v0`` and

@@ -150,17 +150,24 @@ class LocomotionBatch:
             return self.task.max_velocity * torch.rand(num_tasks, generator=generator)
         return torch.randint(0, 2, (num_tasks,), generator=generator).float() * 2 - 1
 
-    def reset(self, goals: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Start B = len(goals) robots at rllab's noisy initial state; returns obs (B, obs_dim)."""
+    def reset(self, goals: Tensor, generator: torch.Generator | None = None, rows: slice | None = None) -> Tensor:
+        """Start B = len(goals) robots at rllab's noisy initial state; returns obs (B, obs_dim).
+
+        ``rows``: start only those robots of the batch (one process's share under torch.distributed).
+        The start noise is drawn for the whole batch all the same, so each robot starts where it
+        would in the whole batch and ``generator`` ends in the same state."""
         goals = torch.as_tensor(goals, dtype=torch.float64)
         if goals.dim() != 1:
             raise ValueError(f"locomotion goals must have shape (batch,), got {tuple(goals.shape)}")
-        batch, model = len(goals), self.model
+        model = self.model
+        qpos_noise = torch.randn(len(goals), model.nq, generator=generator, dtype=torch.float64).numpy()
+        qvel_noise = torch.randn(len(goals), model.nv, generator=generator, dtype=torch.float64).numpy()
+        if rows is not None:
+            goals, qpos_noise, qvel_noise = goals[rows], qpos_noise[rows], qvel_noise[rows]
+        batch = len(goals)
         if len(self.datas) != batch:
             self.datas = [mujoco.MjData(model) for _ in range(batch)]
             self._allocate(batch)
-        qpos_noise = torch.randn(batch, model.nq, generator=generator, dtype=torch.float64).numpy()
-        qvel_noise = torch.randn(batch, model.nv, generator=generator, dtype=torch.float64).numpy()
 
         def start(robots: np.ndarray) -> None:
             for i in robots:

@@ -39,15 +39,18 @@ class Nav2dBatch:
         """Goals uniform in [-0.5, 0.5]^2: shape (num_tasks, 2)."""
         return GOAL_LOW + (GOAL_HIGH - GOAL_LOW) * torch.rand(num_tasks, 2, generator=generator)
 
-    def reset(self, goals: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def reset(self, goals: Tensor, generator: torch.Generator | None = None, rows: slice | None = None) -> Tensor:
         """Start every agent at the origin with its goal from ``goals`` (B, 2); returns obs (B, 2).
 
         ``generator`` is accepted for the common batch interface; the start state has no noise.
+        ``rows``: start only those agents of the batch (one process's share under torch.distributed).
         """
         del generator
         goals = torch.as_tensor(goals, dtype=self.dtype)
         if goals.dim() != 2 or goals.shape[1] != 2:
             raise ValueError(f"Nav2d goals must have shape (batch, 2), got {tuple(goals.shape)}")
+        if rows is not None:
+            goals = goals[rows]
         self.goals = goals.clone()
         self.position = torch.zeros_like(self.goals)
         self.done = torch.zeros(len(goals), dtype=torch.bool)
