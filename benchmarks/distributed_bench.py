@@ -9,6 +9,14 @@ torchrun, to show the cost of the distributed machinery itself.
 
     python benchmarks/distributed_bench.py --procs 1 2 --out benchmarks/results/distributed_cpu.md
     python benchmarks/distributed_bench.py --presets omniglot --omniglot ../shared/data/omniglot
+    python benchmarks/distributed_bench.py --presets rl-ant-dir rl-cheetah-dir --no-plain \
+        --out benchmarks/results/rl_distributed_cpu.md
+
+The ``rl-*`` presets are MAML-TRPO at the paper's settings (40 tasks x 20 trajectories, no trained
+baselines): each process samples, adapts and differentiates through its share of the tasks, and the
+TRPO step sums gradients, Hessian-vector products and line-search values (``fastmaml.rl.trpo``). They
+have no ``workers`` setting; a single process under torchrun takes the plain path there
+(``--no-plain`` skips the repeat).
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ import torch
 PRESETS = {
     "sinusoid": (["sinusoid", "--set", "baseline=false"], 3000, 500, 25),
     "omniglot": (["omniglot", "--ways", "5", "--shots", "1", "--set", "val_every=0"], 60, 10, 32),
+    "rl-nav2d": (["rl", "--env", "nav2d", "--set", "baselines="], 6, 1, 20),
+    "rl-cheetah-dir": (["rl", "--env", "cheetah-dir", "--set", "baselines="], 3, 1, 40),
+    "rl-ant-dir": (["rl", "--env", "ant-dir", "--set", "baselines="], 3, 1, 40),
 }
 
 
@@ -46,8 +57,9 @@ def run_one(preset: str, procs: int | None, workers: int, args: argparse.Namespa
     train_args, iterations, log_every, _ = PRESETS[preset]
     iterations = args.iterations or iterations
     out = workdir / f"{preset}-{procs or 'plain'}-{workers}"
-    settings = [f"iterations={iterations}", f"log_every={log_every}", f"checkpoint_every={iterations}", "threads=1",
-                f"workers={workers}"]
+    settings = [f"iterations={iterations}", f"log_every={log_every}", f"checkpoint_every={iterations}", "threads=1"]
+    if not preset.startswith("rl-"):
+        settings.append(f"workers={workers}")
     command = [*train_args, "--out", str(out), "--no-progress"]
     for setting in settings:
         command += ["--set", setting]
@@ -74,6 +86,7 @@ def main() -> int:
                         help="MAML worker threads per process (0: auto, the cores divided among the processes)")
     parser.add_argument("--omniglot", help="Omniglot root for the omniglot preset")
     parser.add_argument("--out", help="also write the markdown report here")
+    parser.add_argument("--no-plain", action="store_true", help="skip the run without torchrun")
     args = parser.parse_args()
     load = os.getloadavg()
     lines = ["# Meta-training throughput vs processes (torchrun, gloo)", "", "```",
@@ -87,15 +100,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
             meta_batch = PRESETS[preset][3]
-            for workers in args.workers:
+            for workers in [0] if preset.startswith("rl-") else args.workers:
                 base = None
-                for procs in [None, *args.procs]:
+                for procs in [*([] if args.no_plain else [None]), *args.procs]:
                     s_it, wall = run_one(preset, procs, workers, args, Path(tmp))
                     if procs == 1:
                         base = s_it
                     speed_up = "-" if procs is None or base is None else f"{base / s_it:.2f}x"
                     row = (f"| {preset} | {'plain' if procs is None else 'torchrun'} | {procs or 1} | "
-                           f"{workers or 'auto'} | {s_it:.4f} | {meta_batch / s_it:,.1f} | {speed_up} | {wall:.0f} |")
+                           f"{'-' if preset.startswith('rl-') else workers or 'auto'} | {s_it:.4f} | {meta_batch / s_it:,.1f} | {speed_up} | {wall:.0f} |")
                     print(row, file=sys.stderr, flush=True)
                     lines.append(row)
     load = os.getloadavg()

@@ -27,6 +27,14 @@ Learners, each with its own seeded random stream (so adding a baseline leaves MA
 ``baselines=``: the seeds are per learner, so they meet the same goals as in a joint run, and
 ``fastmaml eval`` uses the same meta-test tasks and action noise in every run of one seed).
 
+Under ``torchrun`` every process meets the same goals and draws the same random numbers, samples and
+adapts its own share of each learner's tasks (:meth:`fastmaml.engine.distributed.Cluster.rows`), and
+the TRPO step sums the gradient, the Hessian-vector products and the line search's loss and KL over
+the processes (:func:`fastmaml.rl.maml_trpo.maml_trpo_step`): the single-process update up to
+summation order, the same parameters and generator state in every process, one checkpoint that
+resumes on any number of processes. Rank 0 logs and saves. ``baseline_fit=rllab`` (which chains
+each task's baseline to the task before) and ``hvp_tasks`` are single-process options.
+
 Direction tasks (``cheetah-dir``, ``ant-dir``) are also reported per direction, in training
 (``return_pre_forward``, ``return_post_backward``, ``pretrained_return_forward``, ...) and at
 meta-test (metrics ``return_forward`` and ``return_backward`` beside ``return``): a policy biased
