@@ -4,7 +4,9 @@ Every rank draws the same full meta-batch from the one seeded task stream and ke
 of the tasks, so the union over ranks is exactly the single-process meta-batch. Each rank's loss is
 weighted by its share of the tasks and the gradients are summed with all-reduce: the update equals
 the single-process one up to floating-point summation order, and all ranks stay identical without
-a broadcast after every step. Rank 0 alone writes logs and checkpoints.
+a broadcast after every step. Rank 0 alone writes logs and checkpoints. Meta-RL takes its share of
+the tasks with :meth:`Cluster.rows` and sums TRPO's gradient, Hessian-vector products and line-search
+values with :meth:`Cluster.all_sum` (``fastmaml.rl.trainer``).
 
     torchrun --nproc_per_node 2 -m fastmaml train sinusoid --out runs/ddp      # one node, 2 processes
     torchrun --nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500 \\
