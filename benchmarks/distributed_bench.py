@@ -107,8 +107,9 @@ def main() -> int:
                     if procs == 1:
                         base = s_it
                     speed_up = "-" if procs is None or base is None else f"{base / s_it:.2f}x"
+                    shown_workers = "-" if preset.startswith("rl-") else workers or "auto"
                     row = (f"| {preset} | {'plain' if procs is None else 'torchrun'} | {procs or 1} | "
-                           f"{'-' if preset.startswith('rl-') else workers or 'auto'} | {s_it:.4f} | {meta_batch / s_it:,.1f} | {speed_up} | {wall:.0f} |")
+                           f"{shown_workers} | {s_it:.4f} | {meta_batch / s_it:,.1f} | {speed_up} | {wall:.0f} |")
                     print(row, file=sys.stderr, flush=True)
                     lines.append(row)
     load = os.getloadavg()

@@ -379,7 +379,8 @@ def maml_trpo_step(
     and generator state. The returned statistics cover the whole meta-batch.
     """
     if (rows is None) != (all_sum is None):
-        raise ValueError("give rows and all_sum together (a process's share of the tasks and the sum over processes)")
+        raise ValueError("give rows and all_sum together (a process's share of the tasks and the sum over "
+                         "processes)")
     if rows is not None and 0 < hvp_tasks < meta_batch_size:
         raise ValueError("hvp_tasks (the KL of the first tasks only) needs every task in one process (rows=None)")
     params = {k: p.detach() for k, p in params.items()}

@@ -74,7 +74,8 @@ def policy_and_params(hidden=(16,), seed=0):
     torch.manual_seed(seed)
     policy = GaussianMLPPolicy(2, 2, hidden_sizes=hidden).double()
     # non-zero biases: at s = 0 zero biases put every ReLU on its kink
-    params = {k: (p + 0.1 * torch.randn_like(p) if "bias" in k else p).detach() for k, p in policy.named_parameters()}
+    params = {k: (p + 0.1 * torch.randn_like(p) if "bias" in k else p).detach()
+              for k, p in policy.named_parameters()}
     return policy, params
 
 
