@@ -63,7 +63,9 @@ def sample_trajectories(
         total, tasks = len(goals), len(goals)
         obs = env.reset(starts, generator)
     else:
-        total, (first, stop, _) = len(goals), rows.indices(len(goals))
+        total, (first, stop, stride) = len(goals), rows.indices(len(goals))
+        if stride != 1:
+            raise ValueError(f"rows must be a contiguous slice of the tasks, got {rows}")
         rows, tasks = slice(first, stop), max(stop - first, 0)
         obs = env.reset(starts, generator, rows=slice(first * num_trajectories, stop * num_trajectories))
     alive = torch.ones(tasks * num_trajectories, dtype=torch.bool)
