@@ -12,8 +12,8 @@ torchrun, to show the cost of the distributed machinery itself.
     python benchmarks/distributed_bench.py --presets rl-ant-dir rl-cheetah-dir --no-plain \
         --out benchmarks/results/rl_distributed_cpu.md
 
-The ``rl-*`` presets are MAML-TRPO at the paper's settings (40 tasks x 20 trajectories, no trained
-baselines): each process samples, adapts and differentiates through its share of the tasks, and the
+The ``rl-*`` presets are MAML-TRPO at each environment's preset (``fastmaml.experiments.rl``), without
+the trained baselines: each process samples, adapts and differentiates through its share of the tasks, and the
 TRPO step sums gradients, Hessian-vector products and line-search values (``fastmaml.rl.trpo``). They
 have no ``workers`` setting; a single process under torchrun takes the plain path there
 (``--no-plain`` skips the repeat).
