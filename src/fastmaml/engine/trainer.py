@@ -296,19 +296,33 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     cluster = init_from_env(config.device, config.meta_batch_size)
+
+    def make_trainer() -> Trainer:
+        torch.manual_seed(config.seed)  # model initialisation, identical on every process
+        return Trainer(preset.build(config), run_dir, cluster)
+
+    return fit_in_run_dir(run_dir, preset.name, config, cluster, make_trainer, resume=resume, progress=progress)
+
+
+def fit_in_run_dir(
+    run_dir: Path, preset_name: str, config: Any, cluster: Cluster, make_trainer, *, resume: bool, progress: bool
+) -> dict[str, Any]:
+    """The part of a ``train`` command every kind of run shares: rank 0 makes the run folder (or every
+    process reads it to resume), ``make_trainer()`` builds the trainer (an object with ``restore``,
+    ``rows``, ``step`` and ``fit``), a resume restores it and trims the metrics to its checkpoint,
+    then it trains; the process group is closed after a barrier, or at once after an error."""
     if resume:
         tensors, meta = load_for_resume(run_dir)
     elif cluster.is_main:
         prepare_new_run(run_dir)
-        write_config(run_dir, preset.name, config)
+        write_config(run_dir, preset_name, config)
     cluster.barrier()  # the run folder exists before any process writes or reads it
-    torch.manual_seed(config.seed)  # model initialisation, identical on every process
-    trainer = Trainer(preset.build(config), run_dir, cluster)
+    trainer = make_trainer()
     if resume:
         trainer.restore(tensors, meta)
         if cluster.is_main:
             write_metrics(run_dir, trainer.rows)  # drops rows logged after the checkpoint, before a crash
-            write_config(run_dir, preset.name, config)  # iterations may have been extended
+            write_config(run_dir, preset_name, config)  # iterations may have been extended
         log.info("resuming %s at iteration %d", run_dir, trainer.step)
     try:
         result = trainer.fit(progress=progress)

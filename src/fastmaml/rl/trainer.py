@@ -77,14 +77,11 @@ from fastmaml.engine.run_dir import (
     EVAL,
     METRICS,
     PLOTS,
-    load_for_resume,
-    prepare_new_run,
     read_config,
     read_metrics,
-    write_config,
     write_eval,
-    write_metrics,
 )
+from fastmaml.engine.trainer import fit_in_run_dir
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError, kept_checkpoint
 from fastmaml.rl.envs import ENV_NAMES, make_batch
 from fastmaml.rl.maml_trpo import BASELINE_FITS, STRATEGIES, adaptation_returns, maml_trpo_step
@@ -390,26 +387,8 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     cluster = init_from_env(config.device, config.meta_batch_size)
-    if resume:
-        tensors, meta = load_for_resume(run_dir)
-    elif cluster.is_main:
-        prepare_new_run(run_dir)
-        write_config(run_dir, preset.name, config)
-    cluster.barrier()  # the run folder exists before any process writes or reads it
-    trainer = RLTrainer(config, run_dir, cluster)
-    if resume:
-        trainer.restore(tensors, meta)
-        if cluster.is_main:
-            write_metrics(run_dir, trainer.rows)  # drops rows logged after the checkpoint, before a crash
-            write_config(run_dir, preset.name, config)  # iterations may have been extended
-        log.info("resuming %s at iteration %d", run_dir, trainer.step)
-    try:
-        result = trainer.fit(progress=progress)
-    except BaseException:
-        cluster.close(clean=False)
-        raise
-    cluster.close()
-    return result
+    return fit_in_run_dir(run_dir, preset.name, config, cluster, lambda: RLTrainer(config, run_dir, cluster),
+                          resume=resume, progress=progress)
 
 
 def check_splittable(config: RLConfig) -> None:
