@@ -82,8 +82,7 @@ class Cluster:
         if not self.active:
             return
         tensors = list(tensors)
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = self.all_sum(torch.cat([t.reshape(-1) for t in tensors]))
         for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
             t.copy_(part.view_as(t))
 

@@ -93,7 +93,10 @@ def policy_log_prob(policy: nn.Module, params: Params, obs: Tensor, actions: Ten
     return gaussian_log_prob(*action_distribution(policy, params, obs), actions)
 
 
-def sample_actions(mean: Tensor, log_std: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """a = μ + σ ε with ε ~ N(0, I) drawn from ``generator``."""
-    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+def sample_actions(
+    mean: Tensor, log_std: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+) -> Tensor:
+    """a = μ + σ ε with ε ~ N(0, I) drawn from ``generator`` (or given as ``noise``)."""
+    if noise is None:
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
     return mean + torch.exp(log_std) * noise

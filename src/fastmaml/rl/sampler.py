@@ -59,25 +59,22 @@ def sample_trajectories(
         raise ValueError(f"num_trajectories must be >= 1, got {num_trajectories}")
     horizon = env.horizon if horizon is None else horizon
     starts = goals.repeat_interleave(num_trajectories, dim=0)
-    if rows is None:
-        total, tasks = len(goals), len(goals)
+    total = len(goals)
+    first, stop, stride = (slice(None) if rows is None else rows).indices(total)
+    if stride != 1:
+        raise ValueError(f"rows must be a contiguous slice of the tasks, got {rows}")
+    tasks = max(stop - first, 0)
+    if rows is None:  # an environment of a user's own need not know rows
         obs = env.reset(starts, generator)
     else:
-        total, (first, stop, stride) = len(goals), rows.indices(len(goals))
-        if stride != 1:
-            raise ValueError(f"rows must be a contiguous slice of the tasks, got {rows}")
-        rows, tasks = slice(first, stop), max(stop - first, 0)
         obs = env.reset(starts, generator, rows=slice(first * num_trajectories, stop * num_trajectories))
     alive = torch.ones(tasks * num_trajectories, dtype=torch.bool)
     observations, actions, rewards, masks = [], [], [], []
     for _ in range(horizon):
         obs = obs.reshape(tasks, num_trajectories, -1)
         mean, log_std = distribution(obs)
-        if rows is None:
-            action = sample_actions(mean, log_std, generator)
-        else:  # the whole batch's noise, this share's rows
-            noise = torch.randn((total, *mean.shape[1:]), generator=generator, dtype=mean.dtype, device=mean.device)
-            action = mean + torch.exp(log_std) * noise[rows]
+        noise = torch.randn((total, *mean.shape[1:]), generator=generator, dtype=mean.dtype, device=mean.device)
+        action = sample_actions(mean, log_std, noise=noise[first:stop])  # the whole batch's noise, these rows
         next_obs, reward, done = env.step(action.reshape(tasks * num_trajectories, -1))
         observations.append(obs)
         actions.append(action)

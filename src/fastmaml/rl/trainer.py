@@ -202,8 +202,8 @@ class OracleBatch:
         return self.env.sample_goals(num_tasks, generator)
 
     def reset(self, goals: Tensor, generator: torch.Generator | None = None, rows: slice | None = None) -> Tensor:
-        obs = self.env.reset(goals, generator) if rows is None else self.env.reset(goals, generator, rows=rows)
-        goals = torch.as_tensor(goals) if rows is None else torch.as_tensor(goals)[rows]
+        obs = self.env.reset(goals, generator, rows=rows)  # fastmaml's own environments take rows
+        goals = torch.as_tensor(goals)[slice(None) if rows is None else rows]
         self.goal_features = goals.reshape(len(obs), self.goal_dim).to(obs.dtype)
         return torch.cat([obs, self.goal_features], dim=1)
 
