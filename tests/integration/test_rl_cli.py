@@ -42,6 +42,12 @@ def test_training_adapts_post_update_return_beats_pre_update(nav2d_run):
     assert metrics[-1]["return_pre"] > metrics[0]["return_pre"]  # the meta-learned start improves too
     for key in ("pretrained_return", "oracle_return", "elapsed_s"):
         assert key in metrics[-1]
+    # each policy's action noise after the last update, as its checkpoint holds it (initialised at 1.0)
+    tensors, _ = checkpoint.load(nav2d_run / "checkpoint.safetensors")
+    for name, key in (("maml", "policy_std"), ("pretrained", "pretrained_policy_std"),
+                      ("oracle", "oracle_policy_std")):
+        assert metrics[-1][key] == pytest.approx(tensors[f"{name}/log_std"].exp().mean().item(), rel=1e-6)
+        assert metrics[0][key] != 1.0
 
 
 def test_eval_json_and_table(nav2d_run, capsys):

@@ -38,7 +38,10 @@ each task's baseline to the task before) and ``hvp_tasks`` are single-process op
 Direction tasks (``cheetah-dir``, ``ant-dir``) are also reported per direction, in training
 (``return_pre_forward``, ``return_post_backward``, ``pretrained_return_forward``, ...) and at
 meta-test (metrics ``return_forward`` and ``return_backward`` beside ``return``): a policy biased
-towards one direction before adaptation shows there, while the average hides it.
+towards one direction before adaptation shows there, while the average hides it. Every training row
+also has each trained policy's action noise σ after the update, averaged over the action dimensions
+(``policy_std``, ``pretrained_policy_std``, ...): the one-step adaptation's policy gradient is only as
+precise as σ allows.
 
 Against cbfinn/maml_rl's baselines: its 2D-navigation "pretrained" policy (``maml0_...``) was
 MAMLTRPO with ``use_maml=False``, which replaces TRPO by one Adam step (lr 1e-3) per iteration on the
@@ -85,7 +88,7 @@ from fastmaml.engine.trainer import fit_in_run_dir
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError, kept_checkpoint
 from fastmaml.rl.envs import ENV_NAMES, make_batch
 from fastmaml.rl.maml_trpo import BASELINE_FITS, STRATEGIES, adaptation_returns, maml_trpo_step
-from fastmaml.rl.policy import CONTEXT_KEYS, GaussianMLPPolicy
+from fastmaml.rl.policy import CONTEXT_KEYS, MIN_LOG_STD, GaussianMLPPolicy
 from fastmaml.rl.trpo import HVPS, ORIGINAL_FD_BASE_EPS
 
 log = logging.getLogger(__name__)
@@ -319,6 +322,9 @@ class RLTrainer:
             if name == self.method:
                 values.update(loss_before=stats.trpo.loss_before, loss_after=stats.trpo.loss_after,
                               kl=stats.trpo.kl_after, step_fraction=stats.trpo.step_fraction)
+            if "log_std" in self.params[name]:  # the policy's action noise: it bounds how noisy a policy gradient is
+                std_key = "policy_std" if name == self.method else f"{name}_policy_std"
+                values[std_key] = self.params[name]["log_std"].clamp_min(MIN_LOG_STD).exp().mean().item()
             values[f"{name}_finite"] = float(all(torch.isfinite(p).all() for p in self.params[name].values()))
         return values
 
