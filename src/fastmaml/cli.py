@@ -137,8 +137,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fastmaml.engine.experiment import get_preset
-    from fastmaml.engine.distributed import launched_rank
-    from fastmaml.engine.run_dir import CONFIG, read_config
+    from fastmaml.engine.distributed import from_rank0_before_group, launched_rank
+    from fastmaml.engine.run_dir import CONFIG, parse_config, read_config_text
     from fastmaml.engine.trainer import train
 
     if (args.out is None) == (args.resume is None):
@@ -146,13 +146,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     shorthand = {key: getattr(args, flag) for flag, key in SHORTHAND.items() if getattr(args, flag) is not None}
     rank = launched_rank()
     if args.resume is not None:
-        if rank and not (args.resume / CONFIG).is_file():
-            raise ConfigError(
-                f"{args.resume} is not on this node (rank {rank}): under torchrun every process reads the run "
-                "folder to resume; keep it on a filesystem all nodes share, or copy rank 0's folder to the "
-                "same path on every node"
-            )
-        preset, config = read_config(args.resume)
+        # under torchrun rank 0 alone reads the run folder: the other nodes need not have it
+        text = from_rank0_before_group("resume_config", lambda: read_config_text(args.resume))
+        preset, config = parse_config(text, args.resume / CONFIG)
         if args.preset and args.preset != preset.name:
             raise ConfigError(f"{args.resume} is a {preset.name!r} run, not {args.preset!r}")
         keys = set(shorthand) | {item.partition("=")[0].strip() for item in args.set}

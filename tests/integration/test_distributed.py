@@ -41,23 +41,29 @@ def torchrun(*args, nproc=2, timeout=300):
     return run_launches([["--standalone", "--nproc_per_node", str(nproc)]], args, timeout)[0]
 
 
-def torchrun_nodes(*args, nodes=2, timeout=300):
+def torchrun_nodes(*args, nodes=2, timeout=300, cwds=None, check=True):
     """The same command started as ``nodes`` torchrun launches of one process each, as on separate
     machines (``--nnodes N --node_rank I --master_addr --master_port``), here all on 127.0.0.1: the
-    multi-node path (static rendezvous, ranks from node ranks, one local process per node). stdout
-    of each node."""
+    multi-node path (static rendezvous, ranks from node ranks, one local process per node), node I
+    working in ``cwds[I]`` (a relative run folder then names a different folder on each node, as on
+    machines without a shared filesystem). stdout of each node, or (returncode, stdout, stderr) of
+    each without ``check``."""
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     node = ["--nnodes", str(nodes), "--master_addr", "127.0.0.1", "--master_port", str(port), "--nproc_per_node", "1"]
-    return run_launches([[*node, "--node_rank", str(i)] for i in range(nodes)], args, timeout)
+    return run_launches([[*node, "--node_rank", str(i)] for i in range(nodes)], args, timeout, cwds, check)
 
 
-def run_launches(launches, args, timeout):
+def run_launches(launches, args, timeout, cwds=None, check=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if cwds:  # fastmaml imported from this checkout wherever a node works
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[2] / "src"),
+                                                          env.get("PYTHONPATH")]))
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launch, "-m", "fastmaml", *args],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for launch in launches]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              cwd=cwds[i] if cwds else None)
+             for i, launch in enumerate(launches)]
     deadline, outputs, hung = time.monotonic() + timeout, [], False
     for proc in procs:
         try:
@@ -74,7 +80,9 @@ def run_launches(launches, args, timeout):
         report = f"stdout:\n{stdout[-2000:]}\nstderr:\n{stderr[-4000:]}"
         if hung:
             pytest.fail(f"torchrun did not finish in {timeout} s\n{report}")
-        assert proc.returncode == 0, report
+        assert proc.returncode == 0 or not check, report
+    if not check:
+        return [(proc.returncode, stdout, stderr) for proc, (stdout, stderr) in zip(procs, outputs)]
     return [stdout for stdout, _ in outputs]
 
 
@@ -108,15 +116,19 @@ def test_two_gloo_processes_match_one_process_and_resume(tmp_path):
 
 
 def test_two_nodes_match_one_process_and_resume(tmp_path):
-    """Two torchrun launches as two nodes of one process each (on 127.0.0.1), the run folder on a
-    filesystem both see: the same update as one process, one set of logs, and a resume of both
-    nodes that continues the run exactly."""
-    single, nodes = tmp_path / "single", tmp_path / "nodes"
+    """Two torchrun launches as two nodes of one process each (on 127.0.0.1) that share no folder:
+    the run folder is a relative path and the second node works elsewhere. The same update as one
+    process, one set of logs on rank 0's node, nothing written on the other, and a resume of both
+    nodes (rank 0 alone reads the run) that continues the run exactly."""
+    single, nodes, elsewhere = tmp_path / "single", tmp_path / "nodes", tmp_path / "node1"
+    elsewhere.mkdir()
     assert main(["train", "sinusoid", "--iterations", "30", "--out", str(single), *COMMON]) == 0
-    first, second = torchrun_nodes("train", "sinusoid", "--iterations", "20", "--out", str(nodes), *COMMON)
+    cwds = [tmp_path, elsewhere]
+    first, second = torchrun_nodes("train", "sinusoid", "--iterations", "20", "--out", "nodes", *COMMON, cwds=cwds)
     assert "run folder" in first and second == ""  # only rank 0 reports the run it wrote
     assert final(nodes)[1]["step"] == 20
-    torchrun_nodes("train", "--resume", str(nodes), "--iterations", "30", "--no-progress")
+    torchrun_nodes("train", "--resume", "nodes", "--iterations", "30", "--no-progress", cwds=cwds)
+    assert list(elsewhere.iterdir()) == []
     (a, meta_a), (b, meta_b) = final(single), final(nodes)
     assert meta_b["step"] == 30
     assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -157,15 +169,20 @@ def test_meta_rl_splits_its_tasks_over_two_processes_and_resumes_exactly(tmp_pat
     assert final(resumed)[1]["step"] == 5
 
 
-def test_a_node_without_the_run_folder_says_how_to_resume(tmp_path, monkeypatch, capsys):
-    """A torchrun process other than rank 0 that cannot see the run folder stops with one line
-    (exit 2) saying that every node needs it, instead of "not a run folder"."""
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["train", "--resume", str(tmp_path / "elsewhere"), "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "is not on this node (rank 1)" in err and "filesystem all nodes share" in err
-    assert "Traceback" not in err
+def test_a_resume_rank_0_cannot_read_stops_every_node_with_its_error(tmp_path):
+    """Rank 0 alone reads the run to resume; when it cannot, every node stops with rank 0's one-line
+    error instead of waiting for a config or checkpoint that will not come: a folder that is not a
+    run (caught before the process group forms) and a run without a checkpoint (caught after)."""
+    broken = tmp_path / "broken"
+    assert main(["train", "sinusoid", "--iterations", "10", "--out", str(broken), *COMMON]) == 0
+    for path in broken.glob("checkpoint*"):
+        path.unlink()
+    for run, message in ((tmp_path / "missing", "is not a fastmaml run folder"),
+                         (broken, "has no checkpoint to resume from")):
+        nodes = torchrun_nodes("train", "--resume", str(run), "--no-progress", check=False, timeout=120)
+        for returncode, _, stderr in nodes:
+            assert returncode != 0 and message in stderr, stderr[-3000:]
+
 
 
 @pytest.mark.parametrize("command", [["eval", "RUN"], ["plot", "RUN"], ["presets"], ["study", "linear"]])

@@ -12,22 +12,29 @@ values with :meth:`Cluster.all_sum` (``fastmaml.rl.trainer``).
     torchrun --nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500 \\
              --nproc_per_node 8 -m fastmaml train omniglot ... --device cuda   # and node_rank 1 on the other
 
-A new run needs nothing shared between nodes; ``--resume`` reads the run folder in every process,
-so it must be on a filesystem all nodes share (or copied to the same path on each); tested as two
-nodes of one process each on 127.0.0.1 (tests/integration/test_distributed.py).
+Nothing but the data set needs to be shared between nodes: rank 0 alone writes the run folder, and
+to ``--resume`` rank 0 alone reads it, handing the config to the other processes through torchrun's
+rendezvous store (:func:`from_rank0_before_group`) and the checkpoint through the process group
+(:meth:`Cluster.from_main`); tested as two nodes of one process each on 127.0.0.1, the second in a
+folder without the run (tests/integration/test_distributed.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from fastmaml.core import TaskBatch
-from fastmaml.errors import ConfigError
+from fastmaml import errors
+from fastmaml.errors import ConfigError, FastMAMLError
+
+T = TypeVar("T")
 
 # set by the fastmaml command under torchrun, which ends its process with os._exit (fastmaml.cli.run)
 _EXIT_CLOSES_GROUP = False
@@ -86,6 +93,24 @@ class Cluster:
         for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
             t.copy_(part.view_as(t))
 
+    def from_main(self, make: Callable[[], T]) -> T:
+        """``make()`` run by rank 0 alone and its result sent to every rank (a checkpoint only rank 0's
+        node holds). A user error it raises on rank 0 is raised on every rank, so none waits for a
+        result that will not come."""
+        if not self.active:
+            return make()
+        box: list[Any] = [None]
+        if self.is_main:
+            try:
+                box = [(True, make())]
+            except FastMAMLError as error:
+                box = [(False, error)]
+        dist.broadcast_object_list(box, src=0)
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
@@ -115,6 +140,44 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+_STORE: Any = None  # this torchrun job's rendezvous store, made once (job_store)
+
+
+def job_store():
+    """The key-value store of this torchrun job's rendezvous: what ``init_process_group("env://")``
+    would connect to (torchrun's agent store, or a TCPStore that rank 0 hosts at MASTER_PORT), made
+    once so that processes can exchange values before the process group exists and the group then
+    forms on the same store."""
+    global _STORE
+    if _STORE is None:
+        from torch.distributed.rendezvous import rendezvous
+
+        _STORE = next(rendezvous("env://"))[0]
+    return _STORE
+
+
+def from_rank0_before_group(key: str, make: Callable[[], Any]) -> Any:
+    """``make()`` (a JSON value) computed by rank 0 alone and handed to every process of the torchrun
+    job through the rendezvous store, before the process group exists (a resumed run's config, which
+    says which backend the group needs). A fastmaml error raised by ``make()`` on rank 0 is raised in
+    every process. Without torchrun, just ``make()``."""
+    if launched_world_size() == 1:
+        return make()
+    store = dist.PrefixStore("fastmaml", job_store())
+    if launched_rank() == 0:
+        try:
+            value = make()
+        except FastMAMLError as error:
+            store.set(key, json.dumps({"error": type(error).__name__, "message": str(error)}))
+            raise
+        store.set(key, json.dumps({"value": value}))
+        return value
+    box = json.loads(store.get(key))
+    if "error" in box:
+        raise getattr(errors, box["error"], FastMAMLError)(box["message"])
+    return box["value"]
+
+
 def init_from_env(device: str, meta_batch_size: int) -> Cluster:
     """A Cluster from torchrun's environment variables (a single process when they are absent)."""
     world = launched_world_size()
@@ -127,7 +190,9 @@ def init_from_env(device: str, meta_batch_size: int) -> Cluster:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        # on the store a resume may already have used (from_rank0_before_group); rank and size from torchrun
+        dist.init_process_group(backend, store=dist.PrefixStore("default_pg", job_store()),
+                                rank=launched_rank(), world_size=world)
     return Cluster(dist.get_rank(), dist.get_world_size())
 
 

@@ -43,16 +43,27 @@ def write_config(run_dir: Path, experiment: str, config: Any) -> None:
 def read_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()):
     """(preset, config) saved in ``run_dir``; CheckpointError if it is not a run folder. ``overrides``
     (``key=value``) change keys that only affect meta-testing (:func:`fastmaml.config.apply_eval_overrides`)."""
+    preset, config = parse_config(read_config_text(run_dir), Path(run_dir) / CONFIG)
+    return preset, apply_eval_overrides(config, list(overrides)) if overrides else config
+
+
+def read_config_text(run_dir: Path) -> str:
+    """The text of ``run_dir``'s config file; CheckpointError if it is not a run folder."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a fastmaml run folder (no {CONFIG}); pass the --out folder of a run")
+    return path.read_text()
+
+
+def parse_config(text: str, path: Path):
+    """(preset, config) from the text of a config file read from ``path`` (named in the error)."""
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(text)
         preset = get_preset(saved["experiment"])
         config = from_dict(preset.config_cls, saved["config"])
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path} is unreadable ({error}); restore it or start a new run") from None
-    return preset, apply_eval_overrides(config, list(overrides)) if overrides else config
+    return preset, config
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -307,12 +307,13 @@ def train(
 def fit_in_run_dir(
     run_dir: Path, preset_name: str, config: Any, cluster: Cluster, make_trainer, *, resume: bool, progress: bool
 ) -> dict[str, Any]:
-    """The part of a ``train`` command every kind of run shares: rank 0 makes the run folder (or every
-    process reads it to resume), ``make_trainer()`` builds the trainer (an object with ``restore``,
-    ``rows``, ``step`` and ``fit``), a resume restores it and trims the metrics to its checkpoint,
-    then it trains; the process group is closed after a barrier, or at once after an error."""
+    """The part of a ``train`` command every kind of run shares: rank 0 makes the run folder (or, to
+    resume, reads its checkpoint and sends it to the other processes, whose nodes need not have the
+    folder), ``make_trainer()`` builds the trainer (an object with ``restore``, ``rows``, ``step`` and
+    ``fit``), a resume restores it and trims the metrics to its checkpoint, then it trains; the
+    process group is closed after a barrier, or at once after an error."""
     if resume:
-        tensors, meta = load_for_resume(run_dir)
+        tensors, meta = cluster.from_main(lambda: load_for_resume(run_dir))
     elif cluster.is_main:
         prepare_new_run(run_dir)
         write_config(run_dir, preset_name, config)
