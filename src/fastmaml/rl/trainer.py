@@ -544,19 +544,32 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     curves = {"return_pre": f"{method} before adaptation", "return_post": f"{method} after 1 inner step",
               "pretrained_return": "pretrained (joint TRPO)", "oracle_return": "oracle (goal observed)"}
     split = any(f"{key}_forward" in r for r in rows for key in curves)  # direction tasks: a second panel
-    fig, axes = plt.subplots(1, 2 if split else 1, figsize=(12 if split else 6, 4), squeeze=False)
+    noise = {"return_pre": "policy_std", "pretrained_return": "pretrained_policy_std",
+             "oracle_return": "oracle_policy_std"}  # each policy's action noise, a last panel where logged
+    has_noise = any(v in r for r in rows for v in noise.values())
+    panels = 1 + split + has_noise
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     for i, key in enumerate(k for k in curves if any(k in r for r in rows)):
         color = f"C{i}"
         axes[0, 0].plot(steps, [r.get(key, float("nan")) for r in rows], color=color, label=curves[key])
         for direction, style in (("forward", "-"), ("backward", "--")) if split else ():
             axes[0, 1].plot(steps, [r.get(f"{key}_{direction}", float("nan")) for r in rows], style, color=color,
                             label=f"{curves[key]}, {direction}")
-    titles = ["learning curve", "by direction (dashed: backward tasks)"]
+        if has_noise and key in noise and any(noise[key] in r for r in rows):
+            label = curves[key].removesuffix(" before adaptation") or "policy"
+            axes[0, -1].plot(steps, [r.get(noise[key], float("nan")) for r in rows], color=color, label=label)
+    titles = ["learning curve", *(["by direction (dashed: backward tasks)"] if split else [])]
     for ax, title in zip(axes[0], titles):
         ax.set_xlabel("meta-training iteration")
         ax.set_ylabel("average return (training tasks)")
         ax.set_title(f"rl {env}: {title}")
         ax.legend(fontsize=8 if split else None)
+    if has_noise:
+        ax = axes[0, -1]
+        ax.set_xlabel("meta-training iteration")
+        ax.set_ylabel("action noise σ (mean over action dimensions)")
+        ax.set_title(f"rl {env}: policy action noise (before adaptation)")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "learning_curve.png", dpi=120)
     plt.close(fig)
