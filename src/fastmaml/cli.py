@@ -33,7 +33,7 @@ SHORTHAND = {
     "env": "env",
 }
 # What may change on --resume: the schedule and how (not what) is computed, and where the data lives.
-RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "device", "threads", "sim_threads", "workers",
+RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "snapshot_every", "device", "threads", "sim_threads", "workers",
                "micro_batch_size", "chunk_size", "grad_checkpointing", "cuda_graph", "tf32", "compile", "root",
                "cache_dir"}
 
@@ -70,7 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", type=Path)
     ev.add_argument("--tasks", type=int, help="meta-test tasks (default 600; rl: the run's eval_tasks, 40)")
     ev.add_argument("--steps", type=int, help="inner steps at meta-test (default: the run's eval_steps)")
-    ev.add_argument("--best", action="store_true", help="use the best validation checkpoint")
+    which = ev.add_mutually_exclusive_group()
+    which.add_argument("--best", action="store_true", help="use the best validation checkpoint")
+    which.add_argument("--iteration", type=int, metavar="N",
+                       help="use the snapshot kept at iteration N (a run trained with --set snapshot_every=...); "
+                       "the report is saved beside it, RUN_DIR/snapshots/iteration_NNNNNN.eval.json")
     ev.add_argument("--seed", type=int, help="seed of the meta-test task stream (default: fixed)")
     ev.add_argument("--split", choices=["test", "val", "train"], default="test",
                     help="tasks to score: meta-test (default), validation or meta-training classes/tasks; "
@@ -224,7 +228,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         **({} if args.split == "test" else {"split": args.split}),
         steps=args.steps,
         seed=EVAL_SEED if args.seed is None else args.seed,
-        which="best" if args.best else "checkpoint",
+        which="best" if args.best else "checkpoint" if args.iteration is None else args.iteration,
         overrides=args.set,
         **({} if preset.evaluate else {"progress": not args.no_progress}),
     )

@@ -38,6 +38,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 100
     checkpoint_every: int = 5_000
+    snapshot_every: int = 0  # also keep snapshots/iteration_NNNNNN.safetensors every N iterations (0: none)
     val_every: int = 0  # evaluate on held-out tasks every N iterations and keep the best (0: off)
     val_tasks: int = 100
     strategy: str = "auto"  # auto | vmap | loop | hybrid (first inner step vectorised, then a loop)
@@ -63,7 +64,8 @@ class TrainConfig:
         for key in at_least_one:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("eval_steps", "val_every", "chunk_size", "micro_batch_size", "threads", "grad_clip", "workers"):
+        for key in ("eval_steps", "val_every", "chunk_size", "micro_batch_size", "threads", "grad_clip", "workers",
+                    "snapshot_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.strategy not in STRATEGIES:

@@ -352,3 +352,23 @@ def test_maml_on_ant_trains_evaluates_and_adapts_end_to_end(tmp_path, capsys, en
     policy, params, meta = load_adapted(out)
     assert meta["goal"] == [float(goal)] and meta["iteration"] == 3 and len(meta["return_mean"]) == 2
     assert params["mean.0.weight"].shape == (100, 125)
+
+
+def test_snapshots_of_an_rl_run_are_meta_tested_on_their_own(tmp_path, capsys):
+    run = tmp_path / "snap"
+    assert main(["train", "rl", "--env", "nav2d", *TINY, "--iterations", "2", "--set", "snapshot_every=1",
+                 "--out", str(run)]) == 0
+    first = run / "snapshots" / "iteration_000001.safetensors"
+    assert checkpoint.load(first)[1]["step"] == 1
+    capsys.readouterr()
+    assert main(["eval", str(run), "--iteration", "1", "--tasks", "3", "--steps", "1", "--json"]) == 0
+    snapshot = json.loads(capsys.readouterr().out)
+    assert snapshot["step"] == 1 and (run / "snapshots" / "iteration_000001.eval.json").is_file()
+    assert main(["eval", str(run), "--tasks", "3", "--steps", "1", "--json"]) == 0
+    latest = json.loads(capsys.readouterr().out)
+    assert latest["step"] == 2 and json.loads((run / "eval.json").read_text())["step"] == 2
+    # one update apart: MAML's returns differ, the untrained random initialisation's do not
+    assert snapshot["metrics"]["maml"]["return"]["mean"] != latest["metrics"]["maml"]["return"]["mean"]
+    assert snapshot["metrics"]["random"]["return"]["mean"] == latest["metrics"]["random"]["return"]["mean"]
+    assert main(["eval", str(run), "--iteration", "3"]) == 2
+    assert "no snapshot of iteration 3; it kept iterations 1, 2" in capsys.readouterr().err

@@ -224,3 +224,38 @@ def test_adapt_fits_a_new_sine_from_ten_points(trained_run, tmp_path, capsys):
     assert "--goal apply to rl runs; a sinusoid run adapts to --support" in capsys.readouterr().err
     assert main(["adapt", str(trained_run), "--predict", str(predict), "--out", str(out)]) == 2
     assert "adapt needs --support for a sinusoid run" in capsys.readouterr().err
+
+
+def test_snapshots_are_kept_every_n_iterations_and_meta_tested_on_their_own(tmp_path, capsys):
+    """``snapshot_every`` keeps the checkpoint of every Nth iteration (the paper's RL numbers come
+    from such a snapshot of a longer run); ``eval --iteration N`` meta-tests one and saves its report
+    beside it, not as the run's eval.json."""
+    from fastmaml.engine import checkpoint
+
+    run, short = tmp_path / "snap", tmp_path / "short"
+    common = ["train", "sinusoid", "--set", "meta_batch_size=4", "--set", "log_every=10", "--set",
+              "checkpoint_every=25", "--no-progress"]
+    assert main([*common, "--iterations", "30", "--set", "snapshot_every=10", "--out", str(run)]) == 0
+    names = sorted(p.name for p in (run / "snapshots").iterdir())
+    assert names == [f"iteration_0000{n}.safetensors" for n in (10, 20, 30)]
+    # a snapshot is the checkpoint its iteration had: a run that stopped there saved the same tensors
+    assert main([*common, "--iterations", "20", "--out", str(short)]) == 0
+    (a, meta_a), (b, meta_b) = (checkpoint.load(path) for path in (run / "snapshots" / names[1],
+                                                                   short / "checkpoint.safetensors"))
+    assert meta_a["step"] == meta_b["step"] == 20 and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--iteration", "20", "--tasks", "20", "--steps", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["step"] == 20 and report["checkpoint"] == "iteration 20"
+    saved = json.loads((run / "snapshots" / "iteration_000020.eval.json").read_text())
+    assert saved["metrics"] == report["metrics"] and not (run / "eval.json").exists()
+    assert main(["eval", str(short), "--tasks", "20", "--steps", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"] == report["metrics"]  # the same weights, the same report
+    assert main(["eval", str(run), "--iteration", "15"]) == 2
+    assert "no snapshot of iteration 15; it kept iterations 10, 20, 30" in capsys.readouterr().err
+    assert main(["eval", str(short), "--iteration", "10"]) == 2
+    assert "it kept none (train with --set snapshot_every=N" in capsys.readouterr().err
+    # snapshot_every may change on resume
+    assert main(["train", "--resume", str(run), "--iterations", "40", "--set", "snapshot_every=5", "--no-progress"]) == 0
+    assert len(list((run / "snapshots").glob("*.safetensors"))) == 5  # 10, 20, 30, 35, 40

@@ -15,7 +15,7 @@ from fastmaml.algorithms import MAML
 from fastmaml.config import protocol_overrides
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import check_cuda, cuda_or_cpu
-from fastmaml.engine.run_dir import BEST, CHECKPOINT, build_experiment, read_config, write_eval
+from fastmaml.engine.run_dir import build_experiment, checkpoint_file, read_config, write_eval
 from fastmaml.engine.experiment import Experiment, make_maml
 from fastmaml.errors import ConfigError
 
@@ -116,17 +116,17 @@ def methods_for(experiment: Experiment, maml: MAML) -> dict[str, MAML]:
 
 def load_trained(
     run_dir: Path,
-    which: str = "checkpoint",
+    which: str | int = "checkpoint",
     overrides: list[str] | tuple[str, ...] = (),
     device: str | torch.device = "cpu",
 ) -> tuple[Experiment, MAML, dict[str, Any]]:
-    """Rebuild a run's experiment and MAML wrapper with the weights of its latest (or best) checkpoint
+    """Rebuild a run's experiment and MAML wrapper with the weights of its latest (or best) checkpoint,
+    or of the snapshot it kept at iteration ``which``
     (``overrides``: meta-test settings changed, as ``fastmaml eval --set``), the model and baseline on
     ``device`` (the CPU unless asked: ``adapt`` feeds them CPU tensors; ``evaluate`` passes
     :func:`eval_device`)."""
     experiment = build_experiment(run_dir, overrides)
-    name = {"checkpoint": CHECKPOINT, "best": BEST}[which]
-    tensors, meta, _ = checkpoint.load_latest(Path(run_dir) / name)
+    tensors, meta, _ = checkpoint.load_latest(checkpoint_file(run_dir, which))
     maml = make_maml(experiment)
     maml.load_state_dict({k[len("maml/"):]: v for k, v in tensors.items() if k.startswith("maml/")})
     maml.to(device)
@@ -155,7 +155,7 @@ def evaluate(
     tasks: int = 600,
     steps: int | None = None,
     seed: int = EVAL_SEED,
-    which: str = "checkpoint",
+    which: str | int = "checkpoint",
     save: bool = True,
     overrides: list[str] | tuple[str, ...] = (),
     split: str = "test",
@@ -201,7 +201,7 @@ def evaluate(
             }
     report = {
         "experiment": experiment.name,
-        "checkpoint": which,
+        "checkpoint": which if isinstance(which, str) else f"iteration {which}",
         "step": meta["step"],
         "tasks": tasks,
         "steps": steps,
@@ -211,5 +211,5 @@ def evaluate(
         "metrics": results,
     }
     if save and not changed and split == "test":
-        write_eval(run_dir, report)
+        write_eval(run_dir, report, which)
     return report

@@ -19,21 +19,58 @@ CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"
 EVAL = "eval.json"
 PLOTS = "plots"
+SNAPSHOTS = "snapshots"  # checkpoints kept every ``snapshot_every`` iterations: snapshots/iteration_000100.safetensors
 
 
 # a JSON list holding only numbers (no nested list, object or string)
 _NUMBER_LIST = re.compile(r"\[\s*([-+0-9.eE]+(?:,\s*[-+0-9.eE]+)*)\s*\]")
 
 
-def write_eval(run_dir: Path, report: dict[str, Any]) -> None:
-    """Save an eval report to ``RUN_DIR/eval.json``: indented, each list of numbers on one line (an
+def write_eval(run_dir: Path, report: dict[str, Any], which: str | int = "checkpoint") -> Path:
+    """Save an eval report to ``RUN_DIR/eval.json`` (a snapshot's, ``which`` an iteration, beside it:
+    ``snapshots/iteration_000100.eval.json``): indented, each list of numbers on one line (an
     Omniglot report of 600 tasks x 11 steps: 106 KB instead of 260 KB with one number per line),
-    written to a temporary file and renamed, so a killed eval leaves the previous report whole."""
+    written to a temporary file and renamed, so a killed eval leaves the previous report whole.
+    Returns the path written."""
     text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r",\s*", m.group(1))) + "]",
                             json.dumps(report, indent=2))
-    tmp = Path(run_dir) / (EVAL + ".tmp")
+    path = Path(run_dir) / EVAL if isinstance(which, str) else snapshot_path(run_dir, which).with_suffix(".eval.json")
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text + "\n")
-    os.replace(tmp, Path(run_dir) / EVAL)
+    os.replace(tmp, path)
+    return path
+
+
+def snapshot_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / SNAPSHOTS / f"iteration_{step:06d}.safetensors"
+
+
+def keep_snapshot(run_dir: Path, step: int) -> None:
+    """Copy the checkpoint just written at iteration ``step`` to ``snapshots/`` (temporary file, then
+    rename: a killed copy leaves no partial snapshot)."""
+    path = snapshot_path(run_dir, step)
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes((Path(run_dir) / CHECKPOINT).read_bytes())
+    os.replace(tmp, path)
+
+
+def snapshot_due(step: int, snapshot_every: int) -> bool:
+    return snapshot_every > 0 and step % snapshot_every == 0
+
+
+def checkpoint_file(run_dir: Path, which: str | int = "checkpoint") -> Path:
+    """The checkpoint to load: "checkpoint" (the latest), "best" (best validation) or an iteration
+    whose snapshot the run kept (``snapshot_every``); CheckpointError naming the kept ones if absent."""
+    if isinstance(which, str):
+        return Path(run_dir) / {"checkpoint": CHECKPOINT, "best": BEST}[which]
+    path = snapshot_path(run_dir, which)
+    if not path.is_file():
+        kept = sorted(int(p.stem.removeprefix("iteration_")) for p in path.parent.glob("iteration_*.safetensors"))
+        have = (f"it kept iterations {', '.join(map(str, kept))}" if kept
+                else "it kept none (train with --set snapshot_every=N to keep them)")
+        raise CheckpointError(f"{run_dir} has no snapshot of iteration {which}; {have}")
+    return path
 
 
 def write_config(run_dir: Path, experiment: str, config: Any) -> None:

@@ -41,8 +41,10 @@ from fastmaml.engine.run_dir import (
     BEST,
     CHECKPOINT,
     METRICS,
+    keep_snapshot,
     load_for_resume,
     prepare_new_run,
+    snapshot_due,
     write_config,
     write_metrics,
 )
@@ -237,7 +239,8 @@ class Trainer:
                 self.step += 1
                 bar.update(1)
                 log_now = self.step % c.log_every == 0 or self.step == c.iterations
-                save_now = self.step % c.checkpoint_every == 0 or self.step == c.iterations
+                snapshot_now = snapshot_due(self.step, c.snapshot_every)
+                save_now = self.step % c.checkpoint_every == 0 or self.step == c.iterations or snapshot_now
                 val_now = c.val_every > 0 and (self.step % c.val_every == 0 or self.step == c.iterations)
                 if not (log_now or save_now or val_now):
                     continue
@@ -280,6 +283,8 @@ class Trainer:
                 if save_now:
                     if main:
                         self.save()
+                        if snapshot_now:
+                            keep_snapshot(self.run_dir, self.step)
                     last_good = self.step
         bar.close()
         return {"step": self.step, "elapsed_s": self.elapsed, "best": self.best, "compiled": self.maml.compile}

@@ -80,8 +80,11 @@ from fastmaml.engine.run_dir import (
     EVAL,
     METRICS,
     PLOTS,
+    checkpoint_file,
+    keep_snapshot,
     read_config,
     read_metrics,
+    snapshot_due,
     write_eval,
 )
 from fastmaml.engine.trainer import fit_in_run_dir
@@ -135,6 +138,7 @@ class RLConfig:
     seed: int = 0
     log_every: int = 1
     checkpoint_every: int = 10
+    snapshot_every: int = 0  # also keep snapshots/iteration_NNNNNN.safetensors every N iterations (0: none)
     threads: int = 1  # torch intra-op threads: the sampler's per-step ops are tiny
     sim_threads: int = 1  # threads stepping the MuJoCo robots (same results; pays for the ant, not the cheetah)
     device: str = "cpu"  # where the TRPO meta-update runs (cuda: a GPU); sampling always stays on the CPU (MuJoCo)
@@ -168,7 +172,7 @@ class RLConfig:
                     "eval_trajectories", "log_every", "checkpoint_every", "sim_threads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("horizon", "hvp_tasks", "eval_steps", "threads", "cg_damping", "random_lr"):
+        for key in ("horizon", "hvp_tasks", "eval_steps", "threads", "cg_damping", "random_lr", "snapshot_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.gae_lambda <= 1 or self.discount > 1:
@@ -346,7 +350,8 @@ class RLTrainer:
                 self.step += 1
                 bar.update(1)
                 log_now = self.step % c.log_every == 0 or self.step == c.iterations
-                save_now = self.step % c.checkpoint_every == 0 or self.step == c.iterations
+                snapshot_now = snapshot_due(self.step, c.snapshot_every)
+                save_now = self.step % c.checkpoint_every == 0 or self.step == c.iterations or snapshot_now
                 if not (log_now or save_now):
                     continue
                 means = {k: v / counts[k] for k, v in sums.items()}
@@ -376,6 +381,8 @@ class RLTrainer:
                 if save_now:
                     if main:
                         self.save()
+                        if snapshot_now:
+                            keep_snapshot(self.run_dir, self.step)
                     last_good = self.step
         bar.close()
         return {"step": self.step, "elapsed_s": self.elapsed, "best": None}
@@ -409,10 +416,13 @@ def check_splittable(config: RLConfig) -> None:
 
 
 # ---------------------------------------------------------------------- meta-test
-def load_policies(run_dir: Path, config: RLConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """{method: (env, policy, params)} for the trained learners of a run and the random initialisation
-    (the plain policy, every parameter fine-tuned, also in a context-vector run)."""
-    tensors, meta, _ = checkpoint.load_latest(Path(run_dir) / CHECKPOINT)
+def load_policies(
+    run_dir: Path, config: RLConfig, which: str | int = "checkpoint"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """{method: (env, policy, params)} for the trained learners of a run (its latest checkpoint, or
+    the snapshot of iteration ``which``) and the random initialisation (the plain policy, every
+    parameter fine-tuned, also in a context-vector run)."""
+    tensors, meta, _ = checkpoint.load_latest(checkpoint_file(run_dir, which))
     trainer = RLTrainer(config, run_dir)
     trainer.restore(tensors, meta)
     methods = {name: (trainer.envs[name], trainer.policies[name], trainer.params[name]) for name in trainer.learners}
@@ -426,7 +436,7 @@ NO_BEST = "meta-RL runs keep no best checkpoint (there is no validation); drop -
 
 
 def prepare_meta_test(
-    run_dir: Path, config: RLConfig, steps: int | None
+    run_dir: Path, config: RLConfig, steps: int | None, which: str | int = "checkpoint"
 ) -> tuple[int, dict[str, Any], dict[str, Any]]:
     """For eval and adapt: the number of meta-test steps (``eval_steps`` unless given; checked), and,
     with the run's torch thread count set, its policies and checkpoint meta (:func:`load_policies`)."""
@@ -435,7 +445,7 @@ def prepare_meta_test(
         raise ConfigError(f"--steps must be >= 0, got {steps}")
     if config.threads:
         torch.set_num_threads(config.threads)
-    return steps, *load_policies(run_dir, config)
+    return steps, *load_policies(run_dir, config, which)
 
 
 def meta_test_lrs(config: RLConfig, method: str, steps: int) -> list[float]:
@@ -465,7 +475,7 @@ def evaluate(
     tasks: int | None = None,
     steps: int | None = None,
     seed: int = EVAL_SEED,
-    which: str = "checkpoint",
+    which: str | int = "checkpoint",
     save: bool = True,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
@@ -481,15 +491,17 @@ def evaluate(
     repeated at every step. Direction tasks add the metrics ``return_forward`` and ``return_backward``:
     the same returns averaged over the tasks of each direction. ``return`` also keeps ``per_task``
     (after 0..steps steps, one return per task, in the goals' order, 6 significant digits) for the
-    paired comparisons of ``fastmaml eval``'s table and ``fastmaml compare``."""
+    paired comparisons of ``fastmaml eval``'s table and ``fastmaml compare``. ``which``: the latest
+    checkpoint, or an iteration whose snapshot the run kept (its report is saved beside it,
+    ``snapshots/iteration_000100.eval.json``)."""
     run_dir = Path(run_dir)
-    if which != "checkpoint":
+    if which == "best":
         raise ConfigError(NO_BEST)
     _, config = read_config(run_dir, overrides)
     tasks = config.eval_tasks if tasks is None else tasks
     if tasks < 1:
         raise ConfigError(f"--tasks must be >= 1, got {tasks}")
-    steps, methods, meta = prepare_meta_test(run_dir, config, steps)
+    steps, methods, meta = prepare_meta_test(run_dir, config, steps, which)
     goals = next(iter(methods.values()))[0].sample_goals(tasks, torch.Generator().manual_seed(seed))
     results: dict[str, Any] = {}
     for method, (env, policy, params) in methods.items():
@@ -507,7 +519,7 @@ def evaluate(
         results[method]["return"]["per_task"] = rounded_per_task(per_task.T)
     report = {
         "experiment": f"rl {config.env}",
-        "checkpoint": which,
+        "checkpoint": which if isinstance(which, str) else f"iteration {which}",
         "step": meta["step"],
         "tasks": tasks,
         "steps": steps,
@@ -517,7 +529,7 @@ def evaluate(
         "metrics": results,
     }
     if save and not changed:
-        write_eval(run_dir, report)
+        write_eval(run_dir, report, which)
     return report
 
 
