@@ -33,9 +33,9 @@ SHORTHAND = {
     "env": "env",
 }
 # What may change on --resume: the schedule and how (not what) is computed, and where the data lives.
-RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "snapshot_every", "device", "threads", "sim_threads", "workers",
-               "micro_batch_size", "chunk_size", "grad_checkpointing", "cuda_graph", "tf32", "compile", "root",
-               "cache_dir"}
+RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "snapshot_every", "device", "threads", "sim_threads",
+               "workers", "micro_batch_size", "chunk_size", "grad_checkpointing", "cuda_graph", "tf32", "compile",
+               "root", "cache_dir"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -131,7 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--out", type=Path, required=True, help="CSV to write: the predict rows plus a prediction "
                        "column; rl run: a .safetensors file for the adapted policy")
     adapt.add_argument("--csv", type=Path, help="the run's training CSV at a new location (its sha256 must match)")
-    adapt.add_argument("--best", action="store_true", help="use the best validation checkpoint")
+    adapt_which = adapt.add_mutually_exclusive_group()
+    adapt_which.add_argument("--best", action="store_true", help="use the best validation checkpoint")
+    adapt_which.add_argument("--iteration", type=int, metavar="N",
+                             help="use the snapshot kept at iteration N (trained with --set snapshot_every=...)")
 
     from fastmaml.bench import add_arguments as add_bench_arguments
 
@@ -294,7 +297,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from fastmaml.engine.run_dir import read_config
     from fastmaml.experiments.fewshot import FewShotConfig
 
-    which = "best" if args.best else "checkpoint"
+    which = "best" if args.best else "checkpoint" if args.iteration is None else args.iteration
     preset, config = read_config(args.run_dir)
     if preset.name == "rl":
         return adapt_rl(args)
@@ -337,7 +340,8 @@ def adapt_rl(args: argparse.Namespace) -> int:
                           "+1/-1 (cheetah-dir, ant-dir)")
     check_out_path(args.out)
     adapted, note = adapt_policy(args.run_dir, args.goal, method=args.method, steps=args.steps,
-                                 trajectories=args.trajectories, seed=args.seed)
+                                 trajectories=args.trajectories, seed=args.seed,
+                                 which="checkpoint" if args.iteration is None else args.iteration)
     save_adapted(args.out, adapted)
     print(report(adapted, note))
     print(f"adapted policy written to {args.out} (fastmaml.rl.adapt.load_adapted reads it)")

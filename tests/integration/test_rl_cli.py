@@ -370,5 +370,8 @@ def test_snapshots_of_an_rl_run_are_meta_tested_on_their_own(tmp_path, capsys):
     # one update apart: MAML's returns differ, the untrained random initialisation's do not
     assert snapshot["metrics"]["maml"]["return"]["mean"] != latest["metrics"]["maml"]["return"]["mean"]
     assert snapshot["metrics"]["random"]["return"]["mean"] == latest["metrics"]["random"]["return"]["mean"]
+    out = tmp_path / "adapted.safetensors"
+    assert main(["adapt", str(run), "--iteration", "1", "--goal", "0.3,-0.2", "--steps", "1", "--out", str(out)]) == 0
+    assert out.is_file()
     assert main(["eval", str(run), "--iteration", "3"]) == 2
     assert "no snapshot of iteration 3; it kept iterations 1, 2" in capsys.readouterr().err

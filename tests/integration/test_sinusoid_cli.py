@@ -256,6 +256,14 @@ def test_snapshots_are_kept_every_n_iterations_and_meta_tested_on_their_own(tmp_
     assert "no snapshot of iteration 15; it kept iterations 10, 20, 30" in capsys.readouterr().err
     assert main(["eval", str(short), "--iteration", "10"]) == 2
     assert "it kept none (train with --set snapshot_every=N" in capsys.readouterr().err
+    # adapt from a snapshot: the same predictions as from the run that stopped at its iteration
+    points = tmp_path / "points.csv"
+    points.write_text("x,y\n" + "".join(f"{x / 2:.2f},{math.sin(x / 2):.4f}\n" for x in range(-8, 9)))
+    outs = [tmp_path / "from_snapshot.csv", tmp_path / "from_short.csv"]
+    assert main(["adapt", str(run), "--iteration", "20", "--support", str(points), "--predict", str(points),
+                 "--out", str(outs[0])]) == 0
+    assert main(["adapt", str(short), "--support", str(points), "--predict", str(points), "--out", str(outs[1])]) == 0
+    assert outs[0].read_text() == outs[1].read_text()
     # snapshot_every may change on resume
     assert main(["train", "--resume", str(run), "--iterations", "40", "--set", "snapshot_every=5", "--no-progress"]) == 0
     assert len(list((run / "snapshots").glob("*.safetensors"))) == 5  # 10, 20, 30, 35, 40

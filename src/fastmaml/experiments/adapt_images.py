@@ -77,7 +77,7 @@ def adapt_images(
     predict: str | Path,
     out: str | Path,
     steps: int | None = None,
-    which: str = "checkpoint",
+    which: str | int = "checkpoint",
 ) -> str:
     """Adapt a few-shot image run to the classes in ``support``, classify ``predict``, write ``out`` (CSV).
 

@@ -127,7 +127,7 @@ def adapt_points(
     predict: str | Path,
     out: str | Path,
     steps: int | None = None,
-    which: str = "checkpoint",
+    which: str | int = "checkpoint",
 ) -> str:
     """``fastmaml adapt`` for a sinusoid run: adapt to the ``x,y`` rows of ``support``, predict ``predict``'s x.
 

@@ -221,19 +221,19 @@ PRESET = register(
 
 
 def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out: str | Path,
-              steps: int | None = None, csv_path: str | Path | None = None, which: str = "checkpoint") -> str:
+              steps: int | None = None, csv_path: str | Path | None = None, which: str | int = "checkpoint") -> str:
     """Adapt a table run to a new task's ``support`` rows, predict the ``predict`` rows, write ``out``.
 
     ``out`` gets the predict rows plus, for regression, a ``prediction`` column (the target's units);
     for classification, a ``prediction`` column (the label) and a ``p_LABEL`` column per label
     (probabilities). Returns a one-line summary; with the target present in ``predict`` it includes
     the MSE (or accuracy) before and after. ``csv_path``: the training CSV's new location, accepted
-    only when its sha256 is the one recorded at training time. ``which``: "checkpoint" (the latest)
-    or "best" (the best validation checkpoint).
+    only when its sha256 is the one recorded at training time. ``which``: "checkpoint" (the latest),
+    "best" (the best validation checkpoint) or an iteration whose snapshot the run kept.
     """
     from fastmaml.engine import checkpoint
     from fastmaml.engine.experiment import make_maml
-    from fastmaml.engine.run_dir import BEST, CHECKPOINT, read_config
+    from fastmaml.engine.run_dir import checkpoint_file, read_config
 
     run_dir = Path(run_dir)
     preset, config = read_config(run_dir)
@@ -247,7 +247,7 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     if csv_path is not None:
         config = dataclasses.replace(config, csv=relocated(config, csv_path))
     experiment = build(config)
-    tensors, _, _ = checkpoint.load_latest(run_dir / {"checkpoint": CHECKPOINT, "best": BEST}[which])
+    tensors, _, _ = checkpoint.load_latest(checkpoint_file(run_dir, which))
     maml = make_maml(experiment)
     maml.load_state_dict({k[len("maml/"):]: v for k, v in tensors.items() if k.startswith("maml/")})
     encoder: Encoder = experiment.extras["table"].encoder

@@ -115,10 +115,12 @@ def adapt_policy(
     steps: int | None = None,
     trajectories: int | None = None,
     seed: int = 0,
+    which: str | int = "checkpoint",
 ) -> tuple[AdaptedPolicy, str | None]:
     """Adapt ``method``'s policy of the run (default: the run's own learner, or the pretrained policy
     of a baselines-only run) to ``goal`` (``--goal`` text) with the run's meta-test protocol; ``seed``
-    draws the action noise. Returns the result and a note when the goal lies outside the training goals."""
+    draws the action noise; ``which``: the latest checkpoint or an iteration whose snapshot the run
+    kept. Returns the result and a note when the goal lies outside the training goals."""
     _, config = read_config(Path(run_dir))
     if not isinstance(config, RLConfig):
         raise ConfigError(f"{run_dir} is not a meta-RL run")
@@ -131,7 +133,7 @@ def adapt_policy(
     trajectories = config.eval_trajectories if trajectories is None else trajectories
     if trajectories < 2:
         raise ConfigError(f"--trajectories must be >= 2 (the step standardises advantages), got {trajectories}")
-    steps, methods, meta = prepare_meta_test(Path(run_dir), config, steps)
+    steps, methods, meta = prepare_meta_test(Path(run_dir), config, steps, which)
     env, policy, params = methods[method]
     lrs = meta_test_lrs(config, method, steps)
     trajs, _, adapted = sample_and_adapt(
