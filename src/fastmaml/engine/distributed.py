@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from fastmaml.core import TaskBatch
 from fastmaml import errors
+from fastmaml.core import TaskBatch
 from fastmaml.errors import ConfigError, FastMAMLError
 
 T = TypeVar("T")
