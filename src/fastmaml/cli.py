@@ -217,6 +217,11 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def which_checkpoint(args: argparse.Namespace) -> str | int:
+    """What eval and adapt load: --best's checkpoint, --iteration's snapshot, or the latest."""
+    return "best" if args.best else "checkpoint" if args.iteration is None else args.iteration
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from fastmaml.engine.evaluate import EVAL_SEED, evaluate
     from fastmaml.engine.run_dir import read_config
@@ -231,7 +236,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         **({} if args.split == "test" else {"split": args.split}),
         steps=args.steps,
         seed=EVAL_SEED if args.seed is None else args.seed,
-        which="best" if args.best else "checkpoint" if args.iteration is None else args.iteration,
+        which=which_checkpoint(args),
         overrides=args.set,
         **({} if preset.evaluate else {"progress": not args.no_progress}),
     )
@@ -297,7 +302,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from fastmaml.engine.run_dir import read_config
     from fastmaml.experiments.fewshot import FewShotConfig
 
-    which = "best" if args.best else "checkpoint" if args.iteration is None else args.iteration
+    which = which_checkpoint(args)
     preset, config = read_config(args.run_dir)
     if preset.name == "rl":
         return adapt_rl(args)
@@ -341,7 +346,7 @@ def adapt_rl(args: argparse.Namespace) -> int:
     check_out_path(args.out)
     adapted, note = adapt_policy(args.run_dir, args.goal, method=args.method, steps=args.steps,
                                  trajectories=args.trajectories, seed=args.seed,
-                                 which="checkpoint" if args.iteration is None else args.iteration)
+                                 which=which_checkpoint(args))
     save_adapted(args.out, adapted)
     print(report(adapted, note))
     print(f"adapted policy written to {args.out} (fastmaml.rl.adapt.load_adapted reads it)")

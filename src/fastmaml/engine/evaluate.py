@@ -15,7 +15,7 @@ from fastmaml.algorithms import MAML
 from fastmaml.config import protocol_overrides
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import check_cuda, cuda_or_cpu
-from fastmaml.engine.run_dir import build_experiment, checkpoint_file, read_config, write_eval
+from fastmaml.engine.run_dir import build_experiment, checkpoint_file, checkpoint_label, read_config, write_eval
 from fastmaml.engine.experiment import Experiment, make_maml
 from fastmaml.errors import ConfigError
 
@@ -201,7 +201,7 @@ def evaluate(
             }
     report = {
         "experiment": experiment.name,
-        "checkpoint": which if isinstance(which, str) else f"iteration {which}",
+        "checkpoint": checkpoint_label(which),
         "step": meta["step"],
         "tasks": tasks,
         "steps": steps,

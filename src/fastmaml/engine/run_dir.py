@@ -26,19 +26,22 @@ SNAPSHOTS = "snapshots"  # checkpoints kept every ``snapshot_every`` iterations:
 _NUMBER_LIST = re.compile(r"\[\s*([-+0-9.eE]+(?:,\s*[-+0-9.eE]+)*)\s*\]")
 
 
-def write_eval(run_dir: Path, report: dict[str, Any], which: str | int = "checkpoint") -> Path:
+def write_eval(run_dir: Path, report: dict[str, Any], which: str | int = "checkpoint") -> None:
     """Save an eval report to ``RUN_DIR/eval.json`` (a snapshot's, ``which`` an iteration, beside it:
     ``snapshots/iteration_000100.eval.json``): indented, each list of numbers on one line (an
     Omniglot report of 600 tasks x 11 steps: 106 KB instead of 260 KB with one number per line),
-    written to a temporary file and renamed, so a killed eval leaves the previous report whole.
-    Returns the path written."""
+    written to a temporary file and renamed, so a killed eval leaves the previous report whole."""
     text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r",\s*", m.group(1))) + "]",
                             json.dumps(report, indent=2))
     path = Path(run_dir) / EVAL if isinstance(which, str) else snapshot_path(run_dir, which).with_suffix(".eval.json")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text + "\n")
     os.replace(tmp, path)
-    return path
+
+
+def checkpoint_label(which: str | int) -> str:
+    """How a report names the checkpoint it scored: "checkpoint", "best" or "iteration N"."""
+    return which if isinstance(which, str) else f"iteration {which}"
 
 
 def snapshot_path(run_dir: Path, step: int) -> Path:

@@ -81,6 +81,7 @@ from fastmaml.engine.run_dir import (
     METRICS,
     PLOTS,
     checkpoint_file,
+    checkpoint_label,
     keep_snapshot,
     read_config,
     read_metrics,
@@ -519,7 +520,7 @@ def evaluate(
         results[method]["return"]["per_task"] = rounded_per_task(per_task.T)
     report = {
         "experiment": f"rl {config.env}",
-        "checkpoint": which if isinstance(which, str) else f"iteration {which}",
+        "checkpoint": checkpoint_label(which),
         "step": meta["step"],
         "tasks": tasks,
         "steps": steps,
