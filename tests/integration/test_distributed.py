@@ -196,6 +196,28 @@ def test_commands_other_than_train_refuse_torchrun(tmp_path, monkeypatch, capsys
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("preset", [["sinusoid"], ["rl", "--env", "nav2d"]])
+@pytest.mark.parametrize("device, processes, gpus, expected", [
+    ("cuda", 2, 1, "start at most 1 (--nproc_per_node 1)"),
+    ("cuda", 4, 2, "start at most 2 (--nproc_per_node 2)"),
+    ("cuda:1", 2, 2, "use device=cuda"),
+])
+def test_torchrun_on_cuda_needs_a_gpu_per_process(tmp_path, monkeypatch, capsys, preset, device, processes, gpus,
+                                                  expected):
+    """NCCL refuses two processes on one GPU; each process says so in one line before any group forms
+    (torchrun's variables and the GPU count faked: this machine may have no GPU)."""
+    for name, value in {"WORLD_SIZE": processes, "LOCAL_WORLD_SIZE": processes, "RANK": 0, "LOCAL_RANK": 0}.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: pytest.fail("group formed"))
+    run = tmp_path / "run"
+    assert main(["train", *preset, "--device", device, "--iterations", "2", "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+    assert not run.exists()
+
+
 def test_micro_batches_give_the_same_update(tmp_path):
     whole, micro = tmp_path / "whole", tmp_path / "micro"
     assert main(["train", "sinusoid", "--iterations", "20", "--out", str(whole), *COMMON]) == 0

@@ -186,6 +186,7 @@ def init_from_env(device: str, meta_batch_size: int) -> Cluster:
     if meta_batch_size < world:
         raise ConfigError(f"meta_batch_size={meta_batch_size} is smaller than the {world} processes; "
                           "raise meta_batch_size or start fewer processes")
+    check_one_gpu_per_process(device)
     if not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if backend == "nccl":
@@ -194,6 +195,24 @@ def init_from_env(device: str, meta_batch_size: int) -> Cluster:
         dist.init_process_group(backend, store=dist.PrefixStore("default_pg", job_store()),
                                 rank=launched_rank(), world_size=world)
     return Cluster(dist.get_rank(), dist.get_world_size())
+
+
+def check_one_gpu_per_process(device: str) -> None:
+    """Under torchrun with CUDA every process needs a GPU of its own (NCCL refuses two ranks on one
+    GPU, "Duplicate GPU detected"): one clear error, the same in every process, before the group
+    forms, where a process would otherwise fail in ``set_device`` or inside NCCL."""
+    if not device.startswith("cuda") or launched_world_size() == 1:
+        return
+    if device != "cuda":
+        raise ConfigError(f"device={device} under torchrun would put every process on that one GPU, which NCCL "
+                          "refuses; use device=cuda: each process takes the GPU numbered by its LOCAL_RANK "
+                          "(choose the GPUs with CUDA_VISIBLE_DEVICES)")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    visible = torch.cuda.device_count()
+    if local > visible:
+        raise ConfigError(f"torchrun started {local} processes on this node, but it has {visible} GPU(s) visible "
+                          f"and each process needs its own: start at most {visible} (--nproc_per_node "
+                          f"{max(visible, 1)}), or train on the CPU with device=cpu (gloo)")
 
 
 def check_cuda(device: str) -> None:
