@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from fastmaml.algorithms import MAML
 from fastmaml.core import TaskBatch
+from fastmaml.engine.distributed import check_device
 from fastmaml.engine.trainer import GRAPH_WARMUP, side_stream
 from fastmaml.models.conv import ConvNet
 from fastmaml.models.mlp import MLP
@@ -888,6 +889,7 @@ def run(args: argparse.Namespace, child_command: Sequence[str], prog: str = "fas
         print(json.dumps(measure_peak_here(json.loads(args.child))), flush=True)
         return 0
     cfg = config_from_args(args, child_command)
+    check_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - progress; the report goes to stdout

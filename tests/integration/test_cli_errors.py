@@ -28,6 +28,11 @@ def run_cli(args, capsys):
         (["train", "sinusoid"], "give exactly one of --out"),
         (["eval", "nowhere"], "not a fastmaml run folder"),
         (["train", "--resume", "nowhere"], "not a fastmaml run folder"),
+        (["train", "sinusoid", "--out", "X", "--set", "device=tpu"], "unknown device 'tpu'; use cpu, cuda or cuda:N"),
+        (["train", "sinusoid", "--out", "X", "--device", "cuda:x"], "unknown device 'cuda:x'"),
+        (["train", "sinusoid", "--out", "X", "--set", "device=meta"], "device 'meta' is not one fastmaml runs on"),
+        (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "device=meta"], "'meta' is not one fastmaml runs on"),
+        (["bench", "--device", "tpu", "--workloads", "sinusoid"], "unknown device 'tpu'"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path, monkeypatch):

@@ -215,10 +215,30 @@ def check_one_gpu_per_process(device: str) -> None:
                           f"{max(visible, 1)}), or train on the CPU with device=cpu (gloo)")
 
 
-def check_cuda(device: str) -> None:
-    """A clear error for a CUDA device on a torch build that sees no GPU."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use device=cpu")
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # what a run may name; only cpu and cuda have been tested
+
+
+def check_device(device: str) -> None:
+    """One clear error for a device this process cannot use: a name torch does not know or fastmaml
+    does not run on (``meta``, ...), a CUDA device on a torch build or machine without that GPU, or
+    another accelerator this torch build was not made for."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if parsed.type not in DEVICE_TYPES:
+        raise ConfigError(f"device {device!r} is not one fastmaml runs on; use cpu, cuda or cuda:N")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use device=cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} asked for, but this machine shows {torch.cuda.device_count()} "
+                              f"CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}; choose one of them")
+    elif parsed.type != "cpu":
+        backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, parsed.type, None)
+        if backend is None or not backend.is_available():
+            raise ConfigError(f"device {device!r} asked for, but this torch build or machine has no "
+                              f"{parsed.type.upper()} device; use device=cpu")
 
 
 def set_tf32(device: str, allowed: bool) -> None:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from fastmaml.algorithms import MAML
 from fastmaml.config import protocol_overrides
 from fastmaml.engine import checkpoint
-from fastmaml.engine.distributed import check_cuda, cuda_or_cpu
+from fastmaml.engine.distributed import check_device, cuda_or_cpu
 from fastmaml.engine.run_dir import build_experiment, checkpoint_file, checkpoint_label, read_config, write_eval
 from fastmaml.engine.experiment import Experiment, make_maml
 from fastmaml.errors import ConfigError
@@ -145,7 +145,7 @@ def eval_device(config: Any, overrides: list[str] | tuple[str, ...] = ()) -> str
     error, not a silent fall-back."""
     device = str(getattr(config, "device", "cpu"))
     if any(item.partition("=")[0].strip() == "device" for item in overrides):
-        check_cuda(device)
+        check_device(device)
     return cuda_or_cpu(device)
 
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from fastmaml.config import TrainConfig, to_dict
 from fastmaml.core import TaskBatch
 from fastmaml.engine import checkpoint
-from fastmaml.engine.distributed import Cluster, check_cuda, device_for, init_from_env, set_tf32
+from fastmaml.engine.distributed import Cluster, check_device, device_for, init_from_env, set_tf32
 from fastmaml.engine.evaluate import adaptation_curves
 from fastmaml.engine.run_dir import (
     BEST,
@@ -296,7 +296,7 @@ def train(
     """Meta-train ``preset`` with ``config`` into ``run_dir`` (or continue it with ``resume``)."""
     run_dir = Path(run_dir)
     config.validate()
-    check_cuda(config.device)
+    check_device(config.device)
     set_tf32(config.device, config.tf32)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -72,7 +72,7 @@ from tqdm.auto import tqdm
 from fastmaml.config import protocol_overrides, to_dict
 from fastmaml.core.functional import Params
 from fastmaml.engine import checkpoint
-from fastmaml.engine.distributed import Cluster, check_cuda, device_for, init_from_env, launched_world_size
+from fastmaml.engine.distributed import Cluster, check_device, device_for, init_from_env, launched_world_size
 from fastmaml.engine.evaluate import EVAL_SEED, mean_ci95
 from fastmaml.engine.evaluate import per_task as rounded_per_task
 from fastmaml.engine.run_dir import (
@@ -397,7 +397,7 @@ def train(
     config.validate()
     if launched_world_size() > 1:
         check_splittable(config)
-    check_cuda(config.device)
+    check_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     cluster = init_from_env(config.device, config.meta_batch_size)
