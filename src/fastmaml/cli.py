@@ -186,7 +186,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       progress=not args.no_progress)
     best = f", best validation {summary['best']['metric']} {summary['best']['value']:.4g}" if summary["best"] else ""
     compiled = " (meta-loss compiled with torch.compile)" if summary.get("compiled") else ""
-    if rank == 0:  # the other processes of a torchrun job wrote nothing
+    start = summary.get("start_step", 0)
+    if rank != 0:  # the other processes of a torchrun job wrote nothing
+        return 0
+    if start == summary["step"] and args.resume is not None:
+        print(f"{run_dir} has already trained its {start} iterations: nothing to train "
+              f"(give --iterations above {start} to continue it)")
+    elif start:
+        print(f"trained {preset.name} from iteration {start} to {summary['step']} ({summary['elapsed_s']:.1f} s in "
+              f"all){compiled}{best}; run folder {run_dir}")
+    else:
         print(f"trained {preset.name} for {summary['step']} iterations in {summary['elapsed_s']:.1f} s{compiled}{best}; "
               f"run folder {run_dir}")
     return 0

@@ -110,3 +110,23 @@ def test_non_finite_loss_before_the_first_checkpoint_says_none_is_kept(tmp_path,
     assert "no checkpoint had been written yet (the first was due at iteration 50)" in err
     assert "last good checkpoint" not in err and len(err.strip().splitlines()) == 1
     assert not list(run.glob("checkpoint*"))
+
+
+def test_a_resume_that_would_not_train_says_so_and_changes_nothing(tmp_path, capsys):
+    """--iterations below the checkpoint's step is an error that leaves the run as it was (before, the
+    run's config.json took the smaller number); a resume of a finished run says there is nothing to
+    do; a real continuation says from where to where."""
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", *FAST, "--iterations", "20", "--out", str(run)]) == 0
+    before = {name: (run / name).read_bytes() for name in ("config.json", "metrics.jsonl", "checkpoint.safetensors")}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--iterations", "10", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{run} is at iteration 20, past the 10 iterations asked for; give --iterations above 20" in err
+    assert len(err.splitlines()) == 1
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert f"{run} has already trained its 20 iterations: nothing to train" in capsys.readouterr().out
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert main(["train", "--resume", str(run), "--iterations", "30", "--no-progress"]) == 0
+    assert "trained sinusoid from iteration 20 to 30 (" in capsys.readouterr().out
+    assert weights(run)[1] == 30

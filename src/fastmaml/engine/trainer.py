@@ -49,7 +49,7 @@ from fastmaml.engine.run_dir import (
     write_metrics,
 )
 from fastmaml.engine.experiment import Experiment, Preset, make_maml
-from fastmaml.errors import NonFiniteLossError, kept_checkpoint
+from fastmaml.errors import ConfigError, NonFiniteLossError, kept_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -326,14 +326,19 @@ def fit_in_run_dir(
     trainer = make_trainer()
     if resume:
         trainer.restore(tensors, meta)
+        if config.iterations < trainer.step:  # the same on every rank: all restored the same checkpoint
+            cluster.close(clean=False)
+            raise ConfigError(f"{run_dir} is at iteration {trainer.step}, past the {config.iterations} iterations "
+                              f"asked for; give --iterations above {trainer.step} to train it further")
         if cluster.is_main:
             write_metrics(run_dir, trainer.rows)  # drops rows logged after the checkpoint, before a crash
             write_config(run_dir, preset_name, config)  # iterations may have been extended
         log.info("resuming %s at iteration %d", run_dir, trainer.step)
+    start = trainer.step
     try:
         result = trainer.fit(progress=progress)
     except BaseException:
         cluster.close(clean=False)
         raise
     cluster.close()
-    return result
+    return {**result, "start_step": start}
