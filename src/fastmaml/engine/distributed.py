@@ -264,4 +264,7 @@ def cuda_or_cpu(device: str) -> str:
     """A run's CUDA ``device`` (as :func:`device_for` resolves it) where this machine has CUDA, else
     the CPU: where a trained run's images and model go when it is used again, e.g. a GPU run
     meta-tested on a machine without one."""
-    return device_for(device) if device.startswith("cuda") and torch.cuda.is_available() else "cpu"
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        return "cpu"
+    index = torch.device(device_for(device)).index  # a GPU this machine lacks (cuda:5 on one GPU): its first
+    return device_for(device) if index is None or index < torch.cuda.device_count() else "cuda"

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from fastmaml.engine.distributed import check_device
+from fastmaml.engine.distributed import check_device, cuda_or_cpu
 from fastmaml.errors import ConfigError
 
 
@@ -41,3 +41,14 @@ def test_names(device, message):
     else:
         with pytest.raises(ConfigError, match=message):
             check_device(device)
+
+
+def test_a_trained_run_is_used_on_this_machine_s_gpu_or_cpu(monkeypatch):
+    """Where eval and adapt put a run trained elsewhere: its GPU if this machine has it, the first GPU
+    if not (trained on cuda:5, used on one GPU), the CPU without CUDA."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [cuda_or_cpu(d) for d in ("cuda", "cuda:1", "cuda:5", "cpu")] == ["cuda", "cuda:1", "cuda", "cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert [cuda_or_cpu(d) for d in ("cuda", "cuda:1", "cpu")] == ["cpu", "cpu", "cpu"]
