@@ -186,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       progress=not args.no_progress)
     best = f", best validation {summary['best']['metric']} {summary['best']['value']:.4g}" if summary["best"] else ""
     compiled = " (meta-loss compiled with torch.compile)" if summary.get("compiled") else ""
-    start = summary.get("start_step", 0)
+    start = summary["start_step"]  # fit_in_run_dir's: where this call began
     if rank != 0:  # the other processes of a torchrun job wrote nothing
         return 0
     if start == summary["step"] and args.resume is not None:

@@ -266,5 +266,6 @@ def cuda_or_cpu(device: str) -> str:
     meta-tested on a machine without one."""
     if not (device.startswith("cuda") and torch.cuda.is_available()):
         return "cpu"
-    index = torch.device(device_for(device)).index  # a GPU this machine lacks (cuda:5 on one GPU): its first
-    return device_for(device) if index is None or index < torch.cuda.device_count() else "cuda"
+    resolved = device_for(device)
+    index = torch.device(resolved).index  # a GPU this machine lacks (cuda:5 on one GPU): its first
+    return resolved if index is None or index < torch.cuda.device_count() else "cuda"
