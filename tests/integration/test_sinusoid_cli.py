@@ -221,7 +221,7 @@ def test_adapt_fits_a_new_sine_from_ten_points(trained_run, tmp_path, capsys):
     assert "line 3, column 'x': 'nan' is not a finite number" in capsys.readouterr().err
     # the rl flags, and a missing support set, get one line each
     assert main(["adapt", str(trained_run), "--goal", "1", "--out", str(out)]) == 2
-    assert "--goal apply to rl runs; a sinusoid run adapts to --support" in capsys.readouterr().err
+    assert "--goal applies to rl runs; a sinusoid run adapts to --support" in capsys.readouterr().err
     assert main(["adapt", str(trained_run), "--predict", str(predict), "--out", str(out)]) == 2
     assert "adapt needs --support for a sinusoid run" in capsys.readouterr().err
 

@@ -119,6 +119,15 @@ def test_adapt_with_a_bad_support_file_exits_2(table_run, tmp_path, capsys):
     assert main(["adapt", str(run), "--support", str(support), "--predict", str(predict), "--out",
                  str(tmp_path / "o.csv")]) == 2
     assert "no rows" in capsys.readouterr().err
+    assert main(["adapt", str(run), "--support", str(tmp_path), "--predict", str(predict), "--out",
+                 str(tmp_path / "o.csv")]) == 2
+    assert f"{tmp_path} is a folder, not a CSV file" in capsys.readouterr().err
+
+
+def test_a_folder_given_as_the_csv_is_named_so(tmp_path, capsys):
+    code = main(["train", "table", "--csv", str(tmp_path), "--task-column", "shop", "--target", "price",
+                 "--out", str(tmp_path / "run"), *FAST])
+    assert code == 2 and f"{tmp_path} is a folder, not a CSV file" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ classification

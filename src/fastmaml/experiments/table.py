@@ -45,7 +45,7 @@ from fastmaml.config import TrainConfig
 from fastmaml.engine.experiment import Experiment, Preset, register
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.models.mlp import MLP
-from fastmaml.tasks.table import TASK_TYPES, Encoder, Table, TableSplit, load_table, read_csv
+from fastmaml.tasks.table import TASK_TYPES, Encoder, Table, TableSplit, load_table, missing_csv, read_csv
 
 
 @dataclass
@@ -133,8 +133,8 @@ def load_split(config: TableConfig) -> TableSplit:
         if recorded:
             raise DataError(f"CSV file {config.csv} not found: this run was trained on it (sha256 {recorded[:16]}...) "
                             f"and rebuilds its split and encoding from it; restore it there, {RELOCATE}")
-        raise DataError(f"CSV file {config.csv} not found; pass the path of an existing file (a trained run needs "
-                        "its training CSV in place to rebuild its feature encoding)")
+        raise DataError(f"{missing_csv(config.csv)} (a trained run needs its training CSV in place to rebuild "
+                        "its feature encoding)")
     try:
         actual = fingerprint(path)
     except OSError as error:
@@ -202,7 +202,7 @@ def train(preset: Preset, config: TableConfig, run_dir: str | Path, *, resume: b
     if not resume:
         path = os.path.abspath(config.csv)
         if not Path(path).is_file():
-            raise DataError(f"CSV file {config.csv} not found; pass the path of an existing file")
+            raise DataError(missing_csv(config.csv))
         config = dataclasses.replace(config, csv=path, csv_sha256=config.csv_sha256 or fingerprint(path))
     return engine_train(preset, config, run_dir, resume=resume, progress=progress)
 

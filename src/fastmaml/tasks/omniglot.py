@@ -124,7 +124,7 @@ def _scan(root: Path) -> list[tuple[Path, dict[str, list[str]], dict[str, int]]]
             raise DataError(
                 f"Omniglot not found: neither {folder}/ nor {archive} exists; put the official "
                 "images_background and images_evaluation zips (or their unpacked folders) there, or "
-                "pass download=True"
+                f"download them: fastmaml data omniglot --root {root} --download (download=True in Python)"
             )
         with FileSource(location) as source:
             sizes = {n: s for n, s in source.sizes().items() if n.endswith(".png")}
@@ -143,7 +143,8 @@ def _scan(root: Path) -> list[tuple[Path, dict[str, list[str]], dict[str, int]]]
                 f"{location} does not hold the Omniglot {part} set: expected {alphabets} alphabets, "
                 f"{characters} characters and {IMAGES_PER_CHARACTER} images per character, found "
                 f"{found_alphabets} alphabets and {len(chars)} characters{detail}. Replace it with the "
-                "official file (delete it and pass download=True)"
+                f"official file (delete it and run fastmaml data omniglot --root {root} --download, "
+                "or pass download=True in Python)"
             )
         parts.append((location, chars, keyed))
     names = [c for _, chars, _ in parts for c in chars]

@@ -64,11 +64,18 @@ class Table:
             )
 
 
+def missing_csv(path: str | Path) -> str:
+    """What is wrong with a CSV path that is not a file: a folder, or nothing there."""
+    if Path(path).is_dir():
+        return f"{path} is a folder, not a CSV file; pass the path of the CSV file in it"
+    return f"CSV file {path} not found; pass the path of an existing file"
+
+
 def read_csv(path: str | Path) -> Table:
     """The CSV at ``path`` (comma-separated, header line first); DataError if it cannot be read as one."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"CSV file {path} not found; pass the path of an existing file")
+        raise DataError(missing_csv(path))
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             lines = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]

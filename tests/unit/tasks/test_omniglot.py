@@ -147,8 +147,9 @@ def test_cache_is_reused_and_rebuilt_when_invalid_or_stale(zips, tree, tmp_path,
 
 
 def test_incomplete_or_missing_data_is_a_clear_error(tree, tmp_path):
-    with pytest.raises(DataError, match="download=True"):
-        load_omniglot(tmp_path / "nowhere", "train", cache_dir=tmp_path)
+    nowhere = tmp_path / "nowhere"
+    with pytest.raises(DataError, match=f"fastmaml data omniglot --root {nowhere} --download .download=True in Python"):
+        load_omniglot(nowhere, "train", cache_dir=tmp_path)
     next((tree / "images_evaluation").rglob("*.png")).unlink()
     with pytest.raises(ValueError, match=r"images_evaluation set: .* found 1 alphabets .* has 2 images"):
         load_omniglot(tree, "train", cache_dir=tmp_path)
