@@ -119,8 +119,8 @@ def _parser() -> argparse.ArgumentParser:
                        "with columns x,y; image run, a folder SUPPORT/<class>/<image> with one folder per class")
     adapt.add_argument("--predict", type=Path,
                        help="table run: CSV rows to predict (target column optional); sinusoid run: a CSV with "
-                       "column x (y optional); image run: an image or a "
-                       "folder of images (in PREDICT/<class>/ folders their class is known: accuracy is reported)")
+                       "column x (y optional); image run: a folder of at least 2 images, "
+                       "classified together (in PREDICT/<class>/ folders their class is known: accuracy is reported)")
     adapt.add_argument("--goal", help="rl run: the new task's goal: x,y (nav2d), a velocity (cheetah-vel, ant-vel) "
                        "or +1/-1, forward/backward (cheetah-dir, ant-dir)")
     adapt.add_argument("--method", help="rl run: which trained policy to adapt (default: the run's own; also "

@@ -182,10 +182,12 @@ def test_adapt_an_omniglot_run_to_new_characters(tiny_omniglot, tmp_path, capsys
         (four / c).mkdir(parents=True)
         for png in (support / c).iterdir():
             (four / c / png.name).write_bytes(png.read_bytes())
+    (tmp_path / "notes.txt").write_text("not an image\n")
     bad = [
         (["--support", four], "meta-trained for 5-way tasks, but --support"),
         (["--support", predict / classes[0]], "has no class folders"),
-        (["--support", support, "--predict", next((predict / classes[0]).iterdir())], "at least 2 images"),
+        (["--support", support, "--predict", next((predict / classes[0]).iterdir())], "is one image; give a folder"),
+        (["--support", support, "--predict", tmp_path / "notes.txt"], "notes.txt is not an image"),
         (["--support", support, "--csv", out_csv], "--csv is for table runs"),
         (["--support", support, "--predict", tmp_path / "nowhere"], "not found"),
     ]

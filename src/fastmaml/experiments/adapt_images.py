@@ -52,6 +52,9 @@ def _read(path: Path) -> bytes:
 
 def _images_to_predict(predict: Path) -> list[Path]:
     if predict.is_file():
+        if predict.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(f"--predict {predict} is not an image ({', '.join(IMAGE_EXTENSIONS)}); give a folder "
+                            "of images to classify")
         return [predict]
     if not predict.is_dir():
         raise DataError(f"--predict {predict} not found; give an image file or a folder of images")
@@ -109,8 +112,9 @@ def adapt_images(
     files = _images_to_predict(predict)
     if len(files) < 2:
         raise ConfigError(
-            "give at least 2 images to --predict: the network normalises with the statistics of the batch "
-            "it classifies (as at meta-test), so images are classified together, not one at a time"
+            f"--predict {predict} is one image; give a folder of at least 2 images (together with others "
+            "from the same folder is fine): the network normalises with the statistics of the batch it "
+            "classifies (as at meta-test), so images are classified together, not one at a time"
         )
     relative = [path.relative_to(predict).as_posix() if predict.is_dir() else path.name for path in files]
     truth = [names.index(p.parent.name) if predict.is_dir() and p.parent.name in names else None for p in files]
