@@ -102,7 +102,7 @@ def adapt_images(
     if len(classes) != config.ways:
         raise ConfigError(
             f"{run_dir} was meta-trained for {config.ways}-way tasks, but --support {support} has "
-            f"{len(classes)} class folders; give exactly {config.ways} (its network has {config.ways} outputs)"
+            f"{len(classes)} class folder{'' if len(classes) == 1 else 's'}; give exactly {config.ways} (its network has {config.ways} outputs)"
         )
     names = list(classes)
     read = image_reader(config)
