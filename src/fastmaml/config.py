@@ -175,14 +175,31 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def _saved_value(key: str, value: Any, kind: Any) -> Any:
+    """``value`` as read from JSON for a field of type ``kind`` (lists back to tuples; an int where a
+    float is due is a float); ConfigError if it has another type (a hand-edited config file)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is tuple and isinstance(value, list | tuple):
+        item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        if len(item_types) == len(value):
+            return tuple(_saved_value(key, v, t) for v, t in zip(value, item_types))
+    elif kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif kind in (bool, str) and isinstance(value, kind):
+        return value
+    raise ConfigError(f"{key} = {json.dumps(value)} is not a {getattr(kind, '__name__', kind)}")
+
+
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a config saved by :func:`to_dict` (lists back to tuples); unknown keys are an error."""
+    """Rebuild a config saved by :func:`to_dict` (lists back to tuples); unknown keys and values of
+    the wrong type are an error."""
     types = field_types(cls)
     unknown = set(data) - set(types)
     if unknown:
         raise ConfigError(f"unknown config keys {sorted(unknown)} for {cls.__name__}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cls(**values)
+    return cls(**{k: _saved_value(k, v, types[k]) for k, v in data.items()})
 
 
 def dumps(config: Any) -> str:

@@ -78,3 +78,31 @@ def test_no_traceback_from_the_installed_command(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("fastmaml: error: unknown preset")
+
+
+def test_a_hand_edited_config_is_one_clear_line_and_keeps_the_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--out", str(run), "--iterations", "2", "--set", "checkpoint_every=2",
+                 "--no-progress"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    weights = (run / "checkpoint.safetensors").read_bytes()
+
+    def edited(**changes):
+        (run / "config.json").write_text(json.dumps({**saved, "config": {**saved["config"], **changes}}))
+
+    edited(inner_lr="fast")  # before: a TypeError traceback from validate()
+    for args in (["eval", str(run), "--tasks", "5"], ["train", "--resume", str(run), "--no-progress"]):
+        code, err = run_cli(args, capsys)
+        assert code == 2 and len(err.splitlines()) == 1
+        assert 'config.json is unreadable (inner_lr = "fast" is not a float)' in err
+    edited(hidden=[10])  # before: torch's state_dict size-mismatch traceback
+    for args in (["eval", str(run), "--tasks", "5"], ["train", "--resume", str(run), "--no-progress"]):
+        code, err = run_cli(args, capsys)
+        assert code == 2 and len(err.splitlines()) == 1
+        assert "do not fit the model that its config.json describes" in err and "edited after training" in err
+    assert (run / "checkpoint.safetensors").read_bytes() == weights
+    edited(iterations=2.5, hidden=[40, 40])
+    code, err = run_cli(["eval", str(run), "--tasks", "5"], capsys)
+    assert code == 2 and "iterations = 2.5 is not a int" in err
+    edited(inner_lr=1, hidden=[40, 40])  # an int where a float is due is fine (JSON writes 1.0 as 1.0, people 1)
+    assert main(["eval", str(run), "--tasks", "5", "--no-progress"]) == 0

@@ -375,3 +375,15 @@ def test_snapshots_of_an_rl_run_are_meta_tested_on_their_own(tmp_path, capsys):
     assert out.is_file()
     assert main(["eval", str(run), "--iteration", "3"]) == 2
     assert "no snapshot of iteration 3; it kept iterations 1, 2" in capsys.readouterr().err
+
+
+def test_a_policy_that_does_not_fit_the_edited_config_is_one_clear_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "rl", "--env", "nav2d", "--iterations", "1", "--set", "baselines=", "--out", str(run),
+                 *TINY]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["hidden"] = [50, 50]
+    (run / "config.json").write_text(json.dumps(saved))
+    assert main(["eval", str(run), "--tasks", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the maml policy in" in err and "(50, 2) expected" in err, err

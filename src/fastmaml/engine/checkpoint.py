@@ -103,11 +103,27 @@ def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             raise ValueError(f"format {header.get('format')!r}, expected {FORMAT!r}")
         meta = json.loads(header["meta"])
     except Exception as error:  # noqa: BLE001 - any decoding failure means the file is unusable
+        fallback = (f"delete it to fall back to {previous_path(path).name}" if previous_path(path).is_file()
+                    else "restore it from a copy")
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a fastmaml checkpoint ({error}); "
-            f"delete it to fall back to {previous_path(path).name}, or start a new run"
+            f"checkpoint {path} is corrupt or not a fastmaml checkpoint ({error}); {fallback}, or start a new run"
         ) from None
     return tensors, meta
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, Tensor], source: str | Path) -> None:
+    """``module.load_state_dict(state)``; a CheckpointError that names ``source`` (the checkpoint or
+    run) where the weights do not fit the module the run's config.json describes (a hand-edited
+    config.json: another width, depth or number of ways)."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__
+        raise CheckpointError(
+            f"the weights in {source} do not fit the model that its config.json describes ({detail}); was "
+            "config.json edited after training? Restore it, or start a new run"
+        ) from None
 
 
 def load_latest(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], Path]:

@@ -126,13 +126,13 @@ def load_trained(
     ``device`` (the CPU unless asked: ``adapt`` feeds them CPU tensors; ``evaluate`` passes
     :func:`eval_device`)."""
     experiment = build_experiment(run_dir, overrides)
-    tensors, meta, _ = checkpoint.load_latest(checkpoint_file(run_dir, which))
+    tensors, meta, path = checkpoint.load_latest(checkpoint_file(run_dir, which))
     maml = make_maml(experiment)
-    maml.load_state_dict({k[len("maml/"):]: v for k, v in tensors.items() if k.startswith("maml/")})
+    checkpoint.load_weights(maml, {k[len("maml/"):]: v for k, v in tensors.items() if k.startswith("maml/")}, path)
     maml.to(device)
     if experiment.baseline is not None:
-        experiment.baseline.load_state_dict(
-            {k[len("baseline/"):]: v for k, v in tensors.items() if k.startswith("baseline/")}
+        checkpoint.load_weights(
+            experiment.baseline, {k[len("baseline/"):]: v for k, v in tensors.items() if k.startswith("baseline/")}, path
         )
         experiment.baseline.to(device)
     return experiment, maml, meta

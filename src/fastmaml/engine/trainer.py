@@ -127,7 +127,7 @@ class Trainer:
         def part(prefix: str) -> dict[str, torch.Tensor]:
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-        self.maml.load_state_dict(part("maml/"))
+        checkpoint.load_weights(self.maml, part("maml/"), self.run_dir)
         self.opt.load_state_dict(checkpoint.unpack(meta["optimizers"]["maml"], tensors))
         for group in self.opt.param_groups:  # a run may resume with or without CUDA graphs
             group["capturable"] = self.graphed
@@ -135,7 +135,7 @@ class Trainer:
             if "step" in state:
                 state["step"] = state["step"].to(self.device if self.graphed else "cpu")
         if self.baseline is not None:
-            self.baseline.load_state_dict(part("baseline/"))
+            checkpoint.load_weights(self.baseline, part("baseline/"), self.run_dir)
             self.baseline_opt.load_state_dict(checkpoint.unpack(meta["optimizers"]["baseline"], tensors))
         checkpoint.restore_rng(self.generator, tensors)
         self.step, self.elapsed, self.best = meta["step"], meta["elapsed_s"], meta.get("best")

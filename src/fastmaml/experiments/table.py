@@ -247,9 +247,9 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     if csv_path is not None:
         config = dataclasses.replace(config, csv=relocated(config, csv_path))
     experiment = build(config)
-    tensors, _, _ = checkpoint.load_latest(checkpoint_file(run_dir, which))
+    tensors, _, path = checkpoint.load_latest(checkpoint_file(run_dir, which))
     maml = make_maml(experiment)
-    maml.load_state_dict({k[len("maml/"):]: v for k, v in tensors.items() if k.startswith("maml/")})
+    checkpoint.load_weights(maml, {k[len("maml/"):]: v for k, v in tensors.items() if k.startswith("maml/")}, path)
     encoder: Encoder = experiment.extras["table"].encoder
     support_table, predict_table = read_csv(support), read_csv(predict)
     support_table.require([encoder.target])

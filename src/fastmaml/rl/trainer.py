@@ -295,6 +295,14 @@ class RLTrainer:
             missing = [k for k in self.params[name] if f"{name}/{k}" not in tensors]
             if missing:
                 raise CheckpointError(f"the checkpoint has no {name} policy ({missing[0]}); start a new run")
+            wrong = [k for k, v in self.params[name].items() if tensors[f"{name}/{k}"].shape != v.shape]
+            if wrong:
+                raise CheckpointError(
+                    f"the {name} policy in {self.run_dir}'s checkpoint does not fit the policy its config.json "
+                    f"describes ({wrong[0]}: {tuple(tensors[f'{name}/{wrong[0]}'].shape)} saved, "
+                    f"{tuple(self.params[name][wrong[0]].shape)} expected); was config.json edited after "
+                    "training? Restore it, or start a new run"
+                )
             self.params[name] = {k: tensors[f"{name}/{k}"].clone() for k in self.params[name]}
             self.generators[name].set_state(tensors[f"rng/{name}"])
         self.step, self.elapsed, self.rows = meta["step"], meta["elapsed_s"], meta["metrics"]
