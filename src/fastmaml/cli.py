@@ -317,7 +317,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         return adapt_rl(args)
     rl_only = [f"--{name}" for name in ("goal", "method", "trajectories") if getattr(args, name) is not None]
     if rl_only:
-        raise ConfigError(f"{' and '.join(rl_only)} {'applies' if len(rl_only) == 1 else 'apply'} to rl runs; a {preset.name} run adapts to --support")
+        verb = "applies" if len(rl_only) == 1 else "apply"
+        raise ConfigError(f"{' and '.join(rl_only)} {verb} to rl runs; a {preset.name} run adapts to --support")
     missing = [f"--{name}" for name in ("support", "predict") if getattr(args, name) is None]
     if missing:
         raise ConfigError(f"adapt needs {' and '.join(missing)} for a {preset.name} run (see fastmaml adapt --help)")

@@ -111,6 +111,11 @@ def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return tensors, meta
 
 
+def part(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The tensors whose names start with ``prefix`` (``maml/``, ``baseline/``), named without it."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def load_weights(module: torch.nn.Module, state: dict[str, Tensor], source: str | Path) -> None:
     """``module.load_state_dict(state)``; a CheckpointError that names ``source`` (the checkpoint or
     run) where the weights do not fit the module the run's config.json describes (a hand-edited

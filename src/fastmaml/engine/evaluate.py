@@ -128,12 +128,10 @@ def load_trained(
     experiment = build_experiment(run_dir, overrides)
     tensors, meta, path = checkpoint.load_latest(checkpoint_file(run_dir, which))
     maml = make_maml(experiment)
-    checkpoint.load_weights(maml, {k[len("maml/"):]: v for k, v in tensors.items() if k.startswith("maml/")}, path)
+    checkpoint.load_weights(maml, checkpoint.part(tensors, "maml/"), path)
     maml.to(device)
     if experiment.baseline is not None:
-        checkpoint.load_weights(
-            experiment.baseline, {k[len("baseline/"):]: v for k, v in tensors.items() if k.startswith("baseline/")}, path
-        )
+        checkpoint.load_weights(experiment.baseline, checkpoint.part(tensors, "baseline/"), path)
         experiment.baseline.to(device)
     return experiment, maml, meta
 

@@ -57,7 +57,7 @@ def _images_to_predict(predict: Path) -> list[Path]:
                             "of images to classify")
         return [predict]
     if not predict.is_dir():
-        raise DataError(f"--predict {predict} not found; give an image file or a folder of images")
+        raise DataError(f"--predict {predict} not found; give a folder of images")
     found = sorted(
         p for p in predict.rglob("*")
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
@@ -102,7 +102,8 @@ def adapt_images(
     if len(classes) != config.ways:
         raise ConfigError(
             f"{run_dir} was meta-trained for {config.ways}-way tasks, but --support {support} has "
-            f"{len(classes)} class folder{'' if len(classes) == 1 else 's'}; give exactly {config.ways} (its network has {config.ways} outputs)"
+            f"{len(classes)} class folder{'' if len(classes) == 1 else 's'}; give exactly {config.ways} (its "
+            f"network has {config.ways} outputs)"
         )
     names = list(classes)
     read = image_reader(config)
@@ -112,9 +113,9 @@ def adapt_images(
     files = _images_to_predict(predict)
     if len(files) < 2:
         raise ConfigError(
-            f"--predict {predict} is one image; give a folder of at least 2 images (together with others "
-            "from the same folder is fine): the network normalises with the statistics of the batch it "
-            "classifies (as at meta-test), so images are classified together, not one at a time"
+            f"--predict {predict} {'holds' if predict.is_dir() else 'is'} one image; give a folder of at least 2: "
+            "the network normalises with the statistics of the batch it classifies (as at meta-test), so "
+            "images are classified together, not one at a time"
         )
     relative = [path.relative_to(predict).as_posix() if predict.is_dir() else path.name for path in files]
     truth = [names.index(p.parent.name) if predict.is_dir() and p.parent.name in names else None for p in files]

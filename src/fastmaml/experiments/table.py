@@ -249,7 +249,7 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     experiment = build(config)
     tensors, _, path = checkpoint.load_latest(checkpoint_file(run_dir, which))
     maml = make_maml(experiment)
-    checkpoint.load_weights(maml, {k[len("maml/"):]: v for k, v in tensors.items() if k.startswith("maml/")}, path)
+    checkpoint.load_weights(maml, checkpoint.part(tensors, "maml/"), path)
     encoder: Encoder = experiment.extras["table"].encoder
     support_table, predict_table = read_csv(support), read_csv(predict)
     support_table.require([encoder.target])
