@@ -43,6 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,7 @@ from fastmaml.algorithms import MAML
 from fastmaml.core import TaskBatch
 from fastmaml.engine.distributed import check_device
 from fastmaml.engine.trainer import GRAPH_WARMUP, side_stream
+from fastmaml.errors import ConfigError, FastMAMLError
 from fastmaml.models.conv import ConvNet
 from fastmaml.models.mlp import MLP
 
@@ -642,14 +644,14 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda line: N
         torch.set_num_threads(cfg.threads)
     unknown = [w for w in cfg.workloads if w not in WORKLOADS]
     if unknown:
-        raise ValueError(f"unknown workload {unknown[0]!r}; choose from {', '.join(WORKLOADS)}")
+        raise ConfigError(f"unknown workload {unknown[0]!r}; choose from {', '.join(WORKLOADS)}")
     available = implementations(cfg.chunk_size, cfg.micro_batch_size, cfg.levers, cfg.lever_threads, cfg.workers,
                                 cuda=cfg.device.startswith("cuda"), compiled=cfg.compiled)
     names = list(available) if cfg.implementations is None else list(cfg.implementations)
     names = ["fastmaml", *(n for n in names if n != "fastmaml")]  # first: the reference for gradients and ratios
     missing = [n for n in names if n not in available]
     if missing:
-        raise ValueError(f"unknown implementation {missing[0]!r}; choose from {', '.join(available)}")
+        raise ConfigError(f"unknown implementation {missing[0]!r}; choose from {', '.join(available)}")
     impls = [available[n] for n in names] + list(cfg.extra)
     rows = []
     for name in cfg.workloads:
@@ -841,7 +843,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, child_command: Sequence[str]) -> BenchConfig:
     if args.repeats < 1 or args.warmup < 0:
-        raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+        raise ConfigError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    if args.out:  # found out before the benchmark runs, not after
+        folder = Path(args.out).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK) or Path(args.out).is_dir():
+            raise ConfigError(f"cannot write --out {args.out}: give a file in an existing folder you can write to")
     return BenchConfig(
         workloads=args.workloads, orders=args.orders, implementations=args.impls, repeats=args.repeats,
         warmup=0 if args.quick else args.warmup, time_limit=args.time_limit,
@@ -926,7 +932,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m fastmaml.b
     """``prog`` names the command in the report; ``child_command`` re-runs this entry point."""
     args = add_arguments(argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    return run(args, child_command, prog)
+    try:
+        return run(args, child_command, prog)
+    except FastMAMLError as error:  # as the fastmaml command: one line, no traceback
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":

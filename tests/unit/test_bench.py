@@ -12,6 +12,7 @@ import torch
 from fastmaml import bench
 from fastmaml.bench import BenchConfig, Implementation, Workload
 from fastmaml.cli import main
+from fastmaml.errors import ConfigError
 from fastmaml.models.conv import ConvNet
 
 FAST = dict(workloads=["sinusoid"], orders=["first"], repeats=1, warmup=0, memory=False, threads=1)
@@ -171,10 +172,24 @@ def test_peak_memory_in_a_subprocess():
 
 
 def test_unknown_names_are_errors():
-    with pytest.raises(ValueError, match="unknown workload"):
+    with pytest.raises(ConfigError, match="unknown workload"):
         bench.run_bench(BenchConfig(**{**FAST, "workloads": ["imagenet"]}))
-    with pytest.raises(ValueError, match="unknown implementation"):
+    with pytest.raises(ConfigError, match="unknown implementation"):
         bench.run_bench(BenchConfig(**FAST, implementations=["jax"]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--impls", "jax"], "unknown implementation 'jax'"),
+    (["--repeats", "0"], "--repeats must be >= 1 and --warmup >= 0, got 0 and"),
+    (["--out", "/nonexistent-folder/report.md"], "cannot write --out /nonexistent-folder/report.md"),
+])
+def test_bad_options_are_one_line_before_anything_runs(args, message, capsys, tmp_path):
+    # before: ValueError tracebacks, and an --out in a missing folder failed after the whole benchmark
+    assert main(["bench", "--workloads", "sinusoid", "--quick", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastmaml: error: ") and message in err and len(err.splitlines()) == 1, err
+    assert bench.main(["--workloads", "sinusoid", "--quick", *args]) == 2
+    assert capsys.readouterr().err.startswith("python -m fastmaml.bench: error: ")
 
 
 def test_eval_speed_script_times_every_strategy_and_chunk(tmp_path, monkeypatch):
