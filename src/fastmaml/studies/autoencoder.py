@@ -148,6 +148,10 @@ def run(out: Path, budget: Budget, data: str | Path | None = None) -> Report:
     root = out / "autoencoder"
     quick = budget.iterations < FULL.iterations
     results, notes = {}, []
+    if data is not None:  # asked for by name: a wrong folder fails now, not after the sinusoid part
+        from fastmaml.tasks.omniglot import check_omniglot
+
+        check_omniglot(data)
     experiment = sinusoid_family_experiment(budget)
     trainer, wall = fit(experiment, root / "sinusoid")
     results["sinusoid families"] = _evaluate(experiment, trainer, budget) | {"train_s": wall}

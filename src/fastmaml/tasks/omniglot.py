@@ -114,6 +114,12 @@ def _download(url: str, target: Path, expected_md5: str | None, timeout: float) 
             )
 
 
+def check_omniglot(root: str | Path) -> None:
+    """DataError unless ``root`` holds the two Omniglot sets (folders or zips) with the official
+    structure and counts; reads the file listings only, decodes nothing."""
+    _scan(Path(root))
+
+
 def _scan(root: Path) -> list[tuple[Path, dict[str, list[str]], dict[str, int]]]:
     """Per part: where it is, character -> its PNGs, and the PNG sizes (for the cache key)."""
     parts = []

@@ -22,3 +22,10 @@ def test_quick_study(tmp_path, monkeypatch):
 def test_missing_omniglot_folder_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="Omniglot not found"):  # run() prints it as the reason for skipping
         omniglot_experiment(tmp_path / "absent", QUICK)
+
+
+def test_a_wrong_data_folder_given_by_name_fails_before_the_study_runs(tmp_path, monkeypatch):
+    # before: the sinusoid part ran, then the Omniglot part was skipped with a note and the study "succeeded"
+    monkeypatch.setattr("fastmaml.studies.autoencoder.fit", lambda *a, **k: pytest.fail("the study ran"))
+    with pytest.raises(DataError, match="Omniglot not found"):
+        run_study("autoencoder", tmp_path, quick=True, data=tmp_path / "absent")
