@@ -359,6 +359,13 @@ class MAML(nn.Module):
         steps = self.inner_steps if steps is None else int(steps)
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
+        if not isinstance(support_x, Tensor) or not isinstance(support_y, Tensor):
+            raise ValueError("adapt takes one task's support_x and support_y as tensors")
+        if support_x.dim() == 0 or support_y.dim() == 0 or support_x.shape[0] != support_y.shape[0]:
+            raise ValueError(
+                f"support_x{tuple(support_x.shape)} and support_y{tuple(support_y.shape)} must agree on the "
+                "number of examples (dimension 0: adapt takes one task, without a task dimension)"
+            )
         first_order = self.first_order if first_order is None else first_order
         return core_adapt(
             self.loss, self.params(), support_x, support_y, lr=self.lr(), steps=steps, first_order=first_order

@@ -31,6 +31,15 @@ def test_adapt_defaults_to_inner_steps_and_accepts_more():
     assert after < before
 
 
+def test_adapt_names_support_tensors_that_disagree():
+    maml = MAML(nn.Linear(1, 1), F.mse_loss, inner_lr=0.1)
+    # before: torch's broadcasting warning, then "The size of tensor a (10) must match ..."
+    with pytest.raises(ValueError, match=r"support_x\(10, 1\) and support_y\(9, 1\) must agree"):
+        maml.adapt(torch.randn(10, 1), torch.randn(9, 1))
+    with pytest.raises(ValueError, match="as tensors"):
+        maml.adapt([[0.0]], torch.randn(1, 1))
+
+
 def test_adaptation_curve_matches_manual_steps_per_task():
     torch.manual_seed(0)
     maml = MAML(nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)), F.mse_loss, inner_lr=0.1)
