@@ -413,7 +413,13 @@ def run() -> NoReturn:
     torchrun = launched_world_size() > 1
     if torchrun:
         exit_closes_process_group()
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `fastmaml eval RUN | head`: the reader left; no traceback (Python's advice:
+        # point stdout at devnull so the interpreter's own flush at exit does not raise again)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141  # 128 + SIGPIPE, as a shell reports a command whose reader closed the pipe
     if torchrun:
         sys.stdout.flush()
         sys.stderr.flush()

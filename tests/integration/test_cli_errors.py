@@ -106,3 +106,12 @@ def test_a_hand_edited_config_is_one_clear_line_and_keeps_the_checkpoint(tmp_pat
     assert code == 2 and "iterations = 2.5 is not a int" in err
     edited(inner_lr=1, hidden=[40, 40])  # an int where a float is due is fine (JSON writes 1.0 as 1.0, people 1)
     assert main(["eval", str(run), "--tasks", "5", "--no-progress"]) == 0
+
+
+def test_a_reader_that_leaves_early_is_no_traceback():
+    # `fastmaml presets | head -1`, `fastmaml eval RUN | head`: before, a BrokenPipeError traceback
+    proc = subprocess.Popen([sys.executable, "-m", "fastmaml", "presets"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err and err == "", err

@@ -12,6 +12,7 @@ import torch
 from fastmaml.cli import main
 from fastmaml.engine import checkpoint
 from fastmaml.engine.experiment import PRESETS, Preset, register
+from fastmaml.engine.run_dir import training_lock
 from fastmaml.experiments import sinusoid
 
 FAST = ["--set", "meta_batch_size=5", "--set", "log_every=10", "--no-progress"]
@@ -130,3 +131,17 @@ def test_a_resume_that_would_not_train_says_so_and_changes_nothing(tmp_path, cap
     assert main(["train", "--resume", str(run), "--iterations", "30", "--no-progress"]) == 0
     assert "trained sinusoid from iteration 20 to 30 (" in capsys.readouterr().out
     assert weights(run)[1] == 30
+
+
+def test_a_run_being_trained_cannot_be_resumed_twice(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--out", str(run), "--iterations", "2", "--set", "checkpoint_every=2",
+                 "--no-progress"]) == 0
+    before = {name: (run / name).read_bytes() for name in ("checkpoint.safetensors", "metrics.jsonl", "config.json")}
+    with training_lock(run):  # what a training process holds (another process's lock behaves the same)
+        code = main(["train", "--resume", str(run), "--iterations", "4", "--no-progress"])
+        err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"{run} is being trained by another process (pid {os.getpid()})" in err
+    assert {name: (run / name).read_bytes() for name in before} == before  # nothing written
+    assert main(["train", "--resume", str(run), "--iterations", "4", "--no-progress"]) == 0  # released

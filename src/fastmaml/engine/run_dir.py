@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock (see training_lock)
+    fcntl = None  # type: ignore[assignment]
 
 from fastmaml.config import apply_eval_overrides, from_dict, to_dict
 from fastmaml.engine import checkpoint
@@ -20,6 +27,7 @@ BEST = "best.safetensors"
 EVAL = "eval.json"
 PLOTS = "plots"
 SNAPSHOTS = "snapshots"  # checkpoints kept every ``snapshot_every`` iterations: snapshots/iteration_000100.safetensors
+LOCK = ".train.lock"  # held by the process that trains the run (training_lock)
 
 
 # a JSON list holding only numbers (no nested list, object or string)
@@ -144,6 +152,40 @@ def prepare_new_run(run_dir: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise CheckpointError(f"cannot write to --out {run_dir} ({error.strerror}); choose a writable folder") from None
+
+
+@contextlib.contextmanager
+def training_lock(run_dir: Path) -> Iterator[None]:
+    """Held while a process trains ``run_dir``, so that a second ``train --resume`` of the same run
+    (another terminal, a job scheduler restarting a job whose first copy still runs) stops with a
+    CheckpointError instead of writing the same checkpoint and metrics. An exclusive ``flock`` on
+    ``RUN_DIR/.train.lock``: the operating system drops it when the process ends, however it ends, so
+    a killed run leaves nothing to clean up. No lock where ``fcntl`` is missing (Windows) or the file
+    system refuses locks (some network file systems)."""
+    if fcntl is None or not Path(run_dir).is_dir():  # no folder: the caller's own check says so
+        yield
+        return
+    with open(Path(run_dir) / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise CheckpointError(
+                f"{run_dir} is being trained by another process (pid {holder}); wait for it to finish or "
+                "stop it, then resume"
+            ) from None
+        except OSError:  # a file system without locks
+            yield
+            return
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def load_for_resume(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -46,6 +46,7 @@ from fastmaml.engine.run_dir import (
     load_for_resume,
     prepare_new_run,
     snapshot_due,
+    training_lock,
     write_config,
     write_metrics,
 )
@@ -315,11 +316,25 @@ def fit_in_run_dir(
     resume, reads its checkpoint and sends it to the other processes, whose nodes need not have the
     folder), ``make_trainer()`` builds the trainer (an object with ``restore``, ``rows``, ``step`` and
     ``fit``), a resume restores it and trims the metrics to its checkpoint, then it trains; the
-    process group is closed after a barrier, or at once after an error."""
+    process group is closed after a barrier, or at once after an error. Rank 0 holds the run's
+    :func:`training_lock` throughout."""
+    with contextlib.ExitStack() as held:
+        return _fit_in_run_dir(run_dir, preset_name, config, cluster, make_trainer, held, resume, progress)
+
+
+def _fit_in_run_dir(
+    run_dir: Path, preset_name: str, config: Any, cluster: Cluster, make_trainer, held: contextlib.ExitStack,
+    resume: bool, progress: bool,
+) -> dict[str, Any]:
+    def lock_and_load() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        held.enter_context(training_lock(run_dir))
+        return load_for_resume(run_dir)
+
     if resume:
-        tensors, meta = cluster.from_main(lambda: load_for_resume(run_dir))
+        tensors, meta = cluster.from_main(lock_and_load)
     elif cluster.is_main:
         prepare_new_run(run_dir)
+        held.enter_context(training_lock(run_dir))
         write_config(run_dir, preset_name, config)
     cluster.barrier()  # the run folder exists before any process writes or reads it
     trainer = make_trainer()
