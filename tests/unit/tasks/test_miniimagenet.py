@@ -92,6 +92,9 @@ def test_missing_images_name_what_to_put_where(root, tmp_path):
     (root / "images").rename(root / "test_images")
     with pytest.raises(DataError, match=r"test images not found: none of .*test\.zip, .*images, .*images\.zip"):
         load_miniimagenet(root, "test", cache_dir=tmp_path)
+    with pytest.raises(DataError, match=r"val images not found: .* validate on held-out training classes: --set "
+                                        r"val_from_train=16"):  # as in ../shared, which has train.zip alone
+        load_miniimagenet(root, "val", cache_dir=tmp_path)
     (root / "test_images").rename(root / "images")
     (root / "images" / "n0700000003.jpg").unlink()
     with pytest.raises(DataError, match=r"1 of the 8 images listed in .*test\.csv .*n0700000003\.jpg"):
