@@ -141,7 +141,7 @@ def prepare_new_run(run_dir: Path) -> None:
     """Create ``run_dir`` for a new run: absent or empty, and writable; CheckpointError otherwise."""
     if run_dir.exists() and not run_dir.is_dir():
         raise CheckpointError(f"--out {run_dir} is a file; choose a folder")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(p.name != LOCK for p in run_dir.iterdir()):  # a lock alone: a start that failed
         raise CheckpointError(
             f"--out {run_dir} is not empty; continue that run with --resume {run_dir}, or choose a new --out folder"
         )
