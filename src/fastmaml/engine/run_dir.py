@@ -165,27 +165,34 @@ def training_lock(run_dir: Path) -> Iterator[None]:
     if fcntl is None or not Path(run_dir).is_dir():  # no folder: the caller's own check says so
         yield
         return
-    with open(Path(run_dir) / LOCK, "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    try:
+        f = open(Path(run_dir) / LOCK, "a+")  # noqa: SIM115 - closed in the finally below
+    except OSError:  # a folder this process cannot write: what follows says so
+        f = None
+    locked = False
+    try:
+        if f is not None:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise CheckpointError(
+                    f"{run_dir} is being trained by another process (pid {holder}); wait for it to finish or "
+                    "stop it, then resume"
+                ) from None
+            except OSError:  # a file system without locks
+                pass
+        if locked:
             f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise CheckpointError(
-                f"{run_dir} is being trained by another process (pid {holder}); wait for it to finish or "
-                "stop it, then resume"
-            ) from None
-        except OSError:  # a file system without locks
-            yield
-            return
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+        yield
+    finally:
+        if f is not None:
+            f.close()  # closing the file drops the lock
 
 
 def load_for_resume(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
