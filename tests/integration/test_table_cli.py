@@ -106,6 +106,19 @@ def test_bad_csv_exits_2_with_one_line(tmp_path, capsys, case):
     assert not run.exists()  # the CSV is checked before a run folder is made
 
 
+def test_adapt_warns_of_a_category_meta_training_never_saw(table_run, tmp_path, capsys, caplog):
+    _, run = table_run
+    support, predict = tmp_path / "support.csv", tmp_path / "predict.csv"
+    support.write_text("shop,size,kind,price\nx,1,new,3\nx,0.5,used,1\nx,-1,new,0\n")
+    predict.write_text("shop,size,kind\nx,2,used\nx,0,broken\n")  # before: encoded as no category, silently
+    with caplog.at_level("WARNING", logger="fastmaml.tasks.table"):
+        assert main(["adapt", str(run), "--support", str(support), "--predict", str(predict), "--out",
+                     str(tmp_path / "o.csv")]) == 0
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "column 'kind': 'broken' never occur(s) in the meta-training rows (first at line 3)" \
+        in warned[0] and "2 known categories: new, used" in warned[0], warned
+
+
 def test_adapt_with_a_bad_support_file_exits_2(table_run, tmp_path, capsys):
     _, run = table_run
     support, predict = tmp_path / "support.csv", tmp_path / "predict.csv"

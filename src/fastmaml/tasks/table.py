@@ -262,12 +262,21 @@ class Encoder:
             else:
                 index = {c: i for i, c in enumerate(f.categories)}
                 onehot = torch.zeros(len(table.rows), len(f.categories), dtype=torch.float64)
+                unseen: dict[str, int] = {}
                 for r, text in enumerate(table.column(f.name)):
                     if text.lower() in MISSING:
                         raise DataError(f"{table.path}, line {r + 2}, column {f.name!r}: missing value ({text!r}); "
                                         "drop or fill such rows")
                     if text in index:
                         onehot[r, index[text]] = 1.0
+                    else:
+                        unseen.setdefault(text, r + 2)
+                if unseen:
+                    known = ", ".join(f.categories[:8]) + (", ..." if len(f.categories) > 8 else "")
+                    log.warning("%s, column %r: %s never occur(s) in the meta-training rows (first at line %d); "
+                                "such rows get none of the column's %d known categories: %s",
+                                table.path, f.name, ", ".join(map(repr, list(unseen)[:5])),
+                                next(iter(unseen.values())), len(f.categories), known)
                 blocks.append(onehot)
         if not blocks:
             return torch.zeros(len(table.rows), 0)
