@@ -32,6 +32,7 @@ def run_cli(args, capsys):
         (["train", "sinusoid", "--out", "X", "--device", "cuda:x"], "unknown device 'cuda:x'"),
         (["train", "sinusoid", "--out", "X", "--set", "device=meta"], "device 'meta' is not one fastmaml runs on"),
         (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "device=meta"], "'meta' is not one fastmaml runs on"),
+        (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "init_std=0"], "init_std must be > 0, got 0.0"),
         (["bench", "--device", "tpu", "--workloads", "sinusoid"], "unknown device 'tpu'"),
     ],
 )

@@ -166,7 +166,8 @@ class RLConfig:
             raise ConfigError("method=none trains only the baselines; name at least one (baselines=pretrained,oracle)")
         if self.method == "context" and self.context_dim < 1:
             raise ConfigError(f"context_dim must be >= 1 for method=context, got {self.context_dim}")
-        for key in ("inner_lr", "max_kl", "pretrained_lr", "discount", "eval_lr_decay", "fd_base_eps"):
+        for key in ("inner_lr", "max_kl", "pretrained_lr", "discount", "eval_lr_decay", "fd_base_eps",
+                    "init_std"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
         for key in ("inner_steps", "meta_batch_size", "trajectories", "cg_iters", "iterations", "eval_tasks",
