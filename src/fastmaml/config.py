@@ -92,6 +92,13 @@ class TrainConfig:
         return compilable and self.device.startswith("cpu") and self.iterations >= COMPILE_AUTO_MIN_ITERATIONS
 
 
+def check_hidden(hidden: tuple[int, ...]) -> None:
+    """Hidden layer widths: each >= 1 (none at all, ``hidden=``, is a linear model)."""
+    if any(width < 1 for width in hidden):
+        raise ConfigError(f"hidden layer widths must be >= 1, got {','.join(map(str, hidden))}; leave a layer out "
+                          "instead (hidden= with nothing after it is a linear model)")
+
+
 def field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}

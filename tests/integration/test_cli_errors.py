@@ -33,6 +33,8 @@ def run_cli(args, capsys):
         (["train", "sinusoid", "--out", "X", "--set", "device=meta"], "device 'meta' is not one fastmaml runs on"),
         (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "device=meta"], "'meta' is not one fastmaml runs on"),
         (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "init_std=0"], "init_std must be > 0, got 0.0"),
+        (["train", "sinusoid", "--out", "X", "--set", "hidden=40,0"], "hidden layer widths must be >= 1, got 40,0"),
+        (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "hidden=0"], "hidden layer widths must be >= 1"),
         (["bench", "--device", "tpu", "--workloads", "sinusoid"], "unknown device 'tpu'"),
     ],
 )

@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from fastmaml.config import TrainConfig
+from fastmaml.config import TrainConfig, check_hidden
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.engine.experiment import Experiment, Preset, register
 from fastmaml.models.mlp import MLP
@@ -42,6 +42,7 @@ class SinusoidConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        check_hidden(self.hidden)
         for key in ("shots", "queries", "eval_queries"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")

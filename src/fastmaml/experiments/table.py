@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from fastmaml.algorithms import MAML
-from fastmaml.config import TrainConfig
+from fastmaml.config import TrainConfig, check_hidden
 from fastmaml.engine.experiment import Experiment, Preset, register
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.models.mlp import MLP
@@ -77,6 +77,7 @@ class TableConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        check_hidden(self.hidden)
         if not (self.csv and self.task_column and self.target):
             raise ConfigError("the table preset needs --csv FILE --task-column COL --target COL")
         if self.task_type not in TASK_TYPES:

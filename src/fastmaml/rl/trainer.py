@@ -69,7 +69,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fastmaml.config import protocol_overrides, to_dict
+from fastmaml.config import check_hidden, protocol_overrides, to_dict
 from fastmaml.core.functional import Params
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import Cluster, check_device, device_for, init_from_env, launched_world_size
@@ -160,6 +160,7 @@ class RLConfig:
     def validate(self) -> None:
         if self.env not in ENV_NAMES:
             raise ConfigError(f"unknown environment {self.env!r}; choose one of {', '.join(ENV_NAMES)}")
+        check_hidden(self.hidden)
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.method == "none" and not self.baselines:
