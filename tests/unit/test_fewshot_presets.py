@@ -241,5 +241,5 @@ def test_miniimagenet_without_val_images_holds_out_training_classes(tmp_path, mo
 
 def test_image_too_small_for_the_network_fails_in_validate():
     config = preset_config("images", root="/does/not/matter", image_size=12)
-    with pytest.raises(ConfigError, match="image_size=12 is too small for 4 blocks"):
+    with pytest.raises(ConfigError, match="image_size=12 is too small for 4 max-pooled blocks"):
         config.validate()

@@ -66,7 +66,8 @@ class ConvNet(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 size //= 2
             if size < 1:
-                raise ConfigError(f"image_size={image_size} is too small for {blocks} blocks; use fewer blocks")
+                raise ConfigError(f"image_size={image_size} is too small for {blocks} max-pooled blocks; use "
+                                  f"image_size >= {2 ** blocks} (or, in Python, ConvNet(blocks=...) with fewer)")
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(hidden * size * size if max_pool else hidden, ways)
         self.image_size, self.max_pool = image_size, max_pool

@@ -73,7 +73,7 @@ def test_noconv_mlp_shapes_and_errors():
         mlp(torch.rand(2, 100))
     with pytest.raises(ValueError, match="built for 28x28 images, got .*image_size=84"):
         ConvNet(1, 5)(torch.rand(2, 1, 84, 84))
-    with pytest.raises(ValueError, match="too small for 4 blocks"):
+    with pytest.raises(ValueError, match="too small for 4 max-pooled blocks; use image_size >= 16"):
         ConvNet(3, 5, image_size=8, max_pool=True)
 
 
