@@ -260,13 +260,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from fastmaml import plotting
     from fastmaml.engine.compare import merge, summary
 
+    if args.figure and args.figure.suffix.lower() != ".png":
+        raise ConfigError(f"--figure {args.figure}: give a .png path")
     report = merge(args.run_dirs)
     print(summary(report))
     if args.figure:
-        if args.figure.suffix.lower() != ".png":
-            raise ConfigError(f"--figure {args.figure}: give a .png path")
-        args.figure.parent.mkdir(parents=True, exist_ok=True)
-        print(plotting.metric_vs_steps(report, args.figure))
+        try:
+            args.figure.parent.mkdir(parents=True, exist_ok=True)
+            print(plotting.metric_vs_steps(report, args.figure))
+        except OSError as error:
+            raise ConfigError(f"cannot write --figure {args.figure} ({error.strerror}); choose a writable folder "
+                              "(the table above is complete)") from None
     return 0
 
 
@@ -274,6 +278,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from fastmaml.engine.plots import plot_run
     from fastmaml.engine.run_dir import read_config
 
+    if args.tasks is not None and args.tasks < 1:
+        raise ConfigError(f"--tasks must be >= 1, got {args.tasks}")
     for path in (read_config(args.run_dir)[0].plot or plot_run)(args.run_dir, tasks=args.tasks):
         print(path)
     return 0

@@ -36,6 +36,7 @@ def run_cli(args, capsys):
         (["train", "sinusoid", "--out", "X", "--set", "hidden=40,0"], "hidden layer widths must be >= 1, got 40,0"),
         (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "hidden=0"], "hidden layer widths must be >= 1"),
         (["bench", "--device", "tpu", "--workloads", "sinusoid"], "unknown device 'tpu'"),
+        (["plot", "nowhere", "--tasks", "0"], "--tasks must be >= 1, got 0"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path, monkeypatch):

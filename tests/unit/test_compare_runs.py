@@ -93,6 +93,11 @@ def test_cli_compares_two_supervised_runs_of_the_same_method(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "has no eval.json" in captured.err and "Traceback" not in captured.err
     assert main(["compare", str(a), "--figure", str(tmp_path / "x.jpg")]) == 2
+    capsys.readouterr()
+    (tmp_path / "afile").write_text("")  # a file where the figure's folder should be: before, a traceback
+    assert main(["compare", str(a), "--figure", str(tmp_path / "afile" / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write --figure {tmp_path / 'afile' / 'x.png'}" in err and len(err.strip().splitlines()) == 1
 
 
 def test_the_rl_script_is_the_cli_command(tmp_path):
