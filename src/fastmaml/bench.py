@@ -43,7 +43,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -845,9 +844,12 @@ def config_from_args(args: argparse.Namespace, child_command: Sequence[str]) -> 
     if args.repeats < 1 or args.warmup < 0:
         raise ConfigError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
     if args.out:  # found out before the benchmark runs, not after
-        folder = Path(args.out).resolve().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK) or Path(args.out).is_dir():
-            raise ConfigError(f"cannot write --out {args.out}: give a file in an existing folder you can write to")
+        try:
+            with open(args.out, "a"):
+                pass
+        except OSError as error:
+            raise ConfigError(f"cannot write --out {args.out} ({error.strerror}); give a file in an existing "
+                              "folder you can write to") from None
     return BenchConfig(
         workloads=args.workloads, orders=args.orders, implementations=args.impls, repeats=args.repeats,
         warmup=0 if args.quick else args.warmup, time_limit=args.time_limit,

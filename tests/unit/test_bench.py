@@ -182,6 +182,7 @@ def test_unknown_names_are_errors():
     (["--impls", "jax"], "unknown implementation 'jax'"),
     (["--repeats", "0"], "--repeats must be >= 1 and --warmup >= 0, got 0 and"),
     (["--out", "/nonexistent-folder/report.md"], "cannot write --out /nonexistent-folder/report.md"),
+    (["--out", "/proc/report.md"], "cannot write --out /proc/report.md"),  # even as root: before, after the run
 ])
 def test_bad_options_are_one_line_before_anything_runs(args, message, capsys, tmp_path):
     # before: ValueError tracebacks, and an --out in a missing folder failed after the whole benchmark

@@ -53,7 +53,10 @@ def run_study(name: str, out: str | Path, *, quick: bool = False, **options: Any
         if key not in accepted:
             raise ConfigError(f"study {name!r} has no option --{key.replace('_', '-')}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot make --out {out} ({error.strerror}); choose a writable folder") from None
     start = time.perf_counter()
     report: Report = module.run(out, budget, **options)
     summary = {

@@ -263,6 +263,23 @@ def write_cache(
 
     The index is written last, so an interrupted build leaves no index and is rebuilt next time.
     """
+    try:
+        _write_cache(path, meta, class_names, class_sizes, image_shape, images)
+    except OSError as error:  # a cache folder that cannot be made or written, a full disk
+        raise DataError(
+            f"cannot write the image cache {path} ({error.strerror or error}); choose a writable cache folder "
+            "(--cache-dir DIR, --set cache_dir=DIR or $FASTMAML_CACHE) with room for it"
+        ) from None
+
+
+def _write_cache(
+    path: Path,
+    meta: dict,
+    class_names: Sequence[str],
+    class_sizes: Sequence[int],
+    image_shape: tuple[int, int, int],
+    images: Iterable[np.ndarray],
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = (sum(class_sizes), *image_shape)
     path.with_suffix(".json").unlink(missing_ok=True)

@@ -80,7 +80,10 @@ def download_omniglot(
     no check) and written atomically, so an interrupted download leaves nothing behind.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot make {root} for the download ({error.strerror}); choose a writable --root") from None
     fetched = []
     for part in PARTS:
         target = root / f"{part}.zip"

@@ -29,3 +29,11 @@ def test_a_wrong_data_folder_given_by_name_fails_before_the_study_runs(tmp_path,
     monkeypatch.setattr("fastmaml.studies.autoencoder.fit", lambda *a, **k: pytest.fail("the study ran"))
     with pytest.raises(DataError, match="Omniglot not found"):
         run_study("autoencoder", tmp_path, quick=True, data=tmp_path / "absent")
+
+
+def test_an_out_folder_that_cannot_be_made_is_a_config_error(tmp_path):
+    from fastmaml.errors import ConfigError
+
+    (tmp_path / "afile").write_text("")  # before: FileExistsError from mkdir
+    with pytest.raises(ConfigError, match="cannot make --out .*afile"):
+        run_study("linear", tmp_path / "afile" / "studies", quick=True)

@@ -145,3 +145,10 @@ def test_interrupted_build_leaves_no_index(tmp_path):
     with pytest.raises(ValueError, match="x.png"):
         cached_images(tmp_path / "toy", {}, ["a"], [2], (1, 2, 2), broken)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cache_folder_that_cannot_be_made_is_a_data_error(tmp_path):
+    (tmp_path / "afile").write_text("")  # a file where the cache's folder should go; before: FileExistsError
+    with pytest.raises(DataError, match=r"cannot write the image cache .*afile.*choose a writable cache folder"):
+        cached_images(tmp_path / "afile" / "sub" / "toy", {}, ["a"], [1], (1, 2, 2),
+                      lambda: iter([np.zeros((1, 2, 2), np.uint8)]))

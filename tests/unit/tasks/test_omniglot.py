@@ -204,6 +204,9 @@ def test_download_network_failure_is_a_clear_error(server, tmp_path):
     with pytest.raises(DataError, match="check the network"):
         download_omniglot(tmp_path / "d", base_url="http://127.0.0.1:9/", md5=None, timeout=5)
     assert list((tmp_path / "d").iterdir()) == []
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(DataError, match="cannot make .*afile.* for the download"):  # before: FileExistsError
+        download_omniglot(tmp_path / "afile" / "omniglot", base_url=server, md5=None)
 
 
 def test_prepare_with_download_fetches_what_is_missing(server, zips, tmp_path, monkeypatch):
