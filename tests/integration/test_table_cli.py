@@ -351,4 +351,5 @@ def test_validation_keeps_the_most_accurate_checkpoint_and_adapt_can_use_it(tmp_
     capsys.readouterr()
     _, plain = train_grades(tmp_path, name="plain", iterations="5")
     assert main(["adapt", str(plain), *adapt[2:], "--best"]) == 2  # no validation, no best checkpoint
-    assert "best.safetensors" in one_line_error(capsys)
+    assert "kept no best checkpoint: only runs that validate keep one (train with --set val_every=N)" \
+        in one_line_error(capsys)

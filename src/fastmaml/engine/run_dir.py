@@ -74,7 +74,11 @@ def checkpoint_file(run_dir: Path, which: str | int = "checkpoint") -> Path:
     """The checkpoint to load: "checkpoint" (the latest), "best" (best validation) or an iteration
     whose snapshot the run kept (``snapshot_every``); CheckpointError naming the kept ones if absent."""
     if isinstance(which, str):
-        return Path(run_dir) / {"checkpoint": CHECKPOINT, "best": BEST}[which]
+        path = Path(run_dir) / {"checkpoint": CHECKPOINT, "best": BEST}[which]
+        if which == "best" and not path.is_file() and not checkpoint.previous_path(path).is_file():
+            raise CheckpointError(f"{run_dir} kept no best checkpoint: only runs that validate keep one (train "
+                                  "with --set val_every=N); drop --best")
+        return path
     path = snapshot_path(run_dir, which)
     if not path.is_file():
         kept = sorted(int(p.stem.removeprefix("iteration_")) for p in path.parent.glob("iteration_*.safetensors"))
