@@ -37,6 +37,7 @@ def run_cli(args, capsys):
         (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "hidden=0"], "hidden layer widths must be >= 1"),
         (["bench", "--device", "tpu", "--workloads", "sinusoid"], "unknown device 'tpu'"),
         (["plot", "nowhere", "--tasks", "0"], "--tasks must be >= 1, got 0"),
+        (["data", "omniglot", "--root", "x", "--url", "http://127.0.0.1:1/"], "--url names a mirror for fastmaml data"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path, monkeypatch):

@@ -402,6 +402,8 @@ def prepare(
     root = Path(root).expanduser()
     cache_base = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     lines = []
+    if url and not (download and dataset == "omniglot"):
+        raise ConfigError("--url names a mirror for fastmaml data omniglot --download; add --download, or drop --url")
     if dataset == "omniglot":
         if download:
             fetched = omniglot.download_omniglot(root, **({"base_url": url} if url else {}))
