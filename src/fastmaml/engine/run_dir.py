@@ -75,7 +75,7 @@ def checkpoint_file(run_dir: Path, which: str | int = "checkpoint") -> Path:
     whose snapshot the run kept (``snapshot_every``); CheckpointError naming the kept ones if absent."""
     if isinstance(which, str):
         path = Path(run_dir) / {"checkpoint": CHECKPOINT, "best": BEST}[which]
-        if which == "best" and not path.is_file() and not checkpoint.previous_path(path).is_file():
+        if which == "best" and not path.is_file():  # written without a .prev copy (keep_previous=False)
             raise CheckpointError(f"{run_dir} kept no best checkpoint: only runs that validate keep one (train "
                                   "with --set val_every=N); drop --best")
         return path

@@ -251,6 +251,13 @@ def read_cache(path: Path, meta: dict) -> FewShotImages | None:
         return None
 
 
+def _unwritable_cache(path: Path, error: OSError) -> DataError:
+    return DataError(
+        f"cannot write the image cache {path} ({error.strerror or error}); choose a writable cache folder "
+        "(--cache-dir DIR, --set cache_dir=DIR or $FASTMAML_CACHE) with room for it"
+    )
+
+
 def write_cache(
     path: Path,
     meta: dict,
@@ -262,29 +269,20 @@ def write_cache(
     """Stream ``images`` into ``path`` (``.npy``), then write its index (``.json``), each atomically.
 
     The index is written last, so an interrupted build leaves no index and is rebuilt next time.
+    A cache folder that cannot be made or written is a DataError (an error while reading the images
+    is theirs, not the cache's).
     """
     try:
-        _write_cache(path, meta, class_names, class_sizes, image_shape, images)
-    except OSError as error:  # a cache folder that cannot be made or written, a full disk
-        raise DataError(
-            f"cannot write the image cache {path} ({error.strerror or error}); choose a writable cache folder "
-            "(--cache-dir DIR, --set cache_dir=DIR or $FASTMAML_CACHE) with room for it"
-        ) from None
-
-
-def _write_cache(
-    path: Path,
-    meta: dict,
-    class_names: Sequence[str],
-    class_sizes: Sequence[int],
-    image_shape: tuple[int, int, int],
-    images: Iterable[np.ndarray],
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _unwritable_cache(path, error) from None
     shape = (sum(class_sizes), *image_shape)
     path.with_suffix(".json").unlink(missing_ok=True)
     with atomic_path(path.with_suffix(".npy")) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        try:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        except OSError as error:  # a read-only folder, no room for the array
+            raise _unwritable_cache(path, error) from None
         filled = 0
         for i, image in enumerate(tqdm(images, total=shape[0], desc=f"caching {path.name}", unit="img", disable=None)):
             array[i] = image
