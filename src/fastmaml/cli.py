@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from fastmaml.config import apply_overrides, dumps
-from fastmaml.errors import ConfigError, FastMAMLError
+from fastmaml.errors import ConfigError, FastMAMLError, TrainingStopped
 
 # CLI shorthand -> config key; each applies only to presets whose config has that key.
 SHORTHAND = {
@@ -393,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"`fastmaml {args.command}` runs as one process; only `fastmaml train` splits its work "
                               "over torchrun's processes, so start it without torchrun")
         return COMMANDS[args.command](args)
+    except TrainingStopped as stop:  # not an error: the run saved where it stopped
+        print(f"fastmaml: {stop}", file=sys.stderr)
+        return stop.exit_code
     except FastMAMLError as error:
         print(f"fastmaml: error: {error}", file=sys.stderr)
         return error.exit_code

@@ -25,6 +25,15 @@ class NonFiniteLossError(FastMAMLError):
     exit_code = 1
 
 
+class TrainingStopped(FastMAMLError):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint at the iteration it had reached
+    (``fastmaml.engine.stopping``). CLI exit code 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+
+
 def kept_checkpoint(run_dir: object, last_good: int, first_due: int) -> str:
     """The part of a :class:`NonFiniteLossError` message saying which checkpoint survives: the one at
     ``last_good`` or, when the run failed before its first checkpoint (``last_good == 0``), none."""

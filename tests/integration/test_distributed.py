@@ -138,6 +138,47 @@ def test_two_nodes_match_one_process_and_resume(tmp_path):
     assert len((nodes / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+
+def rank_of(pid: int) -> int | None:
+    """The RANK in a process's environment (torchrun's workers), or None."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [int(v.split(b"=", 1)[1]) for v in env if v.startswith(b"RANK=")]
+    return ranks[0] if ranks else None
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_one_log_iteration_with_a_checkpoint(tmp_path):
+    """SIGTERM reaches rank 1 only; rank 0 learns of it at the next log iteration (an all-reduce),
+    both stop there with one checkpoint, rank 0 says where; both restarted continue from it."""
+    run = tmp_path / "run"
+    args = ["train", "sinusoid", "--iterations", "100000", "--out", str(run), "--set", "meta_batch_size=8",
+            "--set", "log_every=10", "--set", "checkpoint_every=100000", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "fastmaml", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline, metrics = time.monotonic() + 120, run / "metrics.jsonl"
+        while not (metrics.is_file() and metrics.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not start logging"
+            time.sleep(0.1)
+        rank1 = [pid for pid in descendants(proc.pid) if rank_of(pid) == 1]
+        assert len(rank1) == 1
+        os.kill(rank1[0], signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            for pid in [*descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.communicate()
+    step = final(run)[1]["step"]
+    assert 0 < step < 100000 and step % 10 == 0
+    assert f"fastmaml: stopped by SIGTERM at iteration {step}, with a checkpoint there in {run}" in stderr
+    torchrun("train", "--resume", str(run), "--iterations", str(step + 10), "--no-progress")
+    assert final(run)[1]["step"] == step + 10
+
 RL = ["--env", "nav2d", "--set", "meta_batch_size=5", "--set", "trajectories=4", "--set", "horizon=20",
       "--set", "log_every=1", "--set", "checkpoint_every=2", "--no-progress"]
 

@@ -1,5 +1,6 @@
 """Runs that survive: exact resume (also after SIGKILL), NaN stops with the last checkpoint kept."""
 
+import json
 import os
 import signal
 import subprocess
@@ -145,3 +146,59 @@ def test_a_run_being_trained_cannot_be_resumed_twice(tmp_path, capsys):
     assert f"{run} is being trained by another process (pid {os.getpid()})" in err
     assert {name: (run / name).read_bytes() for name in before} == before  # nothing written
     assert main(["train", "--resume", str(run), "--iterations", "4", "--no-progress"]) == 0  # released
+
+
+@pytest.fixture
+def signalling_preset():
+    """Sinusoid that sends its own process ``signals`` while drawing the 25th meta-batch: as a
+    scheduler's SIGTERM or a Ctrl-C arriving in the middle of iteration 25."""
+    signals = []
+
+    def build(config):
+        experiment = sinusoid.build(config)
+        original, calls = experiment.sample, [0]
+
+        def sample(generator, split, num_tasks):
+            calls[0] += split == "train"
+            if calls[0] == 25 and split == "train":
+                for sig in signals:
+                    os.kill(os.getpid(), sig)
+            return original(generator, split, num_tasks)
+
+        experiment.sample = sample
+        return experiment
+
+    register(Preset("signal-test", sinusoid.SinusoidConfig, sinusoid.make_config, build, "test only"))
+    yield signals
+    PRESETS.pop("signal-test")
+
+
+def test_sigterm_saves_where_it_stopped_and_resume_is_bit_identical(tmp_path, signalling_preset, capsys):
+    """The run finishes iteration 25, logs it and saves a checkpoint there (the periodic ones are
+    every 20), exits 143 with one line; resumed, it ends bit-identical to a run never stopped."""
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    args = ["--iterations", "60", *FAST, "--set", "checkpoint_every=20"]
+    assert main(["train", "sinusoid", *args, "--out", str(full)]) == 0
+    capsys.readouterr()
+    signalling_preset.append(signal.SIGTERM)
+    assert main(["train", "signal-test", *args, "--out", str(stopped)]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"fastmaml: stopped by SIGTERM at iteration 25, with a checkpoint there in {stopped}; "
+                       f"continue with: fastmaml train --resume {stopped}")
+    assert weights(stopped)[1] == 25
+    assert [json.loads(line)["step"] for line in (stopped / "metrics.jsonl").read_text().splitlines()] == [10, 20, 25]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
+    signalling_preset.clear()  # the resumed run draws its own 25th batch
+    assert main(["train", "--resume", str(stopped), "--no-progress"]) == 0
+    (a, step_a), (b, step_b) = weights(full), weights(stopped)
+    assert step_a == step_b == 60
+    assert_bit_identical(a, b)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, signalling_preset, capsys):
+    run = tmp_path / "run"
+    signalling_preset.extend([signal.SIGINT, signal.SIGINT])
+    assert main(["train", "signal-test", "--iterations", "60", *FAST, "--set", "checkpoint_every=20",
+                 "--out", str(run)]) == 130
+    assert "interrupted; a training run continues from its last checkpoint" in capsys.readouterr().err
+    assert weights(run)[1] == 20

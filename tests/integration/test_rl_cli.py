@@ -387,3 +387,34 @@ def test_a_policy_that_does_not_fit_the_edited_config_is_one_clear_line(tmp_path
     assert main(["eval", str(run), "--tasks", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "the maml policy in" in err and "(50, 2) expected" in err, err
+
+
+def test_sigterm_saves_where_it_stopped_and_resume_is_bit_identical(tmp_path, monkeypatch, capsys):
+    """SIGTERM in the middle of iteration 2 (checkpoints every 10): the run saves at 2 and exits 143;
+    resumed, it ends as a run never stopped."""
+    import os
+    import signal
+
+    from fastmaml.rl import trainer as rl_trainer
+
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    common = ["train", "rl", "--env", "nav2d", *TINY, "--set", "checkpoint_every=10", "--iterations", "3"]
+    assert main([*common, "--out", str(full)]) == 0
+    original = rl_trainer.RLTrainer.iteration
+
+    def iteration(self):
+        if self.step == 1:  # the second iteration
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    monkeypatch.setattr(rl_trainer.RLTrainer, "iteration", iteration)
+    capsys.readouterr()
+    assert main([*common, "--out", str(stopped)]) == 143
+    assert "stopped by SIGTERM at iteration 2, with a checkpoint there" in capsys.readouterr().err
+    assert checkpoint.load(stopped / "checkpoint.safetensors")[1]["step"] == 2
+    monkeypatch.setattr(rl_trainer.RLTrainer, "iteration", original)
+    assert main(["train", "--resume", str(stopped), "--no-progress"]) == 0
+    (a, meta_a), (b, meta_b) = (checkpoint.load(run / "checkpoint.safetensors") for run in (full, stopped))
+    assert meta_a["step"] == meta_b["step"] == 3
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -51,6 +51,7 @@ from fastmaml.engine.run_dir import (
     write_metrics,
 )
 from fastmaml.engine.experiment import Experiment, Preset, make_maml
+from fastmaml.engine.stopping import StopRequest, stop_now, stop_on_signals, stopped
 from fastmaml.errors import ConfigError, NonFiniteLossError, kept_checkpoint
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,9 @@ class Trainer:
         return curves[:, -1, 0].mean().item()
 
     # ------------------------------------------------------------------ loop
-    def fit(self, progress: bool = True) -> dict[str, Any]:
+    def fit(self, progress: bool = True, stop: StopRequest | None = None) -> dict[str, Any]:
+        """Meta-train to ``config.iterations``. ``stop`` (from :func:`stop_on_signals`): once it is
+        requested, log and save at the iteration reached, then raise TrainingStopped."""
         c = self.config
         metric_name = next(iter(self.experiment.metrics))
         sums = torch.zeros(2, device=self.device)  # meta-loss, baseline loss since the last log
@@ -242,8 +245,10 @@ class Trainer:
                 snapshot_now = snapshot_due(self.step, c.snapshot_every)
                 save_now = self.step % c.checkpoint_every == 0 or self.step == c.iterations or snapshot_now
                 val_now = c.val_every > 0 and (self.step % c.val_every == 0 or self.step == c.iterations)
-                if not (log_now or save_now or val_now):
+                stopping = stop_now(stop, self.cluster, log_now or save_now or val_now)
+                if not (log_now or save_now or val_now or stopping):
                     continue
+                save_now = save_now or stopping
                 self.cluster.sum_([sums])
                 means = (sums / (self.step - since)).tolist()  # one host sync per log, not per step
                 if not all(math.isfinite(v) for v in means):
@@ -286,6 +291,9 @@ class Trainer:
                         if snapshot_now:
                             keep_snapshot(self.run_dir, self.step)
                     last_good = self.step
+                if stopping and self.step < c.iterations:
+                    bar.close()
+                    raise stopped(stop, self.run_dir, self.step)
         bar.close()
         return {"step": self.step, "elapsed_s": self.elapsed, "best": self.best, "compiled": self.maml.compile}
 
@@ -350,7 +358,8 @@ def _fit_in_run_dir(
         log.info("resuming %s at iteration %d", run_dir, trainer.step)
     start = trainer.step
     try:
-        result = trainer.fit(progress=progress)
+        with stop_on_signals(announce=cluster.is_main) as stop:
+            result = trainer.fit(progress=progress, stop=stop)
     except BaseException:
         cluster.close(clean=False)
         raise

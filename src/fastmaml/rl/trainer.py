@@ -88,6 +88,7 @@ from fastmaml.engine.run_dir import (
     snapshot_due,
     write_eval,
 )
+from fastmaml.engine.stopping import StopRequest, stop_now, stopped
 from fastmaml.engine.trainer import fit_in_run_dir
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError, kept_checkpoint
 from fastmaml.rl.envs import ENV_NAMES, make_batch
@@ -344,7 +345,8 @@ class RLTrainer:
         return values
 
     # ------------------------------------------------------------------ loop
-    def fit(self, progress: bool = True) -> dict[str, Any]:
+    def fit(self, progress: bool = True, stop: StopRequest | None = None) -> dict[str, Any]:
+        """Meta-train to ``config.iterations``; ``stop`` as for the supervised trainer's ``fit``."""
         c = self.config
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}  # iterations that logged each key (a direction can be absent from one)
@@ -363,8 +365,10 @@ class RLTrainer:
                 log_now = self.step % c.log_every == 0 or self.step == c.iterations
                 snapshot_now = snapshot_due(self.step, c.snapshot_every)
                 save_now = self.step % c.checkpoint_every == 0 or self.step == c.iterations or snapshot_now
-                if not (log_now or save_now):
+                stopping = stop_now(stop, self.cluster, log_now or save_now)
+                if not (log_now or save_now or stopping):
                     continue
+                save_now = save_now or stopping
                 means = {k: v / counts[k] for k, v in sums.items()}
                 bad = [k for k, v in means.items() if not math.isfinite(v) or (k.endswith("_finite") and v < 1)]
                 if bad:
@@ -395,6 +399,9 @@ class RLTrainer:
                         if snapshot_now:
                             keep_snapshot(self.run_dir, self.step)
                     last_good = self.step
+                if stopping and self.step < c.iterations:
+                    bar.close()
+                    raise stopped(stop, self.run_dir, self.step)
         bar.close()
         return {"step": self.step, "elapsed_s": self.elapsed, "best": None}
 
