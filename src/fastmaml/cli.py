@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
                          help="runs evaluated alike (fastmaml eval with the same --tasks, --steps, --seed)")
     compare.add_argument("--figure", type=Path, help="write the metric-vs-steps figure (PNG) here")
+    compare.add_argument("--iteration", type=int, metavar="N",
+                         help="compare the runs' snapshots kept at iteration N, each evaluated with "
+                         "fastmaml eval RUN_DIR --iteration N")
 
     plot = sub.add_parser("plot", help="write the run's PNG figures to RUN_DIR/plots")
     plot.add_argument("run_dir", type=Path)
@@ -262,7 +265,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.figure and args.figure.suffix.lower() != ".png":
         raise ConfigError(f"--figure {args.figure}: give a .png path")
-    report = merge(args.run_dirs)
+    report = merge(args.run_dirs, args.iteration)
     print(summary(report))
     if args.figure:
         try:

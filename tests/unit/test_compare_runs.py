@@ -106,3 +106,25 @@ def test_the_rl_script_is_the_cli_command(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), str(a), str(b)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "| oracle | " in done.stdout and "4.0000 ± 0.5000" in done.stdout
+
+
+def test_iteration_compares_the_runs_snapshot_reports(tmp_path, capsys):
+    """--iteration N reads each run's snapshots/iteration_N.eval.json (fastmaml eval RUN --iteration
+    N), not its eval.json, and says which command makes a missing one."""
+    a = write_eval(tmp_path / "a", {"maml": 1.0})
+    b = write_eval(tmp_path / "b", {"maml": 1.5})
+    for run, value in ((a, 7.0), (b, 8.0)):
+        (run / "snapshots").mkdir()
+        report = json.loads((run / "eval.json").read_text())
+        report["step"] = 5000
+        report["metrics"]["maml"]["return"]["mean"] = [value, value]
+        (run / "snapshots" / "iteration_005000.eval.json").write_text(json.dumps(report))
+    report = compare.merge([a, b], iteration=5000)
+    assert report["metrics"]["maml [a]"]["return"]["mean"] == [7.0, 7.0]
+    assert report["runs"]["maml [b]"] == f"{b} (iteration 5000)"
+    assert compare.merge([a, b])["metrics"]["maml [a]"]["return"]["mean"] == [1.0, 2.0]  # without: eval.json
+    with pytest.raises(ConfigError, match=r"has no snapshots/iteration_000100.eval.json; run `fastmaml eval .* "
+                                          r"--iteration 100` first"):
+        compare.merge([a, b], iteration=100)
+    assert main(["compare", str(a), str(b), "--iteration", "5000"]) == 0
+    assert "(iteration 5000)" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
     fastmaml eval RUN_A && fastmaml eval RUN_B
     fastmaml compare RUN_A RUN_B [--figure out.png]
+    fastmaml compare RUN_A RUN_B --iteration 5000     # their snapshots (fastmaml eval RUN --iteration 5000)
 
 Each run's ``eval.json`` must come from the same experiment, meta-test seed, task count, steps (and,
 for meta-RL, trajectories): ``fastmaml eval`` then draws the same tasks for every method of every
@@ -21,31 +22,34 @@ from pathlib import Path
 from typing import Any
 
 from fastmaml.engine.evaluate import metric_names, paired_by_metric
-from fastmaml.engine.run_dir import EVAL
+from fastmaml.engine.run_dir import eval_path
 from fastmaml.errors import ConfigError
 
 SAME = ("experiment", "tasks", "steps", "seed", "trajectories", "split")
 
 
-def read_report(run: Path) -> dict[str, Any]:
-    path = Path(run) / EVAL
+def read_report(run: Path, iteration: int | None = None) -> dict[str, Any]:
+    """``run``'s eval report: of its checkpoint, or of the snapshot kept at ``iteration``."""
+    path = eval_path(run, "checkpoint" if iteration is None else iteration)
+    command = f"fastmaml eval {run}" + ("" if iteration is None else f" --iteration {iteration}")
     if not path.is_file():
-        raise ConfigError(f"{run} has no {EVAL}; run `fastmaml eval {run}` first")
+        raise ConfigError(f"{run} has no {path.relative_to(run)}; run `{command}` first")
     try:
         report = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path} is not a readable eval report ({error}); run `fastmaml eval {run}` again") from None
+        raise ConfigError(f"{path} is not a readable eval report ({error}); run `{command}` again") from None
     if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict) or not report["metrics"]:
-        raise ConfigError(f"{path} is not an eval report (no metrics); run `fastmaml eval {run}` again")
+        raise ConfigError(f"{path} is not an eval report (no metrics); run `{command}` again")
     return report
 
 
-def merge(runs: list[Path]) -> dict[str, Any]:
+def merge(runs: list[Path], iteration: int | None = None) -> dict[str, Any]:
     """One report holding every run's methods (see the module docstring), with ``runs``: the run and
-    iteration each row comes from."""
+    iteration each row comes from. ``iteration``: every run's report of its snapshot at that
+    iteration (``fastmaml eval RUN --iteration N``) instead of its checkpoint's."""
     if not runs:
         raise ConfigError("name at least one run folder")
-    reports = [(Path(run), read_report(run)) for run in runs]
+    reports = [(Path(run), read_report(run, iteration)) for run in runs]
     first_run, first = reports[0]
     for run, report in reports[1:]:
         for key in SAME:

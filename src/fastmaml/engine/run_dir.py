@@ -41,10 +41,16 @@ def write_eval(run_dir: Path, report: dict[str, Any], which: str | int = "checkp
     written to a temporary file and renamed, so a killed eval leaves the previous report whole."""
     text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r",\s*", m.group(1))) + "]",
                             json.dumps(report, indent=2))
-    path = Path(run_dir) / EVAL if isinstance(which, str) else snapshot_path(run_dir, which).with_suffix(".eval.json")
+    path = eval_path(run_dir, which)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text + "\n")
     os.replace(tmp, path)
+
+
+def eval_path(run_dir: Path, which: str | int = "checkpoint") -> Path:
+    """Where the eval report of ``which`` lives: ``RUN_DIR/eval.json`` for the run's checkpoint (or
+    its best), ``snapshots/iteration_NNNNNN.eval.json`` beside a snapshot (``which`` an iteration)."""
+    return Path(run_dir) / EVAL if isinstance(which, str) else snapshot_path(run_dir, which).with_suffix(".eval.json")
 
 
 def checkpoint_label(which: str | int) -> str:
