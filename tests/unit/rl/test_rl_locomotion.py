@@ -240,6 +240,16 @@ def test_gymnasium_ids(env_id, goal, obs_dim):
     check_env(gymnasium.make(env_id).unwrapped)
 
 
+
+@pytest.mark.parametrize("goal", [0.5, 0.0, [1.0, 1.0]])
+def test_a_direction_task_takes_only_plus_or_minus_one(goal):
+    env = gymnasium.make("fastmaml/HalfCheetahDir-v0")
+    with pytest.raises(ValueError, match=r"direction task's goal is \+1 \(forward\) or -1 \(backward\)"):
+        env.reset(seed=0, options={"goal": goal})
+    env.unwrapped.set_task(-1)  # an int is a direction too
+    assert env.reset(seed=0)[1]["goal"] == -1.0
+
+
 def test_misuse_gives_clear_errors():
     with pytest.raises(ValueError, match="unknown locomotion task 'cheetah'; choose one of cheetah-vel"):
         LocomotionBatch("cheetah")

@@ -81,6 +81,13 @@ class LocomotionEnv(TaskEnv):
 
         super().__init__(LocomotionBatch(task))
 
+    def set_task(self, goal) -> None:
+        """As ``TaskEnv.set_task``; a direction task's goal is +1 (forward) or -1 (backward), the only
+        values its reward g v was defined for (a velocity goal may lie outside the training range)."""
+        if self.batch.task.goal == "direction" and np.asarray(goal, dtype=np.float64).tolist() not in (1.0, -1.0):
+            raise ValueError(f"a direction task's goal is +1 (forward) or -1 (backward), got {goal!r}")
+        super().set_task(goal)
+
 
 def register_envs() -> None:
     """Register the ``fastmaml/...`` ids with gymnasium (idempotent)."""
