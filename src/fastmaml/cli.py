@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -385,6 +386,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 COMMANDS.update(bench=cmd_bench)
 
 
+def _warnings_beside_progress_bars() -> contextlib.AbstractContextManager:
+    """Log records to the console through tqdm, so that a warning during a progress bar (a stop
+    request, a compile fallback) gets a line of its own instead of joining the bar's; only where
+    logging writes to the console (as ``main``'s basicConfig sets up), not where an embedding
+    program or test runner configured logging its own way."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    console = any(type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr)
+                  for h in logging.getLogger().handlers)
+    return logging_redirect_tqdm() if console else contextlib.nullcontext()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
@@ -395,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             # each process would do the whole job and write the same files
             raise ConfigError(f"`fastmaml {args.command}` runs as one process; only `fastmaml train` splits its work "
                               "over torchrun's processes, so start it without torchrun")
-        return COMMANDS[args.command](args)
+        with _warnings_beside_progress_bars():
+            return COMMANDS[args.command](args)
     except TrainingStopped as stop:  # not an error: the run saved where it stopped
         print(f"fastmaml: {stop}", file=sys.stderr)
         return stop.exit_code

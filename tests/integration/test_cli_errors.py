@@ -63,6 +63,7 @@ def test_non_empty_out_unwritable_out_and_corrupt_checkpoint(tmp_path, capsys):
         (run / name).write_bytes(b"not a checkpoint")
     code, err = run_cli(["eval", str(run), "--tasks", "5"], capsys)
     assert code == 2 and "corrupt or not a fastmaml checkpoint" in err and len(err.splitlines()) == 1
+    assert "(the previous checkpoint" in err and "cannot be read either)" in err  # no warning promising it first
     code, err = run_cli(["train", "--resume", str(run), "--set", "inner_lr=0.5"], capsys)
     assert code == 2 and "a resumed run keeps its config" in err
 
@@ -120,3 +121,23 @@ def test_a_reader_that_leaves_early_is_no_traceback():
     proc.stdout.close()  # the reader is gone before anything is written
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and "Traceback" not in err and err == "", err
+
+
+def test_console_warnings_go_through_tqdm_only_where_logging_writes_to_the_console(monkeypatch):
+    """A warning during a progress bar gets a line of its own (tqdm.write) when the CLI's logging
+    writes to the console; logging an embedding program or pytest set up is left as it is."""
+    import logging
+    import sys
+
+    from fastmaml import cli
+
+    root = logging.getLogger()
+    console = logging.StreamHandler(sys.stderr)
+    monkeypatch.setattr(root, "handlers", [console])
+    with cli._warnings_beside_progress_bars():
+        assert len(root.handlers) == 1 and type(root.handlers[0]).__name__ == "_TqdmLoggingHandler"
+    assert root.handlers == [console]
+    other = logging.NullHandler()
+    monkeypatch.setattr(root, "handlers", [other])
+    with cli._warnings_beside_progress_bars():
+        assert root.handlers == [other]

@@ -140,8 +140,12 @@ def load_latest(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], Pa
         prev = previous_path(path)
         if not prev.is_file():
             raise
+        try:
+            loaded = load(prev)
+        except CheckpointError:  # one error, not a warning that promises the previous one first
+            raise CheckpointError(f"{error} (the previous checkpoint {prev} cannot be read either)") from None
         log.warning("%s; using the previous checkpoint %s", error, prev)
-        return (*load(prev), prev)
+        return (*loaded, prev)
 
 
 def rng_state_tensors(generator: torch.Generator) -> dict[str, Tensor]:
