@@ -416,9 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     except FastMAMLError as error:
         print(f"fastmaml: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("fastmaml: interrupted; a training run continues from its last checkpoint with --resume RUN_DIR",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C while training, or Ctrl-C in another command
+        resume = "; the run continues from its last checkpoint with fastmaml train --resume RUN_DIR"
+        print(f"fastmaml: interrupted{resume if args.command == 'train' else ''}", file=sys.stderr)
         return 130
 
 

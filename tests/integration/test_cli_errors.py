@@ -141,3 +141,14 @@ def test_console_warnings_go_through_tqdm_only_where_logging_writes_to_the_conso
     monkeypatch.setattr(root, "handlers", [other])
     with cli._warnings_beside_progress_bars():
         assert root.handlers == [other]
+
+
+def test_ctrl_c_outside_train_says_only_that_it_was_interrupted(monkeypatch, capsys):
+    from fastmaml import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "presets", interrupted)
+    assert cli.main(["presets"]) == 130
+    assert capsys.readouterr().err == "fastmaml: interrupted\n"

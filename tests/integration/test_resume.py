@@ -200,5 +200,6 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, s
     signalling_preset.extend([signal.SIGINT, signal.SIGINT])
     assert main(["train", "signal-test", "--iterations", "60", *FAST, "--set", "checkpoint_every=20",
                  "--out", str(run)]) == 130
-    assert "interrupted; a training run continues from its last checkpoint" in capsys.readouterr().err
+    assert "interrupted; the run continues from its last checkpoint with fastmaml train --resume" in (
+        capsys.readouterr().err)
     assert weights(run)[1] == 20
