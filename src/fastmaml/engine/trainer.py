@@ -326,42 +326,36 @@ def fit_in_run_dir(
     ``fit``), a resume restores it and trims the metrics to its checkpoint, then it trains; the
     process group is closed after a barrier, or at once after an error. Rank 0 holds the run's
     :func:`training_lock` throughout."""
-    with contextlib.ExitStack() as held:
-        return _fit_in_run_dir(run_dir, preset_name, config, cluster, make_trainer, held, resume, progress)
+    with contextlib.ExitStack() as held:  # rank 0's lock, taken before it reads or writes the folder
 
+        def lock_and_load() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            held.enter_context(training_lock(run_dir))
+            return load_for_resume(run_dir)
 
-def _fit_in_run_dir(
-    run_dir: Path, preset_name: str, config: Any, cluster: Cluster, make_trainer, held: contextlib.ExitStack,
-    resume: bool, progress: bool,
-) -> dict[str, Any]:
-    def lock_and_load() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        held.enter_context(training_lock(run_dir))
-        return load_for_resume(run_dir)
-
-    if resume:
-        tensors, meta = cluster.from_main(lock_and_load)
-    elif cluster.is_main:
-        prepare_new_run(run_dir)
-        held.enter_context(training_lock(run_dir))
-        write_config(run_dir, preset_name, config)
-    cluster.barrier()  # the run folder exists before any process writes or reads it
-    trainer = make_trainer()
-    if resume:
-        trainer.restore(tensors, meta)
-        if config.iterations < trainer.step:  # the same on every rank: all restored the same checkpoint
+        if resume:
+            tensors, meta = cluster.from_main(lock_and_load)
+        elif cluster.is_main:
+            prepare_new_run(run_dir)
+            held.enter_context(training_lock(run_dir))
+            write_config(run_dir, preset_name, config)
+        cluster.barrier()  # the run folder exists before any process writes or reads it
+        trainer = make_trainer()
+        if resume:
+            trainer.restore(tensors, meta)
+            if config.iterations < trainer.step:  # the same on every rank: all restored the same checkpoint
+                cluster.close(clean=False)
+                raise ConfigError(f"{run_dir} is at iteration {trainer.step}, past the {config.iterations} "
+                                  f"iterations asked for; give --iterations above {trainer.step} to train it further")
+            if cluster.is_main:
+                write_metrics(run_dir, trainer.rows)  # drops rows logged after the checkpoint, before a crash
+                write_config(run_dir, preset_name, config)  # iterations may have been extended
+            log.info("resuming %s at iteration %d", run_dir, trainer.step)
+        start = trainer.step
+        try:
+            with stop_on_signals(announce=cluster.is_main) as stop:
+                result = trainer.fit(progress=progress, stop=stop)
+        except BaseException:
             cluster.close(clean=False)
-            raise ConfigError(f"{run_dir} is at iteration {trainer.step}, past the {config.iterations} iterations "
-                              f"asked for; give --iterations above {trainer.step} to train it further")
-        if cluster.is_main:
-            write_metrics(run_dir, trainer.rows)  # drops rows logged after the checkpoint, before a crash
-            write_config(run_dir, preset_name, config)  # iterations may have been extended
-        log.info("resuming %s at iteration %d", run_dir, trainer.step)
-    start = trainer.step
-    try:
-        with stop_on_signals(announce=cluster.is_main) as stop:
-            result = trainer.fit(progress=progress, stop=stop)
-    except BaseException:
-        cluster.close(clean=False)
-        raise
-    cluster.close()
-    return {**result, "start_step": start}
+            raise
+        cluster.close()
+        return {**result, "start_step": start}
