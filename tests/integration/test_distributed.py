@@ -41,28 +41,28 @@ def torchrun(*args, nproc=2, timeout=300):
     return run_launches([["--standalone", "--nproc_per_node", str(nproc)]], args, timeout)[0]
 
 
-def torchrun_nodes(*args, nodes=2, timeout=300, cwds=None, check=True):
+def torchrun_nodes(*args, nodes=2, timeout=300, cwds=None, check=True, envs=None):
     """The same command started as ``nodes`` torchrun launches of one process each, as on separate
     machines (``--nnodes N --node_rank I --master_addr --master_port``), here all on 127.0.0.1: the
     multi-node path (static rendezvous, ranks from node ranks, one local process per node), node I
     working in ``cwds[I]`` (a relative run folder then names a different folder on each node, as on
-    machines without a shared filesystem). stdout of each node, or (returncode, stdout, stderr) of
-    each without ``check``."""
+    machines without a shared filesystem), with ``envs[I]`` added to its environment. stdout of each
+    node, or (returncode, stdout, stderr) of each without ``check``."""
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     node = ["--nnodes", str(nodes), "--master_addr", "127.0.0.1", "--master_port", str(port), "--nproc_per_node", "1"]
-    return run_launches([[*node, "--node_rank", str(i)] for i in range(nodes)], args, timeout, cwds, check)
+    return run_launches([[*node, "--node_rank", str(i)] for i in range(nodes)], args, timeout, cwds, check, envs)
 
 
-def run_launches(launches, args, timeout, cwds=None, check=True):
+def run_launches(launches, args, timeout, cwds=None, check=True, envs=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if cwds:  # fastmaml imported from this checkout wherever a node works
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[2] / "src"),
                                                           env.get("PYTHONPATH")]))
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launch, "-m", "fastmaml", *args],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                              cwd=cwds[i] if cwds else None)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**env, **(envs[i] if envs else {})}, cwd=cwds[i] if cwds else None)
              for i, launch in enumerate(launches)]
     deadline, outputs, hung = time.monotonic() + timeout, [], False
     for proc in procs:
@@ -213,14 +213,23 @@ def test_meta_rl_splits_its_tasks_over_two_processes_and_resumes_exactly(tmp_pat
 def test_a_resume_rank_0_cannot_read_stops_every_node_with_its_error(tmp_path):
     """Rank 0 alone reads the run to resume; when it cannot, every node stops with rank 0's one-line
     error instead of waiting for a config or checkpoint that will not come: a folder that is not a
-    run (caught before the process group forms) and a run without a checkpoint (caught after)."""
+    run (caught before the process group forms) and a run without a checkpoint (caught after). The
+    second node's worker starts 5 s late: rank 0's error must still reach it after rank 0 has failed
+    (it hung until killed on a loaded CI machine when rank 0's agent closed the store first)."""
     broken = tmp_path / "broken"
     assert main(["train", "sinusoid", "--iterations", "10", "--out", str(broken), *COMMON]) == 0
     for path in broken.glob("checkpoint*"):
         path.unlink()
+    late = tmp_path / "late"
+    late.mkdir()
+    (late / "sitecustomize.py").write_text(  # torchrun's workers have LOCAL_RANK, its agent has not
+        "import os, time\nif 'LOCAL_RANK' in os.environ:\n    time.sleep(5)\n")
+    path = os.pathsep.join(filter(None, [str(late), str(Path(__file__).parents[2] / "src"),
+                                         os.environ.get("PYTHONPATH")]))
     for run, message in ((tmp_path / "missing", "is not a fastmaml run folder"),
                          (broken, "has no checkpoint to resume from")):
-        nodes = torchrun_nodes("train", "--resume", str(run), "--no-progress", check=False, timeout=120)
+        nodes = torchrun_nodes("train", "--resume", str(run), "--no-progress", check=False, timeout=120,
+                               envs=[{}, {"PYTHONPATH": path}])
         for returncode, _, stderr in nodes:
             assert returncode != 0 and message in stderr, stderr[-3000:]
 

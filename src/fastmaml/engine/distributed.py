@@ -21,10 +21,12 @@ folder without the run (tests/integration/test_distributed.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -141,6 +143,7 @@ def launched_rank() -> int:
 
 
 _STORE: Any = None  # this torchrun job's rendezvous store, made once (job_store)
+READ_TIMEOUT_S = 60.0  # how long rank 0 waits for the other ranks to read its error (from_rank0_before_group)
 
 
 def job_store():
@@ -164,15 +167,23 @@ def from_rank0_before_group(key: str, make: Callable[[], Any]) -> Any:
     if launched_world_size() == 1:
         return make()
     store = dist.PrefixStore("fastmaml", job_store())
+    world = launched_world_size()
     if launched_rank() == 0:
         try:
             value = make()
         except FastMAMLError as error:
             store.set(key, json.dumps({"error": type(error).__name__, "message": str(error)}))
+            # the store lives in rank 0's torchrun agent, which shuts it down as soon as rank 0 exits:
+            # a rank still starting would then wait for a store that is gone (seen on a loaded CI machine,
+            # the other node's worker hung until killed), so rank 0 leaves only once every rank has read
+            # the error, or after READ_TIMEOUT_S when one never comes
+            with contextlib.suppress(Exception):  # a timeout: exit anyway
+                store.wait([f"{key}/read/{rank}" for rank in range(1, world)], timedelta(seconds=READ_TIMEOUT_S))
             raise
         store.set(key, json.dumps({"value": value}))
         return value
     box = json.loads(store.get(key))
+    store.set(f"{key}/read/{launched_rank()}", "1")
     if "error" in box:
         raise getattr(errors, box["error"], FastMAMLError)(box["message"])
     return box["value"]
