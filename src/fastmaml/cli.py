@@ -411,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
         with _warnings_beside_progress_bars():
             return COMMANDS[args.command](args)
     except TrainingStopped as stop:  # not an error: the run saved where it stopped
-        print(f"fastmaml: {stop}", file=sys.stderr)
+        from fastmaml.engine.distributed import launched_rank
+
+        if launched_rank() == 0:  # under torchrun every rank stops; rank 0's node holds the checkpoint
+            print(f"fastmaml: {stop}", file=sys.stderr)
         return stop.exit_code
     except FastMAMLError as error:
         print(f"fastmaml: error: {error}", file=sys.stderr)

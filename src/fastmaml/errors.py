@@ -26,7 +26,7 @@ class NonFiniteLossError(FastMAMLError):
 
 
 class TrainingStopped(FastMAMLError):
-    """Training stopped on SIGINT or SIGTERM after saving a checkpoint at the iteration it had reached
+    """Training stopped on SIGINT, SIGTERM or SIGUSR1 after saving a checkpoint at the iteration it had reached
     (``fastmaml.engine.stopping``). CLI exit code 128 + the signal's number, as a shell reports it."""
 
     def __init__(self, message: str, signal_number: int) -> None:

@@ -149,9 +149,12 @@ def rank_of(pid: int) -> int | None:
     return ranks[0] if ranks else None
 
 
-def test_sigterm_to_one_rank_stops_every_rank_at_one_log_iteration_with_a_checkpoint(tmp_path):
-    """SIGTERM reaches rank 1 only; rank 0 learns of it at the next log iteration (an all-reduce),
-    both stop there with one checkpoint, rank 0 says where; both restarted continue from it."""
+@pytest.mark.parametrize("sig, to", [(signal.SIGTERM, "rank 1"), (signal.SIGUSR1, "every process")])
+def test_a_stop_signal_stops_every_rank_at_one_log_iteration_with_a_checkpoint(tmp_path, sig, to):
+    """SIGTERM reaching rank 1 only: rank 0 learns of it at the next log iteration (an all-reduce),
+    both stop there with one checkpoint, rank 0 alone says where; both restarted continue from it.
+    SIGUSR1 sent to torchrun and both workers, as SLURM's ``--signal=USR1@120`` does: it ends
+    torchrun's agent (the signal's default action there) but the workers stop the same way."""
     run = tmp_path / "run"
     args = ["train", "sinusoid", "--iterations", "100000", "--out", str(run), "--set", "meta_batch_size=8",
             "--set", "log_every=10", "--set", "checkpoint_every=100000", "--no-progress"]
@@ -163,10 +166,14 @@ def test_sigterm_to_one_rank_stops_every_rank_at_one_log_iteration_with_a_checkp
         while not (metrics.is_file() and metrics.read_text()):
             assert time.monotonic() < deadline and proc.poll() is None, "the run did not start logging"
             time.sleep(0.1)
-        rank1 = [pid for pid in descendants(proc.pid) if rank_of(pid) == 1]
-        assert len(rank1) == 1
-        os.kill(rank1[0], signal.SIGTERM)
+        workers = {rank_of(pid): pid for pid in descendants(proc.pid) if rank_of(pid) is not None}
+        assert workers.keys() == {0, 1}
+        for pid in [workers[1]] if to == "rank 1" else [proc.pid, *workers.values()]:
+            os.kill(pid, sig)
+        # with SIGUSR1 torchrun ends at once; its workers, in sessions of their own, stop as with SIGTERM,
+        # writing to the output they inherited from it, which stays open until they are done
         _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == -sig if to == "every process" else proc.returncode == 1  # torchrun: a worker failed
     finally:
         if proc.poll() is None:
             for pid in [*descendants(proc.pid), proc.pid]:
@@ -175,7 +182,8 @@ def test_sigterm_to_one_rank_stops_every_rank_at_one_log_iteration_with_a_checkp
             proc.communicate()
     step = final(run)[1]["step"]
     assert 0 < step < 100000 and step % 10 == 0
-    assert f"fastmaml: stopped by SIGTERM at iteration {step}, with a checkpoint there in {run}" in stderr
+    assert stderr.count("fastmaml: stopped") == 1, stderr  # rank 0's line only
+    assert f"fastmaml: stopped by {sig.name} at iteration {step}, with a checkpoint there in {run}" in stderr
     torchrun("train", "--resume", str(run), "--iterations", str(step + 10), "--no-progress")
     assert final(run)[1]["step"] == step + 10
 

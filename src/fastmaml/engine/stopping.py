@@ -1,7 +1,8 @@
-"""Stopping a training run cleanly on SIGINT (Ctrl-C) or SIGTERM (a job scheduler's stop; torchrun
-passes it on to its processes).
+"""Stopping a training run cleanly on SIGINT (Ctrl-C), SIGTERM (a job scheduler's stop; torchrun
+passes it on to its processes) or SIGUSR1 (a scheduler's early warning, e.g. SLURM's
+``--signal=USR1@120``).
 
-While :func:`stop_on_signals` is active, either signal only asks the run to stop: the trainer
+While :func:`stop_on_signals` is active, any of them only asks the run to stop: the trainer
 finishes the iteration it is in, logs it, saves a checkpoint there and raises
 :class:`~fastmaml.errors.TrainingStopped`, so ``fastmaml train --resume RUN`` continues exactly
 where it stopped (bit for bit on the CPU, as after any checkpoint) instead of from the last periodic
@@ -27,7 +28,10 @@ from fastmaml.errors import TrainingStopped
 
 log = logging.getLogger(__name__)
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGUSR1: the early warning a batch scheduler sends ahead of its SIGTERM (SLURM's --signal=USR1@120),
+# time enough for an iteration longer than the scheduler's grace between SIGTERM and SIGKILL (a meta-RL
+# iteration on MuJoCo takes a minute or more); Windows has no SIGUSR1
+SIGNALS = tuple(sig for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if sig is not None)
 
 
 class StopRequest:
@@ -43,7 +47,7 @@ class StopRequest:
 
 @contextlib.contextmanager
 def stop_on_signals(announce: bool = True) -> Iterator[StopRequest]:
-    """Within it, SIGINT and SIGTERM set the yielded :class:`StopRequest` instead of stopping the
+    """Within it, SIGINT, SIGTERM and SIGUSR1 set the yielded :class:`StopRequest` instead of stopping the
     process (a second SIGINT raises KeyboardInterrupt); the previous handlers come back on exit.
     ``announce``: log a warning when a request arrives (rank 0 only, under torchrun). Outside the
     main thread, where Python cannot install handlers, nothing is installed and no request comes."""

@@ -56,3 +56,13 @@ def test_the_error_says_where_it_stopped_and_how_to_go_on():
                           "fastmaml train --resume runs/x")
     assert stopped(StopRequest(), "runs/x", 1).exit_code == 143  # a rank told by the others: torchrun's SIGTERM
     assert not stop_now(None, Cluster(), due=True)
+
+
+def test_sigusr1_a_schedulers_early_warning_asks_to_stop_too():
+    """SLURM's ``--signal=USR1@120`` warns ahead of its SIGTERM; SIGUSR1 would otherwise end the process."""
+    before = signal.getsignal(signal.SIGUSR1)
+    with stop_on_signals(announce=False) as request:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert request.signal is signal.SIGUSR1
+    assert signal.getsignal(signal.SIGUSR1) == before
+    assert stopped(request, "runs/x", 5).exit_code == 138
