@@ -152,3 +152,34 @@ def test_ctrl_c_outside_train_says_only_that_it_was_interrupted(monkeypatch, cap
     monkeypatch.setitem(cli.COMMANDS, "presets", interrupted)
     assert cli.main(["presets"]) == 130
     assert capsys.readouterr().err == "fastmaml: interrupted\n"
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_only_a_torchrun_process_losing_a_peer_is_one_line(monkeypatch, capsys, world):
+    """gloo's "Connection reset by peer" under torchrun (another process stopped) is one line with the
+    way on; outside torchrun, and for any other RuntimeError, the traceback stays (a bug to see)."""
+    from fastmaml import cli
+
+    gloo = RuntimeError("[/x/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:3477: Connection reset by peer. "
+                        "This is typically caused by a remote worker hanging")
+
+    def raising(error):
+        def command(args):
+            raise error
+        return command
+
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("RANK", str(world - 1))
+    monkeypatch.setitem(cli.COMMANDS, "train", raising(gloo))
+    if world == 1:
+        with pytest.raises(RuntimeError, match="Connection reset by peer"):
+            cli.main(["train", "sinusoid"])
+        return
+    assert cli.main(["train", "sinusoid"]) == 1
+    assert capsys.readouterr().err == (
+        "fastmaml: error: another process of this torchrun job stopped; rank 1 lost it (Read error "
+        "[127.0.0.1]:3477: Connection reset by peer); that process's output or torchrun's report says why; the run "
+        "continues from its last checkpoint with fastmaml train --resume RUN_DIR\n")
+    monkeypatch.setitem(cli.COMMANDS, "train", raising(RuntimeError("mat1 and mat2 shapes cannot be multiplied")))
+    with pytest.raises(RuntimeError, match="shapes"):
+        cli.main(["train", "sinusoid"])

@@ -325,3 +325,49 @@ def test_close_waits_at_a_barrier_and_destroys_the_group_unless_the_exit_will(mo
     monkeypatch.setattr(distributed, "_EXIT_CLOSES_GROUP", True)
     cluster.close()
     assert calls == ["barrier"]
+
+
+def test_a_new_run_rank_0_cannot_make_stops_every_rank_with_its_error(tmp_path):
+    """Rank 0 alone makes the run folder; when it cannot (here: not empty), every rank prints its
+    one-line error instead of rank 1 dying with gloo's "Connection closed by peer" traceback."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    [(returncode, _, stderr)] = run_launches([["--standalone", "--nproc_per_node", "2"]],
+                                             ["train", "sinusoid", "--out", str(taken), *COMMON], 120, check=False)
+    assert returncode != 0
+    assert stderr.count(f"fastmaml: error: --out {taken} is not empty") == 2, stderr[-3000:]
+    assert "[rank1]: Traceback" not in stderr and "Connection closed" not in stderr, stderr[-3000:]
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+
+
+def test_a_rank_that_loses_another_says_so_in_one_line(tmp_path):
+    """Rank 0 killed (SIGKILL) in the middle of a run: rank 1's collective fails; it prints one line
+    saying another process stopped and how to resume, not gloo's traceback."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "fastmaml", "train", "sinusoid", "--iterations", "100000", "--out", str(run),
+                             *COMMON], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline, metrics = time.monotonic() + 120, run / "metrics.jsonl"
+        while not (metrics.is_file() and metrics.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not start logging"
+            time.sleep(0.1)
+        [rank0] = [pid for pid in descendants(proc.pid) if rank_of(pid) == 0]
+        os.kill(rank0, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            for pid in [*descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode != 0
+    assert "[rank1]: Traceback" not in stderr, stderr[-3000:]
+    # every iteration all-reduces, so rank 1 loses rank 0 at once (a SIGTERM from torchrun only asks it to
+    # stop at its next log iteration, which all-reduces too)
+    lines = [line for line in stderr.splitlines() if line.startswith("fastmaml: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    assert lines[0].startswith("fastmaml: error: another process of this torchrun job stopped; rank 1 lost it (")
+    assert lines[0].endswith("continues from its last checkpoint with fastmaml train --resume RUN_DIR")

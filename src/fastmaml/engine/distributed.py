@@ -189,6 +189,20 @@ def from_rank0_before_group(key: str, make: Callable[[], Any]) -> Any:
     return box["value"]
 
 
+# what gloo (and the store) raise in a process whose peer has gone: it failed or was killed, and said why
+# on its own node
+_LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` is this torchrun process losing another process of the job (which failed with an
+    error of its own, or was killed) rather than a failure of its own."""
+    if launched_world_size() == 1 or not isinstance(error, RuntimeError):
+        return False
+    network = getattr(dist, "DistNetworkError", ())  # torch >= 2.2
+    return (bool(network) and isinstance(error, network)) or any(text in str(error) for text in _LOST_PEER)
+
+
 def init_from_env(device: str, meta_batch_size: int) -> Cluster:
     """A Cluster from torchrun's environment variables (a single process when they are absent)."""
     world = launched_world_size()

@@ -332,13 +332,17 @@ def fit_in_run_dir(
             held.enter_context(training_lock(run_dir))
             return load_for_resume(run_dir)
 
-        if resume:
-            tensors, meta = cluster.from_main(lock_and_load)
-        elif cluster.is_main:
+        def make_new_run() -> None:
             prepare_new_run(run_dir)
             held.enter_context(training_lock(run_dir))
             write_config(run_dir, preset_name, config)
-        cluster.barrier()  # the run folder exists before any process writes or reads it
+
+        # rank 0 alone touches the folder; a user error there (a folder that is not empty, locked or not
+        # writable) is raised on every rank, and the folder exists before any process goes on
+        if resume:
+            tensors, meta = cluster.from_main(lock_and_load)
+        else:
+            cluster.from_main(make_new_run)
         trainer = make_trainer()
         if resume:
             trainer.restore(tensors, meta)
