@@ -163,6 +163,29 @@ def workers_of(agent: int) -> dict[int, int]:
     return {rank: pid for pid in children if (rank := rank_of(pid)) is not None}
 
 
+@contextlib.contextmanager
+def logging_job(run, *args):
+    """A 2-process torchrun job, sinusoid for 100,000 iterations (no torch.compile) into ``run`` with
+    ``args``, handed over once it has logged its first row; whatever is left of it is killed after."""
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "fastmaml", "train", "sinusoid", "--iterations", "100000", "--out", str(run),
+                             "--set", "compile=off", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline, metrics = time.monotonic() + 120, run / "metrics.jsonl"
+        while not (metrics.is_file() and metrics.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not start logging"
+            time.sleep(0.1)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            for pid in [*descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.communicate()
+
+
 @pytest.mark.parametrize("sig, to", [(signal.SIGTERM, "rank 1"), (signal.SIGUSR1, "every process")])
 def test_a_stop_signal_stops_every_rank_at_one_log_iteration_with_a_checkpoint(tmp_path, sig, to):
     """SIGTERM reaching rank 1 only: rank 0 learns of it at the next log iteration (an all-reduce),
@@ -170,16 +193,8 @@ def test_a_stop_signal_stops_every_rank_at_one_log_iteration_with_a_checkpoint(t
     SIGUSR1 sent to torchrun and both workers, as SLURM's ``--signal=USR1@120`` does: it ends
     torchrun's agent (the signal's default action there) but the workers stop the same way."""
     run = tmp_path / "run"
-    args = ["train", "sinusoid", "--iterations", "100000", "--out", str(run), "--set", "meta_batch_size=8",
-            "--set", "log_every=10", "--set", "checkpoint_every=100000", "--set", "compile=off", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "fastmaml", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline, metrics = time.monotonic() + 120, run / "metrics.jsonl"
-        while not (metrics.is_file() and metrics.read_text()):
-            assert time.monotonic() < deadline and proc.poll() is None, "the run did not start logging"
-            time.sleep(0.1)
+    with logging_job(run, "--set", "meta_batch_size=8", "--set", "log_every=10", "--set", "checkpoint_every=100000",
+                     "--no-progress") as proc:
         workers = workers_of(proc.pid)
         assert workers.keys() == {0, 1}
         for pid in [workers[1]] if to == "rank 1" else [proc.pid, *workers.values()]:
@@ -188,12 +203,6 @@ def test_a_stop_signal_stops_every_rank_at_one_log_iteration_with_a_checkpoint(t
         # writing to the output they inherited from it, which stays open until they are done
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == -sig if to == "every process" else proc.returncode == 1  # torchrun: a worker failed
-    finally:
-        if proc.poll() is None:
-            for pid in [*descendants(proc.pid), proc.pid]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            proc.communicate()
     step = final(run)[1]["step"]
     assert 0 < step < 100000 and step % 10 == 0
     assert stderr.count("fastmaml: stopped") == 1, stderr  # rank 0's line only
@@ -358,25 +367,9 @@ def test_a_new_run_rank_0_cannot_make_stops_every_rank_with_its_error(tmp_path):
 def test_a_rank_that_loses_another_says_so_in_one_line(tmp_path):
     """Rank 0 killed (SIGKILL) in the middle of a run: rank 1's collective fails; it prints one line
     saying another process stopped and how to resume, not gloo's traceback."""
-    run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "fastmaml", "train", "sinusoid", "--iterations", "100000", "--out", str(run),
-                             "--set", "compile=off", *COMMON],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline, metrics = time.monotonic() + 120, run / "metrics.jsonl"
-        while not (metrics.is_file() and metrics.read_text()):
-            assert time.monotonic() < deadline and proc.poll() is None, "the run did not start logging"
-            time.sleep(0.1)
+    with logging_job(tmp_path / "run", *COMMON) as proc:
         os.kill(workers_of(proc.pid)[0], signal.SIGKILL)
         _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            for pid in [*descendants(proc.pid), proc.pid]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            proc.communicate()
     assert proc.returncode != 0
     assert "[rank1]: Traceback" not in stderr, stderr[-3000:]
     # every iteration all-reduces, so rank 1 loses rank 0 at once (a SIGTERM from torchrun only asks it to
