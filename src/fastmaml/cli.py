@@ -8,7 +8,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -423,10 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         from fastmaml.engine.distributed import launched_rank, lost_peer
 
-        if not lost_peer(error):
+        what = lost_peer(error)
+        if what is None:
             raise
-        # "[.../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:3477: Connection reset by peer. This is ..."
-        what = re.sub(r"^\[[^\]]*\]\s*", "", str(error).strip()).split(". ")[0].splitlines()[0][:160]
         print(f"fastmaml: error: another process of this torchrun job stopped; rank {launched_rank()} lost it "
               f"({what}); that process's output or torchrun's report says why; the run continues from its last "
               "checkpoint with fastmaml train --resume RUN_DIR", file=sys.stderr)

@@ -18,20 +18,25 @@ from fastmaml.engine import checkpoint, distributed
 COMMON = ["--set", "meta_batch_size=8", "--set", "log_every=10", "--set", "checkpoint_every=10", "--no-progress"]
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc): torchrun's workers run in sessions of their own."""
-    children: dict[int, list[int]] = {}
+def children() -> dict[int, list[int]]:
+    """Every process's children, by parent pid (Linux /proc)."""
+    below: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
+        below.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return below
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: torchrun's workers run in sessions of their own."""
+    below, found, todo = children(), [], [pid]
     while todo:
-        below = children.get(todo.pop(), [])
-        found += below
-        todo += below
+        under = below.get(todo.pop(), [])
+        found += under
+        todo += under
     return found
 
 
@@ -153,14 +158,7 @@ def workers_of(agent: int) -> dict[int, int]:
     """torchrun's worker processes by rank: the agent's children. Not every process below it with a
     RANK: a worker's own children inherit it (torch.compile's compile workers under torch 2.4.1, which
     the test then signalled instead of the worker)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == agent:
-                children.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return {rank: pid for pid in children if (rank := rank_of(pid)) is not None}
+    return {rank: pid for pid in children().get(agent, []) if (rank := rank_of(pid)) is not None}
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -164,10 +165,10 @@ def from_rank0_before_group(key: str, make: Callable[[], Any]) -> Any:
     job through the rendezvous store, before the process group exists (a resumed run's config, which
     says which backend the group needs). A fastmaml error raised by ``make()`` on rank 0 is raised in
     every process. Without torchrun, just ``make()``."""
-    if launched_world_size() == 1:
+    world = launched_world_size()
+    if world == 1:
         return make()
     store = dist.PrefixStore("fastmaml", job_store())
-    world = launched_world_size()
     if launched_rank() == 0:
         try:
             value = make()
@@ -194,13 +195,19 @@ def from_rank0_before_group(key: str, make: Callable[[], Any]) -> Any:
 _LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
-def lost_peer(error: BaseException) -> bool:
-    """Whether ``error`` is this torchrun process losing another process of the job (which failed with an
-    error of its own, or was killed) rather than a failure of its own."""
+def lost_peer(error: BaseException) -> str | None:
+    """When ``error`` is this torchrun process losing another process of the job (which failed with an
+    error of its own, or was killed) rather than a failure of its own: what gloo said, without its
+    source location and advice ("[.../pair.cc:537] Read error [127.0.0.1]:3477: Connection reset by
+    peer. This is ..." -> "Read error [127.0.0.1]:3477: Connection reset by peer"); otherwise None."""
     if launched_world_size() == 1 or not isinstance(error, RuntimeError):
-        return False
+        return None
     network = getattr(dist, "DistNetworkError", ())  # torch >= 2.2
-    return (bool(network) and isinstance(error, network)) or any(text in str(error) for text in _LOST_PEER)
+    text = str(error).strip()
+    if not ((network and isinstance(error, network)) or any(lost in text for lost in _LOST_PEER)):
+        return None
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". ")[0]
+    return (text.splitlines() or [type(error).__name__])[0][:160]
 
 
 def init_from_env(device: str, meta_batch_size: int) -> Cluster:
