@@ -206,7 +206,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def format_report(report: dict) -> str:
-    from fastmaml.engine.evaluate import paired_by_metric
+    from fastmaml.engine.evaluate import paired_by_metric, shown_steps
 
     methods = report["metrics"]
     names = list(next(iter(methods.values())))
@@ -214,19 +214,22 @@ def format_report(report: dict) -> str:
     lines = [f"{report['experiment']} at iteration {report['step']}: {report['tasks']} {tasks} tasks, "
              f"mean ± 95% CI after N inner steps"
              + (f" (meta-test settings changed: {', '.join(report['overrides'])})" if report.get("overrides") else "")]
+    shown = shown_steps(report["steps"])
     for name in names:
         header = f"{'steps':>5}  " + "  ".join(f"{m:>22}" for m in methods)
         lines += ["", f"{name}:", header]
-        for step in range(report["steps"] + 1):
+        for step in shown:
             cells = [f"{methods[m][name]['mean'][step]:>12.4f} ± {methods[m][name]['ci95'][step]:<7.4f}" for m in methods]
             lines.append(f"{step:>5}  " + "  ".join(f"{c:>22}" for c in cells))
     first = next(iter(methods))
     for name, differences in paired_by_metric(methods).items():
         lines += ["", f"{name}: {first} minus each method, task by task on the same tasks (paired), mean ± 95% CI:",
                   f"{'steps':>5}  " + "  ".join(f"{f'{first} - {m}':>22}" for m in differences)]
-        for step in range(report["steps"] + 1):
+        for step in shown:
             cells = [f"{mean[step]:>+12.4f} ± {ci[step]:<7.4f}" for mean, ci in differences.values()]
             lines.append(f"{step:>5}  " + "  ".join(f"{c:>22}" for c in cells))
+    if len(shown) <= report["steps"]:
+        lines += ["", f"{len(shown)} of the {report['steps'] + 1} step rows shown; --json prints every step"]
     return "\n".join(lines)
 
 

@@ -56,6 +56,19 @@ def test_eval_table_shows_paired_differences_against_the_pretrained_baseline(tra
     assert "maml - pretrained" in out
 
 
+def test_eval_table_of_many_steps_shows_a_bounded_set_of_rows_and_the_json_keeps_every_step(trained_run, capsys):
+    assert main(["eval", str(trained_run), "--tasks", "5", "--steps", "200", "--no-progress", "--set",
+                 "threads=1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[0] for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    mse_rows = [int(r) for r in rows[:len(rows) // 2]]  # the method table, then the paired table
+    assert mse_rows[:11] == list(range(11)) and mse_rows[-1] == 200 and len(mse_rows) == 30
+    assert mse_rows == sorted(set(mse_rows))
+    assert "30 of the 201 step rows shown; --json prints every step" in out
+    report = json.loads((trained_run / "eval.json").read_text())
+    assert len(report["metrics"]["maml"]["mse"]["mean"]) == 201
+
+
 def test_eval_shows_a_progress_bar_over_every_method_unless_told_not_to(trained_run, capsys):
     assert main(["eval", str(trained_run), "--tasks", "250", "--steps", "1", "--set", "threads=1"]) == 0
     err = capsys.readouterr().err

@@ -128,3 +128,24 @@ def test_iteration_compares_the_runs_snapshot_reports(tmp_path, capsys):
         compare.merge([a, b], iteration=100)
     assert main(["compare", str(a), str(b), "--iteration", "5000"]) == 0
     assert "(iteration 5000)" in capsys.readouterr().out
+
+
+def test_many_steps_show_a_bounded_set_of_columns_at_the_steps_they_name(tmp_path):
+    runs = []
+    for name, offset in (("a", 0.0), ("b", 1.0)):
+        run = tmp_path / name
+        run.mkdir()
+        per_task = [[offset + k, offset + k + 2] for k in range(101)]  # step k's tasks: offset + k, offset + k + 2
+        metrics = {"maml": {"mse": {"mean": [offset + k / 100 for k in range(101)], "ci95": [0.5] * 101,
+                                    "per_task": per_task}}}
+        (run / "eval.json").write_text(json.dumps({"experiment": "sinusoid", "checkpoint": "checkpoint", "step": 9,
+                                                   "tasks": 2, "steps": 100, "seed": 7, "metrics": metrics}))
+        runs.append(run)
+    text = compare.summary(compare.merge(runs))
+    assert text.splitlines()[0].endswith("; 12 of the 101 step columns shown (each run's eval.json has every step)")
+    header = next(line for line in text.splitlines() if line.startswith("| method | run |"))
+    steps = [int(cell.split()[0]) for cell in header.strip("| ").split(" | ")[2:]]
+    assert steps == compare.shown_steps(100, compare.MAX_STEP_COLUMNS) and steps[0] == 0 and steps[-1] == 100
+    row = next(line for line in text.splitlines() if line.startswith("| maml [a] |"))
+    assert row.endswith(" | ".join(f"{k / 100:.4f} ± 0.5000" for k in steps) + " |")  # each column its own step
+    assert "| maml [a] - maml [b] | " + " | ".join(["-1.0000 ± 0.0000"] * 12) + " |" in text

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fastmaml.engine.evaluate import metric_names, paired_by_metric
+from fastmaml.engine.evaluate import metric_names, paired_by_metric, shown_steps
 from fastmaml.engine.run_dir import eval_path
 from fastmaml.errors import ConfigError
 
@@ -81,7 +81,10 @@ def decimals(report: dict[str, Any], name: str) -> int:
     return 4 if top < 10 else 3 if top < 100 else 2
 
 
-def header(columns: list[str], steps: range) -> list[str]:
+MAX_STEP_COLUMNS = 12
+
+
+def header(columns: list[str], steps: list[int]) -> list[str]:
     """A markdown table's header and rule: ``columns``, then one column per number of steps."""
     names = [*columns, *(f"{k} step{'' if k == 1 else 's'}" for k in steps)]
     return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
@@ -90,13 +93,13 @@ def header(columns: list[str], steps: range) -> list[str]:
 def table(report: dict[str, Any]) -> str:
     """Mean ± 95% CI after 0..N steps, one markdown table per metric."""
     lines = []
-    steps = range(report["steps"] + 1)
+    steps = shown_steps(report["steps"], MAX_STEP_COLUMNS)
     for name in metric_names(report["metrics"]):
         d = decimals(report, name)
         lines += ["", f"{name}:", "", *header(["method", "run"], steps)]
         for method, values in report["metrics"].items():
             if name in values:
-                cells = [f"{m:.{d}f} ± {c:.{d}f}" for m, c in zip(values[name]["mean"], values[name]["ci95"])]
+                cells = [f"{values[name]['mean'][k]:.{d}f} ± {values[name]['ci95'][k]:.{d}f}" for k in steps]
                 lines.append(f"| {method} | {report['runs'][method]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -105,14 +108,14 @@ def paired(report: dict[str, Any]) -> str:
     """The first row minus each other one, task by task, for every metric all rows keep per task."""
     methods = report["metrics"]
     first = next(iter(methods))
-    steps = range(report["steps"] + 1)
+    steps = shown_steps(report["steps"], MAX_STEP_COLUMNS)
     lines = []
     for name, differences in paired_by_metric(methods).items():
         d = decimals(report, name)
         lines += ["", f"{name}: {first} minus each other row, paired over the same {report['tasks']} tasks:", "",
                   *header(["difference"], steps)]
         for method, (mean, ci) in differences.items():
-            lines.append(f"| {first} - {method} | " + " | ".join(f"{m:+.{d}f} ± {c:.{d}f}" for m, c in zip(mean, ci)) + " |")
+            lines.append(f"| {first} - {method} | " + " | ".join(f"{mean[k]:+.{d}f} ± {ci[k]:.{d}f}" for k in steps) + " |")
     if not lines and len(methods) > 1:
         return ("\n(no paired differences: an eval.json without per-task values, written before they were kept; "
                 "run `fastmaml eval` on each run again)")
@@ -125,4 +128,8 @@ def summary(report: dict[str, Any]) -> str:
     trajectories = (f", {report['trajectories']} trajectories per task and step"
                     if "trajectories" in report else "")
     head = f"{report['experiment']}: {report['tasks']} {where} tasks, seed {report['seed']}{trajectories}"
+    shown = len(shown_steps(report["steps"], MAX_STEP_COLUMNS))
+    if shown <= report["steps"]:
+        head += (f"; {shown} of the {report['steps'] + 1} step columns shown (each run's eval.json has "
+                 "every step)")
     return "\n".join([head, table(report), paired(report)]).rstrip()

@@ -50,6 +50,18 @@ def paired_differences(metrics: dict[str, Any], metric: str = "return") -> dict[
     return differences
 
 
+def shown_steps(steps: int, limit: int = 30) -> list[int]:
+    """The numbers of steps a printed table shows out of 0..``steps``: all of them up to ``limit``, else the
+    first third of ``limit`` in a row and then about logarithmically spaced ones up to ``steps`` itself
+    (a report keeps every step; this only keeps ``fastmaml eval --steps 100000`` readable)."""
+    if steps < limit:
+        return list(range(steps + 1))
+    head = limit // 3 + 1
+    tail = limit - head
+    spaced = {round((head - 1) * (steps / (head - 1)) ** (i / tail)) for i in range(1, tail + 1)}
+    return sorted(set(range(head)) | spaced | {steps})
+
+
 def metric_names(metrics: dict[str, Any]) -> list[str]:
     """Every metric of a report's ``"metrics"``, in the order its methods list them."""
     names: list[str] = []
