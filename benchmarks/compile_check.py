@@ -12,7 +12,10 @@ relative difference |g - g_eager| / |g_eager| of the meta-gradient (all paramete
 - ``eager f32 vs f64``: how accurate eager float32 is, and ``compiled f32 vs f64`` the same for
   the compiled meta-loss;
 - ``eager, weights x (1 + 1e-7 N(0,1))``: how much the eager float32 meta-gradient moves when the
-  weights move by about one float32 rounding step (the meta-gradient's own sensitivity to rounding).
+  weights move by about one float32 rounding step (the meta-gradient's own sensitivity to rounding);
+- ``first-step check``: what ``MAML(compile=True)``'s own check decides on its first meta-step
+  (``kept`` or ``eager``; a float32 difference above ``COMPILE_TOLERANCE`` is checked again in float64,
+  see ``COMPILE_F64_TOLERANCE`` in fastmaml/algorithms/maml.py), and its seconds (both compiles).
 
     python benchmarks/compile_check.py --root DATA/omniglot [--presets omniglot-5w1s-so ...]
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import time
 
 import torch
@@ -75,6 +79,12 @@ def check(name: str, root: str, seed: int = 0) -> dict:
         for p in nudged.parameters():
             p.mul_(1 + 1e-7 * torch.randn(p.shape, generator=generator))
     row["eager, weights nudged 1e-7"] = relative(meta_gradient(nudged, batch), g32)
+    checked = copy.deepcopy(eager)
+    checked.compile = True
+    start = time.perf_counter()
+    meta_gradient(checked, batch)
+    row["first-step check"] = "kept" if checked.compile else "eager"
+    row["check s"] = time.perf_counter() - start
     tolerance = maml_module.COMPILE_TOLERANCE
     maml_module.COMPILE_TOLERANCE = float("inf")  # keep the compiled function whatever its first check says
     try:
@@ -100,8 +110,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    logging.basicConfig(format="%(levelname)s: %(message)s")
+    logging.getLogger("fastmaml").setLevel(logging.INFO)  # the first-step check's figures
     columns = ["preset", "strategy", "compiled f32", "compiled f64", "eager f32 vs f64", "compiled f32 vs f64",
-               "eager, weights nudged 1e-7", "compiled f32 compile s"]
+               "eager, weights nudged 1e-7", "compiled f32 compile s", "first-step check", "check s"]
     print(f"torch {torch.__version__}; COMPILE_TOLERANCE {maml_module.COMPILE_TOLERANCE:g}")
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))

@@ -196,6 +196,50 @@ def test_a_wrong_compiled_meta_gradient_runs_eagerly(monkeypatch, caplog, worker
     assert found and 0.3 < float(found.group(1)) <= 0.5
 
 
+def scaled_gradient(float32: float, float64: float):
+    """A stand-in for torch.compile whose meta-loss has the eager value and (1 + e) x its gradient, e by dtype."""
+    def compile_(fn, **kwargs):
+        def call(*args):
+            loss = fn(*args)
+            e = float32 if loss.dtype == torch.float32 else float64
+            return loss + e * (loss - loss.detach())
+        return call
+    return compile_
+
+
+@pytest.mark.parametrize(("strategy", "workers", "float32", "float64", "kept", "message"), [
+    # float32 only, within COMPILE_ROUNDING_TOLERANCE of float64: rounding (the Omniglot 5-way alpha 0.1 case);
+    # kept with one worker only: this stand-in runs the model itself, which two threads must not share (the
+    # real compiled graph does not touch the module; test_compiled_threads_equal_compiled_one_thread)
+    ("loop", 1, 5e-3, 0.0, True, "rounding (within 0.02), so the meta-loss runs compiled"),
+    ("vmap", 1, 5e-3, 0.0, True, "rounding (within 0.02), so the meta-loss runs compiled"),
+    ("loop", 1, 5e-2, 0.0, False, "compiled float32 rounds too coarsely (more than 0.02)"),
+    ("loop", 2, 5e-3, 5e-3, False, "a wrong compiled graph (more than 1e-06 in float64)"),
+])
+def test_a_float32_difference_is_checked_again_in_float64(monkeypatch, caplog, strategy, workers, float32, float64,
+                                                          kept, message):
+    monkeypatch.setattr(torch, "compile", scaled_gradient(float32, float64))
+    batch = TaskBatch(*[t.float() if t.is_floating_point() else t for t in regression_batch()])
+    maml = MAML(mlp().float(), F.mse_loss, inner_lr=0.01, strategy=strategy, compile=True, workers=workers)
+    eager = MAML(mlp().float(), F.mse_loss, inner_lr=0.01, strategy=strategy)
+    with caplog.at_level(logging.INFO, logger="fastmaml"):
+        _, grad = meta_gradient(maml, batch)
+        _, grad = meta_gradient(maml, batch)  # the second step runs what the check chose
+    assert maml.compile is kept and message in caplog.text
+    assert caplog.text.count("torch.compile's") == 1  # one check, not one per task of the loop's first batch
+    assert maml.parameters().__next__().dtype == torch.float32  # the float64 copy left this MAML alone
+    torch.testing.assert_close(grad, meta_gradient(eager, batch)[1] * (1 + float32 if kept else 1.0))
+    if kept:  # the figures: float32 0.5% from eager and from float64, float64 the same, eager float32 ~1e-7
+        found = re.search(r"differs from the eager one by ([0-9.e-]+), but in float64 compiled and eager differ by "
+                          r"([0-9.e+-]+), and the compiled float32 meta-gradient is ([0-9.e-]+) from the float64 one, "
+                          r"eager float32 ([0-9.e-]+)", caplog.text)
+        assert found, caplog.text
+        assert 3e-3 < float(found.group(1)) < 5e-3 and float(found.group(2)) == 0.0
+        assert 3e-3 < float(found.group(3)) < 5e-3 and float(found.group(4)) < 1e-5
+    else:
+        assert "running the meta-loss eagerly" in caplog.text
+
+
 def test_a_right_compiled_meta_gradient_passes_the_check_without_changing_the_random_stream(monkeypatch):
     class Noisy(nn.Module):  # draws from the global generator without changing its output
         def __init__(self):
