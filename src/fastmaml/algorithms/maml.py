@@ -492,10 +492,12 @@ class MAML(nn.Module):
         if kind in self._compiled_ran:
             return compiled
 
+        twin: list = []  # the float64 copy of this MAML and its compiled meta-loss, made once (_refusal)
+        noted: list = []
+
         def first_call(*args: object) -> Tensor:
-            # the per-task loop calls this for every task of the first meta-batch: one check decides
-            if kind in self._compiled_ran:
-                return compiled(*args)
+            # the per-task loop calls this for every task of its first meta-batch, and each task is
+            # checked; one refusal runs the rest of the batch, and the run, eagerly
             if not self.compile:
                 return fn(*args)
             if any(p.device.type == "cuda" for p in self.model.parameters()):
@@ -506,7 +508,7 @@ class MAML(nn.Module):
             try:
                 got, want = self._compiled_gradients(compiled, fn, args)
                 difference = relative_difference(got, want)
-                refusal = None if difference <= COMPILE_TOLERANCE else self._refusal(fn, args, got, want)
+                refusal = None if difference <= COMPILE_TOLERANCE else self._refusal(fn, args, got, want, twin, noted)
             except Exception as error:  # noqa: BLE001 - a compiler or tracing failure: run eagerly instead
                 log.warning("torch.compile could not compile the meta-loss (%s: %s); running it eagerly",
                             type(error).__name__, str(error).splitlines()[0] if str(error) else "")
@@ -553,17 +555,23 @@ class MAML(nn.Module):
             torch.random.set_rng_state(state)
         return got, want
 
-    def _refusal(self, fn: Callable[..., Tensor], args: tuple, got: Tensor, want: Tensor) -> str | None:
+    def _refusal(
+        self, fn: Callable[..., Tensor], args: tuple, got: Tensor, want: Tensor, cache: list, noted: list
+    ) -> str | None:
         """Why a compiled meta-gradient ``got`` further than COMPILE_TOLERANCE from the eager ``want``
         is refused, or None when the float64 check finds rounding, not a wrong graph (see
         COMPILE_F64_TOLERANCE): the same meta-loss, compiled afresh and run eagerly, on a float64 copy
-        of this MAML and of the batch in ``args`` (the parameters and learning rates are its own)."""
+        of this MAML (made once into ``cache``: the weights do not change within the first meta-batch)
+        and of the batch in ``args`` (the parameters and learning rates are the copy's own). The first
+        acceptance is logged (INFO), then ``noted``."""
         if not all(p.dtype == torch.float32 for p in self.parameters()):
             return ""  # float64 already (the difference is no rounding), or half precision: no check here
-        twin = copy.deepcopy(self).to(torch.float64)
-        twin._compiled, twin._compiled_ran, twin._compiled_shapes = {}, set(), set()
-        compiled = functools.partial(torch.compile(_own_code(fn.__func__), dynamic=False, fullgraph=True,
-                                                   options=twin._compile_options()), twin)
+        if not cache:
+            twin = copy.deepcopy(self).to(torch.float64)
+            twin._compiled, twin._compiled_ran, twin._compiled_shapes = {}, set(), set()
+            cache += [twin, functools.partial(torch.compile(_own_code(fn.__func__), dynamic=False, fullgraph=True,
+                                                            options=twin._compile_options()), twin)]
+        twin, compiled = cache
         batch = type(args[2])(*[t.to(torch.float64) if t.is_floating_point() else t for t in args[2]])
         got64, want64 = twin._compiled_gradients(compiled, fn.__func__.__get__(twin), (twin.params(), twin.lr(), batch))
         graph = relative_difference(got64, want64)
@@ -575,8 +583,10 @@ class MAML(nn.Module):
             return figures + f": a wrong compiled graph (more than {COMPILE_F64_TOLERANCE:g} in float64)"
         if compiled32 > bound:
             return figures + f": compiled float32 rounds too coarsely (more than {bound:.2g})"
-        log.info("torch.compile's float32 meta-gradient differs from the eager one by %.3g, but%s: rounding "
-                 "(within %.2g), so the meta-loss runs compiled", relative_difference(got, want), figures[1:], bound)
+        if not noted:
+            log.info("torch.compile's float32 meta-gradient differs from the eager one by %.3g, but%s: rounding "
+                     "(within %.2g), so the meta-loss runs compiled", relative_difference(got, want), figures[1:], bound)
+            noted.append(True)
         return None
 
     def _compile_options(self) -> dict | None:

@@ -196,9 +196,12 @@ def test_a_wrong_compiled_meta_gradient_runs_eagerly(monkeypatch, caplog, worker
     assert found and 0.3 < float(found.group(1)) <= 0.5
 
 
-def scaled_gradient(float32: float, float64: float):
+def scaled_gradient(float32: float, float64: float, calls: list | None = None):
     """A stand-in for torch.compile whose meta-loss has the eager value and (1 + e) x its gradient, e by dtype."""
     def compile_(fn, **kwargs):
+        if calls is not None:
+            calls.append(fn)
+
         def call(*args):
             loss = fn(*args)
             e = float32 if loss.dtype == torch.float32 else float64
@@ -218,7 +221,8 @@ def scaled_gradient(float32: float, float64: float):
 ])
 def test_a_float32_difference_is_checked_again_in_float64(monkeypatch, caplog, strategy, workers, float32, float64,
                                                           kept, message):
-    monkeypatch.setattr(torch, "compile", scaled_gradient(float32, float64))
+    compiles = []
+    monkeypatch.setattr(torch, "compile", scaled_gradient(float32, float64, compiles))
     batch = TaskBatch(*[t.float() if t.is_floating_point() else t for t in regression_batch()])
     maml = MAML(mlp().float(), F.mse_loss, inner_lr=0.01, strategy=strategy, compile=True, workers=workers)
     eager = MAML(mlp().float(), F.mse_loss, inner_lr=0.01, strategy=strategy)
@@ -226,7 +230,9 @@ def test_a_float32_difference_is_checked_again_in_float64(monkeypatch, caplog, s
         _, grad = meta_gradient(maml, batch)
         _, grad = meta_gradient(maml, batch)  # the second step runs what the check chose
     assert maml.compile is kept and message in caplog.text
-    assert caplog.text.count("torch.compile's") == 1  # one check, not one per task of the loop's first batch
+    # the loop checks each of its 4 tasks, with one float64 copy (2 compiles: the meta-loss and the copy's) and
+    # one message; a refusal runs the other tasks eagerly
+    assert caplog.text.count("torch.compile's") == 1 and len(compiles) == 2
     assert maml.parameters().__next__().dtype == torch.float32  # the float64 copy left this MAML alone
     torch.testing.assert_close(grad, meta_gradient(eager, batch)[1] * (1 + float32 if kept else 1.0))
     if kept:  # the figures: float32 0.5% from eager and from float64, float64 the same, eager float32 ~1e-7
@@ -238,6 +244,33 @@ def test_a_float32_difference_is_checked_again_in_float64(monkeypatch, caplog, s
         assert 3e-3 < float(found.group(3)) < 5e-3 and float(found.group(4)) < 1e-5
     else:
         assert "running the meta-loss eagerly" in caplog.text
+
+
+def test_the_loops_meta_loss_checks_every_task_of_its_first_meta_batch(monkeypatch, caplog):
+    # a compiled meta-loss right on the first task and wrong (in any precision) on the others; meta_loss
+    # runs the loop's tasks through one check each (meta_backward, the trainer's step, checks its first task)
+    seen = []
+    batch = TaskBatch(*[t.float() if t.is_floating_point() else t for t in regression_batch()])
+    first = float(batch.support_x[0, 0, 0])
+
+    def compile_(fn, **kwargs):
+        def call(*args):
+            loss = fn(*args)
+            right = float(args[-1].support_x.reshape(-1)[0]) == first  # task 0
+            seen.append((right, loss.dtype))
+            return loss if right else loss + 0.5 * (loss - loss.detach())
+        return call
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    maml = MAML(mlp().float(), F.mse_loss, inner_lr=0.01, strategy="loop", compile=True)
+    with caplog.at_level(logging.WARNING):
+        maml.meta_loss(batch).backward()
+    eager = MAML(mlp().float(), F.mse_loss, inner_lr=0.01, strategy="loop")
+    assert not maml.compile and "a wrong compiled graph" in caplog.text
+    # task 0 checked and run; task 1 checked in float32 and float64 (wrong in both); tasks 2, 3 eager
+    assert seen == [(True, torch.float32), (True, torch.float32), (False, torch.float32), (False, torch.float64)]
+    grad = torch.cat([p.grad.reshape(-1) for p in maml.parameters()])
+    torch.testing.assert_close(grad, meta_gradient(eager, batch)[1])
 
 
 def test_a_right_compiled_meta_gradient_passes_the_check_without_changing_the_random_stream(monkeypatch):
