@@ -492,10 +492,11 @@ class MAML(nn.Module):
         if kind in self._compiled_ran:
             return compiled
 
-        twin: list = []  # the float64 copy of this MAML and its compiled meta-loss, made once (_refusal)
-        noted: list = []
+        float64_twin = functools.cache(lambda: self._float64_twin(fn))  # made once, on the first float64 check
+        noted = False
 
         def first_call(*args: object) -> Tensor:
+            nonlocal noted
             # the per-task loop calls this for every task of its first meta-batch, and each task is
             # checked; one refusal runs the rest of the batch, and the run, eagerly
             if not self.compile:
@@ -508,7 +509,9 @@ class MAML(nn.Module):
             try:
                 got, want = self._compiled_gradients(compiled, fn, args)
                 difference = relative_difference(got, want)
-                refusal = None if difference <= COMPILE_TOLERANCE else self._refusal(fn, args, got, want, twin, noted)
+                refusal = accepted = None
+                if difference > COMPILE_TOLERANCE:
+                    refusal, accepted = self._refusal(float64_twin, args, got, want)
             except Exception as error:  # noqa: BLE001 - a compiler or tracing failure: run eagerly instead
                 log.warning("torch.compile could not compile the meta-loss (%s: %s); running it eagerly",
                             type(error).__name__, str(error).splitlines()[0] if str(error) else "")
@@ -520,6 +523,10 @@ class MAML(nn.Module):
                             difference, COMPILE_TOLERANCE, refusal, torch.__version__)
                 self.compile = False
                 return fn(*args)
+            if accepted is not None and not noted:
+                log.info("torch.compile's float32 meta-gradient differs from the eager one by %.3g, but%s",
+                         difference, accepted)
+                noted = True
             log.debug("torch.compile's meta-gradient (%s) is within %.3g of the eager one", kind, difference)
             self._compiled_ran.add(kind)
             return compiled(*args)
@@ -555,39 +562,37 @@ class MAML(nn.Module):
             torch.random.set_rng_state(state)
         return got, want
 
+    def _float64_twin(self, fn: Callable[..., Tensor]) -> tuple[MAML, Callable[..., Tensor], Callable[..., Tensor]]:
+        """A float64 copy of this MAML, the meta-loss ``fn`` (a method of this object) compiled afresh for
+        it, and ``fn`` run eagerly on it. The weights do not change within the first meta-batch, so one
+        copy serves every task the per-task loop checks."""
+        twin = copy.deepcopy(self).to(torch.float64)
+        compiled = torch.compile(_own_code(fn.__func__), dynamic=False, fullgraph=True, options=twin._compile_options())
+        return twin, functools.partial(compiled, twin), fn.__func__.__get__(twin)
+
     def _refusal(
-        self, fn: Callable[..., Tensor], args: tuple, got: Tensor, want: Tensor, cache: list, noted: list
-    ) -> str | None:
-        """Why a compiled meta-gradient ``got`` further than COMPILE_TOLERANCE from the eager ``want``
-        is refused, or None when the float64 check finds rounding, not a wrong graph (see
-        COMPILE_F64_TOLERANCE): the same meta-loss, compiled afresh and run eagerly, on a float64 copy
-        of this MAML (made once into ``cache``: the weights do not change within the first meta-batch)
-        and of the batch in ``args`` (the parameters and learning rates are the copy's own). The first
-        acceptance is logged (INFO), then ``noted``."""
+        self, float64_twin: Callable[[], tuple], args: tuple, got: Tensor, want: Tensor
+    ) -> tuple[str | None, str | None]:
+        """(why a compiled meta-gradient ``got`` further than COMPILE_TOLERANCE from the eager ``want``
+        is refused, None) or (None, the figures) when the float64 check finds rounding, not a wrong
+        graph (see COMPILE_F64_TOLERANCE): the same meta-loss compiled and run eagerly on
+        ``float64_twin()`` with the batch in ``args`` in float64 (the parameters and learning rates are
+        the copy's own)."""
         if not all(p.dtype == torch.float32 for p in self.parameters()):
-            return ""  # float64 already (the difference is no rounding), or half precision: no check here
-        if not cache:
-            twin = copy.deepcopy(self).to(torch.float64)
-            twin._compiled, twin._compiled_ran, twin._compiled_shapes = {}, set(), set()
-            cache += [twin, functools.partial(torch.compile(_own_code(fn.__func__), dynamic=False, fullgraph=True,
-                                                            options=twin._compile_options()), twin)]
-        twin, compiled = cache
+            return "", None  # float64 already (the difference is no rounding), or half precision: no check here
+        twin, compiled, eager = float64_twin()
         batch = type(args[2])(*[t.to(torch.float64) if t.is_floating_point() else t for t in args[2]])
-        got64, want64 = twin._compiled_gradients(compiled, fn.__func__.__get__(twin), (twin.params(), twin.lr(), batch))
+        got64, want64 = twin._compiled_gradients(compiled, eager, (twin.params(), twin.lr(), batch))
         graph = relative_difference(got64, want64)
         compiled32, eager32 = relative_difference(got, want64), relative_difference(want, want64)
         bound = max(COMPILE_ROUNDING_TOLERANCE, COMPILE_ROUNDING_FACTOR * eager32)
-        figures = (f"; in float64 compiled and eager differ by {graph:.2g}, and the compiled float32 meta-gradient "
+        figures = (f" in float64 compiled and eager differ by {graph:.2g}, and the compiled float32 meta-gradient "
                    f"is {compiled32:.2g} from the float64 one, eager float32 {eager32:.2g}")
         if graph > COMPILE_F64_TOLERANCE:
-            return figures + f": a wrong compiled graph (more than {COMPILE_F64_TOLERANCE:g} in float64)"
+            return f";{figures}: a wrong compiled graph (more than {COMPILE_F64_TOLERANCE:g} in float64)", None
         if compiled32 > bound:
-            return figures + f": compiled float32 rounds too coarsely (more than {bound:.2g})"
-        if not noted:
-            log.info("torch.compile's float32 meta-gradient differs from the eager one by %.3g, but%s: rounding "
-                     "(within %.2g), so the meta-loss runs compiled", relative_difference(got, want), figures[1:], bound)
-            noted.append(True)
-        return None
+            return f";{figures}: compiled float32 rounds too coarsely (more than {bound:.2g})", None
+        return None, f"{figures}: rounding (within {bound:.2g}), so the meta-loss runs compiled"
 
     def _compile_options(self) -> dict | None:
         """Inductor options. With worker threads on the CPU, the C++ wrapper: it runs each compiled

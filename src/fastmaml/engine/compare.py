@@ -84,6 +84,11 @@ def decimals(report: dict[str, Any], name: str) -> int:
 MAX_STEP_COLUMNS = 12
 
 
+def step_columns(report: dict[str, Any]) -> list[int]:
+    """The numbers of steps the tables show (all up to MAX_STEP_COLUMNS; ``shown_steps``)."""
+    return shown_steps(report["steps"], MAX_STEP_COLUMNS)
+
+
 def header(columns: list[str], steps: list[int]) -> list[str]:
     """A markdown table's header and rule: ``columns``, then one column per number of steps."""
     names = [*columns, *(f"{k} step{'' if k == 1 else 's'}" for k in steps)]
@@ -93,7 +98,7 @@ def header(columns: list[str], steps: list[int]) -> list[str]:
 def table(report: dict[str, Any]) -> str:
     """Mean ± 95% CI after 0..N steps, one markdown table per metric."""
     lines = []
-    steps = shown_steps(report["steps"], MAX_STEP_COLUMNS)
+    steps = step_columns(report)
     for name in metric_names(report["metrics"]):
         d = decimals(report, name)
         lines += ["", f"{name}:", "", *header(["method", "run"], steps)]
@@ -108,7 +113,7 @@ def paired(report: dict[str, Any]) -> str:
     """The first row minus each other one, task by task, for every metric all rows keep per task."""
     methods = report["metrics"]
     first = next(iter(methods))
-    steps = shown_steps(report["steps"], MAX_STEP_COLUMNS)
+    steps = step_columns(report)
     lines = []
     for name, differences in paired_by_metric(methods).items():
         d = decimals(report, name)
@@ -128,7 +133,7 @@ def summary(report: dict[str, Any]) -> str:
     trajectories = (f", {report['trajectories']} trajectories per task and step"
                     if "trajectories" in report else "")
     head = f"{report['experiment']}: {report['tasks']} {where} tasks, seed {report['seed']}{trajectories}"
-    shown = len(shown_steps(report["steps"], MAX_STEP_COLUMNS))
+    shown = len(step_columns(report))
     if shown <= report["steps"]:
         head += (f"; {shown} of the {report['steps'] + 1} step columns shown (each run's eval.json has "
                  "every step)")
