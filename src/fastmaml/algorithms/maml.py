@@ -298,9 +298,15 @@ class MAML(nn.Module):
             return loss.detach()
         if threads:
             return self._threaded_backward(batch, scale)
+        if self.compile and torch.is_grad_enabled():
+            # one function for the whole batch: on the first meta-batch it checks every task, as meta_loss does
+            task_loss = self._maybe_compiled("task", self._task_loss)
+            per_task = lambda i: task_loss(self.params(), self.lr(), batch.task(i))  # noqa: E731
+        else:
+            per_task = lambda i: self.meta_loss(batch.slice(i, i + 1))  # noqa: E731
         losses = []
         for i in range(batch.num_tasks):
-            loss = self.meta_loss(batch.slice(i, i + 1)) * (scale / batch.num_tasks)
+            loss = per_task(i) * (scale / batch.num_tasks)
             loss.backward()
             losses.append(loss.detach())
         return functools.reduce(torch.add, losses)
@@ -352,10 +358,11 @@ class MAML(nn.Module):
                 losses.append(task_loss.detach())
             return sums, functools.reduce(torch.add, losses)
 
-        if vmap:  # each share size compiles once, here (shares differ by one task at most)
-            examples = [batch.slice(0, size) for size in sorted({batch.num_tasks // count, -(-batch.num_tasks // count)})]
+        if vmap:  # the workers' shares (their sizes differ by one task at most)
+            examples = [batch.slice(k * batch.num_tasks // count, (k + 1) * batch.num_tasks // count)
+                        for k in range(count)]
         else:
-            examples = [batch.task(0)]
+            examples = [batch.task(i) for i in range(batch.num_tasks)]
         compiled = None if hybrid else self._compiled_for_threads("vmap" if vmap else "task", params, lr, examples)
         with ThreadPoolExecutor(count, thread_name_prefix="fastmaml-task") as pool:
             results = list(pool.map(work_hybrid if hybrid else work_vmap if vmap else work, range(count)))
@@ -609,16 +616,19 @@ class MAML(nn.Module):
         """The compiled per-task (``kind="task"``) or vectorised (``"vmap"``) meta-loss for worker
         threads, or None (``compile`` off or failed).
 
-        Every shape in ``examples`` (one task, or the workers' share sizes) not seen before compiles
-        here, in the calling thread: forward and backward, results thrown away (the meta-gradient
-        is the same as without it), so that the threads only run compiled graphs."""
+        ``examples`` are what the workers will run (every task of the batch, or the workers' shares).
+        Every shape among them not seen before compiles here, in the calling thread: forward and
+        backward, results thrown away (the meta-gradient is the same as without it), so that the
+        threads only run compiled graphs. On the first meta-batch every example goes through the
+        compile check, as the single-threaded meta-loss checks every task."""
         if not self.compile or not torch.is_grad_enabled():
             return None
+        checking = kind not in self._compiled_ran
         fn = self._maybe_compiled(kind, self._task_loss if kind == "task" else self._vmap_losses)
         inputs = [p for p in self.parameters() if p.requires_grad]
         for example in examples:
             key = (kind, tuple(tuple(t.shape) for t in example))
-            if key in self._compiled_shapes or not self.compile:
+            if (key in self._compiled_shapes and not checking) or not self.compile:
                 continue
             torch.autograd.grad(fn(params, lr, example).sum(), inputs, allow_unused=True)
             self._compiled_shapes.add(key)

@@ -246,9 +246,15 @@ def test_a_float32_difference_is_checked_again_in_float64(monkeypatch, caplog, s
         assert "running the meta-loss eagerly" in caplog.text
 
 
-def test_the_loops_meta_loss_checks_every_task_of_its_first_meta_batch(monkeypatch, caplog):
-    # a compiled meta-loss right on the first task and wrong (in any precision) on the others; meta_loss
-    # runs the loop's tasks through one check each (meta_backward, the trainer's step, checks its first task)
+@pytest.mark.parametrize(("step", "strategy", "workers"), [
+    ("meta_loss", "loop", 1),
+    ("meta_backward", "loop", 1),  # the trainer's step, one task's graph at a time
+    ("meta_backward", "loop", 2),  # checked in the calling thread before the workers run
+    ("meta_backward", "vmap", 2),  # each worker's share of the tasks, vectorised
+])
+def test_every_task_of_the_first_meta_batch_is_checked(monkeypatch, caplog, step, strategy, workers):
+    # a compiled meta-loss right on the first task (or share) and wrong (in any precision) on the others:
+    # every task (share) of the first meta-batch goes through the check, in training as in meta_loss
     seen = []
     batch = TaskBatch(*[t.float() if t.is_floating_point() else t for t in regression_batch()])
     first = float(batch.support_x[0, 0, 0])
@@ -262,12 +268,13 @@ def test_the_loops_meta_loss_checks_every_task_of_its_first_meta_batch(monkeypat
         return call
 
     monkeypatch.setattr(torch, "compile", compile_)
-    maml = MAML(mlp().float(), F.mse_loss, inner_lr=0.01, strategy="loop", compile=True)
+    maml = MAML(mlp().float(), F.mse_loss, inner_lr=0.01, strategy=strategy, compile=True, workers=workers)
+    eager = MAML(mlp().float(), F.mse_loss, inner_lr=0.01, strategy=strategy, workers=workers)
+    maml._thread_vmap = eager._thread_vmap = True  # the workers' vectorised shares, whatever the model's size
     with caplog.at_level(logging.WARNING):
-        maml.meta_loss(batch).backward()
-    eager = MAML(mlp().float(), F.mse_loss, inner_lr=0.01, strategy="loop")
+        maml.meta_loss(batch).backward() if step == "meta_loss" else maml.meta_backward(batch)
     assert not maml.compile and "a wrong compiled graph" in caplog.text
-    # task 0 checked and run; task 1 checked in float32 and float64 (wrong in both); tasks 2, 3 eager
+    # task (share) 0 checked and run; the next checked in float32 and float64 (wrong in both); the rest eager
     assert seen == [(True, torch.float32), (True, torch.float32), (False, torch.float32), (False, torch.float64)]
     grad = torch.cat([p.grad.reshape(-1) for p in maml.parameters()])
     torch.testing.assert_close(grad, meta_gradient(eager, batch)[1])
