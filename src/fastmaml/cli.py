@@ -320,6 +320,38 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_overwriting(out: Path, run_dir: Path, config: object, inputs: list[Path | None]) -> None:
+    """ConfigError where ``adapt --out`` would overwrite a file of the run (its checkpoints, config,
+    metrics, evaluations, snapshots, plots) or one of its inputs: the support or predict file or
+    folder, the table's training CSV, the image data folder. Writing there would lose a run or its
+    data, as an adapt that wrote a CSV over checkpoint.safetensors did."""
+    from fastmaml.engine.run_dir import CONFIG, LOCK, METRICS
+
+    target = out.resolve()
+    run = run_dir.resolve()
+
+    def same_or_inside(path: Path, folder: bool) -> bool:
+        path = path.resolve()
+        return target == path or (folder and path in target.parents) or (
+            target.exists() and path.exists() and os.path.samefile(target, path))
+
+    if run in target.parents:
+        name = target.name
+        reserved = name in (CONFIG, METRICS, LOCK) or name.startswith(("checkpoint", "best", "eval")) or (
+            target.exists() and target.suffix in (".json", ".jsonl", ".safetensors"))
+        if target.parent != run or reserved:
+            raise ConfigError(f"--out {out} would overwrite a file of the run; write the output outside {run_dir} "
+                              "or under a new name directly in it")
+    # an image run's support and predict inputs, and its data, are folders: nothing may be written inside them
+    images = hasattr(config, "root")
+    data = [(Path(value), folder) for value, folder in ((getattr(config, "csv", ""), False),
+                                                        (getattr(config, "root", ""), True)) if value]
+    for path, folder in [(p, images) for p in inputs if p is not None] + data:
+        if same_or_inside(path, folder):
+            raise ConfigError(f"--out {out} would overwrite {path}, an input of this adapt or of the run; "
+                              "choose another --out path")
+
+
 def cmd_adapt(args: argparse.Namespace) -> int:
     from fastmaml.engine.run_dir import read_config
     from fastmaml.experiments.fewshot import FewShotConfig
@@ -337,6 +369,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         raise ConfigError(f"adapt needs {' and '.join(missing)} for a {preset.name} run (see fastmaml adapt --help)")
     if args.csv is not None and preset.name != "table":
         raise ConfigError(f"--csv is for table runs; a {preset.name} run reads its new task from --support")
+    refuse_overwriting(args.out, args.run_dir, config, [args.support, args.predict, args.csv])
     if isinstance(config, FewShotConfig):
         from fastmaml.experiments.adapt_images import adapt_images
 
@@ -367,6 +400,7 @@ def adapt_rl(args: argparse.Namespace) -> int:
         raise ConfigError("adapt needs --goal for an rl run: x,y (nav2d), a velocity (cheetah-vel, ant-vel) or "
                           "+1/-1 (cheetah-dir, ant-dir)")
     check_out_path(args.out)
+    refuse_overwriting(args.out, args.run_dir, None, [])
     adapted, note = adapt_policy(args.run_dir, args.goal, method=args.method, steps=args.steps,
                                  trajectories=args.trajectories, seed=args.seed,
                                  which=which_checkpoint(args))

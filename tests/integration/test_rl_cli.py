@@ -321,6 +321,10 @@ def test_adapt_errors_for_rl_runs(nav2d_run, tmp_path, capsys, args, message):
     assert "an adapted policy is written as a .safetensors file" in capsys.readouterr().err
     assert main(["adapt", str(nav2d_run), "--goal", "0.1,0.1", "--out", str(tmp_path / "no" / "p.safetensors")]) == 2
     assert "the folder" in capsys.readouterr().err
+    checkpoint = nav2d_run / "checkpoint.safetensors"
+    before = checkpoint.read_bytes()
+    assert main(["adapt", str(nav2d_run), "--goal", "0.1,0.1", "--out", str(checkpoint)]) == 2
+    assert "would overwrite a file of the run" in capsys.readouterr().err and checkpoint.read_bytes() == before
 
 
 @pytest.mark.parametrize("env, goal", [("ant-vel", "1.5"), ("ant-dir", "-1")])

@@ -280,3 +280,23 @@ def test_snapshots_are_kept_every_n_iterations_and_meta_tested_on_their_own(tmp_
     # snapshot_every may change on resume
     assert main(["train", "--resume", str(run), "--iterations", "40", "--set", "snapshot_every=5", "--no-progress"]) == 0
     assert len(list((run / "snapshots").glob("*.safetensors"))) == 5  # 10, 20, 30, 35, 40
+
+
+@pytest.mark.parametrize("where", ["checkpoint.safetensors", "config.json", "metrics.jsonl", "eval.json",
+                                   "best.safetensors", "snapshots/x.csv", "support", "predict"])
+def test_adapt_never_writes_over_the_runs_files_or_its_inputs(trained_run, tmp_path, capsys, where):
+    # an adapt --out RUN/checkpoint.safetensors once wrote its CSV there, exit 0, and the run was lost
+    support, predict = tmp_path / "support.csv", tmp_path / "predict.csv"
+    support.write_text("x,y\n" + "".join(f"{x},{math.sin(x)}\n" for x in range(5)))
+    predict.write_text("x\n0.5\n1.5\n")
+    out = {"support": support, "predict": predict}.get(where, trained_run / where)
+    before = {p: p.read_bytes() for p in [*trained_run.rglob("*"), support, predict] if p.is_file()}
+    assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict),
+                 "--out", str(out)]) == 2
+    assert "would overwrite" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before and not (trained_run / "best.safetensors").exists()
+    # a new file directly in the run folder is allowed, and may be written again
+    for _ in range(2):
+        assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict),
+                     "--out", str(trained_run / "predictions.csv")]) == 0
+    (trained_run / "predictions.csv").unlink()

@@ -4,6 +4,7 @@ import csv
 import hashlib
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -353,3 +354,20 @@ def test_validation_keeps_the_most_accurate_checkpoint_and_adapt_can_use_it(tmp_
     assert main(["adapt", str(plain), *adapt[2:], "--best"]) == 2  # no validation, no best checkpoint
     assert "kept no best checkpoint: only runs that validate keep one (train with --set val_every=N)" \
         in one_line_error(capsys)
+
+
+def test_adapt_refuses_to_write_over_the_training_csv(table_run, tmp_path, capsys):
+    # the CSV the run was trained on: overwritten, every later eval of the run failed ("has changed")
+    root, run = table_run
+    training_csv = Path(json.loads((run / "config.json").read_text())["config"]["csv"])
+    before = training_csv.read_bytes()
+    with open(training_csv, newline="") as f:
+        rows = list(csv.reader(f))
+    support, predict = tmp_path / "support.csv", tmp_path / "predict.csv"
+    with open(support, "w", newline="") as f:
+        csv.writer(f).writerows(rows[:6])
+    with open(predict, "w", newline="") as f:
+        csv.writer(f).writerows([rows[0], *rows[6:9]])
+    assert main(["adapt", str(run), "--support", str(support), "--predict", str(predict),
+                 "--out", str(training_csv)]) == 2
+    assert "would overwrite" in capsys.readouterr().err and training_csv.read_bytes() == before
