@@ -146,6 +146,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def moved_data(config: object, trained_on: str | None) -> None:
+    """ConfigError where a resumed image-folder run is pointed at another folder while the one it
+    trained on is still there: a folder data set's root is the data itself (Omniglot and MiniImagenet
+    check what they read, so their root may move). A root that is gone may be given anew (the data
+    moved); that is logged, as its content cannot be compared."""
+    root = getattr(config, "root", None)
+    keys = getattr(config, "execution_keys", lambda: ())()
+    if root is None or trained_on is None or "root" in keys or root == trained_on:
+        return
+    before = Path(trained_on)
+    if before.exists() and before.resolve() != Path(root).resolve():
+        raise ConfigError(f"this run trained on the images in {trained_on}, which are still there; a resumed run "
+                          f"keeps its data (another --root would mix two data sets): drop --root {root}, or "
+                          "start a new run on it")
+    if not before.exists():
+        logging.getLogger(__name__).warning("%s, the folder this run trained on, is gone; resuming on %s, taken "
+                                            "to hold the same images", trained_on, root)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from fastmaml.engine.experiment import get_preset
     from fastmaml.engine.distributed import from_rank0_before_group, launched_rank
@@ -168,7 +187,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"a resumed run keeps its config; only {', '.join(sorted(RESUME_KEYS))} may change "
                 f"(got {', '.join(sorted(keys - RESUME_KEYS))})"
             )
+        trained_on = getattr(config, "root", None)
         config = apply_overrides(config, [f"{k}={v}" for k, v in shorthand.items()] + args.set)
+        moved_data(config, trained_on)
         run_dir = args.resume
     else:
         if not args.preset:
@@ -435,6 +456,18 @@ def _warnings_beside_progress_bars() -> contextlib.AbstractContextManager:
     return logging_redirect_tqdm() if console else contextlib.nullcontext()
 
 
+OUT_OF_MEMORY = ("out of memory; make the model, meta_batch_size, image_size or --tasks smaller, or set "
+                 "micro_batch_size (the last good checkpoint, if any, is kept)")
+
+
+def out_of_memory(error: RuntimeError) -> bool:
+    """A RuntimeError that is torch running out of host or GPU memory (its OutOfMemoryError is one)."""
+    import torch
+
+    kind = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(error, kind) or "can't allocate memory" in str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
@@ -456,9 +489,15 @@ def main(argv: list[str] | None = None) -> int:
     except FastMAMLError as error:
         print(f"fastmaml: error: {error}", file=sys.stderr)
         return error.exit_code
+    except MemoryError:
+        print(f"fastmaml: error: {OUT_OF_MEMORY}", file=sys.stderr)
+        return 1
     except RuntimeError as error:
         from fastmaml.engine.distributed import launched_rank, lost_peer
 
+        if out_of_memory(error):
+            print(f"fastmaml: error: {OUT_OF_MEMORY} ({str(error).splitlines()[0][:200]})", file=sys.stderr)
+            return 1
         what = lost_peer(error)
         if what is None:
             raise

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 
+from fastmaml.errors import ConfigError  # noqa: E402
+
 LABELS = {"maml": "MAML", "pretrained": "pretrained, fine-tuned", "context": "context vector", "scratch": "from scratch"}
 
 
@@ -48,7 +50,11 @@ def metric_vs_steps_figure(report: dict[str, Any]) -> plt.Figure:
     """The figure of :func:`metric_vs_steps`, laid out: one panel per metric, whole-number steps on
     the x axis, and one legend for all panels below them, where it cannot cover a curve or its band
     (inside a panel, matplotlib's "best" place ignored the bands and sat on the MAML curve)."""
-    metrics = next(iter(report["metrics"].values()))
+    methods = report.get("metrics")
+    metrics = next(iter(methods.values()), None) if isinstance(methods, dict) else None
+    if not metrics or not isinstance(metrics, dict):  # a hand-edited or cut eval.json: nothing to draw
+        raise ConfigError("the eval report has no metrics to plot; run `fastmaml eval RUN_DIR` again to rewrite "
+                          "its eval.json")
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
     for ax, name in zip(axes[0], metrics):
         for method, values in report["metrics"].items():

@@ -38,6 +38,10 @@ def run_cli(args, capsys):
         (["bench", "--device", "tpu", "--workloads", "sinusoid"], "unknown device 'tpu'"),
         (["plot", "nowhere", "--tasks", "0"], "--tasks must be >= 1, got 0"),
         (["data", "omniglot", "--root", "x", "--url", "http://127.0.0.1:1/"], "--url names a mirror for fastmaml data"),
+        # checked with the config, before the run folder is made (the model's own check left a folder behind)
+        (["train", "sinusoid", "--out", "X", "--set", "activation=foo"], "activation must be one of relu, sigmoid, tanh"),
+        (["train", "sinusoid", "--out", "X", "--seed", "99999999999999999999999"], "seed must be in [0, 2^63)"),
+        (["train", "rl", "--env", "nav2d", "--out", "X", "--seed", "-1"], "seed must be in [0, 2^63), got -1"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path, monkeypatch):
@@ -183,3 +187,39 @@ def test_only_a_torchrun_process_losing_a_peer_is_one_line(monkeypatch, capsys, 
     monkeypatch.setitem(cli.COMMANDS, "train", raising(RuntimeError("mat1 and mat2 shapes cannot be multiplied")))
     with pytest.raises(RuntimeError, match="shapes"):
         cli.main(["train", "sinusoid"])
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_may_start_again_in_its_folder(tmp_path, capsys):
+    # a NaN meta-loss at once left config.json behind: a new run there was "not empty, use --resume", and
+    # --resume "has no checkpoint, use a new --out"
+    run = tmp_path / "run"
+    fast = ["--iterations", "4", "--set", "checkpoint_every=2", "--set", "log_every=2", "--no-progress"]
+    code, err = run_cli(["train", "sinusoid", "--out", str(run), *fast, "--set", "inner_lr=inf"], capsys)
+    assert code == 1 and "meta-loss became nan" in err and (run / "config.json").is_file()
+    code, err = run_cli(["train", "--resume", str(run)], capsys)
+    assert code == 2 and f"--out {run} (a folder that holds only a failed start is reused)" in err
+    assert main(["train", "sinusoid", "--out", str(run), *fast]) == 0
+    assert json.loads((run / "config.json").read_text())["config"]["inner_lr"] == 0.01
+    # a folder holding someone else's config.json, or a run with metrics, is not taken over
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"mine": 1}')
+    code, err = run_cli(["train", "sinusoid", "--out", str(other), *fast], capsys)
+    assert code == 2 and "is not empty" in err and (other / "config.json").read_text() == '{"mine": 1}'
+    (run / "checkpoint.safetensors").unlink()
+    (run / "checkpoint.prev.safetensors").unlink(missing_ok=True)
+    code, err = run_cli(["train", "sinusoid", "--out", str(run), *fast], capsys)
+    assert code == 2 and "is not empty" in err
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path):
+    from fastmaml.engine import trainer
+
+    def allocate(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 40000000000 bytes.")
+
+    monkeypatch.setattr(trainer, "train", allocate)
+    code, err = run_cli(["train", "sinusoid", "--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    assert code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("fastmaml: error: out of memory; make the model, meta_batch_size") and "40000000000" in err

@@ -296,7 +296,7 @@ def test_omniglot_errors_are_one_clear_line(tiny_omniglot, tmp_path, capsys, mon
 
 
 # ------------------------------------------------------------------------------------------ image folders
-def test_train_and_eval_an_image_folder(tmp_path, capsys, monkeypatch):
+def test_train_and_eval_an_image_folder(tmp_path, capsys, monkeypatch, caplog):
     monkeypatch.setenv("FASTMAML_CACHE", str(tmp_path / "cache"))
     tree, run = write_tree(tmp_path / "tree"), tmp_path / "run"
     code, out, err = cli(
@@ -334,10 +334,23 @@ def test_train_and_eval_an_image_folder(tmp_path, capsys, monkeypatch):
     code, _, err = cli(["train", "images", "--root", tree, "--ways", 30, "--out", tmp_path / "r2"], capsys)
     assert code == 2 and len(err.splitlines()) == 1
     assert "folder train split: ways=30 but only 13 classes are available; use ways <= 13" in err
+    # a run that could never be meta-tested does not train: 4 test classes for 5-way tasks, validation off
+    code, _, err = cli(["train", "images", "--root", tree, "--ways", 5, "--queries", 2, "--set", "val_every=0", "--out",
+                        tmp_path / "r5"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and not (tmp_path / "r5" / "checkpoint.safetensors").exists()
+    assert "folder test split: ways=5 but only 4 classes are available" in err and "splits=0.64,0.16,0.2" in err
     code, _, err = cli(["train", "images", "--out", tmp_path / "r3"], capsys)
     assert code == 2 and err == "fastmaml: error: no data folder for folder: pass --root DIR (or --set root=DIR)"
     code, _, err = cli(["train", "sinusoid", "--root", tree, "--out", tmp_path / "r4"], capsys)
     assert code == 2 and "preset 'sinusoid' has no option --root" in err
+    # a resumed run keeps its images: another folder beside them is refused, a moved folder is taken (warned)
+    other = write_tree(tmp_path / "other", classes=12)
+    code, _, err = cli(["train", "--resume", run, "--iterations", 12, "--root", other, *QUIET], capsys)
+    assert code == 2 and f"this run trained on the images in {tree}, which are still there" in err
+    moved = tree.rename(tmp_path / "moved")
+    code, out, err = cli(["train", "--resume", run, "--iterations", 12, "--root", moved, *QUIET], capsys)
+    assert code == 0 and "from iteration 10 to 12" in out, err
+    assert f"{tree}, the folder this run trained on, is gone; resuming on {moved}" in caplog.text
 
 
 def test_data_miniimagenet_prepares_the_splits_it_finds(tmp_path, capsys):

@@ -422,3 +422,18 @@ def test_sigterm_saves_where_it_stopped_and_resume_is_bit_identical(tmp_path, mo
     assert meta_a["step"] == meta_b["step"] == 3
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_plot_of_an_rl_run_with_a_damaged_eval_json_or_plots_file_is_one_line(nav2d_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(nav2d_run, run)
+    (run / "eval.json").write_text('{"broken')
+    assert main(["plot", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "eval.json is not a readable eval report" in err and len(err.splitlines()) == 1
+    shutil.rmtree(run / "plots", ignore_errors=True)
+    (run / "plots").write_text("x")
+    assert main(["plot", str(run)]) == 2
+    assert "plots is a file, not a folder" in capsys.readouterr().err

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fastmaml import plotting
+from fastmaml.engine.compare import read_report
 from fastmaml.engine.evaluate import evaluate, load_trained, methods_for
 from fastmaml.engine.run_dir import EVAL, PLOTS, read_metrics
 from fastmaml.errors import CheckpointError
@@ -18,18 +18,28 @@ def plot_run(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     otherwise evaluates ``tasks`` meta-test tasks (without saving them as the run's eval).
     """
     run_dir = Path(run_dir)
-    out = run_dir / PLOTS
-    out.mkdir(exist_ok=True)
+    out = plots_folder(run_dir)
     paths = []
     rows = read_metrics(run_dir)
     if not rows:
         raise CheckpointError(f"{run_dir} has no metrics yet; train it first (fastmaml train ... --out {run_dir})")
     paths.append(plotting.learning_curve(rows, out / "learning_curve.png"))
     eval_path = run_dir / EVAL
-    report = json.loads(eval_path.read_text()) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
+    # a damaged eval.json (bad JSON, no metrics): one error saying to rewrite it, as `fastmaml compare` says
+    report = read_report(run_dir) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
     paths.append(plotting.metric_vs_steps(report, out / "metric_vs_steps.png"))
     experiment, maml, _ = load_trained(run_dir)
     figures = experiment.extras.get("figures")
     if figures is not None:
         paths.extend(figures(experiment, methods_for(experiment, maml), out))
     return paths
+
+
+def plots_folder(run_dir: Path) -> Path:
+    """``RUN_DIR/plots``, made if absent; CheckpointError if a file has that name."""
+    out = Path(run_dir) / PLOTS
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out} is a file, not a folder: fastmaml plot writes its figures into the folder "
+                              f"{out}; move the file {PLOTS} away (or rename it), then plot again")
+    out.mkdir(exist_ok=True)
+    return out

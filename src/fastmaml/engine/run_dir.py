@@ -43,8 +43,17 @@ def write_eval(run_dir: Path, report: dict[str, Any], which: str | int = "checkp
                             json.dumps(report, indent=2))
     path = eval_path(run_dir, which)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text + "\n")
+    except OSError as error:
+        raise CheckpointError(f"cannot save the eval report to {path} ({error.strerror} writing {tmp.name}); make "
+                              f"{path.parent} writable (or move {tmp.name} away), then run the eval again") from None
+    try:
+        os.replace(tmp, path)
+    except OSError as error:  # e.g. eval.json is a folder: the report is kept in the temporary file, not lost
+        what = "is a folder" if path.is_dir() else f"cannot be replaced ({error.strerror})"
+        raise CheckpointError(f"{path} {what}; the eval report was saved to {tmp} instead: move {path} away, "
+                              f"then rename {tmp.name} to {path.name}") from None
 
 
 def eval_path(run_dir: Path, which: str | int = "checkpoint") -> Path:
@@ -66,6 +75,7 @@ def keep_snapshot(run_dir: Path, step: int) -> None:
     """Copy the checkpoint just written at iteration ``step`` to ``snapshots/`` (temporary file, then
     rename: a killed copy leaves no partial snapshot)."""
     path = snapshot_path(run_dir, step)
+    check_snapshots_folder(run_dir)  # a file named snapshots appeared while training
     path.parent.mkdir(exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes((Path(run_dir) / CHECKPOINT).read_bytes())
@@ -102,7 +112,15 @@ def read_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()):
     """(preset, config) saved in ``run_dir``; CheckpointError if it is not a run folder. ``overrides``
     (``key=value``) change keys that only affect meta-testing (:func:`fastmaml.config.apply_eval_overrides`)."""
     preset, config = parse_config(read_config_text(run_dir), Path(run_dir) / CONFIG)
-    return preset, apply_eval_overrides(config, list(overrides)) if overrides else config
+    if overrides:
+        return preset, apply_eval_overrides(config, list(overrides))  # validates the changed config
+    from fastmaml.errors import DataError
+
+    try:
+        config.validate()  # a hand-edited value (shots=-4): the error train --resume gives, not a crash later
+    except DataError:  # the data it names (a table's CSV) is checked where it is loaded: adapt --csv may relocate it
+        pass
+    return preset, config
 
 
 def read_config_text(run_dir: Path) -> str:
@@ -110,7 +128,12 @@ def read_config_text(run_dir: Path) -> str:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a fastmaml run folder (no {CONFIG}); pass the --out folder of a run")
-    return path.read_text()
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as error:  # not text: the same error as a config that is not JSON (parse_config)
+        raise CheckpointError(f"{path} is unreadable ({error}); restore it or start a new run") from None
+    except OSError as error:
+        raise CheckpointError(f"{path} is unreadable ({error.strerror}); restore it or start a new run") from None
 
 
 def parse_config(text: str, path: Path):
@@ -147,11 +170,29 @@ def build_experiment(run_dir: Path, overrides: list[str] | tuple[str, ...] = ())
     return preset.build(config)
 
 
+def failed_start(run_dir: Path) -> bool:
+    """True for a folder that holds at most what a new run writes before its first checkpoint (its
+    config, an empty metrics file, the lock): a start that failed there (a setting the model refused,
+    a loss that was NaN at once) may start again in the same folder. A run still starting in it holds
+    the lock, which the caller takes next."""
+    names = {p.name for p in run_dir.iterdir()}
+    metrics, config = run_dir / METRICS, run_dir / CONFIG
+    if not names <= {LOCK, CONFIG, METRICS} or (metrics.is_file() and metrics.stat().st_size > 0):
+        return False
+    if CONFIG not in names:
+        return True
+    try:  # a config.json fastmaml wrote, not someone else's file of that name
+        written = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(written, dict) and {"experiment", "config"} <= set(written)
+
+
 def prepare_new_run(run_dir: Path) -> None:
     """Create ``run_dir`` for a new run: absent or empty, and writable; CheckpointError otherwise."""
     if run_dir.exists() and not run_dir.is_dir():
         raise CheckpointError(f"--out {run_dir} is a file; choose a folder")
-    if run_dir.is_dir() and any(p.name != LOCK for p in run_dir.iterdir()):  # a lock alone: a start that failed
+    if run_dir.is_dir() and not failed_start(run_dir):
         raise CheckpointError(
             f"--out {run_dir} is not empty; continue that run with --resume {run_dir}, or choose a new --out folder"
         )
@@ -210,7 +251,18 @@ def load_for_resume(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not any((run_dir / name).is_file() for name in (CHECKPOINT, checkpoint.previous_path(Path(CHECKPOINT)).name)):
         raise CheckpointError(
             f"{run_dir} has no checkpoint to resume from (it stopped before its first checkpoint, "
-            "or it is not a run folder); start it again with a new --out"
+            f"or it is not a run folder); start it again with fastmaml train PRESET ... --out {run_dir} "
+            "(a folder that holds only a failed start is reused) or a new --out"
         )
     tensors, meta, _ = checkpoint.load_latest(run_dir / CHECKPOINT)
     return tensors, meta
+
+
+def check_snapshots_folder(run_dir: Path) -> None:
+    """CheckpointError if ``RUN_DIR/snapshots`` exists and is not a folder: checked when a run starts or
+    resumes, so that it fails before training rather than at its first snapshot."""
+    path = Path(run_dir) / SNAPSHOTS
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path} is a file, not a folder: the run keeps its snapshots in the folder {path}; "
+                              f"move the file {SNAPSHOTS} away (or rename it), then continue the run with "
+                              f"fastmaml train --resume {run_dir}")

@@ -42,6 +42,7 @@ from fastmaml.engine.run_dir import (
     BEST,
     CHECKPOINT,
     METRICS,
+    check_snapshots_folder,
     keep_snapshot,
     load_for_resume,
     prepare_new_run,
@@ -330,6 +331,7 @@ def fit_in_run_dir(
 
         def lock_and_load() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             held.enter_context(training_lock(run_dir))
+            check_snapshots_folder(run_dir)  # a file named snapshots: fail now, not at the first snapshot
             return load_for_resume(run_dir)
 
         def make_new_run() -> None:

@@ -274,16 +274,25 @@ def query_count(config: FewShotConfig, split: str) -> int:
 def check_data(config: FewShotConfig) -> None:
     """Fail before training starts when the data is missing or too small for the task shape.
 
-    Loads (and on first use caches) the meta-training split, and the validation split when
-    validation is on, then draws one task from each: too few classes or images is one clear error.
+    Loads (and on first use caches) the meta-training split, the validation split when validation
+    is on, and the meta-test split (not MiniImagenet's, whose images may come later), then draws one
+    task from each: too few classes or images is one clear error, before a run that could never be
+    meta-tested trains.
     """
     splits = ("train", "val") if config.val_every else ("train",)
+    if config.dataset != "miniimagenet":
+        splits += ("test",)
     for split in splits:
         images = _load_split(data_spec(config), split, "cpu")
         try:
             images.sample(torch.Generator().manual_seed(0), 1, config.ways, config.shots, query_count(config, split))
         except ConfigError as error:
-            raise ConfigError(f"{config.dataset} {split} split: {error}") from None
+            hint = ""
+            if split != "train":
+                hint = f" (its tasks draw {query_count(config, split)} queries per class: eval_queries, or queries when 0"
+                hint += f"; the classes of each split: splits={','.join(map(str, config.splits))})" if (
+                    config.dataset == "folder") else ")"
+            raise ConfigError(f"{config.dataset} {split} split: {error}{hint}") from None
 
 
 # ------------------------------------------------------------------------------------------ model

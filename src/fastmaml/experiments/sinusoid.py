@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from fastmaml.config import TrainConfig, check_hidden
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.engine.experiment import Experiment, Preset, register
-from fastmaml.models.mlp import MLP
+from fastmaml.models.mlp import MLP, check_activation
 from fastmaml.tasks.sinusoid import SinusoidTasks, evaluate
 
 
@@ -43,6 +43,7 @@ class SinusoidConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         check_hidden(self.hidden)
+        check_activation(self.activation)
         for key in ("shots", "queries", "eval_queries"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")

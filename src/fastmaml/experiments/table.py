@@ -44,7 +44,7 @@ from fastmaml.algorithms import MAML
 from fastmaml.config import TrainConfig, check_hidden
 from fastmaml.engine.experiment import Experiment, Preset, register
 from fastmaml.errors import ConfigError, DataError
-from fastmaml.models.mlp import MLP
+from fastmaml.models.mlp import MLP, check_activation
 from fastmaml.tasks.table import TASK_TYPES, Encoder, Table, TableSplit, load_table, missing_csv, read_csv
 
 
@@ -78,6 +78,7 @@ class TableConfig(TrainConfig):
     def validate(self) -> None:
         super().validate()
         check_hidden(self.hidden)
+        check_activation(self.activation)
         if not (self.csv and self.task_column and self.target):
             raise ConfigError("the table preset needs --csv FILE --task-column COL --target COL")
         if self.task_type not in TASK_TYPES:

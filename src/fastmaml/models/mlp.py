@@ -6,7 +6,17 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from fastmaml.errors import ConfigError
+
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+def check_activation(activation: str) -> None:
+    """ConfigError unless ``activation`` names one of ACTIVATIONS (checked with the config, before a run
+    folder is made)."""
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"activation must be one of {', '.join(sorted(ACTIVATIONS))}, got {activation!r}; "
+                          "set e.g. --set activation=relu")
 
 
 class MLP(nn.Module):

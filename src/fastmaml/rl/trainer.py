@@ -79,7 +79,6 @@ from fastmaml.engine.run_dir import (
     CHECKPOINT,
     EVAL,
     METRICS,
-    PLOTS,
     checkpoint_file,
     checkpoint_label,
     keep_snapshot,
@@ -162,6 +161,8 @@ class RLConfig:
         if self.env not in ENV_NAMES:
             raise ConfigError(f"unknown environment {self.env!r}; choose one of {', '.join(ENV_NAMES)}")
         check_hidden(self.hidden)
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in [0, 2^63), got {self.seed}")
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.method == "none" and not self.baselines:
@@ -560,13 +561,14 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from fastmaml import plotting
+    from fastmaml.engine.compare import read_report
+    from fastmaml.engine.plots import plots_folder
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     if not rows:
         raise CheckpointError(f"{run_dir} has no metrics yet; train it first (fastmaml train rl ... --out {run_dir})")
-    out = run_dir / PLOTS
-    out.mkdir(exist_ok=True)
+    out = plots_folder(run_dir)
     steps = [r["step"] for r in rows]
     config = read_config(run_dir)[1]
     env = config.env
@@ -604,5 +606,6 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     fig.savefig(out / "learning_curve.png", dpi=120)
     plt.close(fig)
     eval_path = run_dir / EVAL
-    report = json.loads(eval_path.read_text()) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
+    # a damaged eval.json: one error saying to rewrite it (fastmaml compare's reader)
+    report = read_report(run_dir) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
     return [out / "learning_curve.png", plotting.metric_vs_steps(report, out / "return_vs_steps.png")]

@@ -1,0 +1,117 @@
+"""A run folder damaged by hand (a corrupt eval.json or config.json, a file where a folder belongs):
+one line saying what is wrong and what to do, exit code 2, no traceback."""
+
+import json
+import shutil
+
+import pytest
+
+from fastmaml import plotting
+from fastmaml.cli import main
+from fastmaml.engine.run_dir import keep_snapshot
+from fastmaml.errors import CheckpointError, ConfigError
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny sinusoid run with a checkpoint, a snapshot and an eval.json."""
+    run = tmp_path_factory.mktemp("damaged") / "sin"
+    fast = ["--set", "checkpoint_every=2", "--set", "log_every=2", "--set", "snapshot_every=2", "--no-progress"]
+    assert main(["train", "sinusoid", "--out", str(run), "--iterations", "4", *fast]) == 0
+    assert main(["eval", str(run), "--tasks", "5", "--no-progress"]) == 0
+    return run
+
+
+@pytest.fixture
+def run(trained, tmp_path, capsys):
+    """A copy of the tiny run, free to damage."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    capsys.readouterr()
+    return copy
+
+
+def one_error_line(args, capsys) -> str:
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("fastmaml: error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_plot_with_an_eval_json_that_is_not_json(run, capsys):
+    (run / "eval.json").write_text('{"broken')
+    err = one_error_line(["plot", str(run)], capsys)
+    assert f"{run / 'eval.json'} is not a readable eval report" in err and f"run `fastmaml eval {run}` again" in err
+
+
+def test_plot_with_an_eval_json_without_metrics(run, capsys):
+    report = json.loads((run / "eval.json").read_text())
+    report["metrics"] = {}
+    (run / "eval.json").write_text(json.dumps(report))
+    err = one_error_line(["plot", str(run)], capsys)
+    assert "is not an eval report (no metrics)" in err and f"run `fastmaml eval {run}` again" in err
+
+
+def test_metric_vs_steps_figure_of_a_report_without_metrics():
+    for report in ({"metrics": {}}, {"metrics": {"maml": {}}}, {}):
+        with pytest.raises(ConfigError, match="no metrics to plot; run `fastmaml eval RUN_DIR` again"):
+            plotting.metric_vs_steps_figure(report)
+
+
+def test_plot_where_plots_is_a_file(run, capsys):
+    shutil.rmtree(run / "plots", ignore_errors=True)
+    (run / "plots").write_text("not a folder")
+    err = one_error_line(["plot", str(run)], capsys)
+    assert f"{run / 'plots'} is a file, not a folder" in err and "move the file plots away" in err
+
+
+def test_eval_where_eval_json_is_a_folder_keeps_the_report(run, capsys):
+    (run / "eval.json").unlink()
+    (run / "eval.json").mkdir()
+    err = one_error_line(["eval", str(run), "--tasks", "5", "--no-progress"], capsys)
+    assert f"{run / 'eval.json'} is a folder" in err and "rename eval.json.tmp to eval.json" in err
+    assert json.loads((run / "eval.json.tmp").read_text())["tasks"] == 5  # the report is not lost
+
+
+def test_resume_where_snapshots_is_a_file_fails_before_training(run, capsys):
+    shutil.rmtree(run / "snapshots")
+    (run / "snapshots").write_text("not a folder")
+    metrics = (run / "metrics.jsonl").read_text()
+    err = one_error_line(["train", "--resume", str(run), "--iterations", "8", "--no-progress"], capsys)
+    assert f"{run / 'snapshots'} is a file, not a folder" in err and f"fastmaml train --resume {run}" in err
+    assert (run / "metrics.jsonl").read_text() == metrics  # nothing trained
+
+
+def test_keep_snapshot_where_snapshots_is_a_file(run):
+    shutil.rmtree(run / "snapshots")
+    (run / "snapshots").write_text("not a folder")
+    with pytest.raises(CheckpointError, match="is a file, not a folder"):
+        keep_snapshot(run, 4)
+
+
+@pytest.mark.parametrize("command", [["eval"], ["plot"], ["train", "--iterations", "8", "--resume"]])
+def test_config_json_that_is_not_utf8(run, command, capsys):
+    (run / "config.json").write_bytes(b"\xff\xfe\x00bad")
+    err = one_error_line([*command, str(run)], capsys)
+    assert f"{run / 'config.json'} is unreadable (" in err and "restore it or start a new run" in err
+
+
+@pytest.mark.parametrize("command", [["eval", "--tasks", "5"], ["plot"]])
+def test_hand_edited_config_value_is_validated_as_train_resume_does(run, command, capsys):
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["shots"] = -4
+    (run / "config.json").write_text(json.dumps(saved))
+    err = one_error_line([*command, str(run)], capsys)
+    assert err == "fastmaml: error: shots must be >= 1, got -4"
+
+
+def test_adapt_validates_a_hand_edited_config(run, tmp_path, capsys):
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["shots"] = -4
+    (run / "config.json").write_text(json.dumps(saved))
+    points = tmp_path / "points.csv"
+    points.write_text("x,y\n0.5,1.0\n")
+    err = one_error_line(["adapt", str(run), "--support", str(points), "--predict", str(points),
+                          "--out", str(tmp_path / "out.csv")], capsys)
+    assert err == "fastmaml: error: shots must be >= 1, got -4"
