@@ -112,6 +112,8 @@ def test_small_tasks_are_left_out(tmp_path):
         ("group,x,y\ng1,1,2\n,2,3\n", "empty task"),
         ("group,x,y\ng1,1,2\ng1,abc,3\n", "not a number while other values"),
         ("group,x,y\ng1,1,2\ng1,inf,3\n", "not a number"),
+        # finite, but its square overflows: the target was standardised to 0 and adapt predicted inf
+        ("group,x,y\ng1,1,2\ng1,2,1e299\n", "line 3, column 'y': '1e299' is too large to standardise"),
     ],
 )
 def test_bad_csv_raises_one_clear_data_error(tmp_path, body, message):

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
 SPLITS = ("train", "val", "test")
 TASK_TYPES = ("auto", "regression", "classification")
+MAX_MAGNITUDE = 1e100  # numbers in a table column: squares and sums of squares stay finite in float64
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,9 @@ def _number(table: Table, row: int, column: str, text: str) -> float:
         ) from None
     if not math.isfinite(value):
         raise DataError(f"{table.path}, line {row + 2}, column {column!r}: {text!r} is not a finite number")
+    if abs(value) > MAX_MAGNITUDE:  # its square overflows float64: the standardisation would be inf or 0
+        raise DataError(f"{table.path}, line {row + 2}, column {column!r}: {text!r} is too large to standardise "
+                        f"(|value| above {MAX_MAGNITUDE:g}); rescale the column, e.g. divide it by a power of ten")
     return value
 
 
@@ -367,9 +371,11 @@ def split_tasks(names: Sequence[str], test_fraction: float, val_fraction: float,
     if val_fraction > 0:
         n_val = max(1, n_val)
     if len(order) - n_test - n_val < 2:
+        lower = [name for name, n in (("test_fraction", n_test), ("val_fraction", n_val)) if n > 1]
         raise DataError(
-            f"only {len(order)} usable tasks: too few to hold out {n_test} meta-test and {n_val} validation tasks "
-            "and keep 2 for meta-training; use a table with more groups or lower test_fraction"
+            f"only {len(order)} usable task{'' if len(order) == 1 else 's'}: too few to hold out {n_test} meta-test "
+            f"and {n_val} validation tasks and keep 2 for meta-training; use a table with more groups (at least "
+            f"{n_test + n_val + 2})" + (f" or lower {' or '.join(lower)}" if lower else "")
         )
     return {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
 
