@@ -34,6 +34,11 @@ class TrainingStopped(FastMAMLError):
         self.exit_code = 128 + signal_number
 
 
+def iterations_span(first: int, last: int) -> str:
+    """'at iteration 7' or 'between iterations 5 and 7': where a logged quantity went wrong."""
+    return f"at iteration {last}" if first >= last else f"between iterations {first} and {last}"
+
+
 def kept_checkpoint(run_dir: object, last_good: int, first_due: int) -> str:
     """The part of a :class:`NonFiniteLossError` message saying which checkpoint survives: the one at
     ``last_good`` or, when the run failed before its first checkpoint (``last_good == 0``), none."""

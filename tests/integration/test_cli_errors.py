@@ -223,3 +223,10 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path):
     code, err = run_cli(["train", "sinusoid", "--out", str(tmp_path / "run"), "--no-progress"], capsys)
     assert code == 1 and len(err.splitlines()) == 1
     assert err.startswith("fastmaml: error: out of memory; make the model, meta_batch_size") and "40000000000" in err
+
+
+def test_where_a_loss_went_wrong_reads_well():
+    from fastmaml.errors import iterations_span
+
+    assert iterations_span(2, 2) == "at iteration 2"  # was "between iterations 2 and 2"
+    assert iterations_span(1, 20) == "between iterations 1 and 20"

@@ -240,3 +240,10 @@ def test_bad_csv_with_a_text_target_raises_one_clear_data_error(tmp_path, body, 
     path.write_text(body)
     with pytest.raises(DataError, match=message):
         load_table(path, "group", "y", shots=1, test_fraction=0.5)
+
+
+def test_the_task_column_cannot_be_the_target(tmp_path):
+    path = write_table(tmp_path / "t.csv", tasks=4)
+    header = path.read_text().splitlines()[0].split(",")
+    with pytest.raises(DataError, match="--task-column and --target are both"):
+        load_table(path, header[0], header[0], shots=1, test_fraction=0.5)

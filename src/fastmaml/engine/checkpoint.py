@@ -94,7 +94,8 @@ def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Tensors and metadata of one checkpoint file; CheckpointError if it is missing or corrupt."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no checkpoint at {path} (a run writes one every checkpoint_every iterations and "
+                              "when it ends or is stopped); train the run, or name an existing checkpoint")
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

@@ -53,7 +53,7 @@ from fastmaml.engine.run_dir import (
 )
 from fastmaml.engine.experiment import Experiment, Preset, make_maml
 from fastmaml.engine.stopping import StopRequest, stop_now, stop_on_signals, stopped
-from fastmaml.errors import ConfigError, NonFiniteLossError, kept_checkpoint
+from fastmaml.errors import ConfigError, NonFiniteLossError, iterations_span, kept_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +257,7 @@ class Trainer:
                     what = f"the meta-loss became {means[0]}" if not math.isfinite(means[0]) else (
                         f"the pretrained baseline's loss became {means[1]}")
                     raise NonFiniteLossError(
-                        f"{what} between iterations "
-                        f"{since + 1} and {self.step}; training stopped and "
+                        f"{what} {iterations_span(since + 1, self.step)}; training stopped and "
                         f"{kept_checkpoint(self.run_dir, last_good, min(c.checkpoint_every, c.iterations))}. "
                         "Lower outer_lr or inner_lr, "
                         "or set grad_clip, then start a new run."

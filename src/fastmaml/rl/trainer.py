@@ -89,7 +89,7 @@ from fastmaml.engine.run_dir import (
 )
 from fastmaml.engine.stopping import StopRequest, stop_now, stopped
 from fastmaml.engine.trainer import fit_in_run_dir
-from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError, kept_checkpoint
+from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError, iterations_span, kept_checkpoint
 from fastmaml.rl.envs import ENV_NAMES, make_batch
 from fastmaml.rl.maml_trpo import BASELINE_FITS, STRATEGIES, adaptation_returns, maml_trpo_step
 from fastmaml.rl.policy import CONTEXT_KEYS, MIN_LOG_STD, GaussianMLPPolicy
@@ -377,7 +377,7 @@ class RLTrainer:
                     what = (f"the {bad[0].removesuffix('_finite')} policy's parameters" if bad[0].endswith("_finite")
                             else bad[0])
                     raise NonFiniteLossError(
-                        f"{what} became NaN or infinite between iterations {since + 1} and {self.step}; training "
+                        f"{what} became NaN or infinite {iterations_span(since + 1, self.step)}; training "
                         f"stopped and {kept_checkpoint(self.run_dir, last_good, min(c.checkpoint_every, c.iterations))}. "
                         "Lower inner_lr or max_kl, then start a new run."
                     )

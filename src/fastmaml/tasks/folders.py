@@ -28,7 +28,8 @@ Splits = Mapping[str, float] | Mapping[str, Sequence[str]]
 def scan_class_folders(root: Path) -> tuple[dict[str, list[str]], dict[str, int]]:
     """class -> its image files (relative paths, sorted) under ``root/<class>/``, and their sizes."""
     if not root.is_dir():
-        raise DataError(f"image folder {root} not found; expected {root}/<class>/<image>")
+        what = "is a file, not a folder" if root.exists() else "not found"
+        raise DataError(f"image folder {root} {what}; expected {root}/<class>/<image>")
     with FileSource(root) as source:
         files = source.sizes()
     classes: dict[str, list[str]] = {p.name: [] for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}

@@ -400,6 +400,9 @@ def load_table(
     ``task_type``: "regression", "classification" or "auto" (see the module docstring).
     """
     table = read_csv(path)
+    if task_column == target:
+        raise DataError(f"--task-column and --target are both {target!r}; the task column groups the rows into "
+                        "tasks and the target is what to predict: name two different columns")
     features = list(features) or [c for c in table.header if c not in (task_column, target)]
     table.require([task_column, target, *features, *categorical])
     for name in (task_column, target):

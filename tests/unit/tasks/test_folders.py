@@ -80,6 +80,9 @@ def test_corrupt_image_names_the_file(tree):
 def test_bad_trees_and_arguments(tmp_path, tree):
     with pytest.raises(DataError, match="image folder .*missing not found"):
         load_image_folder(tmp_path / "missing", image_size=8)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="image folder .*afile is a file, not a folder"):
+        load_image_folder(tmp_path / "afile", image_size=8)
     (tmp_path / "flat").mkdir()
     with pytest.raises(ValueError, match="has no class folders"):
         load_image_folder(tmp_path / "flat", image_size=8)
