@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -313,6 +314,7 @@ def cached_images(
 
     With ``path=None`` the images are decoded into memory and nothing is written.
     """
+    check_fits(sum(class_sizes), image_shape, path)
     if path is None:
         array = np.empty((sum(class_sizes), *image_shape), dtype=np.uint8)
         for i, image in enumerate(tqdm(images(), total=len(array), desc="decoding", unit="img", disable=None)):
@@ -327,6 +329,26 @@ def cached_images(
         if cached is None:
             raise RuntimeError(f"the cache {path} could not be read back after writing it; check the disk")
     return cached
+
+
+def check_fits(count: int, image_shape: tuple[int, int, int], path: Path | None) -> None:
+    """DataError, before any decoding, where ``count`` uint8 images of ``image_shape`` cannot be held in
+    this machine's memory (training keeps them there) or written to the cache's disk: an image_size of
+    100,000 was killed by the kernel at 21 GB, leaving a 1.8 TB sparse cache file behind."""
+    need = count * int(np.prod(image_shape))
+    shape = "x".join(map(str, image_shape))
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no check
+        memory = None
+    if memory and need > memory:
+        raise DataError(f"{count} images of {shape} pixels need {need / 2**30:.1f} GiB, more than this machine's "
+                        f"{memory / 2**30:.1f} GiB of memory; lower image_size")
+    if path is not None and path.parent.is_dir():
+        free = shutil.disk_usage(path.parent).free
+        if need > free and not path.is_file():
+            raise DataError(f"the image cache {path} would need {need / 2**30:.1f} GiB and its disk has "
+                            f"{free / 2**30:.1f} GiB free; lower image_size or set cache_dir to a disk with room")
 
 
 @contextlib.contextmanager

@@ -152,3 +152,19 @@ def test_a_cache_folder_that_cannot_be_made_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match=r"cannot write the image cache .*afile.*choose a writable cache folder"):
         cached_images(tmp_path / "afile" / "sub" / "toy", {}, ["a"], [1], (1, 2, 2),
                       lambda: iter([np.zeros((1, 2, 2), np.uint8)]))
+
+
+def test_images_that_cannot_fit_in_memory_or_on_the_cache_disk_are_refused_before_decoding(tmp_path, monkeypatch):
+    # image_size=100000 was killed by the kernel at 21 GB and left a 1.8 TB sparse cache file behind
+    from collections import namedtuple
+
+    from fastmaml.tasks import images as images_module
+    from fastmaml.tasks.images import check_fits
+
+    with pytest.raises(DataError, match=r"60 images of 3x100000x100000 pixels need 1676.4 GiB, more than"):
+        check_fits(60, (3, 100_000, 100_000), None)
+    check_fits(60, (3, 28, 28), tmp_path / "cache.npy")  # 141 kB: fits
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(images_module.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(DataError, match="would need .* GiB and its disk has 0.0 GiB free; lower image_size or set"):
+        check_fits(60, (3, 28, 28), tmp_path / "cache.npy")
