@@ -68,6 +68,12 @@ def test_non_empty_out_unwritable_out_and_corrupt_checkpoint(tmp_path, capsys):
     code, err = run_cli(["eval", str(run), "--tasks", "5"], capsys)
     assert code == 2 and "corrupt or not a fastmaml checkpoint" in err and len(err.splitlines()) == 1
     assert "(the previous checkpoint" in err and "cannot be read either)" in err  # no warning promising it first
+    assert "fall back to" not in err and "restore it from a copy, or start a new run" in err
+    (run / "snapshots").mkdir()
+    for step in (2, 4):
+        (run / "snapshots" / f"iteration_{step:06d}.safetensors").write_bytes(b"kept")
+    code, err = run_cli(["eval", str(run), "--tasks", "5"], capsys)
+    assert f"copy the newest snapshot, {run / 'snapshots' / 'iteration_000004.safetensors'}, to" in err
     code, err = run_cli(["train", "--resume", str(run), "--set", "inner_lr=0.5"], capsys)
     assert code == 2 and "a resumed run keeps its config" in err
 

@@ -144,7 +144,11 @@ def load_latest(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], Pa
         try:
             loaded = load(prev)
         except CheckpointError:  # one error, not a warning that promises the previous one first
-            raise CheckpointError(f"{error} (the previous checkpoint {prev} cannot be read either)") from None
+            kept = sorted((path.parent / "snapshots").glob("iteration_*.safetensors"))
+            rescue = (f"copy the newest snapshot, {kept[-1]}, to {path} to continue from there"
+                      if path.name == "checkpoint.safetensors" and kept else "restore it from a copy")
+            raise CheckpointError(f"checkpoint {path} is corrupt or not a fastmaml checkpoint (the previous checkpoint "
+                                  f"{prev} cannot be read either); {rescue}, or start a new run") from None
         log.warning("%s; using the previous checkpoint %s", error, prev)
         return (*loaded, prev)
 
