@@ -203,6 +203,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = preset.make_config(**shorthand)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        if preset.name == "rl" and any(item.partition("=")[0].strip() == "env" for item in args.set):
+            raise ConfigError("choose the environment with --env ENV, not --set env=...: its preset values "
+                              "(inner_lr, meta_batch_size, ...) come with it")
         config = apply_overrides(config, args.set)
         run_dir = args.out
     config.validate()
@@ -306,8 +309,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from fastmaml.engine.plots import plot_run
     from fastmaml.engine.run_dir import read_config
 
-    if args.tasks is not None and args.tasks < 1:
-        raise ConfigError(f"--tasks must be >= 1, got {args.tasks}")
+    if args.tasks is not None and args.tasks < 2:
+        raise ConfigError(f"--tasks must be >= 2 (a 95% interval needs two tasks or more), got {args.tasks}")
     for path in (read_config(args.run_dir)[0].plot or plot_run)(args.run_dir, tasks=args.tasks):
         print(path)
     return 0
@@ -341,13 +344,31 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_run_files(out: Path, run: Path | None = None) -> None:
+    """ConfigError where writing ``out`` would overwrite a file of the run folder ``run`` (default: a
+    run folder that holds ``out`` directly or in one of its subfolders, found by its config.json):
+    its checkpoints, config, metrics, evaluations, or anything in its snapshots or plots. A new file
+    directly in the run folder is allowed."""
+    from fastmaml.engine.run_dir import CONFIG, LOCK, METRICS, is_run_folder
+
+    target = out.resolve()
+    if run is None:
+        run = next((folder for folder in target.parents[:2] if is_run_folder(folder)), None)
+    if run is None or run not in target.parents:
+        return
+    name = target.name
+    reserved = name in (CONFIG, METRICS, LOCK) or name.startswith(("checkpoint", "best", "eval")) or (
+        target.exists() and target.suffix in (".json", ".jsonl", ".safetensors"))
+    if target.parent != run or reserved:
+        raise ConfigError(f"--out {out} would overwrite a file of the run in {run}; write the output outside it "
+                          "or under a new name directly in it")
+
+
 def refuse_overwriting(out: Path, run_dir: Path, config: object, inputs: list[Path | None]) -> None:
     """ConfigError where ``adapt --out`` would overwrite a file of the run (its checkpoints, config,
     metrics, evaluations, snapshots, plots) or one of its inputs: the support or predict file or
     folder, the table's training CSV, the image data folder. Writing there would lose a run or its
     data, as an adapt that wrote a CSV over checkpoint.safetensors did."""
-    from fastmaml.engine.run_dir import CONFIG, LOCK, METRICS
-
     target = out.resolve()
     run = run_dir.resolve()
 
@@ -356,13 +377,7 @@ def refuse_overwriting(out: Path, run_dir: Path, config: object, inputs: list[Pa
         return target == path or (folder and path in target.parents) or (
             target.exists() and path.exists() and os.path.samefile(target, path))
 
-    if run in target.parents:
-        name = target.name
-        reserved = name in (CONFIG, METRICS, LOCK) or name.startswith(("checkpoint", "best", "eval")) or (
-            target.exists() and target.suffix in (".json", ".jsonl", ".safetensors"))
-        if target.parent != run or reserved:
-            raise ConfigError(f"--out {out} would overwrite a file of the run; write the output outside {run_dir} "
-                              "or under a new name directly in it")
+    refuse_run_files(out, run)
     # an image run's support and predict inputs, and its data, are folders: nothing may be written inside them
     images = hasattr(config, "root")
     data = [(Path(value), folder) for value, folder in ((getattr(config, "csv", ""), False),
@@ -438,6 +453,8 @@ COMMANDS.update(study=cmd_study, adapt=cmd_adapt, compare=cmd_compare)
 def cmd_bench(args: argparse.Namespace) -> int:
     from fastmaml.bench import run
 
+    if getattr(args, "out", None):  # a report written over a run's checkpoint lost the run's last iterations
+        refuse_run_files(Path(args.out))
     return run(args, child_command=(sys.executable, "-m", "fastmaml.bench"), prog="fastmaml bench")
 
 
@@ -468,8 +485,21 @@ def out_of_memory(error: RuntimeError) -> bool:
     return isinstance(error, kind) or "can't allocate memory" in str(error)
 
 
+def negative_values_attached(argv: list[str]) -> list[str]:
+    """``--goal -0.1,0.2`` as ``--goal=-0.1,0.2``: argparse takes a value that starts with '-' and is not a
+    plain number for an option (half of 2D navigation's goals have a negative x)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--goal" and arg.startswith("-") and arg[1:2].isdigit() or (
+                out and out[-1] == "--goal" and arg.startswith("-.")):
+            out[-1] = f"--goal={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(negative_values_attached(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         from fastmaml.engine.distributed import launched_world_size

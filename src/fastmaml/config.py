@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from typing import Any, ClassVar
 
@@ -56,6 +57,7 @@ class TrainConfig:
     EVAL_KEYS: ClassVar[tuple[str, ...]] = ("inner_lr", "strategy", "chunk_size", "device", "threads", "tf32")
 
     def validate(self) -> None:
+        check_finite(self)
         positive = ("inner_lr", "outer_lr")
         at_least_one = ("inner_steps", "meta_batch_size", "iterations", "log_every", "checkpoint_every", "val_tasks")
         for key in positive:
@@ -92,6 +94,18 @@ class TrainConfig:
             return self.compile == "on"
         compilable = self.strategy != "hybrid" and not (self.grad_checkpointing and not self.first_order)
         return compilable and self.device.startswith("cpu") and self.iterations >= COMPILE_AUTO_MIN_ITERATIONS
+
+
+def check_finite(config: Any) -> None:
+    """ConfigError for a float setting (or a float in a tuple setting) that is NaN or infinite: checks
+    written as ``x > 0`` let inf through, and nan through ``x < 0`` (max_kl=inf or cg_damping=nan trained
+    a policy that never moved)."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise ConfigError(f"{field.name} must be a finite number, got {value if isinstance(value, tuple) else bad[0]}")
 
 
 def check_hidden(hidden: tuple[int, ...]) -> None:

@@ -36,12 +36,20 @@ def run_cli(args, capsys):
         (["train", "sinusoid", "--out", "X", "--set", "hidden=40,0"], "hidden layer widths must be >= 1, got 40,0"),
         (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "hidden=0"], "hidden layer widths must be >= 1"),
         (["bench", "--device", "tpu", "--workloads", "sinusoid"], "unknown device 'tpu'"),
-        (["plot", "nowhere", "--tasks", "0"], "--tasks must be >= 1, got 0"),
+        (["plot", "nowhere", "--tasks", "0"], "--tasks must be >= 2 (a 95% interval needs two tasks or more), got 0"),
         (["data", "omniglot", "--root", "x", "--url", "http://127.0.0.1:1/"], "--url names a mirror for fastmaml data"),
         # checked with the config, before the run folder is made (the model's own check left a folder behind)
         (["train", "sinusoid", "--out", "X", "--set", "activation=foo"], "activation must be one of relu, sigmoid, tanh"),
         (["train", "sinusoid", "--out", "X", "--seed", "99999999999999999999999"], "seed must be in [0, 2^63)"),
         (["train", "rl", "--env", "nav2d", "--out", "X", "--seed", "-1"], "seed must be in [0, 2^63), got -1"),
+        # nan and inf passed checks written as x > 0 or x < 0 (max_kl=inf trained a policy that never moved)
+        (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "max_kl=inf"], "max_kl must be a finite number"),
+        (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "cg_damping=nan"], "cg_damping must be a finite"),
+        (["train", "sinusoid", "--out", "X", "--set", "inner_lr=inf"], "inner_lr must be a finite number, got inf"),
+        (["train", "sinusoid", "--out", "X", "--set", "x_range=-5,inf"], "x_range must be a finite number"),
+        (["train", "rl", "--set", "env=cheetah-vel", "--out", "X"], "choose the environment with --env"),
+        (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "baselines=oracle,oracle"], "names oracle twice"),
+        (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "eval_tasks=1"], "eval_tasks must be >= 2"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path, monkeypatch):

@@ -325,6 +325,15 @@ def test_adapt_errors_for_rl_runs(nav2d_run, tmp_path, capsys, args, message):
     before = checkpoint.read_bytes()
     assert main(["adapt", str(nav2d_run), "--goal", "0.1,0.1", "--out", str(checkpoint)]) == 2
     assert "would overwrite a file of the run" in capsys.readouterr().err and checkpoint.read_bytes() == before
+    # a goal with a negative x needs no "=" (argparse took -0.1,0.2 for an option)
+    assert main(["adapt", str(nav2d_run), "--goal", "-0.1,0.2", "--trajectories", "2", "--steps", "1",
+                 "--out", str(tmp_path / "neg.safetensors")]) == 0
+    capsys.readouterr()
+    (tmp_path / "neg.safetensors").unlink()
+    (tmp_path / "dir.safetensors").mkdir()
+    assert main(["adapt", str(nav2d_run), "--goal", "0.1,0.1", "--out", str(tmp_path / "dir.safetensors")]) == 2
+    assert "is a folder; name a .safetensors file" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["dir.safetensors"]  # no temporary file left behind
 
 
 @pytest.mark.parametrize("env, goal", [("ant-vel", "1.5"), ("ant-dir", "-1")])

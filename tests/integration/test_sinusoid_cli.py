@@ -300,3 +300,24 @@ def test_adapt_never_writes_over_the_runs_files_or_its_inputs(trained_run, tmp_p
         assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict),
                      "--out", str(trained_run / "predictions.csv")]) == 0
     (trained_run / "predictions.csv").unlink()
+
+
+def test_bench_never_writes_its_report_over_a_runs_files(trained_run, capsys):
+    # bench --out RUN/checkpoint.safetensors wrote its markdown there, exit 0; the next resume lost iterations
+    checkpoint = trained_run / "checkpoint.safetensors"
+    before = checkpoint.read_bytes()
+    for out in (checkpoint, trained_run / "snapshots" / "report.md"):
+        assert main(["bench", "--workloads", "sinusoid", "--repeats", "1", "--out", str(out)]) == 2
+        assert "would overwrite a file of the run" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == before
+
+
+def test_eval_refuses_a_single_task_and_a_non_finite_meta_test(trained_run, capsys):
+    # one task reported a 95% interval of exactly 0; inner_lr=1e30 printed a table of nan (and NaN in --json)
+    assert main(["eval", str(trained_run), "--tasks", "1", "--no-progress"]) == 2
+    assert "--tasks must be >= 2 (a 95% interval needs two tasks or more), got 1" in capsys.readouterr().err
+    saved = (trained_run / "eval.json").read_text() if (trained_run / "eval.json").exists() else None
+    assert main(["eval", str(trained_run), "--tasks", "3", "--set", "inner_lr=1e30", "--json", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "maml's mse became nan after 1 inner step; lower the inner learning rate" in captured.err
+    assert ((trained_run / "eval.json").read_text() if (trained_run / "eval.json").exists() else None) == saved

@@ -77,16 +77,19 @@ def save(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any], kee
         metadata={"format": FORMAT, "meta": json.dumps(meta)},
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    if keep_previous and path.exists():
-        prev, prev_tmp = previous_path(path), path.with_name(f".{path.name}.prev.tmp")
-        prev_tmp.unlink(missing_ok=True)
-        os.link(path, prev_tmp)  # the current checkpoint stays in place until the new one replaces it
-        os.replace(prev_tmp, prev)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            prev, prev_tmp = previous_path(path), path.with_name(f".{path.name}.prev.tmp")
+            prev_tmp.unlink(missing_ok=True)
+            os.link(path, prev_tmp)  # the current checkpoint stays in place until the new one replaces it
+            os.replace(prev_tmp, prev)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file behind
     _fsync_dir(path.parent)
 
 

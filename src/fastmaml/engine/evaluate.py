@@ -17,7 +17,7 @@ from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import check_device, cuda_or_cpu
 from fastmaml.engine.run_dir import build_experiment, checkpoint_file, checkpoint_label, read_config, write_eval
 from fastmaml.engine.experiment import Experiment, make_maml
-from fastmaml.errors import ConfigError
+from fastmaml.errors import ConfigError, NonFiniteLossError
 
 EVAL_SEED = 20_170_703  # fixed, so every run of an experiment is scored on the same meta-test tasks
 EVAL_SPLITS = ("test", "val", "train")
@@ -187,8 +187,8 @@ def evaluate(
     of every method (on stderr).
     """
     run_dir = Path(run_dir)
-    if tasks < 1:
-        raise ConfigError(f"--tasks must be >= 1, got {tasks}")
+    if tasks < 2:
+        raise ConfigError(f"--tasks must be >= 2 (a 95% interval needs two tasks or more), got {tasks}")
     if split not in EVAL_SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     _, config = read_config(run_dir, overrides)
@@ -220,6 +220,22 @@ def evaluate(
         **({"split": split} if split != "test" else {}),
         "metrics": results,
     }
+    check_finite_report(report)
     if save and not changed and split == "test":
         write_eval(run_dir, report, which)
     return report
+
+
+def check_finite_report(report: dict[str, Any]) -> None:
+    """NonFiniteLossError where a meta-test mean is NaN or infinite (an inner learning rate far too
+    large): a table of nan, and NaN tokens that are not JSON, would otherwise print and be saved."""
+    for method, metrics in report["metrics"].items():
+        for name, values in metrics.items():
+            bad = [(step, v) for step, v in enumerate(values["mean"]) if not math.isfinite(v)]
+            if bad:
+                step, value = bad[0]
+                changed = f" with {', '.join(report['overrides'])}" if report.get("overrides") else ""
+                raise NonFiniteLossError(
+                    f"meta-testing{changed}, {method}'s {name} became {value} after {step} inner step"
+                    f"{'' if step == 1 else 's'}; lower the inner learning rate (e.g. fastmaml eval RUN --set "
+                    "inner_lr=...) or the steps (--steps)")

@@ -176,13 +176,16 @@ def failed_start(run_dir: Path) -> bool:
     a loss that was NaN at once) may start again in the same folder. A run still starting in it holds
     the lock, which the caller takes next."""
     names = {p.name for p in run_dir.iterdir()}
-    metrics, config = run_dir / METRICS, run_dir / CONFIG
+    metrics = run_dir / METRICS
     if not names <= {LOCK, CONFIG, METRICS} or (metrics.is_file() and metrics.stat().st_size > 0):
         return False
-    if CONFIG not in names:
-        return True
-    try:  # a config.json fastmaml wrote, not someone else's file of that name
-        written = json.loads(config.read_text(encoding="utf-8"))
+    return CONFIG not in names or is_run_folder(run_dir)
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether ``path`` holds a config.json fastmaml wrote (not someone else's file of that name)."""
+    try:
+        written = json.loads((Path(path) / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(written, dict) and {"experiment", "config"} <= set(written)

@@ -156,6 +156,8 @@ def check_out_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ConfigError(f"--out {path}: an adapted policy is written as a .safetensors file")
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; name a .safetensors file to write (e.g. {path / 'policy.safetensors'})")
     if not path.parent.is_dir():
         raise ConfigError(f"--out {path}: the folder {path.parent} does not exist")
     return path

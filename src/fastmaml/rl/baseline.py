@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fastmaml.errors import NonFiniteLossError
+
 REG_COEFF = 1e-5
 REG_TRIES = 5
 OBS_CLIP = 10.0
@@ -36,9 +38,10 @@ def fit_linear_baseline(observations: Tensor, returns: Tensor, mask: Tensor, reg
     features = torch.where(valid[..., None], baseline_features(observations), 0.0).flatten(1, -2)  # (T, NH, F)
     targets = torch.where(valid, returns.to(torch.float64), 0.0).flatten(1)[..., None]  # (T, NH, 1)
     if not (torch.isfinite(features).all() and torch.isfinite(targets).all()):
-        raise ValueError(
+        raise NonFiniteLossError(
             "the linear baseline cannot be fitted: observations or returns contain NaN or inf inside an "
-            "episode; check the environment (a simulation that blew up should end its episode)"
+            "episode: the policy diverged (an inner learning rate, init_std or goal far too large: lower it, "
+            "e.g. --set inner_lr=...), or the simulation blew up without ending its episode"
         )
     gram, rhs = features.mT @ features, features.mT @ targets
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)

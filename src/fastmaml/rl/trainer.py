@@ -69,11 +69,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fastmaml.config import check_hidden, protocol_overrides, to_dict
+from fastmaml.config import check_finite, check_hidden, protocol_overrides, to_dict
 from fastmaml.core.functional import Params
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import Cluster, check_device, device_for, init_from_env, launched_world_size
-from fastmaml.engine.evaluate import EVAL_SEED, mean_ci95
+from fastmaml.engine.evaluate import EVAL_SEED, check_finite_report, mean_ci95
 from fastmaml.engine.evaluate import per_task as rounded_per_task
 from fastmaml.engine.run_dir import (
     CHECKPOINT,
@@ -158,6 +158,7 @@ class RLConfig:
         return ("sim_threads",)
 
     def validate(self) -> None:
+        check_finite(self)
         if self.env not in ENV_NAMES:
             raise ConfigError(f"unknown environment {self.env!r}; choose one of {', '.join(ENV_NAMES)}")
         check_hidden(self.hidden)
@@ -173,7 +174,12 @@ class RLConfig:
                     "init_std"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("inner_steps", "meta_batch_size", "trajectories", "cg_iters", "iterations", "eval_tasks",
+        if self.eval_tasks < 2:
+            raise ConfigError(f"eval_tasks must be >= 2 (a 95% interval needs two tasks or more), got {self.eval_tasks}")
+        twice = sorted({b for b in self.baselines if self.baselines.count(b) > 1})
+        if twice:
+            raise ConfigError(f"baselines names {twice[0]} twice; list each baseline once")
+        for key in ("inner_steps", "meta_batch_size", "trajectories", "cg_iters", "iterations",
                     "eval_trajectories", "log_every", "checkpoint_every", "sim_threads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -518,8 +524,8 @@ def evaluate(
         raise ConfigError(NO_BEST)
     _, config = read_config(run_dir, overrides)
     tasks = config.eval_tasks if tasks is None else tasks
-    if tasks < 1:
-        raise ConfigError(f"--tasks must be >= 1, got {tasks}")
+    if tasks < 2:
+        raise ConfigError(f"--tasks must be >= 2 (a 95% interval needs two tasks or more), got {tasks}")
     steps, methods, meta = prepare_meta_test(run_dir, config, steps, which)
     goals = next(iter(methods.values()))[0].sample_goals(tasks, torch.Generator().manual_seed(seed))
     results: dict[str, Any] = {}
@@ -547,6 +553,7 @@ def evaluate(
         **({"overrides": changed} if (changed := protocol_overrides(overrides, config)) else {}),
         "metrics": results,
     }
+    check_finite_report(report)
     if save and not changed:
         write_eval(run_dir, report, which)
     return report

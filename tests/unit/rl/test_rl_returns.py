@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastmaml.errors import NonFiniteLossError
 from fastmaml.rl import (
     baseline_features,
     discount_cumsum,
@@ -149,5 +150,5 @@ def test_singular_system_escalates_the_regularisation_per_task():
 def test_baseline_on_non_finite_data_is_a_clear_error():
     rewards, obs, mask, _ = batch(seed=8)
     obs[1, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="linear baseline cannot be fitted: observations or returns contain NaN"):
+    with pytest.raises(NonFiniteLossError, match="linear baseline cannot be fitted: observations or returns contain NaN"):
         fit_linear_baseline(obs, discounted_returns(rewards, mask), mask)
