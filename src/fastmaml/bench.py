@@ -843,6 +843,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, child_command: Sequence[str]) -> BenchConfig:
     if args.repeats < 1 or args.warmup < 0:
         raise ConfigError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    # (option, value, smallest allowed, what it means): checked here, before any timing or child process
+    at_least = [("--threads", args.threads, 0, "torch threads; 0 or leave it out for torch's default"),
+                ("--lever-threads", args.lever_threads, 1, "torch threads of the extra rows"),
+                ("--chunk-size", args.chunk_size, 1, "tasks per vmap chunk"),
+                ("--micro-batch-size", args.micro_batch_size, 1, "tasks per micro-batch"),
+                ("--workers", args.workers, 1, "worker threads"),
+                ("--grad-check-tasks", args.grad_check_tasks, 1, "tasks in the meta-gradient check"),
+                ("--grad-tolerance", args.grad_tolerance, 0, "largest accepted max-relative difference"),
+                ("--time-limit", args.time_limit, 0, "seconds per workload and order; 0 for no limit")]
+    for option, value, low, meaning in at_least:
+        if value is not None and not value >= low:  # `not >=` also catches nan
+            raise ConfigError(f"{option} must be >= {low} ({meaning}), got {value}")
     if args.out:  # found out before the benchmark runs, not after
         try:
             with open(args.out, "a"):

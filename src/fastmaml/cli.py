@@ -283,7 +283,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(json.dumps(report) if args.json else format_report(report))
     changed = [*report.get("overrides", ()), *([f"--split {args.split}"] if args.split != "test" else [])]
     if changed:
-        print(f"meta-tested with {', '.join(changed)}; not saved to {args.run_dir / 'eval.json'}", file=sys.stderr)
+        from fastmaml.engine.run_dir import eval_path
+
+        saved = eval_path(args.run_dir, which_checkpoint(args))
+        print(f"meta-tested with {', '.join(changed)}; not saved to {saved}", file=sys.stderr)
     return 0
 
 

@@ -279,6 +279,15 @@ def test_data_omniglot_download_from_a_local_server(tiny_omniglot, tmp_path, cap
     assert (tmp_path / "fresh" / "images_background.zip").is_file()
 
 
+def test_data_omniglot_url_that_is_no_url_is_one_line_before_any_download(tmp_path, capsys):
+    # before: a ValueError traceback (unknown url type: 'notaurl/images_background.zip')
+    code, out, err = cli(["data", "omniglot", "--root", tmp_path / "fresh", "--download", "--url", "notaurl"], capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("fastmaml: error: --url must be an http://, https:// or file:// URL of the folder holding "
+                          "images_background.zip and images_evaluation.zip (e.g. https://"), err
+    assert err.endswith("got 'notaurl'") and not (tmp_path / "fresh").exists()
+
+
 def test_omniglot_errors_are_one_clear_line(tiny_omniglot, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = cli(["train", "omniglot", "--out", "run"], capsys)

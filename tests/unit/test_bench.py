@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
 from pathlib import Path
@@ -191,6 +192,37 @@ def test_bad_options_are_one_line_before_anything_runs(args, message, capsys, tm
     assert err.startswith("fastmaml: error: ") and message in err and len(err.splitlines()) == 1, err
     assert bench.main(["--workloads", "sinusoid", "--quick", *args]) == 2
     assert capsys.readouterr().err.startswith("python -m fastmaml.bench: error: ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "-1"], "--threads must be >= 0 (torch threads; 0 or leave it out for torch's default), got -1"),
+    (["--lever-threads", "-2"], "--lever-threads must be >= 1 (torch threads of the extra rows), got -2"),
+    (["--chunk-size", "-1"], "--chunk-size must be >= 1 (tasks per vmap chunk), got -1"),
+    (["--workers", "-1"], "--workers must be >= 1 (worker threads), got -1"),
+    (["--micro-batch-size", "-1"], "--micro-batch-size must be >= 1 (tasks per micro-batch), got -1"),
+    (["--grad-check-tasks", "0"], "--grad-check-tasks must be >= 1 (tasks in the meta-gradient check), got 0"),
+    (["--grad-check-tasks", "-1"], "--grad-check-tasks must be >= 1"),
+    (["--grad-tolerance", "nan"], "--grad-tolerance must be >= 0 (largest accepted max-relative difference), got nan"),
+    (["--grad-tolerance=-1e-6"], "--grad-tolerance must be >= 0"),
+    (["--time-limit", "nan"], "--time-limit must be >= 0 (seconds per workload and order; 0 for no limit), got nan"),
+    (["--time-limit", "-5"], "--time-limit must be >= 0 (seconds per workload and order; 0 for no limit), got -5.0"),
+])
+def test_out_of_range_options_are_one_line_before_any_timing(args, message, capsys, monkeypatch):
+    # before: tracebacks (set_num_threads, MAML's ValueError, range step 0, modulo by zero), a "wrong
+    # meta-gradient" row blaming fastmaml for --micro-batch-size -1, or a silently accepted value
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the benchmark ran")
+
+    monkeypatch.setattr(bench, "run_bench", no_timing)
+    monkeypatch.setattr(bench, "measure_child", no_timing)
+    assert main(["bench", "--workloads", "sinusoid", "--orders", "first", "--repeats", "1", "--quick", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastmaml: error: ") and message in err and len(err.splitlines()) == 1, err
+    parse = bench.add_arguments(argparse.ArgumentParser()).parse_args
+    with pytest.raises(ConfigError, match="must be >="):
+        bench.config_from_args(parse(args), ())
+    bench.config_from_args(parse([args[0].split("=")[0], "1"]), ())  # the smallest value all of them accept
+    bench.config_from_args(parse(["--threads", "0", "--time-limit", "0", "--grad-tolerance", "0"]), ())
 
 
 def test_eval_speed_script_times_every_strategy_and_chunk(tmp_path, monkeypatch):

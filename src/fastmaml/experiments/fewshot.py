@@ -415,6 +415,8 @@ def prepare(
         raise ConfigError("--url names a mirror for fastmaml data omniglot --download; add --download, or drop --url")
     if dataset == "omniglot":
         if download:
+            if url:  # before anything is downloaded or made
+                omniglot.check_download_url(url, "--url")
             fetched = omniglot.download_omniglot(root, **({"base_url": url} if url else {}))
             lines += [f"downloaded {p} (md5 checked)" for p in fetched] or [f"zips already in {root}; none downloaded"]
         cache = omniglot.prepare_omniglot(root, cache_dir=cache_base / "omniglot")

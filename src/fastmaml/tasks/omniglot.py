@@ -37,6 +37,7 @@ import hashlib
 import http.client
 import random
 import re
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -79,6 +80,7 @@ def download_omniglot(
     Zips already in ``root`` are kept. Each download is checked against ``md5[name]`` (``None``:
     no check) and written atomically, so an interrupted download leaves nothing behind.
     """
+    check_download_url(base_url, "base_url")
     root = Path(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -93,6 +95,20 @@ def download_omniglot(
     return fetched
 
 
+def check_download_url(url: str, option: str = "--url") -> None:
+    """ConfigError unless ``url`` is an http://, https:// (with a host) or file:// URL; ``option`` names it."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        valid = (parts.scheme in ("http", "https") and bool(parts.hostname)) or parts.scheme == "file"
+    except ValueError:  # e.g. an unclosed [IPv6 address
+        valid = False
+    if not valid:
+        raise ConfigError(
+            f"{option} must be an http://, https:// or file:// URL of the folder holding images_background.zip "
+            f"and images_evaluation.zip (e.g. {OMNIGLOT_URL} or file:///data/omniglot_zips), got {url!r}"
+        )
+
+
 def _download(url: str, target: Path, expected_md5: str | None, timeout: float) -> None:
     digest = hashlib.md5()
     with atomic_path(target) as tmp:
@@ -104,7 +120,7 @@ def _download(url: str, target: Path, expected_md5: str | None, timeout: float) 
                         out.write(chunk)
                         digest.update(chunk)
                         bar.update(len(chunk))
-        except (OSError, http.client.HTTPException) as error:  # URLError and timeouts are OSErrors
+        except (OSError, http.client.HTTPException, ValueError) as error:  # URLError, timeouts: OSErrors
             raise DataError(
                 f"could not download {url}: {getattr(error, 'reason', error)}; check the network, or fetch "
                 f"{target.name} by hand into {target.parent}"
@@ -112,8 +128,9 @@ def _download(url: str, target: Path, expected_md5: str | None, timeout: float) 
         if expected_md5 is not None and digest.hexdigest() != expected_md5:
             raise DataError(
                 f"{url} arrived with md5 {digest.hexdigest()}, expected {expected_md5}: the download is "
-                "corrupt or the file changed upstream; try again, or pass md5=None to rely on the "
-                "structure check alone"
+                "corrupt or the file changed upstream, and was not kept; run the download again; if it fails again, "
+                f"check that the mirror (--url) holds the official zips, or put {target.name} into "
+                f"{target.parent} by hand (in Python, md5=None skips this check)"
             )
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastmaml.errors import DataError
+from fastmaml.errors import ConfigError, DataError
 from fastmaml.tasks import omniglot
 from fastmaml.tasks.omniglot import download_omniglot, load_omniglot, omniglot_split, prepare_omniglot
 
@@ -207,6 +207,25 @@ def test_download_network_failure_is_a_clear_error(server, tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(DataError, match="cannot make .*afile.* for the download"):  # before: FileExistsError
         download_omniglot(tmp_path / "afile" / "omniglot", base_url=server, md5=None)
+
+
+def test_wrong_md5_says_what_a_command_line_user_can_do(server, tmp_path):
+    # before: "pass md5=None", which fastmaml data omniglot --download has no way to do
+    with pytest.raises(DataError) as caught:
+        download_omniglot(tmp_path / "d", base_url=server)
+    message = str(caught.value)
+    assert "was not kept; run the download again; if it fails again, check that the mirror (--url) holds the " \
+           f"official zips, or put images_background.zip into {tmp_path / 'd'} by hand" in message
+    assert message.endswith("(in Python, md5=None skips this check)") and "\n" not in message
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://127.0.0.1/omniglot", "http://", "http://[::1", "127.0.0.1:8000"])
+def test_a_base_url_that_is_no_http_or_file_url_is_a_clear_error(url, tmp_path):
+    # before: ValueError: unknown url type: 'notaurl/images_background.zip' (a traceback in the CLI)
+    with pytest.raises(ConfigError, match=r"base_url must be an http://, https:// or file:// URL of the folder "
+                                          r"holding images_background\.zip and images_evaluation\.zip \(e\.g\. https://"):
+        download_omniglot(tmp_path / "d", base_url=url, md5=None)
+    assert not (tmp_path / "d").exists()  # checked before anything is made or fetched
 
 
 def test_prepare_with_download_fetches_what_is_missing(server, zips, tmp_path, monkeypatch):
