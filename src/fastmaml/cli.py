@@ -493,8 +493,7 @@ def negative_values_attached(argv: list[str]) -> list[str]:
     plain number for an option (half of 2D navigation's goals have a negative x)."""
     out: list[str] = []
     for arg in argv:
-        if out and out[-1] == "--goal" and arg.startswith("-") and arg[1:2].isdigit() or (
-                out and out[-1] == "--goal" and arg.startswith("-.")):
+        if out and out[-1] == "--goal" and len(arg) > 1 and arg[0] == "-" and (arg[1].isdigit() or arg[1] == "."):
             out[-1] = f"--goal={arg}"
         else:
             out.append(arg)
