@@ -115,3 +115,10 @@ def test_adapt_validates_a_hand_edited_config(run, tmp_path, capsys):
     err = one_error_line(["adapt", str(run), "--support", str(points), "--predict", str(points),
                           "--out", str(tmp_path / "out.csv")], capsys)
     assert err == "fastmaml: error: shots must be >= 1, got -4"
+
+
+def test_plot_says_when_eval_json_is_older_than_the_training(run, capsys, caplog):
+    # eval.json from iteration 4; the run trained on to 8: plot drew iteration 4's figure without a word
+    assert main(["train", "--resume", str(run), "--iterations", "8", "--no-progress"]) == 0
+    assert main(["plot", str(run)]) == 0
+    assert "meta-tests iteration 4 and the run has trained to 8; the steps figure shows 4" in caplog.text

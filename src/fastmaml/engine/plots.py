@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastmaml import plotting
@@ -9,6 +10,8 @@ from fastmaml.engine.compare import read_report
 from fastmaml.engine.evaluate import evaluate, load_trained, methods_for
 from fastmaml.engine.run_dir import EVAL, PLOTS, read_metrics
 from fastmaml.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 
 def plot_run(run_dir: str | Path, tasks: int = 100) -> list[Path]:
@@ -26,7 +29,7 @@ def plot_run(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     paths.append(plotting.learning_curve(rows, out / "learning_curve.png"))
     eval_path = run_dir / EVAL
     # a damaged eval.json (bad JSON, no metrics): one error saying to rewrite it, as `fastmaml compare` says
-    report = read_report(run_dir) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
+    report = saved_report(run_dir, rows) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
     paths.append(plotting.metric_vs_steps(report, out / "metric_vs_steps.png"))
     experiment, maml, _ = load_trained(run_dir)
     figures = experiment.extras.get("figures")
@@ -43,3 +46,15 @@ def plots_folder(run_dir: Path) -> Path:
                               f"{out}; move the file {PLOTS} away (or rename it), then plot again")
     out.mkdir(exist_ok=True)
     return out
+
+
+def saved_report(run_dir: Path, rows: list[dict]) -> dict:
+    """The run's eval.json (one error if it is damaged), with a warning when the run has trained past
+    the iteration it meta-tested (an eval during training; the figure shows that iteration)."""
+    report = read_report(run_dir)
+    trained = rows[-1].get("step") if rows else None
+    if isinstance(trained, int) and isinstance(report.get("step"), int) and report["step"] < trained:
+        log.warning("%s meta-tests iteration %d and the run has trained to %d; the steps figure shows %d "
+                    "(fastmaml eval %s brings it up to date)", run_dir / EVAL, report["step"], trained,
+                    report["step"], run_dir)
+    return report

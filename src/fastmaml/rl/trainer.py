@@ -568,8 +568,7 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from fastmaml import plotting
-    from fastmaml.engine.compare import read_report
-    from fastmaml.engine.plots import plots_folder
+    from fastmaml.engine.plots import plots_folder, saved_report
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
@@ -614,5 +613,5 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     plt.close(fig)
     eval_path = run_dir / EVAL
     # a damaged eval.json: one error saying to rewrite it (fastmaml compare's reader)
-    report = read_report(run_dir) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
+    report = saved_report(run_dir, rows) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
     return [out / "learning_curve.png", plotting.metric_vs_steps(report, out / "return_vs_steps.png")]
