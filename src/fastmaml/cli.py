@@ -278,6 +278,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed=EVAL_SEED if args.seed is None else args.seed,
         which=which_checkpoint(args),
         overrides=args.set,
+        finite=True,
         **({} if preset.evaluate else {"progress": not args.no_progress}),
     )
     print(json.dumps(report) if args.json else format_report(report))

@@ -503,6 +503,7 @@ def evaluate(
     which: str | int = "checkpoint",
     save: bool = True,
     overrides: list[str] | tuple[str, ...] = (),
+    finite: bool = False,
 ) -> dict[str, Any]:
     """Average return after 0..steps inner steps on ``tasks`` held-out tasks, per method, mean ± 95% CI
     over tasks; the CLI's ``eval``. Same structure as the supervised report (metric ``return``).
@@ -518,7 +519,8 @@ def evaluate(
     (after 0..steps steps, one return per task, in the goals' order, 6 significant digits) for the
     paired comparisons of ``fastmaml eval``'s table and ``fastmaml compare``. ``which``: the latest
     checkpoint, or an iteration whose snapshot the run kept (its report is saved beside it,
-    ``snapshots/iteration_000100.eval.json``)."""
+    ``snapshots/iteration_000100.eval.json``). ``finite``: a NaN or infinite mean return is a
+    NonFiniteLossError, before anything is saved (the CLI's ``eval``)."""
     run_dir = Path(run_dir)
     if which == "best":
         raise ConfigError(NO_BEST)
@@ -553,7 +555,8 @@ def evaluate(
         **({"overrides": changed} if (changed := protocol_overrides(overrides, config)) else {}),
         "metrics": results,
     }
-    check_finite_report(report)
+    if finite:
+        check_finite_report(report)
     if save and not changed:
         write_eval(run_dir, report, which)
     return report
