@@ -244,3 +244,13 @@ def test_where_a_loss_went_wrong_reads_well():
 
     assert iterations_span(2, 2) == "at iteration 2"  # was "between iterations 2 and 2"
     assert iterations_span(1, 20) == "between iterations 1 and 20"
+
+
+def test_rl_returns_that_blow_up_are_one_line_that_names_the_kept_checkpoint(tmp_path, capsys):
+    # inner_lr=1e30: the adapted policy's returns are NaN and the linear baseline fit refused them with a
+    # ValueError traceback
+    code, err = run_cli(["train", "rl", "--env", "nav2d", "--iterations", "4", "--set", "inner_lr=1e30",
+                         "--set", "meta_batch_size=2", "--set", "trajectories=2", "--set", "baselines=",
+                         "--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    assert code == 1 and len(err.splitlines()) == 1 and "linear baseline cannot be fitted" in err
+    assert "(at iteration 1); training stopped and no checkpoint had been written yet" in err

@@ -364,7 +364,15 @@ class RLTrainer:
         started = time.perf_counter()
         with open(self.run_dir / METRICS, "a") if main else contextlib.nullcontext() as metrics_file:
             while self.step < c.iterations:
-                for key, value in self.iteration().items():
+                try:
+                    logged = self.iteration()
+                except NonFiniteLossError as error:  # the baseline fit met NaN returns: say what the run kept
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"{error} (at iteration {self.step + 1}); training stopped and "
+                        f"{kept_checkpoint(self.run_dir, last_good, min(c.checkpoint_every, c.iterations))}"
+                    ) from None
+                for key, value in logged.items():
                     sums[key] = sums.get(key, 0.0) + value
                     counts[key] = counts.get(key, 0) + 1
                 self.step += 1
