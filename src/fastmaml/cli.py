@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from fastmaml.config import apply_overrides, dumps
+from fastmaml.config import apply_overrides, check_task_count, dumps
 from fastmaml.errors import ConfigError, FastMAMLError, TrainingStopped
 
 # CLI shorthand -> config key; each applies only to presets whose config has that key.
@@ -313,8 +313,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from fastmaml.engine.plots import plot_run
     from fastmaml.engine.run_dir import read_config
 
-    if args.tasks is not None and args.tasks < 2:
-        raise ConfigError(f"--tasks must be >= 2 (a 95% interval needs two tasks or more), got {args.tasks}")
+    if args.tasks is not None:
+        check_task_count(args.tasks)
     for path in (read_config(args.run_dir)[0].plot or plot_run)(args.run_dir, tasks=args.tasks):
         print(path)
     return 0

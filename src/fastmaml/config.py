@@ -66,8 +66,7 @@ class TrainConfig:
         for key in at_least_one:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be in [0, 2^63), got {self.seed}")
+        check_seed(self.seed)
         for key in ("eval_steps", "val_every", "chunk_size", "micro_batch_size", "threads", "grad_clip", "workers",
                     "snapshot_every"):
             if getattr(self, key) < 0:
@@ -106,6 +105,18 @@ def check_finite(config: Any) -> None:
         bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise ConfigError(f"{field.name} must be a finite number, got {value if isinstance(value, tuple) else bad[0]}")
+
+
+def check_seed(seed: int) -> None:
+    """ConfigError unless ``seed`` fits torch's generators (a larger one overflowed with a traceback)."""
+    if not 0 <= seed < 2**63:
+        raise ConfigError(f"seed must be in [0, 2^63), got {seed}")
+
+
+def check_task_count(tasks: int, name: str = "--tasks") -> None:
+    """ConfigError unless ``tasks`` meta-test tasks can give a 95% interval (one task reported 0)."""
+    if tasks < 2:
+        raise ConfigError(f"{name} must be >= 2 (a 95% interval needs two tasks or more), got {tasks}")
 
 
 def check_hidden(hidden: tuple[int, ...]) -> None:

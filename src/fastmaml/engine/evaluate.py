@@ -12,7 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from fastmaml.algorithms import MAML
-from fastmaml.config import protocol_overrides
+from fastmaml.config import check_task_count, protocol_overrides
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import check_device, cuda_or_cpu
 from fastmaml.engine.run_dir import build_experiment, checkpoint_file, checkpoint_label, read_config, write_eval
@@ -189,8 +189,7 @@ def evaluate(
     NonFiniteLossError, before anything is saved; studies keep such a result (a divergence they measure).
     """
     run_dir = Path(run_dir)
-    if tasks < 2:
-        raise ConfigError(f"--tasks must be >= 2 (a 95% interval needs two tasks or more), got {tasks}")
+    check_task_count(tasks)
     if split not in EVAL_SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     _, config = read_config(run_dir, overrides)

@@ -28,7 +28,6 @@ def plot_run(run_dir: str | Path, tasks: int = 100) -> list[Path]:
         raise CheckpointError(f"{run_dir} has no metrics yet; train it first (fastmaml train ... --out {run_dir})")
     paths.append(plotting.learning_curve(rows, out / "learning_curve.png"))
     eval_path = run_dir / EVAL
-    # a damaged eval.json (bad JSON, no metrics): one error saying to rewrite it, as `fastmaml compare` says
     report = saved_report(run_dir, rows) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
     paths.append(plotting.metric_vs_steps(report, out / "metric_vs_steps.png"))
     experiment, maml, _ = load_trained(run_dir)

@@ -18,7 +18,7 @@ except ImportError:  # Windows: no lock (see training_lock)
 from fastmaml.config import apply_eval_overrides, from_dict, to_dict
 from fastmaml.engine import checkpoint
 from fastmaml.engine.experiment import Experiment, get_preset
-from fastmaml.errors import CheckpointError
+from fastmaml.errors import CheckpointError, DataError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -114,8 +114,6 @@ def read_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()):
     preset, config = parse_config(read_config_text(run_dir), Path(run_dir) / CONFIG)
     if overrides:
         return preset, apply_eval_overrides(config, list(overrides))  # validates the changed config
-    from fastmaml.errors import DataError
-
     try:
         config.validate()  # a hand-edited value (shots=-4): the error train --resume gives, not a crash later
     except DataError:  # the data it names (a table's CSV) is checked where it is loaded: adapt --csv may relocate it

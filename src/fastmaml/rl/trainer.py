@@ -69,7 +69,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fastmaml.config import check_finite, check_hidden, protocol_overrides, to_dict
+from fastmaml.config import (
+    check_finite,
+    check_hidden,
+    check_seed,
+    check_task_count,
+    protocol_overrides,
+    to_dict,
+)
 from fastmaml.core.functional import Params
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import Cluster, check_device, device_for, init_from_env, launched_world_size
@@ -162,8 +169,7 @@ class RLConfig:
         if self.env not in ENV_NAMES:
             raise ConfigError(f"unknown environment {self.env!r}; choose one of {', '.join(ENV_NAMES)}")
         check_hidden(self.hidden)
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be in [0, 2^63), got {self.seed}")
+        check_seed(self.seed)
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.method == "none" and not self.baselines:
@@ -174,8 +180,7 @@ class RLConfig:
                     "init_std"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
-        if self.eval_tasks < 2:
-            raise ConfigError(f"eval_tasks must be >= 2 (a 95% interval needs two tasks or more), got {self.eval_tasks}")
+        check_task_count(self.eval_tasks, "eval_tasks")
         twice = sorted({b for b in self.baselines if self.baselines.count(b) > 1})
         if twice:
             raise ConfigError(f"baselines names {twice[0]} twice; list each baseline once")
@@ -534,8 +539,7 @@ def evaluate(
         raise ConfigError(NO_BEST)
     _, config = read_config(run_dir, overrides)
     tasks = config.eval_tasks if tasks is None else tasks
-    if tasks < 2:
-        raise ConfigError(f"--tasks must be >= 2 (a 95% interval needs two tasks or more), got {tasks}")
+    check_task_count(tasks)
     steps, methods, meta = prepare_meta_test(run_dir, config, steps, which)
     goals = next(iter(methods.values()))[0].sample_goals(tasks, torch.Generator().manual_seed(seed))
     results: dict[str, Any] = {}
