@@ -446,3 +446,22 @@ def test_plot_of_an_rl_run_with_a_damaged_eval_json_or_plots_file_is_one_line(na
     (run / "plots").write_text("x")
     assert main(["plot", str(run)]) == 2
     assert "plots is a file, not a folder" in capsys.readouterr().err
+
+
+def test_adapt_of_an_oracle_only_run_asks_for_method_random(tmp_path, capsys):
+    """A run that trained only the oracle has no policy that adapts: adapt's default used to be the
+    untrained random initialisation, silently; now it says so and --method random asks for that."""
+    run = tmp_path / "oracle"
+    assert main(["train", "rl", "--env", "nav2d", "--iterations", "1", "--set", "method=none",
+                 "--set", "baselines=oracle", "--out", str(run), *TINY]) == 0
+    capsys.readouterr()
+    out = tmp_path / "p.safetensors"
+    assert main(["adapt", str(run), "--goal", "0.1,0.1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trained no policy that adapts" in err and "--method random" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    assert main(["adapt", str(run), "--goal", "0.1,0.1", "--method", "random", "--steps", "1",
+                 "--trajectories", "2", "--out", str(out)]) == 0
+    from fastmaml.rl.adapt import load_adapted
+
+    assert load_adapted(out)[2]["method"] == "random"

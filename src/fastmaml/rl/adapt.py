@@ -126,6 +126,13 @@ def adapt_policy(
         raise ConfigError(f"{run_dir} is not a meta-RL run")
     goals, note = parse_goal(config.env, goal)
     choices = adaptable_methods(config)
+    if method is None and choices == ["random"]:
+        # a run that trained only the oracle: its default would silently be an untrained policy
+        raise ConfigError(
+            f"this run trained no policy that adapts (method {config.method!r}, baselines "
+            f"{', '.join(config.baselines) or 'none'}; the oracle observes its goal and is not adapted); "
+            "--method random adapts a random initialisation"
+        )
     method = method or choices[0]
     if method not in choices:
         why = " (the oracle observes its goal and is not adapted)" if method == "oracle" else ""
