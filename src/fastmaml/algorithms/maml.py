@@ -29,12 +29,12 @@ from fastmaml.core import (
     TaskBatch,
     adaptation_curve,
     autograd_adapt,
-    exact_batch_norm,
+    exact_vmap_ops,
     meta_loss_loop,
     meta_loss_shared_first_step,
     meta_loss_vmap,
+    needs_exact_vmap_ops,
     task_meta_loss,
-    uses_batch_norm,
 )
 from fastmaml.core import adapt as core_adapt
 from fastmaml.core.functional import LR, Params
@@ -186,15 +186,18 @@ class MAML(nn.Module):
         self._compiled: dict[str, Callable[..., Tensor]] = {}  # torch.compile'd meta-losses by kind
         self._compiled_ran: set[str] = set()  # kinds whose compiled function has run once
         self._compiled_shapes: set[tuple] = set()  # (kind, shapes) compiled before worker threads ran them
-        self._names = [n for n, _ in model.named_parameters()]
+        # θ: the parameters that require grad when MAML is built; the others (a frozen backbone,
+        # say) are constants, neither adapted in the inner loop nor meta-learned, as in the peers
+        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
         self._thread_vmap = sum(p.numel() for p in model.parameters()) >= THREADED_VMAP_MIN_PARAMS
         # Meta-SGD: one learned inner learning rate per parameter element, initialised to inner_lr.
         self.inner_lrs = nn.ParameterList(
-            [nn.Parameter(torch.full_like(p.detach(), self.inner_lr)) for _, p in model.named_parameters()]
+            [nn.Parameter(torch.full_like(p.detach(), self.inner_lr)) for n, p in model.named_parameters()
+             if n in self._names]
             if self.meta_sgd
             else []
         )
-        self._exact_bn = uses_batch_norm(model)
+        self._exact_bn = needs_exact_vmap_ops(model)  # layers whose fused kernels vmap gets wrong
         self._vmapping = False  # True while MAML's own vmap path runs the model
         # Batch norm inside MAML uses batch statistics and never updates running ones (a pure
         # function cannot mutate buffers): passing None for those buffers does both, fused kernel kept.
@@ -208,8 +211,10 @@ class MAML(nn.Module):
 
     # ----------------------------------------------------------------------------- functional view
     def params(self) -> Params:
-        """The meta-parameters θ as a dict keyed like ``model.named_parameters()``."""
-        return dict(self.model.named_parameters())
+        """The meta-parameters θ as a dict keyed like ``model.named_parameters()``: those that required
+        grad when this MAML was built (a frozen parameter stays the model's own, a constant)."""
+        names = set(self._names)
+        return {n: p for n, p in self.model.named_parameters() if n in names}
 
     def lr(self) -> LR:
         """α: the float ``inner_lr``, or Meta-SGD's learned tensors keyed like ``params()``."""
@@ -230,19 +235,45 @@ class MAML(nn.Module):
         state = {**dict(self.model.named_buffers()), **self._frozen_buffers, **params}
         module = self.model if module is None else module
         vmapping = self._vmapping if vmapping is None else vmapping
-        # The fused batch-norm kernel is exact in a loop but not under vmap, where primitive ops
-        # are needed (and slower): reroute only there.
+        # The fused batch-norm (layer-norm, ...) kernels are exact in a loop but not under vmap, where
+        # primitive ops are needed (and slower): reroute only there (fastmaml.core.norm).
         if self._exact_bn and vmapping:
-            with exact_batch_norm():
+            with exact_vmap_ops():
                 return torch.func.functional_call(module, state, (x,))
         return torch.func.functional_call(module, state, (x,))
+
+    def _validated(self, batch: TaskBatch) -> TaskBatch:
+        """``batch`` as a checked TaskBatch (shapes, and floating inputs in the parameters' dtype)."""
+        batch = TaskBatch(*batch).validate()
+        self._check_dtype(batch.support_x, "the tasks' inputs")
+        return batch
+
+    def _check_dtype(self, x: Tensor, what: str) -> None:
+        """TypeError naming both dtypes when floating inputs ``x`` do not match the model's floating
+        parameters (integer inputs, e.g. token ids for an embedding, are left alone)."""
+        if not x.is_floating_point():
+            return
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), x.dtype)
+        if x.dtype != dtype:
+            raise TypeError(f"{what} are {str(x.dtype).removeprefix('torch.')} but the model's parameters are "
+                            f"{str(dtype).removeprefix('torch.')}: convert one to the other (x.to({dtype}), or "
+                            f"maml.to({x.dtype}), which converts the model and Meta-SGD's learning rates)")
 
     def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
         return self.functional_forward(self.params() if params is None else params, x)
 
     def loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         """L(f_params, (x, y)) as a pure function of the parameter dict."""
-        return self.loss_fn(self.functional_forward(params, x), y)
+        return self._scalar_loss(self.functional_forward(params, x), y)
+
+    def _scalar_loss(self, prediction: Tensor, y: Tensor) -> Tensor:
+        """``loss_fn(prediction, y)``, which must be one number per task (under vmap: per task)."""
+        value = self.loss_fn(prediction, y)
+        if not isinstance(value, Tensor) or value.dim() != 0:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"loss_fn must return a scalar tensor (one task's loss), got {shape}: reduce it, e.g. "
+                             "with reduction='mean' or .mean()")
+        return value
 
     # ----------------------------------------------------------------------------- MAML
     def meta_loss(self, batch: TaskBatch, *, reduction: str = "mean") -> Tensor:
@@ -252,13 +283,14 @@ class MAML(nn.Module):
         the model's parameters and, with Meta-SGD, on the learned inner learning rates.
         ``reduction="none"`` returns the per-task losses, shape (T,).
         """
-        batch = TaskBatch(*batch).validate()
+        batch = self._validated(batch)
         kwargs = dict(lr=self.lr(), steps=self.inner_steps, first_order=self.first_order)
         losses = self._run(
             lambda: self._maybe_compiled("vmap", self._vmap_losses)(self.params(), self.lr(), batch),
             lambda: self._loop_losses(self.params(), self.lr(), batch),
             batch,
             hybrid=lambda: meta_loss_shared_first_step(*self._hybrid_losses(self.model), self.params(), batch, **kwargs),
+            probe_backward=True,
         )
         if reduction == "none":
             return losses
@@ -274,7 +306,7 @@ class MAML(nn.Module):
         in memory at a time, not all of them), in ``workers`` threads when more than one; under vmap
         with several workers each thread backpropagates its vectorised share of the tasks.
         """
-        batch = TaskBatch(*batch).validate()
+        batch = self._validated(batch)
         device = batch.support_x.device
         threads = self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1
         strategy = self.resolved_strategy(device)
@@ -322,7 +354,7 @@ class MAML(nn.Module):
 
         def work_vmap(k: int) -> tuple[list[Tensor | None], Tensor]:
             forward = functools.partial(self.functional_forward, module=replicas[k], vmapping=True)
-            loss = lambda p, x, y: self.loss_fn(forward(p, x), y)  # noqa: E731
+            loss = lambda p, x, y: self._scalar_loss(forward(p, x), y)  # noqa: E731
             share = batch.slice(k * batch.num_tasks // count, (k + 1) * batch.num_tasks // count)
             if compiled is not None:
                 losses = compiled(params, lr, share)
@@ -340,7 +372,7 @@ class MAML(nn.Module):
             return list(torch.autograd.grad(total, leaves, allow_unused=True)), total.detach()
 
         def work(k: int) -> tuple[list[Tensor | None], Tensor]:
-            loss = lambda p, x, y: self.loss_fn(self.functional_forward(p, x, module=replicas[k]), y)  # noqa: E731
+            loss = lambda p, x, y: self._scalar_loss(self.functional_forward(p, x, module=replicas[k]), y)  # noqa: E731
             sums: list[Tensor | None] = [None] * len(leaves)
             losses = []
             for i in range(k, batch.num_tasks, count):
@@ -381,7 +413,8 @@ class MAML(nn.Module):
         *,
         first_order: bool | None = None,
     ) -> Params:
-        """Adapted parameters for one task after ``steps`` (default ``inner_steps``) inner steps."""
+        """Adapted parameters for one task after ``steps`` (default ``inner_steps``) inner steps: every
+        parameter of the model, keyed like ``model.named_parameters()`` (frozen ones unchanged)."""
         steps = self.inner_steps if steps is None else int(steps)
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
@@ -392,10 +425,13 @@ class MAML(nn.Module):
                 f"support_x{tuple(support_x.shape)} and support_y{tuple(support_y.shape)} must agree on the "
                 "number of examples (dimension 0: adapt takes one task, without a task dimension)"
             )
+        self._check_dtype(support_x, "support_x values")
         first_order = self.first_order if first_order is None else first_order
-        return core_adapt(
+        adapted = core_adapt(
             self.loss, self.params(), support_x, support_y, lr=self.lr(), steps=steps, first_order=first_order
         )
+        # every parameter of the model, the frozen ones as they are, so the dict is a full set of weights
+        return {n: adapted.get(n, p) for n, p in self.model.named_parameters()}
 
     def adaptation_curve(
         self,
@@ -408,7 +444,7 @@ class MAML(nn.Module):
         ``metric`` defaults to the loss. Inner gradients are constants here: use it for evaluation,
         under ``torch.no_grad()``.
         """
-        batch = TaskBatch(*batch).validate()
+        batch = self._validated(batch)
         metric = metric or self.loss_fn
         on_params = lambda p, x, y: metric(self.functional_forward(p, x), y)  # noqa: E731
         curve = lambda task: adaptation_curve(  # noqa: E731
@@ -434,7 +470,7 @@ class MAML(nn.Module):
     def _hybrid_losses(self, module: nn.Module) -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
         """The loss as the hybrid strategy's vectorised first step runs it, and as its loop runs it."""
         def loss(p: Params, x: Tensor, y: Tensor, vmapping: bool) -> Tensor:
-            return self.loss_fn(self.functional_forward(p, x, module=module, vmapping=vmapping), y)
+            return self._scalar_loss(self.functional_forward(p, x, module=module, vmapping=vmapping), y)
 
         return functools.partial(loss, vmapping=True), functools.partial(loss, vmapping=False)
 
@@ -444,9 +480,12 @@ class MAML(nn.Module):
         looped: Callable[[], Tensor],
         batch: TaskBatch,
         hybrid: Callable[[], Tensor] | None = None,
+        probe_backward: bool = False,
     ) -> Tensor:
         """Evaluate with the resolved strategy (``hybrid`` only where the caller has such a path: the
-        meta-loss; evaluation loops)."""
+        meta-loss; evaluation loops). ``probe_backward``: on auto's first call, also backpropagate the
+        vmapped result once (graph kept for the caller), since some models fail under vmap only
+        there (``nn.TransformerEncoderLayer`` in eval mode: its fused kernel has no derivative)."""
         strategy = self.resolved_strategy(batch.support_x.device)
         vmapped = functools.partial(self._vmapped, vmapped)
         if strategy == "hybrid":
@@ -457,6 +496,9 @@ class MAML(nn.Module):
             return vmapped()
         try:  # auto, first call: vmap unless the model cannot be vmapped
             out = vmapped()
+            leaves = [p for p in self.parameters() if p.requires_grad]
+            if probe_backward and out.requires_grad and leaves:
+                torch.autograd.grad(out.sum(), leaves, retain_graph=True, allow_unused=True)
         except Exception as vmap_error:  # noqa: BLE001 - any tracing failure: try the loop instead
             out = looped()  # a genuine user error raises here again, without the vmap noise
             self._fall_back_to_loop(vmap_error)
@@ -478,7 +520,7 @@ class MAML(nn.Module):
 
     def _vmap_losses(self, params: Params, lr: LR, batch: TaskBatch) -> Tensor:
         """Per-task meta-losses, all tasks in one vectorised call."""
-        loss = lambda p, x, y: self.loss_fn(self.functional_forward(p, x, vmapping=True), y)  # noqa: E731
+        loss = lambda p, x, y: self._scalar_loss(self.functional_forward(p, x, vmapping=True), y)  # noqa: E731
         return meta_loss_vmap(loss, params, batch, lr=lr, steps=self.inner_steps, first_order=self.first_order,
                               chunk_size=self.chunk_size)
 

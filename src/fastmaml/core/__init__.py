@@ -12,7 +12,7 @@ from fastmaml.core.functional import (
     sgd_step,
     task_meta_loss,
 )
-from fastmaml.core.norm import exact_batch_norm, uses_batch_norm
+from fastmaml.core.norm import exact_batch_norm, exact_vmap_ops, needs_exact_vmap_ops, uses_batch_norm
 
 __all__ = [
     "TaskBatch",
@@ -20,11 +20,13 @@ __all__ = [
     "adaptation_curve",
     "autograd_adapt",
     "exact_batch_norm",
+    "exact_vmap_ops",
     "inner_loss_grads",
     "meta_loss_loop",
     "meta_loss_shared_first_step",
     "meta_loss_vmap",
     "sgd_step",
+    "needs_exact_vmap_ops",
     "task_meta_loss",
     "uses_batch_norm",
 ]

@@ -68,7 +68,8 @@ def autograd_adapt(
     and inner backward per step; ``torch.func`` transforms refuse the saved-tensor hooks that
     checkpointing needs); and worker threads, because ``torch.func``'s transform stack is not
     thread-safe. One task at a time (not under vmap). Meta-SGD's learning rates enter every step as
-    explicit inputs. A parameter that does not require grad still adapts, as under ``torch.func.grad``.
+    explicit inputs. A parameter that does not require grad still adapts, as under ``torch.func.grad``
+(``MAML`` passes only the parameters it adapts).
     """
     names = list(params)
     lr_names = list(lr) if isinstance(lr, Mapping) else []
@@ -79,8 +80,10 @@ def autograd_adapt(
         current, rates = tensors[: len(names)], tensors[len(names) :]
         current = tuple(v if v.requires_grad else v.detach().requires_grad_() for v in current)
         with torch.enable_grad():
+            # a parameter the loss does not use gets a zero gradient, as under torch.func.grad
             grads = torch.autograd.grad(
-                loss(dict(zip(names, current)), x, y), current, create_graph=not first_order
+                loss(dict(zip(names, current)), x, y), current, create_graph=not first_order, allow_unused=True,
+                materialize_grads=True,
             )
         step_lr = dict(zip(lr_names, rates)) if lr_names else lr
         return tuple(v - (step_lr[k] if lr_names else step_lr) * g for k, v, g in zip(names, current, grads))

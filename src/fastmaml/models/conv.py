@@ -42,6 +42,8 @@ def same_padding(size: int, stride: int, kernel: int = KERNEL) -> tuple[int, int
 class ConvNet(nn.Module):
     """The paper's 4-block conv net: strided (Omniglot) or max-pooled (``max_pool=True``, MiniImagenet)."""
 
+    exact_under_vmap = True  # its forward calls only torch.nn modules (fastmaml.core.norm.needs_exact_vmap_ops)
+
     def __init__(
         self,
         in_channels: int,
@@ -93,6 +95,8 @@ class ConvNet(nn.Module):
 
 class NoConvMLP(nn.Module):
     """The paper's non-convolutional Omniglot network: flattened image -> hidden (BN, ReLU) -> ways."""
+
+    exact_under_vmap = True  # its forward calls only torch.nn modules (fastmaml.core.norm.needs_exact_vmap_ops)
 
     def __init__(self, in_features: int, ways: int, hidden: Sequence[int] = (256, 128, 64, 64)) -> None:
         super().__init__()

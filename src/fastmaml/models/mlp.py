@@ -22,6 +22,8 @@ def check_activation(activation: str) -> None:
 class MLP(nn.Module):
     """``in_features -> hidden... -> out_features`` with one activation between layers."""
 
+    exact_under_vmap = True  # its forward calls only torch.nn modules (fastmaml.core.norm.needs_exact_vmap_ops)
+
     def __init__(
         self, in_features: int, out_features: int, hidden: Sequence[int] = (40, 40), activation: str = "relu"
     ) -> None:

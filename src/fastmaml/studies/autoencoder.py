@@ -54,6 +54,8 @@ NOISE = 0.05
 class AutoEncoder(nn.Module):
     """``features -> hidden -> code -> hidden -> features``; the code is linear."""
 
+    exact_under_vmap = True  # its forward calls only torch.nn modules (fastmaml.core.norm.needs_exact_vmap_ops)
+
     def __init__(self, features: int, code: int, hidden: int, activation: str = "relu") -> None:
         super().__init__()
         self.encoder = MLP(features, code, (hidden,), activation)
