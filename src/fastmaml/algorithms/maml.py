@@ -497,7 +497,9 @@ class MAML(nn.Module):
         try:  # auto, first call: vmap unless the model cannot be vmapped
             out = vmapped()
             leaves = [p for p in self.parameters() if p.requires_grad]
-            if probe_backward and out.requires_grad and leaves:
+            # (a compiled meta-loss is not probed: its first call's check backpropagated both it and
+            # the eager one, and a compiled backward may not run twice)
+            if probe_backward and not self.compile and out.requires_grad and leaves:
                 torch.autograd.grad(out.sum(), leaves, retain_graph=True, allow_unused=True)
         except Exception as vmap_error:  # noqa: BLE001 - any tracing failure: try the loop instead
             out = looped()  # a genuine user error raises here again, without the vmap noise
