@@ -50,6 +50,28 @@ THREADED_VMAP_MIN_PARAMS = 50_000
 _CONV = (nn.modules.conv._ConvNd,)
 
 
+def vmap_unsafe(model: nn.Module) -> str | None:
+    """Why vmap would give ``model`` a wrong meta-gradient that no reroute fixes, or None:
+    ``nn.Embedding(scale_grad_by_freq=True)`` (vmap counts the indices over all tasks together:
+    meta-gradients measured 7.9% off the loop, float64, 2 inner steps)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Embedding) and m.scale_grad_by_freq:
+            return f"vmap gives wrong meta-gradients for an embedding with scale_grad_by_freq ({name or 'the model'})"
+    return None
+
+
+def _rng_state(device: torch.device) -> tuple[Tensor, torch.device, Tensor | None]:
+    """The random state dropout on ``device`` draws from (the CPU generator, and the device's own)."""
+    return torch.random.get_rng_state(), device, torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[Tensor, torch.device, Tensor | None]) -> None:
+    cpu, device, cuda = state
+    torch.random.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
 def relative_difference(got: Tensor, want: Tensor) -> float:
     """|got - want| / |want| (Euclidean norms)."""
     return float((got - want).norm() / want.norm().clamp_min(1e-30))
@@ -207,6 +229,18 @@ class MAML(nn.Module):
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
             for buffer in ("running_mean", "running_var", "num_batches_tracked")
         }
+        # Instance norm tracking running statistics reads them in eval mode, and in training mode its
+        # fused kernel would update them in place (in the loop, not under vmap): it gets fresh copies
+        # on every call, so MAML never updates them, under any strategy
+        self._copied_buffers = [
+            f"{name}.{buffer}"
+            for name, m in model.named_modules()
+            if isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats
+            for buffer in ("running_mean", "running_var")
+        ]
+        if strategy in ("vmap", "hybrid") and vmap_unsafe(model):
+            raise ValueError(f"strategy {strategy!r}: {vmap_unsafe(model)}; use strategy 'loop' (or 'auto', which loops "
+                             "for such a model)")
         self._resolved: str | None = None if strategy == "auto" else strategy
 
     # ----------------------------------------------------------------------------- functional view
@@ -232,7 +266,9 @@ class MAML(nn.Module):
         ``vmapping``: whether this call runs under MAML's vmap (default: MAML's own flag, which
         worker threads must not rely on, since another thread may reset it).
         """
-        state = {**dict(self.model.named_buffers()), **self._frozen_buffers, **params}
+        buffers = dict(self.model.named_buffers())
+        copies = {name: buffers[name].clone() for name in self._copied_buffers}
+        state = {**buffers, **copies, **self._frozen_buffers, **params}
         module = self.model if module is None else module
         vmapping = self._vmapping if vmapping is None else vmapping
         # The fused batch-norm (layer-norm, ...) kernels are exact in a loop but not under vmap, where
@@ -241,23 +277,6 @@ class MAML(nn.Module):
             with exact_vmap_ops():
                 return torch.func.functional_call(module, state, (x,))
         return torch.func.functional_call(module, state, (x,))
-
-    def _validated(self, batch: TaskBatch) -> TaskBatch:
-        """``batch`` as a checked TaskBatch (shapes, and floating inputs in the parameters' dtype)."""
-        batch = TaskBatch(*batch).validate()
-        self._check_dtype(batch.support_x, "the tasks' inputs")
-        return batch
-
-    def _check_dtype(self, x: Tensor, what: str) -> None:
-        """TypeError naming both dtypes when floating inputs ``x`` do not match the model's floating
-        parameters (integer inputs, e.g. token ids for an embedding, are left alone)."""
-        if not x.is_floating_point():
-            return
-        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), x.dtype)
-        if x.dtype != dtype:
-            raise TypeError(f"{what} are {str(x.dtype).removeprefix('torch.')} but the model's parameters are "
-                            f"{str(dtype).removeprefix('torch.')}: convert one to the other (x.to({dtype}), or "
-                            f"maml.to({x.dtype}), which converts the model and Meta-SGD's learning rates)")
 
     def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
         return self.functional_forward(self.params() if params is None else params, x)
@@ -283,7 +302,7 @@ class MAML(nn.Module):
         the model's parameters and, with Meta-SGD, on the learned inner learning rates.
         ``reduction="none"`` returns the per-task losses, shape (T,).
         """
-        batch = self._validated(batch)
+        batch = TaskBatch(*batch).validate()
         kwargs = dict(lr=self.lr(), steps=self.inner_steps, first_order=self.first_order)
         losses = self._run(
             lambda: self._maybe_compiled("vmap", self._vmap_losses)(self.params(), self.lr(), batch),
@@ -306,7 +325,7 @@ class MAML(nn.Module):
         in memory at a time, not all of them), in ``workers`` threads when more than one; under vmap
         with several workers each thread backpropagates its vectorised share of the tasks.
         """
-        batch = self._validated(batch)
+        batch = TaskBatch(*batch).validate()
         device = batch.support_x.device
         threads = self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1
         strategy = self.resolved_strategy(device)
@@ -315,11 +334,13 @@ class MAML(nn.Module):
         if strategy != "loop":
             if threads and self._thread_vmap:  # the same threads from the first call on: exact resume
                 auto_first_call = self.strategy == "auto" and self._resolved is None
+                rng = _rng_state(device)
                 try:
                     out = self._threaded_backward(batch, scale, vmap=True)  # sets .grad only if all workers succeed
                 except Exception as vmap_error:  # noqa: BLE001 - any tracing failure: try the loop instead
                     if not auto_first_call:
                         raise
+                    _set_rng_state(rng)
                     out = self._threaded_backward(batch, scale)
                     self._fall_back_to_loop(vmap_error)
                     return out
@@ -425,7 +446,6 @@ class MAML(nn.Module):
                 f"support_x{tuple(support_x.shape)} and support_y{tuple(support_y.shape)} must agree on the "
                 "number of examples (dimension 0: adapt takes one task, without a task dimension)"
             )
-        self._check_dtype(support_x, "support_x values")
         first_order = self.first_order if first_order is None else first_order
         adapted = core_adapt(
             self.loss, self.params(), support_x, support_y, lr=self.lr(), steps=steps, first_order=first_order
@@ -444,7 +464,7 @@ class MAML(nn.Module):
         ``metric`` defaults to the loss. Inner gradients are constants here: use it for evaluation,
         under ``torch.no_grad()``.
         """
-        batch = self._validated(batch)
+        batch = TaskBatch(*batch).validate()
         metric = metric or self.loss_fn
         on_params = lambda p, x, y: metric(self.functional_forward(p, x), y)  # noqa: E731
         curve = lambda task: adaptation_curve(  # noqa: E731
@@ -462,6 +482,8 @@ class MAML(nn.Module):
         if self._resolved is not None:
             return self._resolved
         if self.grad_checkpointing:
+            return "loop"
+        if vmap_unsafe(self.model):
             return "loop"
         device = device or next(self.model.parameters()).device
         has_conv = any(isinstance(m, _CONV) for m in self.model.modules())
@@ -494,6 +516,7 @@ class MAML(nn.Module):
             return looped()
         if self.strategy == "vmap" or self._resolved == "vmap":
             return vmapped()
+        rng = _rng_state(batch.support_x.device)
         try:  # auto, first call: vmap unless the model cannot be vmapped
             out = vmapped()
             leaves = [p for p in self.parameters() if p.requires_grad]
@@ -502,6 +525,7 @@ class MAML(nn.Module):
             if probe_backward and not self.compile and out.requires_grad and leaves:
                 torch.autograd.grad(out.sum(), leaves, retain_graph=True, allow_unused=True)
         except Exception as vmap_error:  # noqa: BLE001 - any tracing failure: try the loop instead
+            _set_rng_state(rng)  # the loop draws (dropout) what it would have drawn alone: a resumed run matches
             out = looped()  # a genuine user error raises here again, without the vmap noise
             self._fall_back_to_loop(vmap_error)
             return out

@@ -88,7 +88,9 @@ def primitive_instance_norm(
     ``use_input_stats=False`` (an eval-mode layer tracking running statistics) it uses those."""
     del momentum  # running statistics are never updated here (see the module docstring)
     shape = [1, -1] + [1] * (input.dim() - 2)
-    if use_input_stats or running_mean is None or running_var is None:
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise ValueError("Expected running_mean and running_var to be defined when use_input_stats is false")
+    if use_input_stats:
         dims = tuple(range(2, input.dim()))
         mean = input.mean(dims, keepdim=True)
         var = input.var(dims, unbiased=False, keepdim=True)
@@ -105,9 +107,12 @@ def primitive_instance_norm(
 def primitive_embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
     """``F.embedding`` whose padding row gets no gradient under vmap too: the rows are gathered by
     indexing and the padding positions' values are detached (the forward value is unchanged)."""
-    out = weight[input]
+    # index_select, not weight[input]: a negative index is an error, as in F.embedding
+    out = weight.index_select(0, input.reshape(-1)).view(*input.shape, weight.shape[-1])
     if padding_idx is None:
         return out
+    if not -weight.shape[0] <= padding_idx < weight.shape[0]:
+        raise ValueError("Padding_idx must be within num_embeddings")
     padding_idx = padding_idx + weight.shape[0] if padding_idx < 0 else padding_idx
     return torch.where((input == padding_idx).unsqueeze(-1), out.detach(), out)
 
