@@ -118,7 +118,11 @@ class MAML(nn.Module):
     ``strategy`` picks how a meta-batch is evaluated: ``"vmap"`` (all tasks in one vectorised
     call), ``"loop"`` (one task at a time), or ``"auto"``: vmap, except for convolutional models on
     the CPU, where per-task weights turn every convolution into a grouped convolution and a loop is
-    faster (benchmarks/results/bench_cpu_bn_fix.md); and loop if vmap cannot trace the model.
+    faster (benchmarks/results/bench_cpu_bn_fix.md); and loop if vmap cannot trace the model (in
+    forward or, on the first call, in backward) or would get it wrong (:func:`vmap_unsafe`).
+    Parameters that do not require grad when MAML is built are constants: not adapted, not
+    meta-learned, no Meta-SGD rate. Layers whose fused kernels vmap gets wrong (batch, layer and
+    instance norm, padded embeddings) run as primitive ops under vmap (:mod:`fastmaml.core.norm`).
     ``"hybrid"`` vectorises only the first inner step, where every task still has the shared
     weights θ (one convolution over all tasks' support sets), and loops over tasks for the rest
     (:func:`fastmaml.core.functional.meta_loss_shared_first_step`); evaluation loops. It keeps every
