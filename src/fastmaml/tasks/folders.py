@@ -8,6 +8,7 @@ resized to ``image_size x image_size`` (the aspect ratio is not kept) and decode
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import accumulate
 from pathlib import Path
@@ -18,6 +19,9 @@ import torch
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.tasks.images import FewShotImages, FileSource, cached_images, decode_image, fingerprint
 
+log = logging.getLogger(__name__)
+# files an operating system leaves in folders: skipped without a word (hidden files, .xxx, too)
+SYSTEM_FILES = ("thumbs.db", "desktop.ini")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEFAULT_SPLITS = {"train": 0.64, "val": 0.16, "test": 0.2}  # mini-ImageNet's 64 / 16 / 20 proportions
 MODES = {1: "L", 3: "RGB"}
@@ -33,10 +37,18 @@ def scan_class_folders(root: Path) -> tuple[dict[str, list[str]], dict[str, int]
     with FileSource(root) as source:
         files = source.sizes()
     classes: dict[str, list[str]] = {p.name: [] for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    skipped = []
     for name in sorted(files):
         parts = name.split("/")
-        if len(parts) == 2 and name.lower().endswith(IMAGE_EXTENSIONS):
+        if len(parts) == 2 and parts[0] in classes and name.lower().endswith(IMAGE_EXTENSIONS):
             classes[parts[0]].append(name)
+        elif not any(p.startswith(".") for p in parts) and parts[-1].lower() not in SYSTEM_FILES:
+            skipped.append(name)
+    if skipped:
+        images = [n for n in skipped if n.lower().endswith(IMAGE_EXTENSIONS)]
+        log.warning("%d file(s) in %s are not read: only %s/<class>/<image> with an image extension is (%s); "
+                    "e.g. %s", len(skipped), root, root, ", ".join(IMAGE_EXTENSIONS),
+                    ", ".join((images or skipped)[:3]) + (", ..." if len(skipped) > 3 else ""))
     if not classes:
         raise DataError(f"{root} has no class folders; expected {root}/<class>/<image>")
     empty = [c for c, images in classes.items() if not images]

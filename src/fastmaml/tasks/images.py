@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from tqdm import tqdm
 
@@ -33,7 +33,7 @@ from fastmaml.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: JPEG orientation applied, transparency onto white
 QUARTER_TURNS = (0, 1, 2, 3)
 
 
@@ -213,11 +213,18 @@ def decode_image(
 ) -> np.ndarray:
     """Decode one image to ``uint8 (C, size, size)`` in PIL ``mode`` ("L" or "RGB").
 
-    The aspect ratio is not kept. A file PIL cannot read raises one error naming it.
+    The aspect ratio is not kept. A JPEG's orientation tag is applied (a phone photo stored sideways
+    comes out upright), and transparent pixels are composited onto white (PIL's plain conversion
+    keeps whatever colour a transparent pixel happens to store). A file PIL cannot read raises one
+    error naming it.
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.draft(mode, (size, size))  # JPEG: decode at a reduced scale when that is enough
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+                rgba = image.convert("RGBA")
+                image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
             image = image.convert(mode)
             if image.size != (size, size):
                 image = image.resize((size, size), resample=resample)

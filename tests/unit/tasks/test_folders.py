@@ -107,3 +107,46 @@ def test_cache_is_reused_until_the_tree_changes(tree, tmp_path, monkeypatch):
         Image.new("RGB", (5, 5)).save(tree / "class_0" / "img9.png")
         with pytest.raises(AssertionError, match="decoded"):
             load_image_folder(tree, image_size=8, cache_dir=tmp_path / "cache")
+
+
+def test_jpeg_orientation_and_transparency_are_applied():
+    """A phone photo stored sideways with an EXIF orientation tag came out sideways; transparent
+    pixels came out in whatever colour they stored (black or white for the same picture)."""
+    import io
+
+    import numpy as np
+
+    from fastmaml.tasks.images import decode_image
+
+    # 8 x 4 pixels, left half black, right half white, tagged "rotate 90 clockwise to display" (6)
+    sideways = Image.new("L", (8, 4), 0)
+    sideways.paste(255, (4, 0, 8, 4))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    sideways.save(buffer, "JPEG", exif=exif.tobytes(), quality=100)
+    upright = decode_image(buffer.getvalue(), "photo.jpg", 8, "L")[0].astype(float)
+    # displayed upright the picture is 4 wide and 8 tall: black on top, white below
+    assert upright[:3].mean() < 40 and upright[5:].mean() > 215, upright
+    for stored in ((0, 0, 0, 0), (255, 0, 0, 0)):  # the same transparent background, two stored colours
+        png = Image.new("RGBA", (4, 4), stored)
+        png.putpixel((0, 0), (0, 0, 255, 255))
+        buffer = io.BytesIO()
+        png.save(buffer, "PNG")
+        rgb = decode_image(buffer.getvalue(), "icon.png", 4, "RGB", resample=Image.Resampling.NEAREST)
+        assert rgb[:, 0, 0].tolist() == [0, 0, 255] and np.all(rgb[:, 1:, :] == 255), stored
+
+
+def test_files_outside_class_folders_are_named_in_a_warning(tree, caplog):
+    """Images in a sub-folder of a class, or beside the class folders, were skipped without a word."""
+    image = (tree / "class_0" / "img0.png").read_bytes()
+    (tree / "stray.png").write_bytes(image)
+    (tree / "class_0" / "more").mkdir()
+    (tree / "class_0" / "more" / "nested.png").write_bytes(image)
+    (tree / "class_0" / "Thumbs.db").write_bytes(b"x")
+    (tree / "class_0" / ".DS_Store").write_bytes(b"x")
+    with caplog.at_level("WARNING"):
+        folders.scan_class_folders(tree)
+    # the tree's 10 notes.txt files and the two images; the images are the examples named
+    assert "12 file(s) in" in caplog.text and "e.g. class_0/more/nested.png, stray.png" in caplog.text
+    assert "Thumbs.db" not in caplog.text and "DS_Store" not in caplog.text
