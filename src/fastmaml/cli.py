@@ -215,6 +215,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       progress=not args.no_progress)
     best = f", best validation {summary['best']['metric']} {summary['best']['value']:.4g}" if summary["best"] else ""
     compiled = " (meta-loss compiled with torch.compile)" if summary.get("compiled") else ""
+    if summary.get("validation_s", 0) >= 0.05:  # this call's validation, not counted in the training time
+        compiled += f", plus {summary['validation_s']:.1f} s validating"
     start = summary["start_step"]  # fit_in_run_dir's: where this call began
     if rank != 0:  # the other processes of a torchrun job wrote nothing
         return 0

@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import json
 import math
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -92,6 +93,7 @@ def test_train_and_eval_omniglot_5way_1shot(tiny_omniglot, tmp_path, capsys):
     )
     assert code == 0, err
     assert "trained omniglot for 20 iterations" in out and "best validation accuracy" in out
+    assert re.search(r"iterations in [0-9.]+ s, plus [0-9.]+ s validating, best", out), out  # apart, not hidden
     saved = json.loads((run / "config.json").read_text())
     assert saved["experiment"] == "omniglot"
     assert saved["config"]["root"] == str(tiny_omniglot) and saved["config"]["inner_lr"] == 0.4

@@ -234,6 +234,7 @@ class Trainer:
         bar = tqdm(total=c.iterations, initial=self.step, disable=not (progress and main), desc=self.experiment.name,
                    dynamic_ncols=True, mininterval=0.5)
         started = time.perf_counter()
+        validating = 0.0  # seconds this call spent on validation (not training time: not in elapsed_s)
         with open(self.run_dir / METRICS, "a") if main else contextlib.nullcontext() as metrics_file:
             while self.step < c.iterations:
                 batch = self.experiment.sample(self.generator, "train", c.meta_batch_size).to(self.device)
@@ -269,6 +270,7 @@ class Trainer:
                 if self.baseline is not None:
                     row["baseline_loss"] = means[1]
                 if val_now and main:
+                    bar.set_postfix_str(f"validating on {c.val_tasks} tasks", refresh=True)
                     value = self.validate()
                     row[f"val_{metric_name}"] = value
                     better = self.best is None or (
@@ -278,6 +280,7 @@ class Trainer:
                         self.best = {"step": self.step, "metric": metric_name, "value": value}
                         self.save(BEST)
                     started = time.perf_counter()  # validation time is not training time
+                    validating += started - now
                 self.rows.append(row)
                 if main:
                     metrics_file.write(json.dumps(row) + "\n")
@@ -295,7 +298,8 @@ class Trainer:
                     bar.close()
                     raise stopped(stop, self.run_dir, self.step)
         bar.close()
-        return {"step": self.step, "elapsed_s": self.elapsed, "best": self.best, "compiled": self.maml.compile}
+        return {"step": self.step, "elapsed_s": self.elapsed, "best": self.best, "compiled": self.maml.compile,
+                "validation_s": validating}
 
 
 def train(
