@@ -217,6 +217,21 @@ def test_held_out_rows_with_labels_unseen_in_meta_training_are_left_out(tmp_path
         data.encoder.encode_y(read_csv(path))
 
 
+def test_every_missing_value_is_named_in_one_error(tmp_path):
+    """A table with three blanks in three columns took three runs to find them, one per run."""
+    path = tmp_path / "prices.csv"
+    rows = ["district,area,type,price"] + [f"d{i % 4},{50 + i},flat,{100 + i}" for i in range(30)]
+    rows[5] = "d1,,flat,120"
+    rows[19] = "d2,70,,130"
+    rows[27] = "d3,80,house,"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError) as error:
+        load_table(path, "district", "price", shots=1)
+    message = str(error.value)
+    assert "3 missing value(s) in 3 row(s): line 6, column 'area' (''); line 20, column 'type' (''); " \
+           "line 28, column 'price' ('')" in message and "drop or fill such rows" in message
+
+
 def test_one_label_in_meta_training_is_an_error(tmp_path):
     path = tmp_path / "one.csv"
     path.write_text("g,x,y\n" + "".join(f"t{i},{j},same\n" for i in range(6) for j in range(3)))
@@ -227,10 +242,10 @@ def test_one_label_in_meta_training_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     "body, message",
     [
-        ("group,x,y\ng1,1,a\ng1,2,\n", "line 3, column 'y': missing value"),
+        ("group,x,y\ng1,1,a\ng1,2,\n", r"1 missing value\(s\) in 1 row\(s\): line 3, column 'y' \(''\)"),
         ("group,x,y\ng1,1,a\ng1,2,NaN\n", "missing value"),
         ("group,x,y\ng1,1,a\ng1,abc,b\n", "'abc' is not a number while other values"),
-        ("group,x,y\ng1,1,a\ng1,nan,b\n", "column 'x': missing value"),
+        ("group,x,y\ng1,1,a\ng1,nan,b\n", "missing value.*column 'x' \\('nan'\\)"),
         ("group,x,y\ng1,1,a\n,2,b\n", "empty task"),
         ("group,x,label\ng1,1,a\ng2,2,b\n", "no column 'y'"),
     ],

@@ -97,6 +97,21 @@ def read_csv(path: str | Path) -> Table:
     return Table(str(path), header, tuple(rows))
 
 
+def check_missing(table: Table, columns: Sequence[str], shown: int = 5) -> None:
+    """One DataError naming the missing values (``MISSING``) of ``columns``, all of them counted, the
+    first ``shown`` located, rather than one per run."""
+    found = [(i, name, text) for name in columns for i, text in enumerate(table.column(name)) if text.lower() in MISSING]
+    if not found:
+        return
+    found.sort()
+    where = "; ".join(f"line {i + 2}, column {name!r} ({text!r})" for i, name, text in found[:shown])
+    rows = len({i for i, _, _ in found})
+    raise DataError(
+        f"{table.path}: {len(found)} missing value(s) in {rows} row(s): {where}{' ...' if len(found) > shown else ''}; "
+        "drop or fill such rows, or leave such a feature out (--features)"
+    )
+
+
 def _number(table: Table, row: int, column: str, text: str) -> float:
     if text.lower() in MISSING:
         raise DataError(
@@ -416,7 +431,8 @@ def load_table(
                 "the name of its task"
             )
         groups.setdefault(name, []).append(i)
-    # every value must be usable: fail before any work
+    # every value must be usable: fail before any work, naming every missing value at once
+    check_missing(table, [target, *features])
     if target_kind(table, target, task_type) == "regression":
         _numbers(table, target)
     for name in features:
