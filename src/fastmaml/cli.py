@@ -238,7 +238,8 @@ def format_report(report: dict) -> str:
     methods = report["metrics"]
     names = list(next(iter(methods.values())))
     tasks = {"val": "validation", "train": "meta-training"}.get(report.get("split", "test"), "meta-test")
-    lines = [f"{report['experiment']} at iteration {report['step']}: {report['tasks']} {tasks} tasks, "
+    source = f" ({report['source']})" if report.get("source") else ""
+    lines = [f"{report['experiment']} at iteration {report['step']}: {report['tasks']} {tasks} tasks{source}, "
              f"mean ± 95% CI after N inner steps"
              + (f" (meta-test settings changed: {', '.join(report['overrides'])})" if report.get("overrides") else "")]
     shown = shown_steps(report["steps"])

@@ -58,6 +58,12 @@ def test_eval_compares_maml_pretrained_and_scratch(table_run, capsys):
     assert maml[10] < methods["scratch"]["mse"]["mean"][10]
     assert main(["eval", str(run), "--tasks", "5", "--split", "val"]) == 2  # trained without val_fraction
     assert "this run has no val tasks" in capsys.readouterr().err
+    # the header says how few held-out tasks the meta-test tasks come from (a narrow CI misled a user)
+    assert main(["eval", str(run), "--tasks", "5", "--steps", "1", "--no-progress"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    held_out = report["source"].split()[2]
+    assert f"5 meta-test tasks (drawn from {held_out} held-out value(s) of 'shop' (shop" in header, header
+    assert int(held_out) < 60
 
 
 def test_adapt_writes_predictions_for_a_new_task(table_run, tmp_path, capsys):

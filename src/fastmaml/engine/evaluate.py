@@ -219,6 +219,7 @@ def evaluate(
         "seed": seed,
         **({"overrides": changed} if (changed := protocol_overrides(overrides, config)) else {}),
         **({"split": split} if split != "test" else {}),
+        **({"source": text} if (text := experiment.extras.get("source", lambda _: "")(split)) else {}),
         "metrics": results,
     }
     if finite:

@@ -182,6 +182,23 @@ def build(config: TableConfig) -> Experiment:
         torch.random.set_rng_state(generator_state)
         return {"scratch": MAML(model, loss_fn, inner_lr=config.scratch_lr, strategy=maml.strategy)}
 
+    def source(name: str) -> str:
+        """What the tasks of split ``name`` are drawn from: a few held-out tasks make a narrow CI misleading."""
+        tasks = split.tasks.get(name)
+        if tasks is None or not tasks.names:
+            return ""
+        rows = [len(y) for y in tasks.y]
+        queries = config.queries if name == "train" else config.eval_queries
+        short = sum(r - config.shots < queries for r in rows)
+        listed = ", ".join(tasks.names[:5]) + (", ..." if len(tasks.names) > 5 else "")
+        text = (f"drawn from {len(tasks.names)} {'held-out ' if name != 'train' else ''}value(s) of "
+                f"{config.task_column!r} ({listed}), {min(rows)}-{max(rows)} rows each")
+        if short:
+            text += f"; {short} of them have fewer than K + {queries} rows, so their query rows repeat"
+        if not split.encoder.classification:
+            text += f"; mse of {config.target!r} standardised with the meta-training rows' mean and std"
+        return text
+
     return Experiment(
         name="table",
         config=config,
@@ -192,7 +209,7 @@ def build(config: TableConfig) -> Experiment:
         higher_is_better=split.encoder.classification,
         baseline=MLP(width, outputs, config.hidden, config.activation) if config.baseline else None,
         baseline_lr=config.baseline_lr,
-        extras={"table": split, "methods": scratch},
+        extras={"table": split, "methods": scratch, "source": source},
     )
 
 
@@ -279,7 +296,8 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
             truth = encoder.decode_y(truth).view(-1)
             mse = lambda p: ((p - truth) ** 2).mean().item()  # noqa: E731
             summary += (f"; MSE on those rows {mse(prediction):.4g} "
-                        f"({mse(encoder.decode_y(before).view(-1)):.4g} before adapting)")
+                        f"({mse(encoder.decode_y(before).view(-1)):.4g} before adapting; in {encoder.target!r}'s own "
+                        "units squared, where fastmaml eval reports the standardised target's)")
     write_csv(Path(out), [*predict_table.header, *names], [[*row, *c] for row, c in zip(predict_table.rows, cells)])
     return summary
 
