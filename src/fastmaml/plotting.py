@@ -18,20 +18,38 @@ LABELS = {"maml": "MAML", "pretrained": "pretrained, fine-tuned", "context": "co
 
 
 def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Meta-loss (and baseline loss, validation metric) against meta-training iterations."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Meta-loss and baseline loss against meta-training iterations (log scale), and the validation
+    metric, if logged, in a panel of its own (linear scale: an accuracy drawn on the loss's log axis
+    looked flat). Points are marked when there are few; a single logged row says how to get more."""
+    val_keys = sorted({k for r in rows for k in r if k.startswith("val_")})
+    fig, axes = plt.subplots(1, 1 + bool(val_keys), figsize=(6 + 5 * bool(val_keys), 4), squeeze=False)
+    ax = axes[0][0]
     steps = [r["step"] for r in rows]
+    style = "o-" if len(rows) <= 30 else "-"
+    values = []
     for key, label in (("meta_loss", "MAML meta-loss (query, after adaptation)"), ("baseline_loss", "pretrained baseline loss")):
         if any(key in r for r in rows):
-            ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=label)
-    val_keys = sorted({k for r in rows for k in r if k.startswith("val_")})
+            ys = [r.get(key, float("nan")) for r in rows]
+            values += [y for y in ys if y == y]
+            ax.plot(steps, ys, style, markersize=3, label=label)
+    ax.set_xlabel("meta-training iteration")
+    ax.set_ylabel("training loss (mean since the previous row)")
+    if values and min(values) > 0:
+        ax.set_yscale("log")
+    title = "learning curve"
+    if len(rows) == 1:
+        title = f"one logged row (iteration {steps[0]}): lower log_every for a curve"
+    ax.set_title(title, fontsize=9)
+    if values:
+        ax.legend(fontsize=8)
     for key in val_keys:
         pts = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot(*zip(*pts), "o-", label=f"validation {key[4:]}")
-    ax.set_xlabel("meta-training iteration")
-    ax.set_yscale("log")
-    ax.set_title("learning curve")
-    ax.legend()
+        axes[0][1].plot(*zip(*pts), "o-", markersize=3, label=f"validation {key[4:]}")
+    if val_keys:
+        axes[0][1].set_xlabel("meta-training iteration")
+        axes[0][1].set_ylabel(", ".join(f"validation {key[4:]}" for key in val_keys))
+        axes[0][1].set_title("validation (held-out tasks)", fontsize=10)
+        axes[0][1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

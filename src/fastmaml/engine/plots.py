@@ -26,6 +26,9 @@ def plot_run(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     rows = read_metrics(run_dir)
     if not rows:
         raise CheckpointError(f"{run_dir} has no metrics yet; train it first (fastmaml train ... --out {run_dir})")
+    if len(rows) == 1:
+        log.warning("%s logged one row (iteration %d): its learning curve is a point; train with --set log_every=N "
+                    "(below the iterations) for a curve", run_dir, rows[0]["step"])
     paths.append(plotting.learning_curve(rows, out / "learning_curve.png"))
     eval_path = run_dir / EVAL
     report = saved_report(run_dir, rows) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)

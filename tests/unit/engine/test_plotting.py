@@ -65,3 +65,24 @@ def test_saved_png_includes_the_legend(tmp_path, methods):
         plt.close(fig)
     assert image.shape[0] > height  # taller than the panels alone: the legend rows are in the file
     assert abs(image.shape[1] - width) < 0.2 * width
+
+
+def test_learning_curve_draws_validation_on_its_own_linear_axis_and_says_when_one_row(tmp_path, monkeypatch):
+    """A new user's short runs gave a blank figure (one row, a line with no markers) and an accuracy
+    drawn on the loss's log axis, without a y label, where it looked flat."""
+    import matplotlib.figure
+
+    saved = []
+    original = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: (saved.append(fig), original(fig, *a, **k)))
+    rows = [{"step": 20, "meta_loss": 6.8, "val_accuracy": 0.88}, {"step": 25, "meta_loss": 3.1},
+            {"step": 40, "meta_loss": 1.5, "val_accuracy": 0.955}]
+    plotting.learning_curve(rows, tmp_path / "a.png")
+    loss_ax, val_ax = saved[-1].axes
+    assert loss_ax.get_yscale() == "log" and val_ax.get_yscale() == "linear"
+    assert val_ax.get_ylabel() == "validation accuracy" and loss_ax.get_ylabel()
+    assert list(val_ax.lines[0].get_ydata()) == [0.88, 0.955] and loss_ax.lines[0].get_marker() == "o"
+    plotting.learning_curve([{"step": 30, "meta_loss": 0.6, "baseline_loss": -0.1}], tmp_path / "b.png")
+    (only,) = saved[-1].axes
+    assert "one logged row (iteration 30)" in only.get_title() and only.get_yscale() == "linear"  # a value <= 0
+    assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "b.png").stat().st_size > 0
