@@ -392,8 +392,11 @@ def refuse_overwriting(out: Path, run_dir: Path, config: object, inputs: list[Pa
                                                         (getattr(config, "root", ""), True)) if value]
     for path, folder in [(p, images) for p in inputs if p is not None] + data:
         if same_or_inside(path, folder):
-            raise ConfigError(f"--out {out} would overwrite {path}, an input of this adapt or of the run; "
-                              "choose another --out path")
+            if target == path.resolve() or (target.exists() and os.path.samefile(target, path.resolve())):
+                raise ConfigError(f"--out {out} would overwrite {path}, an input of this adapt or of the run; "
+                                  "choose another --out path")
+            raise ConfigError(f"--out {out} would write into {path}, a data folder of this adapt or of the run "
+                              "(a new file there would be read as data next time); choose a path outside it")
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:

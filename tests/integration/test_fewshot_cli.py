@@ -197,6 +197,10 @@ def test_adapt_an_omniglot_run_to_new_characters(tiny_omniglot, tmp_path, capsys
         args = ["adapt", run, *args] + ([] if "--predict" in args else ["--predict", predict]) + ["--out", out_csv]
         code, _, err = cli(args, capsys)
         assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    # --out inside the support folder: nothing is overwritten, but a new file there would be read as data
+    code, _, err = cli(["adapt", run, "--support", support, "--predict", predict, "--out", support / "p.csv"], capsys)
+    assert code == 2 and "would write into" in err and "choose a path outside it" in err, err
+    assert not (support / "p.csv").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(),
