@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:
     for key, label in (("meta_loss", "MAML meta-loss (query, after adaptation)"), ("baseline_loss", "pretrained baseline loss")):
         if any(key in r for r in rows):
             ys = [r.get(key, float("nan")) for r in rows]
-            values += [y for y in ys if y == y]
+            values += [y for y in ys if not math.isnan(y)]
             ax.plot(steps, ys, style, markersize=3, label=label)
     ax.set_xlabel("meta-training iteration")
     ax.set_ylabel("training loss (mean since the previous row)")

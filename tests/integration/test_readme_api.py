@@ -11,7 +11,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def api_block() -> str:
     text = README.read_text(encoding="utf-8")
     section = text[text.index("## Python API"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
 def test_readme_python_api_block_runs_and_meta_learns():

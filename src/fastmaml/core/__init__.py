@@ -25,8 +25,8 @@ __all__ = [
     "meta_loss_loop",
     "meta_loss_shared_first_step",
     "meta_loss_vmap",
-    "sgd_step",
     "needs_exact_vmap_ops",
+    "sgd_step",
     "task_meta_loss",
     "uses_batch_norm",
 ]
