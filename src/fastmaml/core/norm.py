@@ -31,6 +31,23 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 
+def _normalise(
+    input: Tensor, dims: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float,
+    shape: list[int] | None = None, stats: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """(input - mean) / sqrt(var + eps) over ``dims`` (or with the given ``stats``), then weight and
+    bias viewed as ``shape`` (None: as they are)."""
+    if stats is None:
+        stats = input.mean(dims, keepdim=True), input.var(dims, unbiased=False, keepdim=True)
+    mean, var = stats
+    out = (input - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        out = out * (weight if shape is None else weight.view(shape))
+    if bias is not None:
+        out = out + (bias if shape is None else bias.view(shape))
+    return out
+
+
 def primitive_batch_norm(
     input: Tensor,
     running_mean: Tensor | None = None,
@@ -43,16 +60,8 @@ def primitive_batch_norm(
 ) -> Tensor:
     """Batch norm over all dims but the channel dim (dim 1), with batch statistics."""
     del running_mean, running_var, training, momentum  # batch statistics only; see module docstring
-    dims = [0, *range(2, input.dim())]
     shape = [1, -1] + [1] * (input.dim() - 2)
-    mean = input.mean(dims, keepdim=True)
-    var = input.var(dims, unbiased=False, keepdim=True)
-    out = (input - mean) * torch.rsqrt(var + eps)
-    if weight is not None:
-        out = out * weight.view(shape)
-    if bias is not None:
-        out = out + bias.view(shape)
-    return out
+    return _normalise(input, (0, *range(2, input.dim())), weight, bias, eps, shape)
 
 
 def primitive_layer_norm(
@@ -63,15 +72,7 @@ def primitive_layer_norm(
     eps: float = 1e-5,
 ) -> Tensor:
     """Layer norm over the last ``len(normalized_shape)`` dims, as ``F.layer_norm``."""
-    dims = tuple(range(-len(normalized_shape), 0))
-    mean = input.mean(dims, keepdim=True)
-    var = input.var(dims, unbiased=False, keepdim=True)
-    out = (input - mean) * torch.rsqrt(var + eps)
-    if weight is not None:
-        out = out * weight
-    if bias is not None:
-        out = out + bias
-    return out
+    return _normalise(input, tuple(range(-len(normalized_shape), 0)), weight, bias, eps)
 
 
 def primitive_instance_norm(
@@ -90,18 +91,8 @@ def primitive_instance_norm(
     shape = [1, -1] + [1] * (input.dim() - 2)
     if not use_input_stats and (running_mean is None or running_var is None):
         raise ValueError("Expected running_mean and running_var to be defined when use_input_stats is false")
-    if use_input_stats:
-        dims = tuple(range(2, input.dim()))
-        mean = input.mean(dims, keepdim=True)
-        var = input.var(dims, unbiased=False, keepdim=True)
-    else:
-        mean, var = running_mean.view(shape), running_var.view(shape)
-    out = (input - mean) * torch.rsqrt(var + eps)
-    if weight is not None:
-        out = out * weight.view(shape)
-    if bias is not None:
-        out = out + bias.view(shape)
-    return out
+    stats = None if use_input_stats else (running_mean.view(shape), running_var.view(shape))
+    return _normalise(input, tuple(range(2, input.dim())), weight, bias, eps, shape, stats)
 
 
 def primitive_embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
