@@ -270,7 +270,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fastmaml.engine.evaluate import EVAL_SEED, evaluate
     from fastmaml.engine.run_dir import read_config
 
+    from fastmaml.engine.run_dir import eval_path
+
     preset, _ = read_config(args.run_dir)
+    saved = eval_path(args.run_dir, which_checkpoint(args))
+    before = saved.stat().st_mtime_ns if saved.is_file() else None
     if args.split != "test" and preset.evaluate is not None:
         raise ConfigError(f"--split {args.split} applies to the supervised presets; the {preset.name} preset "
                           "meta-tests on its own held-out tasks only")
@@ -288,10 +292,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(json.dumps(report) if args.json else format_report(report))
     changed = [*report.get("overrides", ()), *([f"--split {args.split}"] if args.split != "test" else [])]
     if changed:
-        from fastmaml.engine.run_dir import eval_path
-
-        saved = eval_path(args.run_dir, which_checkpoint(args))
         print(f"meta-tested with {', '.join(changed)}; not saved to {saved}", file=sys.stderr)
+    elif saved.is_file() and saved.stat().st_mtime_ns != before:
+        print(f"saved to {saved}" + (" (replacing the report there)" if before is not None else ""), file=sys.stderr)
     return 0
 
 

@@ -80,6 +80,8 @@ def test_eval_json_and_table(nav2d_run, capsys):
 
 
 def test_eval_set_changes_the_meta_test_protocol_only(nav2d_run, capsys):
+    # (an eval.json of more tasks, from an earlier test, would be kept against this smaller protocol)
+    (nav2d_run / "eval.json").unlink(missing_ok=True)
     assert main(["eval", str(nav2d_run), "--tasks", "6", "--steps", "1", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)
     saved = (nav2d_run / "eval.json").read_text()

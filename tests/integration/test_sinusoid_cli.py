@@ -321,3 +321,22 @@ def test_eval_refuses_a_single_task_and_a_non_finite_meta_test(trained_run, caps
     captured = capsys.readouterr()
     assert captured.out == "" and "maml's mse became nan after 1 inner step; lower the inner learning rate" in captured.err
     assert ((trained_run / "eval.json").read_text() if (trained_run / "eval.json").exists() else None) == saved
+
+
+def test_a_smaller_eval_does_not_replace_the_runs_full_report(tmp_path, capsys, caplog):
+    """`fastmaml eval RUN --tasks 10` silently replaced a 40-task eval.json, and `fastmaml compare`
+    then refused the runs (tasks=40 against 10)."""
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--iterations", "20", "--set", "log_every=10", "--out", str(run),
+                 "--no-progress"]) == 0
+    assert main(["eval", str(run), "--tasks", "30", "--no-progress"]) == 0
+    assert "saved to" in capsys.readouterr().err
+    with caplog.at_level("WARNING"):
+        assert main(["eval", str(run), "--tasks", "10", "--steps", "2", "--no-progress"]) == 0
+    err = capsys.readouterr().err + caplog.text
+    assert "a report of 10 tasks and 2 steps not saved" in err and "30 tasks and 10 steps" in err
+    report = json.loads((run / "eval.json").read_text())
+    assert (report["tasks"], report["steps"]) == (30, 10)
+    assert main(["eval", str(run), "--tasks", "40", "--no-progress"]) == 0  # a larger one replaces it
+    assert "(replacing the report there)" in capsys.readouterr().err
+    assert json.loads((run / "eval.json").read_text())["tasks"] == 40

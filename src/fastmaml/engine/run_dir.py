@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from fastmaml.config import apply_eval_overrides, from_dict, to_dict
 from fastmaml.engine import checkpoint
 from fastmaml.engine.experiment import Experiment, get_preset
 from fastmaml.errors import CheckpointError, DataError
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -39,9 +42,14 @@ def write_eval(run_dir: Path, report: dict[str, Any], which: str | int = "checkp
     ``snapshots/iteration_000100.eval.json``): indented, each list of numbers on one line (an
     Omniglot report of 600 tasks x 11 steps: 106 KB instead of 260 KB with one number per line),
     written to a temporary file and renamed, so a killed eval leaves the previous report whole."""
+    path = eval_path(run_dir, which)
+    larger = _larger_report(path, report)
+    if larger:  # a quick look (--tasks 10) must not replace the run's full meta-test, which compare reads
+        log.warning("%s not saved: %s holds a report of the same checkpoint with %s; delete it first to replace it",
+                    _protocol(report), path, larger)
+        return
     text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r",\s*", m.group(1))) + "]",
                             json.dumps(report, indent=2))
-    path = eval_path(run_dir, which)
     tmp = path.with_name(path.name + ".tmp")
     try:
         tmp.write_text(text + "\n")
@@ -54,6 +62,23 @@ def write_eval(run_dir: Path, report: dict[str, Any], which: str | int = "checkp
         what = "is a folder" if path.is_dir() else f"cannot be replaced ({error.strerror})"
         raise CheckpointError(f"{path} {what}; the eval report was saved to {tmp} instead: move {path} away, "
                               f"then rename {tmp.name} to {path.name}") from None
+
+
+def _protocol(report: dict[str, Any]) -> str:
+    return f"a report of {report.get('tasks')} tasks and {report.get('steps')} steps"
+
+
+def _larger_report(path: Path, report: dict[str, Any]) -> str | None:
+    """The protocol of the report already at ``path`` when it scores the same checkpoint (iteration and
+    kind) on at least as many tasks and steps as ``report`` and on more of one; else None."""
+    try:
+        old = json.loads(path.read_text())
+        same = old.get("step") == report.get("step") and old.get("checkpoint") == report.get("checkpoint")
+        more = (old["tasks"] >= report["tasks"] and old["steps"] >= report["steps"]
+                and (old["tasks"], old["steps"]) != (report["tasks"], report["steps"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # none, or unreadable: the new report replaces it
+    return f"{old['tasks']} tasks and {old['steps']} steps" if same and more else None
 
 
 def eval_path(run_dir: Path, which: str | int = "checkpoint") -> Path:
