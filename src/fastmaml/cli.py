@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="tasks to score: meta-test (default), validation or meta-training classes/tasks; "
                     "supervised presets; a report on val or train is not saved to RUN_DIR/eval.json")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
-    ev.add_argument("--no-progress", action="store_true", help="no progress bar (supervised presets)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change a meta-test setting, e.g. inner_lr=0.2 (rl: baseline_fit=rllab); "
                     "the report is then not saved to RUN_DIR/eval.json, unless only threads, device, strategy or "
@@ -239,6 +239,8 @@ def format_report(report: dict) -> str:
     names = list(next(iter(methods.values())))
     tasks = {"val": "validation", "train": "meta-training"}.get(report.get("split", "test"), "meta-test")
     source = f" ({report['source']})" if report.get("source") else ""
+    if report.get("trajectories"):  # meta-RL: how much each step and each return rests on
+        source += f", {report['trajectories']} trajectories per task and step"
     lines = [f"{report['experiment']} at iteration {report['step']}: {report['tasks']} {tasks} tasks{source}, "
              f"mean ± 95% CI after N inner steps"
              + (f" (meta-test settings changed: {', '.join(report['overrides'])})" if report.get("overrides") else "")]
@@ -256,6 +258,8 @@ def format_report(report: dict) -> str:
         for step in shown:
             cells = [f"{mean[step]:>+12.4f} ± {ci[step]:<7.4f}" for mean, ci in differences.values()]
             lines.append(f"{step:>5}  " + "  ".join(f"{c:>22}" for c in cells))
+    if "oracle" in methods and report["steps"]:
+        lines += ["", "oracle: observes its goal and is not adapted; its rows repeat its return at step 0"]
     if len(shown) <= report["steps"]:
         lines += ["", f"{len(shown)} of the {report['steps'] + 1} step rows shown; --json prints every step"]
     return "\n".join(lines)
@@ -287,7 +291,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         which=which_checkpoint(args),
         overrides=args.set,
         finite=True,
-        **({} if preset.evaluate else {"progress": not args.no_progress}),
+        progress=not args.no_progress,
     )
     print(json.dumps(report) if args.json else format_report(report))
     changed = [*report.get("overrides", ()), *([f"--split {args.split}"] if args.split != "test" else [])]

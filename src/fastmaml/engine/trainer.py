@@ -233,6 +233,9 @@ class Trainer:
         main = self.cluster.is_main
         bar = tqdm(total=c.iterations, initial=self.step, disable=not (progress and main), desc=self.experiment.name,
                    dynamic_ncols=True, mininterval=0.5)
+        compiling = self.maml.compile and self.step < c.iterations  # the first step compiles (seconds to minutes)
+        if compiling:
+            bar.set_postfix_str("compiling the meta-step with torch.compile (once)", refresh=True)
         started = time.perf_counter()
         validating = 0.0  # seconds this call spent on validation (not training time: not in elapsed_s)
         with open(self.run_dir / METRICS, "a") if main else contextlib.nullcontext() as metrics_file:
@@ -242,7 +245,14 @@ class Trainer:
                 if self.baseline is not None:
                     sums[1] += self.baseline_step(batch)
                 self.step += 1
-                bar.update(1)
+                if compiling:  # time the rate from here: the compile made the first step's ETA hours long
+                    compiling = False
+                    bar.set_postfix_str("", refresh=False)
+                    bar.reset(total=c.iterations)
+                    bar.initial = bar.n = self.step
+                    bar.refresh()
+                else:
+                    bar.update(1)
                 log_now = self.step % c.log_every == 0 or self.step == c.iterations
                 snapshot_now = snapshot_due(self.step, c.snapshot_every)
                 save_now = self.step % c.checkpoint_every == 0 or self.step == c.iterations or snapshot_now

@@ -517,6 +517,7 @@ def evaluate(
     save: bool = True,
     overrides: list[str] | tuple[str, ...] = (),
     finite: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Average return after 0..steps inner steps on ``tasks`` held-out tasks, per method, mean ± 95% CI
     over tasks; the CLI's ``eval``. Same structure as the supervised report (metric ``return``).
@@ -543,7 +544,11 @@ def evaluate(
     steps, methods, meta = prepare_meta_test(run_dir, config, steps, which)
     goals = next(iter(methods.values()))[0].sample_goals(tasks, torch.Generator().manual_seed(seed))
     results: dict[str, Any] = {}
-    for method, (env, policy, params) in methods.items():
+    # one bar step per method: each samples its tasks' trajectories after 0..steps inner steps
+    bar = tqdm(methods.items(), disable=not progress, desc=f"eval rl {config.env}: {tasks} tasks", unit="method",
+               dynamic_ncols=True)
+    for method, (env, policy, params) in bar:
+        bar.set_postfix_str(method)
         per_task = meta_test_returns(config, method, env, policy, params, goals, meta_test_lrs(config, method, steps),
                                      seed + 1)
         # (steps + 1, tasks), or (1, tasks) for the oracle
@@ -556,6 +561,7 @@ def evaluate(
             results[method][f"return{suffix}"] = {"mean": mean.tolist(), "ci95": ci.tolist()}
         # every method met the same goals and noise, so two methods (or runs) compare task by task
         results[method]["return"]["per_task"] = rounded_per_task(per_task.T)
+    bar.close()
     report = {
         "experiment": f"rl {config.env}",
         "checkpoint": checkpoint_label(which),

@@ -8,6 +8,7 @@ and ``OUT/NAME.png``; the run folders it trains go under ``OUT/NAME/``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -58,7 +59,8 @@ def run_study(name: str, out: str | Path, *, quick: bool = False, **options: Any
     except OSError as error:
         raise ConfigError(f"cannot make --out {out} ({error.strerror}); choose a writable folder") from None
     start = time.perf_counter()
-    report: Report = module.run(out, budget, **options)
+    with _quick_figures(budget) if quick else contextlib.nullcontext():
+        report: Report = module.run(out, budget, **options)
     summary = {
         "study": name,
         "description": study.description,
@@ -76,12 +78,38 @@ def run_study(name: str, out: str | Path, *, quick: bool = False, **options: Any
     return summary
 
 
+@contextlib.contextmanager
+def _quick_figures(budget: Budget):
+    """Every figure a ``--quick`` study saves says so at its foot: a 200-iteration smoke run drawn
+    beside the slides' full-budget numbers read as fastmaml being 30x worse. (The studies save their
+    figures with ``Figure.savefig``; the stamp is added only while the study runs.)"""
+    import matplotlib.figure
+
+    original = matplotlib.figure.Figure.savefig
+    stamp = f"--quick: {budget.iterations} iterations, {budget.tasks} meta-test tasks (a smoke run, not the study's numbers)"
+
+    def savefig(fig, *args, **kwargs):
+        fig.text(0.5, 0.002, stamp, ha="center", va="bottom", fontsize=8, color="firebrick")
+        return original(fig, *args, **kwargs)
+
+    matplotlib.figure.Figure.savefig = savefig
+    try:
+        yield
+    finally:
+        matplotlib.figure.Figure.savefig = original
+
+
 def render(summary: dict[str, Any], report: Report) -> str:
-    budget = ", ".join(f"{k}={v}" for k, v in summary["budget"].items())
+    budget = ", ".join(f"{k}={'the experiment default' if k == 'outer_lr' and not v else v}"
+                       for k, v in summary["budget"].items())
     m = summary["machine"]
+    threads = m["torch_threads"]
     lines = [f"study {summary['study']}: {summary['description']}",
              f"budget: {budget}{' (--quick)' if summary['quick'] else ''}; wall time {summary['wall_s']:.0f} s on "
-             f"{m['cpu']} ({m['cpu_count']} cores, {m['torch_threads']} torch threads, torch {m['torch']})"]
+             f"{m['cpu']} ({m['cpu_count']} cores, {threads} torch thread{'' if threads == 1 else 's'}, torch {m['torch']})"]
+    if summary["quick"]:
+        lines.append("--quick is a smoke run: its numbers are not comparable with the slides' columns, which are "
+                     "full-budget results (run without --quick for those)")
     for table in report.tables:
         lines += ["", table.render()]
     if report.notes:

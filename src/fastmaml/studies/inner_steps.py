@@ -42,7 +42,7 @@ def run(out: Path, budget: Budget) -> Report:
     table = Table(
         f"First-order MAML, ReLU, K=10, {budget.iterations} iterations; MSE on {budget.tasks} meta-test tasks "
         "(mean ± 95% CI) after the N steps it was trained with, and after 1 and 10",
-        ["N", "MSE after N", "MSE after 1", "MSE after 10", "train wall time", "ms/iter", "time vs N=1", "slides min",
+        ["N", "MSE after N", "MSE after 1", "MSE after 10", "train wall time", "ms/iter", "time vs N=1", "slides time (min)",
          "slides vs N=1"],
     )
     base = results[1]["ms_per_iteration"]

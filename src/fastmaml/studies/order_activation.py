@@ -121,7 +121,7 @@ def run(out: Path, budget: Budget) -> Report:
     main = Table(
         f"MSE after 1 step on {budget.tasks} meta-test tasks (mean ± 95% CI), K=10, {budget.iterations} iterations",
         ["activation", "order", "MSE 1 step", "MSE 10 steps", "slides MSE", "train wall time", "ms/iter",
-         "time vs ReLU 2nd", "slides min", "slides vs ReLU 2nd"],
+         "time vs ReLU 2nd", "slides time (min)", "slides vs ReLU 2nd"],
     )
     for r in results.values():
         main.add(r["activation"], "first" if r["first_order"] else "second", pm(r["mse_1"], r["ci_1"]),

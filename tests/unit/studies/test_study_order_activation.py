@@ -47,8 +47,20 @@ def test_curvature_matches_the_explicit_hessian():
     assert -1 <= measured["meta_grad_cosine"] < 1 and measured["meta_grad_rel_gap"] > 0
 
 
-def test_quick_study(tmp_path):
+def test_quick_study(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    stamps = []
+    original = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: (stamps.append([t.get_text() for t in fig.texts]), original(fig, *a, **k)))
+    patched = matplotlib.figure.Figure.savefig
     summary = run_study("order-activation", tmp_path, quick=True)
+    # a --quick figure says so at its foot (its 200-iteration bars stood beside the slides' full-budget
+    # crosses, unmarked), and the stamp is gone after the study
+    assert any("--quick: 200 iterations" in text for texts in stamps for text in texts), stamps
+    assert matplotlib.figure.Figure.savefig is patched
+    assert "--quick is a smoke run" in summary["text"] and "outer_lr=the experiment default" in summary["text"]
     results = summary["results"]
     assert set(results) == {"relu-second", "relu-first", "sigmoid-second", "sigmoid-first"}
     for r in results.values():
