@@ -808,11 +808,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--impls", nargs="+", metavar="NAME",
                         help="implementations (default all): fastmaml, 'fastmaml vmap', 'fastmaml loop', "
                              "'torch.func loop', learn2learn, higher")
-    parser.add_argument("--repeats", type=int, default=10, help="timed meta-iterations per implementation")
+    parser.add_argument("--repeats", type=int, default=10, help="timed meta-iterations per implementation (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=1,
-                        help="untimed meta-iterations of each implementation before timing")
+                        help="untimed meta-iterations of each implementation before timing (default %(default)s)")
     parser.add_argument("--time-limit", type=float, default=0.0,
-                        help="stop timing a workload/order after this many seconds (at least 2 rounds)")
+                        help="stop timing a workload/order after this many seconds (at least 2 rounds; default 0: no limit)")
     parser.add_argument("--quick", action="store_true", help="no warm-up and no memory measurement")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

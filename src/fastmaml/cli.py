@@ -227,7 +227,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"trained {preset.name} from iteration {start} to {summary['step']} ({summary['elapsed_s']:.1f} s in "
               f"all){compiled}{best}; run folder {run_dir}")
     else:
-        print(f"trained {preset.name} for {summary['step']} iterations in {summary['elapsed_s']:.1f} s{compiled}{best}; "
+        print(f"trained {preset.name} for {summary['step']} iteration{'' if summary['step'] == 1 else 's'} in "
+              f"{summary['elapsed_s']:.1f} s{compiled}{best}; "
               f"run folder {run_dir}")
     return 0
 

@@ -46,6 +46,10 @@ def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:
     for key in val_keys:
         pts = [(r["step"], r[key]) for r in rows if key in r]
         axes[0][1].plot(*zip(*pts), "o-", markersize=3, label=f"validation {key[4:]}")
+    for panel in axes[0]:
+        panel.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole
+        if len(set(steps)) == 1:
+            panel.set_xticks(steps)
     if val_keys:
         axes[0][1].set_xlabel("meta-training iteration")
         axes[0][1].set_ylabel(", ".join(f"validation {key[4:]}" for key in val_keys))

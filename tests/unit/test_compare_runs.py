@@ -40,10 +40,13 @@ def test_merge_shows_a_method_once_when_runs_agree_and_once_per_run_when_they_di
     assert report["runs"]["pretrained"] == f"{b} (iteration 50)"
     table = compare.table(report)
     assert "| pretrained |" in table and "3.0000 ± 0.5000 | 4.0000 ± 0.5000 |" in table
+    # runs meta-tested at different iterations are compared, and the header says so (it did not)
+    assert "the runs were meta-tested at different iterations (50, 100)" in compare.summary(report)
 
     c = write_eval(tmp_path / "c", {"maml": 1.5, "random": 2.0})
     report = compare.merge([a, c])
     assert list(report["metrics"]) == ["maml [a]", "maml [c]", "random"]
+    assert "different iterations" not in compare.summary(report)
     assert report["metrics"]["maml [c]"]["return"]["mean"] == [1.5, 2.5]
 
 

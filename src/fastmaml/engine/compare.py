@@ -17,6 +17,7 @@ other training seeds).
 
 from __future__ import annotations
 
+import re
 import json
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,10 @@ def summary(report: dict[str, Any]) -> str:
     trajectories = (f", {report['trajectories']} trajectories per task and step"
                     if "trajectories" in report else "")
     head = f"{report['experiment']}: {report['tasks']} {where} tasks, seed {report['seed']}{trajectories}"
+    iterations = sorted({int(m.group(1)) for text in report.get("runs", {}).values()
+                         if (m := re.search(r"\(iteration (\d+)\)$", text))})
+    if len(iterations) > 1:  # allowed (a run against another's earlier snapshot), but say it
+        head += f"; the runs were meta-tested at different iterations ({', '.join(map(str, iterations))})"
     shown = len(step_columns(report))
     if shown <= report["steps"]:
         head += (f"; {shown} of the {report['steps'] + 1} step columns shown (each run's eval.json has "

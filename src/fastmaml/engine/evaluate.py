@@ -201,7 +201,8 @@ def evaluate(
     experiment, maml, meta = load_trained(run_dir, which, overrides, device=eval_device(config, overrides))
     results: dict[str, Any] = {}
     methods = methods_for(experiment, maml)
-    with tqdm(total=tasks * len(methods), disable=not progress, desc=f"eval {experiment.name}", unit="task") as bar:
+    with tqdm(total=tasks * len(methods), disable=not progress, unit="task",
+              desc=f"eval {experiment.name}: {tasks} tasks x {len(methods)} methods") as bar:
         for method, wrapper in methods.items():
             generator = torch.Generator().manual_seed(seed)  # the same tasks for every method
             curves = adaptation_curves(wrapper, experiment, split, tasks, steps, generator, bar=bar)

@@ -231,8 +231,8 @@ class Trainer:
         sums = torch.zeros(2, device=self.device)  # meta-loss, baseline loss since the last log
         since, last_good = self.step, self.step
         main = self.cluster.is_main
-        bar = tqdm(total=c.iterations, initial=self.step, disable=not (progress and main), desc=self.experiment.name,
-                   dynamic_ncols=True, mininterval=0.5)
+        bar = tqdm(total=c.iterations, initial=self.step, disable=not (progress and main) or self.step >= c.iterations,
+                   desc=self.experiment.name, dynamic_ncols=True, mininterval=0.5)
         compiling = self.maml.compile and self.step < c.iterations  # the first step compiles (seconds to minutes)
         if compiling:
             bar.set_postfix_str("compiling the meta-step with torch.compile (once)", refresh=True)

@@ -364,8 +364,8 @@ class RLTrainer:
         counts: dict[str, int] = {}  # iterations that logged each key (a direction can be absent from one)
         since, last_good = self.step, self.step
         main = self.cluster.is_main  # every process has the same metrics; rank 0 shows, logs and saves them
-        bar = tqdm(total=c.iterations, initial=self.step, disable=not (progress and main), desc=f"rl {c.env}",
-                   dynamic_ncols=True, mininterval=0.5)
+        bar = tqdm(total=c.iterations, initial=self.step, disable=not (progress and main) or self.step >= c.iterations,
+                   desc=f"rl {c.env}", dynamic_ncols=True, mininterval=0.5)
         started = time.perf_counter()
         with open(self.run_dir / METRICS, "a") if main else contextlib.nullcontext() as metrics_file:
             while self.step < c.iterations:
@@ -587,6 +587,7 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from fastmaml import plotting
     from fastmaml.engine.plots import plots_folder, saved_report
@@ -608,15 +609,18 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     has_noise = any(v in r for r in rows for v in noise.values())
     panels = 1 + split + has_noise
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    marker = "o" if len(rows) <= 30 else None  # a short run's few points (one: invisible as a line)
     for i, key in enumerate(k for k in curves if any(k in r for r in rows)):
         color = f"C{i}"
-        axes[0, 0].plot(steps, [r.get(key, float("nan")) for r in rows], color=color, label=curves[key])
+        axes[0, 0].plot(steps, [r.get(key, float("nan")) for r in rows], color=color, label=curves[key], marker=marker,
+                        markersize=3)
         for direction, style in (("forward", "-"), ("backward", "--")) if split else ():
             axes[0, 1].plot(steps, [r.get(f"{key}_{direction}", float("nan")) for r in rows], style, color=color,
-                            label=f"{curves[key]}, {direction}")
+                            label=f"{curves[key]}, {direction}", marker=marker, markersize=3)
         if has_noise and key in noise and any(noise[key] in r for r in rows):
             label = curves[key].removesuffix(" before adaptation") or "policy"
-            axes[0, -1].plot(steps, [r.get(noise[key], float("nan")) for r in rows], color=color, label=label)
+            axes[0, -1].plot(steps, [r.get(noise[key], float("nan")) for r in rows], color=color, label=label,
+                             marker=marker, markersize=3)
     titles = ["learning curve", *(["by direction (dashed: backward tasks)"] if split else [])]
     for ax, title in zip(axes[0], titles):
         ax.set_xlabel("meta-training iteration")
@@ -629,6 +633,10 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
         ax.set_ylabel("action noise σ (mean over action dimensions)")
         ax.set_title(f"rl {env}: policy action noise (before adaptation)")
         ax.legend(fontsize=8)
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole
+        if len(set(steps)) == 1:
+            ax.set_xticks(steps)  # one point: a range below 1 would still get fractional ticks
     fig.tight_layout()
     fig.savefig(out / "learning_curve.png", dpi=120)
     plt.close(fig)
