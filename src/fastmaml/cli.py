@@ -103,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="check, download (Omniglot) and cache a few-shot image dataset")
     data.add_argument("dataset", choices=["omniglot", "miniimagenet"])
-    data.add_argument("--root", type=Path, required=True, help="dataset folder (Omniglot: the two zips or folders)")
+    data.add_argument("--root", type=Path, help="dataset folder (Omniglot: the two zips or folders); default "
+                      "$FASTMAML_DATA/<dataset>, as for train")
     data.add_argument("--download", action="store_true", help="Omniglot: fetch the official zips (md5-checked)")
     data.add_argument("--url", help="Omniglot: base URL of a mirror holding the two zips")
     data.add_argument("--cache-dir", type=Path, help="cache folder (default $FASTMAML_CACHE or ~/.cache/fastmaml)")
@@ -335,7 +336,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from fastmaml.experiments.fewshot import prepare
 
-    for line in prepare(args.dataset, args.root, args.cache_dir, download=args.download, url=args.url):
+    from fastmaml.experiments.fewshot import FewShotConfig, data_root
+
+    if args.root is None and not os.environ.get("FASTMAML_DATA"):
+        raise ConfigError(f"no data folder for {args.dataset}: pass --root DIR, or set FASTMAML_DATA to a folder "
+                          f"holding {args.dataset}/")
+    root = args.root if args.root is not None else data_root(FewShotConfig(dataset=args.dataset))
+    for line in prepare(args.dataset, root, args.cache_dir, download=args.download, url=args.url):
         print(line)
     return 0
 
@@ -554,8 +561,15 @@ def main(argv: list[str] | None = None) -> int:
               "checkpoint with fastmaml train --resume RUN_DIR", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C while training, or Ctrl-C in another command
-        resume = "; the run continues from its last checkpoint with fastmaml train --resume RUN_DIR"
-        print(f"fastmaml: interrupted{resume if args.command == 'train' else ''}", file=sys.stderr)
+        resume = ""
+        if args.command == "train":
+            run_dir = args.resume if args.resume is not None else args.out
+            saved = run_dir is not None and any((run_dir / name).is_file() for name in
+                                                ("checkpoint.safetensors", "checkpoint.prev.safetensors"))
+            resume = (f"; the run continues from its last checkpoint with fastmaml train --resume {run_dir}" if saved
+                      else f"; it had saved no checkpoint yet: delete {run_dir} (its logged rows are all it holds) "
+                      "and start it again")
+        print(f"fastmaml: interrupted{resume}", file=sys.stderr)
         return 130
 
 

@@ -250,13 +250,19 @@ def test_cuda_graph_replays_the_meta_step_on_each_new_batch(tiny_omniglot, tmp_p
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
 
 
-def test_data_omniglot_verifies_and_caches(tiny_omniglot, tmp_path, capsys):
+def test_data_omniglot_verifies_and_caches(tiny_omniglot, tmp_path, capsys, monkeypatch):
     code, out, err = cli(["data", "omniglot", "--root", tiny_omniglot, "--cache-dir", tmp_path / "c"], capsys)
     assert code == 0, err
     assert f"verified Omniglot in {tiny_omniglot}: 16 characters x 20 images" in out
     assert (tmp_path / "c" / "omniglot" / "omniglot_28.npy").is_file() and "MB)" in out
     code, _, err = cli(["data", "omniglot", "--root", tmp_path / "empty"], capsys)
     assert code == 2 and err.startswith("fastmaml: error: Omniglot not found") and len(err.splitlines()) == 1
+    # --root may be left out for $FASTMAML_DATA, as README says and train allows (data required it)
+    code, _, err = cli(["data", "omniglot"], capsys)
+    assert code == 2 and "pass --root DIR, or set FASTMAML_DATA" in err
+    monkeypatch.setenv("FASTMAML_DATA", str(tiny_omniglot.parent))
+    code, out, err = cli(["data", "omniglot", "--cache-dir", tmp_path / "c"], capsys)
+    assert code == 0 and f"verified Omniglot in {tiny_omniglot}" in out, err
 
 
 def test_data_omniglot_download_from_a_local_server(tiny_omniglot, tmp_path, capsys, monkeypatch):

@@ -54,8 +54,11 @@ def _image_location(root: Path, split: str) -> Path:
     for candidate in candidates:
         if candidate.exists():
             return candidate
-    instead = ("; or, to train without them, validate on held-out training classes: --set val_from_train=16"
-               if split == "val" else "")
+    instead = {
+        "val": "; or, to train without them, validate on held-out training classes: --set val_from_train=16",
+        "test": "; until then a trained run can be scored on its validation classes: fastmaml eval RUN --split val "
+                "(printed, not saved; plot and compare need the meta-test report)",
+    }.get(split, "")
     raise DataError(
         f"mini-ImageNet {split} images not found: none of {', '.join(map(str, candidates))} exists; put "
         f"the {split} images there (a zip or folder with images/<filename> as listed in {split}.csv){instead}"

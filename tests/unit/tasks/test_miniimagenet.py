@@ -90,7 +90,8 @@ def test_missing_images_name_what_to_put_where(root, tmp_path):
     with pytest.raises(DataError, match=r"8 of the 8 images listed in .*val\.csv .* val images in .*val\.zip"):
         load_miniimagenet(root, "val", cache_dir=tmp_path)  # only the generic images/ folder, which lacks them
     (root / "images").rename(root / "test_images")
-    with pytest.raises(DataError, match=r"test images not found: none of .*test\.zip, .*images, .*images\.zip"):
+    with pytest.raises(DataError, match=r"test images not found: none of .*test\.zip, .*images, .*images\.zip.* "
+                                        r"scored on its validation classes: fastmaml eval RUN --split val"):
         load_miniimagenet(root, "test", cache_dir=tmp_path)
     with pytest.raises(DataError, match=r"val images not found: .* validate on held-out training classes: --set "
                                         r"val_from_train=16"):  # as in ../shared, which has train.zip alone
