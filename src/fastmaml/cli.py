@@ -243,7 +243,8 @@ def format_report(report: dict) -> str:
     source = f" ({report['source']})" if report.get("source") else ""
     if report.get("trajectories"):  # meta-RL: how much each step and each return rests on
         source += f", {report['trajectories']} trajectories per task and step"
-    lines = [f"{report['experiment']} at iteration {report['step']}: {report['tasks']} {tasks} tasks{source}, "
+    best = " (the best validation checkpoint)" if report.get("checkpoint") == "best" else ""
+    lines = [f"{report['experiment']} at iteration {report['step']}{best}: {report['tasks']} {tasks} tasks{source}, "
              f"mean ± 95% CI after N inner steps"
              + (f" (meta-test settings changed: {', '.join(report['overrides'])})" if report.get("overrides") else "")]
     shown = shown_steps(report["steps"])

@@ -10,7 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 import torch  # noqa: E402
 
 from fastmaml.errors import ConfigError  # noqa: E402
@@ -37,6 +37,10 @@ def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("training loss (mean since the previous row)")
     if values and min(values) > 0:
         ax.set_yscale("log")
+        # plain numbers (matplotlib's defaults read 4.6×10¹); minor ticks labelled only within one decade
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if max(values) / min(values) < 10 else NullFormatter())
     title = "learning curve"
     if len(rows) == 1:
         title = f"one logged row (iteration {steps[0]}): lower log_every for a curve"

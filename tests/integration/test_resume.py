@@ -219,3 +219,31 @@ def test_a_second_ctrl_c_before_the_first_checkpoint_says_there_is_none(tmp_path
     shutil.rmtree(run)
     signalling_preset.clear()
     assert main(["train", "signal-test", *args]) == 0 and weights(run)[1] == 40
+
+
+def test_ctrl_c_during_validation_stops_at_that_iteration(tmp_path, capsys):
+    """A Ctrl-C arriving while the run validated stopped it only after one more iteration."""
+    def build(config):
+        experiment = sinusoid.build(config)
+        original = experiment.sample
+
+        def sample(generator, split, num_tasks):
+            if split == "val" and not sent:
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+            return original(generator, split, num_tasks)
+
+        experiment.sample = sample
+        return experiment
+
+    sent = []
+    register(Preset("validation-signal-test", sinusoid.SinusoidConfig, sinusoid.make_config, build, "test only"))
+    try:
+        run = tmp_path / "run"
+        code = main(["train", "validation-signal-test", "--iterations", "40", *FAST, "--set", "val_every=10",
+                     "--set", "checkpoint_every=100", "--out", str(run)])
+    finally:
+        PRESETS.pop("validation-signal-test")
+    assert code == 130 and sent
+    assert f"stopped by SIGINT at iteration 10, with a checkpoint there in {run}" in capsys.readouterr().err
+    assert weights(run)[1] == 10

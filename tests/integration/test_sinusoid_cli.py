@@ -340,3 +340,12 @@ def test_a_smaller_eval_does_not_replace_the_runs_full_report(tmp_path, capsys, 
     assert main(["eval", str(run), "--tasks", "40", "--no-progress"]) == 0  # a larger one replaces it
     assert "(replacing the report there)" in capsys.readouterr().err
     assert json.loads((run / "eval.json").read_text())["tasks"] == 40
+
+
+def test_verbose_logs_one_line_per_logged_row(tmp_path, caplog):
+    """With --no-progress (a batch job) nothing was printed until the run ended, even with -v."""
+    with caplog.at_level("INFO"):
+        assert main(["-v", "train", "sinusoid", "--iterations", "20", "--set", "log_every=10", "--no-progress",
+                     "--out", str(tmp_path / "run")]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration ")]
+    assert len(lines) == 2 and lines[0].startswith("iteration 10: meta_loss=") and "baseline_loss=" in lines[1]

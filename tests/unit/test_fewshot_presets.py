@@ -144,6 +144,7 @@ def test_root_defaults_to_the_data_env_var(monkeypatch, tmp_path):
         ({"channels": 3}, "omniglot images have 1 channel"),
         ({"splits": (0.5, 0.5, 0.5)}, "splits must be three class fractions"),
         ({"val_from_train": 4}, "val_from_train applies to the miniimagenet dataset only"),
+        ({"splits": (0.5, 0.25, 0.25)}, "splits applies to the images preset"),  # was saved and ignored
     ],
 )
 def test_bad_settings_are_clear_errors_before_any_data_is_read(changes, message):

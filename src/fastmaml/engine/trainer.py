@@ -291,10 +291,16 @@ class Trainer:
                         self.save(BEST)
                     started = time.perf_counter()  # validation time is not training time
                     validating += started - now
+                    if not stopping and not self.cluster.active and stop is not None and stop.requested:
+                        # a Ctrl-C during validation (seconds to a minute): stop here, not after another iteration
+                        stopping = save_now = True
                 self.rows.append(row)
                 if main:
                     metrics_file.write(json.dumps(row) + "\n")
                     metrics_file.flush()
+                    # -v: one line per logged row (a batch job with --no-progress showed nothing until the end)
+                    log.info("iteration %d: %s", self.step, ", ".join(
+                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "step"))
                     bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "elapsed_s")})
                 sums.zero_()
                 since = self.step

@@ -147,6 +147,9 @@ class FewShotConfig(TrainConfig):
             )
         if self.val_from_train and self.dataset != "miniimagenet":
             raise ConfigError("val_from_train applies to the miniimagenet dataset only")
+        if self.dataset != "folder" and tuple(self.splits) != type(self).splits:
+            raise ConfigError(f"splits applies to the images preset (a tree of class folders); {self.dataset} has "
+                              "its own fixed split (README), so leave splits out")
         make_model(self)  # e.g. an image too small for 4 max-pooled blocks
         check_data(self)
 

@@ -409,6 +409,9 @@ class RLTrainer:
                 if main:
                     metrics_file.write(json.dumps(row) + "\n")
                     metrics_file.flush()
+                    # -v: one line per logged row (a batch job with --no-progress showed nothing until the end)
+                    log.info("iteration %d: %s", self.step, ", ".join(
+                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "step"))
                     shown = {"pre": "return_pre", "post": "return_post", **{b: f"{b}_return" for b in c.baselines}}
                     bar.set_postfix({label: f"{row[key]:.2f}" for label, key in shown.items() if key in row})
                     log.info("iteration %d: %s", self.step, row)
