@@ -219,16 +219,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary.get("validation_s", 0) >= 0.05:  # this call's validation, not counted in the training time
         compiled += f", plus {summary['validation_s']:.1f} s validating"
     start = summary["start_step"]  # fit_in_run_dir's: where this call began
+    name = preset.name + (" (first order)" if getattr(config, "first_order", False) else "")
     if rank != 0:  # the other processes of a torchrun job wrote nothing
         return 0
     if start == summary["step"] and args.resume is not None:
         print(f"{run_dir} has already trained its {start} iterations: nothing to train "
               f"(give --iterations above {start} to continue it)")
     elif start:
-        print(f"trained {preset.name} from iteration {start} to {summary['step']} ({summary['elapsed_s']:.1f} s in "
+        print(f"trained {name} from iteration {start} to {summary['step']} ({summary['elapsed_s']:.1f} s in "
               f"all){compiled}{best}; run folder {run_dir}")
     else:
-        print(f"trained {preset.name} for {summary['step']} iteration{'' if summary['step'] == 1 else 's'} in "
+        print(f"trained {name} for {summary['step']} iteration{'' if summary['step'] == 1 else 's'} in "
               f"{summary['elapsed_s']:.1f} s{compiled}{best}; "
               f"run folder {run_dir}")
     return 0

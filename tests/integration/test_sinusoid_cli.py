@@ -342,6 +342,12 @@ def test_a_smaller_eval_does_not_replace_the_runs_full_report(tmp_path, capsys, 
     assert json.loads((run / "eval.json").read_text())["tasks"] == 40
 
 
+def test_a_first_order_run_says_so_when_it_ends(tmp_path, capsys):
+    assert main(["train", "sinusoid", "--first-order", "--iterations", "5", "--no-progress",
+                 "--out", str(tmp_path / "fo")]) == 0
+    assert "trained sinusoid (first order) for 5 iterations" in capsys.readouterr().out
+
+
 def test_verbose_logs_one_line_per_logged_row(tmp_path, caplog):
     """With --no-progress (a batch job) nothing was printed until the run ended, even with -v."""
     with caplog.at_level("INFO"):
