@@ -10,7 +10,7 @@ step, second order; meta-loss + backward, no optimiser step):
 - ``vmap``: the whole meta-batch in one ``vmap`` (per-task weights after the step: grouped
   convolutions).
 
-The vmap variants run batch norm from primitive ops (``fastmaml.core.exact_batch_norm``): the fused
+The vmap variants run batch norm from primitive ops (``fastmaml.core.exact_vmap_ops``): the fused
 kernel's second-order gradients are wrong under vmap (``fastmaml.core.norm``). Every variant's
 meta-gradient is compared with the loop's in float64 first. Rounds are interleaved so that a change
 in machine load hits every variant alike; the median of the timed rounds is reported.
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from fastmaml.core import exact_batch_norm
+from fastmaml.core import exact_vmap_ops
 from fastmaml.models.conv import ConvNet
 
 TASKS, WAYS, SHOTS, LR = 32, 5, 1, 0.4
@@ -63,7 +63,7 @@ def variants(net, params, xs, ys, xq, yq):
         return total
 
     def shared_first_step():
-        with exact_batch_norm():
+        with exact_vmap_ops():
             g = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, ys)
         total = 0
         for t in range(TASKS):
@@ -74,7 +74,7 @@ def variants(net, params, xs, ys, xq, yq):
         def one(s, y, q, yy):
             return loss(step(params, grad(loss)(params, s, y)), q, yy)
 
-        with exact_batch_norm():
+        with exact_vmap_ops():
             return vmap(one)(xs, ys, xq, yq).sum()
 
     return {

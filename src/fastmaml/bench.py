@@ -216,7 +216,7 @@ def fused_batch_norm_loop_step(model: nn.Module, w: Workload, first_order: bool)
     """
     maml = MAML(model, w.loss_fn, inner_lr=w.inner_lr, inner_steps=w.inner_steps, first_order=first_order,
                 strategy="loop")
-    maml._exact_bn = False
+    maml._exact_vmap_ops = False
 
     def step(batch: TaskBatch) -> None:
         maml.meta_loss(batch).backward()

@@ -565,9 +565,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C while training, or Ctrl-C in another command
         resume = ""
         if args.command == "train":
+            from fastmaml.engine.checkpoint import previous_path
+            from fastmaml.engine.run_dir import CHECKPOINT
+
             run_dir = args.resume if args.resume is not None else args.out
-            saved = run_dir is not None and any((run_dir / name).is_file() for name in
-                                                ("checkpoint.safetensors", "checkpoint.prev.safetensors"))
+            saved = run_dir is not None and any(
+                path.is_file() for path in (run_dir / CHECKPOINT, previous_path(run_dir / CHECKPOINT)))
             resume = (f"; the run continues from its last checkpoint with fastmaml train --resume {run_dir}" if saved
                       else f"; it had saved no checkpoint yet: delete {run_dir} (its logged rows are all it holds) "
                       "and start it again")

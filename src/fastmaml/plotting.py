@@ -18,6 +18,14 @@ from fastmaml.errors import ConfigError  # noqa: E402
 LABELS = {"maml": "MAML", "pretrained": "pretrained, fine-tuned", "context": "context vector", "scratch": "from scratch"}
 
 
+def whole_iterations(ax: plt.Axes, steps: list[int]) -> None:
+    """Whole iterations on ``ax``'s x axis; one point gets its own tick (a range below 1 would still
+    get fractional ticks)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(set(steps)) == 1:
+        ax.set_xticks(steps)
+
+
 def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:
     """Meta-loss and baseline loss against meta-training iterations (log scale), and the validation
     metric, if logged, in a panel of its own (linear scale: an accuracy drawn on the loss's log axis
@@ -51,9 +59,7 @@ def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:
         pts = [(r["step"], r[key]) for r in rows if key in r]
         axes[0][1].plot(*zip(*pts), "o-", markersize=3, label=f"validation {key[4:]}")
     for panel in axes[0]:
-        panel.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole
-        if len(set(steps)) == 1:
-            panel.set_xticks(steps)
+        whole_iterations(panel, steps)
     if val_keys:
         axes[0][1].set_xlabel("meta-training iteration")
         axes[0][1].set_ylabel(", ".join(f"validation {key[4:]}" for key in val_keys))

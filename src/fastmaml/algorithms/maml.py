@@ -223,7 +223,7 @@ class MAML(nn.Module):
             if self.meta_sgd
             else []
         )
-        self._exact_bn = needs_exact_vmap_ops(model)  # layers whose fused kernels vmap gets wrong
+        self._exact_vmap_ops = needs_exact_vmap_ops(model)  # layers whose fused kernels vmap gets wrong
         self._vmapping = False  # True while MAML's own vmap path runs the model
         # Batch norm inside MAML uses batch statistics and never updates running ones (a pure
         # function cannot mutate buffers): passing None for those buffers does both, fused kernel kept.
@@ -242,9 +242,10 @@ class MAML(nn.Module):
             if isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats
             for buffer in ("running_mean", "running_var")
         ]
-        if strategy in ("vmap", "hybrid") and vmap_unsafe(model):
-            raise ValueError(f"strategy {strategy!r}: {vmap_unsafe(model)}; use strategy 'loop' (or 'auto', which loops "
-                             "for such a model)")
+        unsafe = vmap_unsafe(model)
+        if strategy in ("vmap", "hybrid") and unsafe:
+            raise ValueError(f"strategy {strategy!r}: {unsafe}; use strategy 'loop' (or 'auto', which loops for such "
+                             "a model)")
         self._resolved: str | None = None if strategy == "auto" else strategy
 
     # ----------------------------------------------------------------------------- functional view
@@ -277,7 +278,7 @@ class MAML(nn.Module):
         vmapping = self._vmapping if vmapping is None else vmapping
         # The fused batch-norm (layer-norm, ...) kernels are exact in a loop but not under vmap, where
         # primitive ops are needed (and slower): reroute only there (fastmaml.core.norm).
-        if self._exact_bn and vmapping:
+        if self._exact_vmap_ops and vmapping:
             with exact_vmap_ops():
                 return torch.func.functional_call(module, state, (x,))
         return torch.func.functional_call(module, state, (x,))

@@ -12,14 +12,13 @@ from fastmaml.core.functional import (
     sgd_step,
     task_meta_loss,
 )
-from fastmaml.core.norm import exact_batch_norm, exact_vmap_ops, needs_exact_vmap_ops, uses_batch_norm
+from fastmaml.core.norm import exact_vmap_ops, needs_exact_vmap_ops
 
 __all__ = [
     "TaskBatch",
     "adapt",
     "adaptation_curve",
     "autograd_adapt",
-    "exact_batch_norm",
     "exact_vmap_ops",
     "inner_loss_grads",
     "meta_loss_loop",
@@ -28,5 +27,4 @@ __all__ = [
     "needs_exact_vmap_ops",
     "sgd_step",
     "task_meta_loss",
-    "uses_batch_norm",
 ]

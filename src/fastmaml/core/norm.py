@@ -132,14 +132,6 @@ class exact_vmap_ops(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-exact_batch_norm = exact_vmap_ops  # the earlier name (it rerouted batch norm alone)
-
-
-def uses_batch_norm(model: nn.Module) -> bool:
-    """True if any submodule is a torch batch-norm layer (which calls ``F.batch_norm``)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def needs_exact_vmap_ops(model: nn.Module) -> bool:
     """Whether MAML's vmap path must run ``model`` inside :class:`exact_vmap_ops`: True if a submodule
     is batch norm, layer norm with a learnable scale or shift, affine instance norm or an embedding

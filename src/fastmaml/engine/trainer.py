@@ -57,6 +57,12 @@ from fastmaml.errors import ConfigError, NonFiniteLossError, iterations_span, ke
 
 log = logging.getLogger(__name__)
 
+
+def log_row(row: dict[str, Any]) -> None:
+    """``-v``: one line per logged metrics row (with --no-progress, a batch job showed nothing until the end)."""
+    log.info("iteration %d: %s", row["step"], ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "step"))
+
 VAL_SEED_OFFSET = 7_919  # validation tasks come from their own fixed stream
 GRAPH_WARMUP = 3  # eager iterations (on a side stream) before the meta-step is captured in a CUDA graph
 
@@ -298,9 +304,7 @@ class Trainer:
                 if main:
                     metrics_file.write(json.dumps(row) + "\n")
                     metrics_file.flush()
-                    # -v: one line per logged row (a batch job with --no-progress showed nothing until the end)
-                    log.info("iteration %d: %s", self.step, ", ".join(
-                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "step"))
+                    log_row(row)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k not in ("step", "elapsed_s")})
                 sums.zero_()
                 since = self.step

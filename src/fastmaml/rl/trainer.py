@@ -95,7 +95,7 @@ from fastmaml.engine.run_dir import (
     write_eval,
 )
 from fastmaml.engine.stopping import StopRequest, stop_now, stopped
-from fastmaml.engine.trainer import fit_in_run_dir
+from fastmaml.engine.trainer import fit_in_run_dir, log_row
 from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError, iterations_span, kept_checkpoint
 from fastmaml.rl.envs import ENV_NAMES, make_batch
 from fastmaml.rl.maml_trpo import BASELINE_FITS, STRATEGIES, adaptation_returns, maml_trpo_step
@@ -409,12 +409,9 @@ class RLTrainer:
                 if main:
                     metrics_file.write(json.dumps(row) + "\n")
                     metrics_file.flush()
-                    # -v: one line per logged row (a batch job with --no-progress showed nothing until the end)
-                    log.info("iteration %d: %s", self.step, ", ".join(
-                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "step"))
                     shown = {"pre": "return_pre", "post": "return_post", **{b: f"{b}_return" for b in c.baselines}}
                     bar.set_postfix({label: f"{row[key]:.2f}" for label, key in shown.items() if key in row})
-                    log.info("iteration %d: %s", self.step, row)
+                    log_row(row)
                 sums, counts, since = {}, {}, self.step
                 if save_now:
                     if main:
@@ -590,7 +587,6 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     from fastmaml import plotting
     from fastmaml.engine.plots import plots_folder, saved_report
@@ -637,9 +633,7 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
         ax.set_title(f"rl {env}: policy action noise (before adaptation)")
         ax.legend(fontsize=8)
     for ax in axes[0]:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole
-        if len(set(steps)) == 1:
-            ax.set_xticks(steps)  # one point: a range below 1 would still get fractional ticks
+        plotting.whole_iterations(ax, steps)
     fig.tight_layout()
     fig.savefig(out / "learning_curve.png", dpi=120)
     plt.close(fig)
