@@ -544,7 +544,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fastmaml: {stop}", file=sys.stderr)
         return stop.exit_code
     except FastMAMLError as error:
-        print(f"fastmaml: error: {error}", file=sys.stderr)
+        from fastmaml.engine.distributed import launched_rank, launched_world_size
+
+        # under torchrun every process that meets the error says so: the tag tells the copies apart
+        where = f" (rank {launched_rank()} of {launched_world_size()})" if launched_rank() > 0 else ""
+        print(f"fastmaml: error{where}: {error}", file=sys.stderr)
         return error.exit_code
     except MemoryError:
         print(f"fastmaml: error: {OUT_OF_MEMORY}", file=sys.stderr)

@@ -350,14 +350,16 @@ def test_close_waits_at_a_barrier_and_destroys_the_group_unless_the_exit_will(mo
 
 def test_a_new_run_rank_0_cannot_make_stops_every_rank_with_its_error(tmp_path):
     """Rank 0 alone makes the run folder; when it cannot (here: not empty), every rank prints its
-    one-line error instead of rank 1 dying with gloo's "Connection closed by peer" traceback."""
+    one-line error (rank 1's tagged with its rank) instead of rank 1 dying with gloo's "Connection
+    closed by peer" traceback."""
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
     [(returncode, _, stderr)] = run_launches([["--standalone", "--nproc_per_node", "2"]],
                                              ["train", "sinusoid", "--out", str(taken), *COMMON], 120, check=False)
     assert returncode != 0
-    assert stderr.count(f"fastmaml: error: --out {taken} is not empty") == 2, stderr[-3000:]
+    assert stderr.count(f"fastmaml: error: --out {taken} is not empty") == 1, stderr[-3000:]
+    assert stderr.count(f"fastmaml: error (rank 1 of 2): --out {taken} is not empty") == 1, stderr[-3000:]
     assert "[rank1]: Traceback" not in stderr and "Connection closed" not in stderr, stderr[-3000:]
     assert [p.name for p in taken.iterdir()] == ["notes.txt"]
 
