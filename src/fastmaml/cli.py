@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from fastmaml.config import apply_overrides, check_task_count, dumps
 from fastmaml.errors import ConfigError, FastMAMLError, TrainingStopped
@@ -137,6 +137,9 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--out", type=Path, required=True, help="CSV to write: the predict rows plus a prediction "
                        "column; rl run: a .safetensors file for the adapted policy")
     adapt.add_argument("--csv", type=Path, help="the run's training CSV at a new location (its sha256 must match)")
+    adapt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="change how the run adapts: inner_lr (rl runs also pretrained_lr, random_lr, "
+                       "eval_lr_decay, baseline_fit, discount, gae_lambda, threads, sim_threads)")
     adapt_which = adapt.add_mutually_exclusive_group()
     adapt_which.add_argument("--best", action="store_true", help="use the best validation checkpoint")
     adapt_which.add_argument("--iteration", type=int, metavar="N",
@@ -416,12 +419,30 @@ def refuse_overwriting(out: Path, run_dir: Path, config: object, inputs: list[Pa
                               "(a new file there would be read as data next time); choose a path outside it")
 
 
+ADAPT_KEYS = ("inner_lr",)  # the --set keys that change what adapt computes (eval's others do not apply)
+RL_ADAPT_KEYS = ("inner_lr", "pretrained_lr", "random_lr", "eval_lr_decay", "baseline_fit", "discount", "gae_lambda",
+                 "threads", "sim_threads")
+
+
+def check_adapt_overrides(config: Any, overrides: list[str]) -> None:
+    """ConfigError for an ``adapt --set`` key that adapt does not use (the rest is checked as eval's)."""
+    from fastmaml.rl.trainer import RLConfig
+
+    allowed = RL_ADAPT_KEYS if isinstance(config, RLConfig) else ADAPT_KEYS
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key not in allowed:
+            raise ConfigError(f"adapt --set cannot change {key!r}; keys that change how a {type(config).__name__} "
+                              f"run adapts: {', '.join(allowed)}")
+
+
 def cmd_adapt(args: argparse.Namespace) -> int:
     from fastmaml.engine.run_dir import read_config
     from fastmaml.experiments.fewshot import FewShotConfig
 
     which = which_checkpoint(args)
     preset, config = read_config(args.run_dir)
+    check_adapt_overrides(config, args.set)
     if preset.name == "rl":
         return adapt_rl(args)
     rl_only = [f"--{name}" for name in ("goal", "method", "trajectories") if getattr(args, name) is not None]
@@ -437,17 +458,19 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if isinstance(config, FewShotConfig):
         from fastmaml.experiments.adapt_images import adapt_images
 
-        print(adapt_images(args.run_dir, args.support, args.predict, args.out, steps=args.steps, which=which))
+        print(adapt_images(args.run_dir, args.support, args.predict, args.out, steps=args.steps, which=which,
+                           overrides=args.set))
         return 0
     if preset.name == "sinusoid":
         from fastmaml.experiments.sinusoid import adapt_points
 
-        print(adapt_points(args.run_dir, args.support, args.predict, args.out, steps=args.steps, which=which))
+        print(adapt_points(args.run_dir, args.support, args.predict, args.out, steps=args.steps, which=which,
+                           overrides=args.set))
         return 0
     from fastmaml.experiments.table import adapt_csv
 
     print(adapt_csv(args.run_dir, args.support, args.predict, args.out, steps=args.steps, csv_path=args.csv,
-                    which=which))
+                    which=which, overrides=args.set))
     return 0
 
 
@@ -467,7 +490,7 @@ def adapt_rl(args: argparse.Namespace) -> int:
     refuse_overwriting(args.out, args.run_dir, None, [])
     adapted, note = adapt_policy(args.run_dir, args.goal, method=args.method, steps=args.steps,
                                  trajectories=args.trajectories, seed=args.seed,
-                                 which=which_checkpoint(args))
+                                 which=which_checkpoint(args), overrides=args.set)
     save_adapted(args.out, adapted)
     print(report(adapted, note))
     print(f"adapted policy written to {args.out} (fastmaml.rl.adapt.load_adapted reads it)")

@@ -297,6 +297,10 @@ def test_adapt_takes_the_policy_to_a_new_goal_and_saves_it_for_gymnasium(nav2d_r
     printed = capsys.readouterr().out
     assert "outside the meta-training goals" in printed
     assert load_adapted(out)[2]["method"] == "pretrained" and load_adapted(out)[2]["lrs"] == [0.5]
+    # --set changes the step sizes the run adapts with (lrs are recorded in the file)
+    assert main(["adapt", str(nav2d_run), "--goal", "0.2,0.1", "--steps", "2", "--trajectories", "3",
+                 "--set", "inner_lr=0.25", "--set", "eval_lr_decay=0.5", "--out", str(out)]) == 0
+    assert load_adapted(out)[2]["lrs"] == [0.25, 0.125] and "0.125" in capsys.readouterr().out
     with pytest.raises(CheckpointError, match="not an adapted policy"):
         load_adapted(nav2d_run / "checkpoint.safetensors")
 
@@ -312,6 +316,8 @@ def test_adapt_takes_the_policy_to_a_new_goal_and_saves_it_for_gymnasium(nav2d_r
         (["--support", "x"], "an rl run adapts to a new --goal by sampling it"),
         ([], "adapt needs --goal for an rl run"),
         (["--goal", "0.1,0.1", "--best"], "keep no best checkpoint"),
+        (["--goal", "0.1,0.1", "--set", "hidden=8"], "adapt --set cannot change 'hidden'; keys that change how"),
+        (["--goal", "0.1,0.1", "--set", "inner_lr=-1"], "inner_lr must be > 0"),
     ],
 )
 def test_adapt_errors_for_rl_runs(nav2d_run, tmp_path, capsys, args, message):

@@ -239,6 +239,30 @@ def test_adapt_fits_a_new_sine_from_ten_points(trained_run, tmp_path, capsys):
     assert "adapt needs --support for a sinusoid run" in capsys.readouterr().err
 
 
+def test_adapt_set_changes_the_step_size_and_refuses_other_keys(trained_run, tmp_path, capsys):
+    support, predict = tmp_path / "support.csv", tmp_path / "predict.csv"
+    support.write_text("x,y\n" + "".join(f"{x},{2 * math.sin(x)}\n" for x in (-3, -1, 0, 2, 4)))
+    predict.write_text("x,y\n" + "".join(f"{x / 4},{2 * math.sin(x / 4)}\n" for x in range(-20, 21)))
+
+    def adapt(*more: str) -> tuple[float, float]:
+        assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict),
+                     "--out", str(tmp_path / "p.csv"), *more]) == 0
+        summary = capsys.readouterr().out
+        after, before = (float(part.split()[0]) for part in summary.split("MSE on those points ")[1].split(" ("))
+        return after, before
+
+    after, before = adapt()
+    assert after != before
+    tiny = adapt("--set", "inner_lr=1e-12")
+    assert tiny[1] == before and tiny[0] == pytest.approx(before, rel=1e-6)  # a step of ~0 leaves the initialisation
+    assert adapt("--set", "inner_lr=0.001")[0] != after
+    assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict),
+                 "--out", str(tmp_path / "p.csv"), "--set", "hidden=5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("fastmaml: error: adapt --set cannot change 'hidden'; keys that change how a SinusoidConfig run "
+                   "adapts: inner_lr")
+
+
 def test_snapshots_are_kept_every_n_iterations_and_meta_tested_on_their_own(tmp_path, capsys):
     """``snapshot_every`` keeps the checkpoint of every Nth iteration (the paper's RL numbers come
     from such a snapshot of a longer run); ``eval --iteration N`` meta-tests one and saves its report

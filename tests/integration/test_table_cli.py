@@ -86,6 +86,12 @@ def test_adapt_writes_predictions_for_a_new_task(table_run, tmp_path, capsys):
         written = list(csv.reader(f))
     assert written[0] == [*rows[0], "prediction"] and len(written) == 1 + 35
     assert all(float(r[-1]) == float(r[-1]) for r in written[1:])  # numbers, no NaN
+    # adapt --set inner_lr: a step of ~0 leaves the initialisation's predictions
+    assert main(["adapt", str(run), "--support", str(support), "--predict", str(predict), "--steps", "10",
+                 "--set", "inner_lr=1e-12", "--out", str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    tiny_after, tiny_before = (float(s.split()[0].rstrip(")")) for s in line.split("MSE on those rows ")[1].split(" (", 1))
+    assert tiny_before == before and tiny_after == pytest.approx(before, rel=1e-6) and after < tiny_after
 
 
 BAD = {

@@ -81,19 +81,21 @@ def adapt_images(
     out: str | Path,
     steps: int | None = None,
     which: str | int = "checkpoint",
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> str:
     """Adapt a few-shot image run to the classes in ``support``, classify ``predict``, write ``out`` (CSV).
 
     ``out`` gets one row per image: ``file`` (relative to ``predict``), ``prediction`` (a class
     folder name of ``support``) and ``p_<class>`` (probabilities after adapting). Returns a summary;
     with labels known from the folders it includes the accuracy before and after adapting.
+    ``overrides``: meta-test settings changed (``key=value``, e.g. ``inner_lr=0.2``).
     """
     from fastmaml.engine.evaluate import load_trained
     from fastmaml.experiments.fewshot import xent_per_shot
     from fastmaml.experiments.table import write_csv
 
     run_dir, support, predict, out = Path(run_dir), Path(support), Path(predict), Path(out)
-    experiment, maml, _ = load_trained(run_dir, which)
+    experiment, maml, _ = load_trained(run_dir, which, overrides)
     config = experiment.config
     steps = config.eval_steps if steps is None else steps
     if steps < 0:

@@ -130,17 +130,19 @@ def adapt_points(
     out: str | Path,
     steps: int | None = None,
     which: str | int = "checkpoint",
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> str:
     """``fastmaml adapt`` for a sinusoid run: adapt to the ``x,y`` rows of ``support``, predict ``predict``'s x.
 
     ``out`` gets ``predict``'s rows plus a ``prediction`` column; where ``predict`` has a ``y``
     column the summary gives the MSE before and after adapting. Returns that summary.
+    ``overrides``: meta-test settings changed (``key=value``, e.g. ``inner_lr=0.005``).
     """
     from fastmaml.engine.evaluate import load_trained
     from fastmaml.experiments.table import output_column, write_csv
     from fastmaml.tasks.table import read_csv
 
-    experiment, maml, _ = load_trained(Path(run_dir), which)
+    experiment, maml, _ = load_trained(Path(run_dir), which, overrides)
     steps = experiment.config.eval_steps if steps is None else int(steps)
     if steps < 0:
         raise ConfigError(f"--steps must be >= 0, got {steps}")

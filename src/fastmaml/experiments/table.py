@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from fastmaml.algorithms import MAML
-from fastmaml.config import TrainConfig, check_hidden
+from fastmaml.config import TrainConfig, apply_eval_overrides, check_hidden
 from fastmaml.engine.experiment import Experiment, Preset, register
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.models.mlp import MLP, check_activation
@@ -240,7 +240,8 @@ PRESET = register(
 
 
 def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out: str | Path,
-              steps: int | None = None, csv_path: str | Path | None = None, which: str | int = "checkpoint") -> str:
+              steps: int | None = None, csv_path: str | Path | None = None, which: str | int = "checkpoint",
+              overrides: list[str] | tuple[str, ...] = ()) -> str:
     """Adapt a table run to a new task's ``support`` rows, predict the ``predict`` rows, write ``out``.
 
     ``out`` gets the predict rows plus, for regression, a ``prediction`` column (the target's units);
@@ -249,6 +250,7 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     the MSE (or accuracy) before and after. ``csv_path``: the training CSV's new location, accepted
     only when its sha256 is the one recorded at training time. ``which``: "checkpoint" (the latest),
     "best" (the best validation checkpoint) or an iteration whose snapshot the run kept.
+    ``overrides``: meta-test settings changed (``key=value``, e.g. ``inner_lr=0.005``).
     """
     from fastmaml.engine import checkpoint
     from fastmaml.engine.experiment import make_maml
@@ -265,6 +267,8 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
         raise ConfigError(f"--steps must be >= 0, got {steps}")
     if csv_path is not None:
         config = dataclasses.replace(config, csv=relocated(config, csv_path))
+    if overrides:
+        config = apply_eval_overrides(config, list(overrides))
     experiment = build(config)
     tensors, _, path = checkpoint.load_latest(checkpoint_file(run_dir, which))
     maml = make_maml(experiment)

@@ -116,12 +116,14 @@ def adapt_policy(
     trajectories: int | None = None,
     seed: int = 0,
     which: str | int = "checkpoint",
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> tuple[AdaptedPolicy, str | None]:
     """Adapt ``method``'s policy of the run (default: the run's own learner, or the pretrained policy
     of a baselines-only run) to ``goal`` (``--goal`` text) with the run's meta-test protocol; ``seed``
     draws the action noise; ``which``: the latest checkpoint or an iteration whose snapshot the run
-    kept. Returns the result and a note when the goal lies outside the training goals."""
-    _, config = read_config(Path(run_dir))
+    kept; ``overrides``: meta-test settings changed (``key=value``, e.g. ``inner_lr=0.05``). Returns the
+    result and a note when the goal lies outside the training goals."""
+    _, config = read_config(Path(run_dir), overrides)
     if not isinstance(config, RLConfig):
         raise ConfigError(f"{run_dir} is not a meta-RL run")
     goals, note = parse_goal(config.env, goal)
