@@ -199,7 +199,7 @@ def apply_eval_overrides(config: Any, overrides: list[str]) -> Any:
                 f"training; keys that change meta-testing: {', '.join(allowed)}"
             )
         if key == "inner_lr" and getattr(config, "meta_sgd", False):
-            raise ConfigError("eval --set inner_lr: this Meta-SGD run learned its inner learning rates; they are used")
+            raise ConfigError("--set inner_lr: this Meta-SGD run learned its inner learning rates; they are used")
     config = apply_overrides(config, overrides)
     config.validate()
     return config

@@ -379,3 +379,18 @@ def test_verbose_logs_one_line_per_logged_row(tmp_path, caplog):
                      "--out", str(tmp_path / "run")]) == 0
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration ")]
     assert len(lines) == 2 and lines[0].startswith("iteration 10: meta_loss=") and "baseline_loss=" in lines[1]
+
+
+def test_a_meta_sgd_run_refuses_another_inner_lr_in_eval_and_adapt(tmp_path, capsys):
+    run = tmp_path / "meta-sgd"
+    assert main(["train", "sinusoid", "--meta-sgd", "--iterations", "4", "--out", str(run), *FAST]) == 0
+    support = tmp_path / "support.csv"
+    support.write_text("x,y\n0,1\n1,2\n")
+    capsys.readouterr()
+    for args in (["eval", str(run), "--tasks", "5", "--no-progress"],
+                 ["adapt", str(run), "--support", str(support), "--predict", str(support), "--out",
+                  str(tmp_path / "p.csv")]):
+        assert main([*args, "--set", "inner_lr=0.1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == "fastmaml: error: --set inner_lr: this Meta-SGD run learned its inner learning rates; they are used"
+    assert not (tmp_path / "p.csv").exists()
