@@ -119,7 +119,10 @@ class MAML(nn.Module):
     call), ``"loop"`` (one task at a time), or ``"auto"``: vmap, except for convolutional models on
     the CPU, where per-task weights turn every convolution into a grouped convolution and a loop is
     faster (benchmarks/results/bench_cpu_bn_fix.md); and loop if vmap cannot trace the model (in
-    forward or, on the first call, in backward) or would get it wrong (:func:`vmap_unsafe`).
+    forward or, on the first call, in backward) or would get it wrong (:func:`vmap_unsafe`). That
+    first-call check backpropagates the vmapped meta-loss once, so backward hooks on the model's
+    parameters or modules also fire for it (once, on that call only); choose ``"vmap"`` or
+    ``"loop"`` where a hook must see exactly one backward per meta-batch.
     Parameters that do not require grad when MAML is built are constants: not adapted, not
     meta-learned, no Meta-SGD rate. Layers whose fused kernels vmap gets wrong (batch, layer and
     instance norm, padded embeddings) run as primitive ops under vmap (:mod:`fastmaml.core.norm`).
