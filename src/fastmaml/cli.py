@@ -84,9 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change a meta-test setting, e.g. inner_lr=0.2 (rl: baseline_fit=rllab); "
-                    "the report is then not saved to RUN_DIR/eval.json, unless only threads, device, strategy or "
-                    "chunk_size changed (they change how it runs, not what it computes; rl runs: threads and "
-                    "sim_threads)")
+                    "the report is then not saved to RUN_DIR/eval.json, unless only threads, device, strategy, "
+                    "chunk_size, root or cache_dir changed (they change how or where it runs, not what it computes; "
+                    "rl runs: threads and sim_threads)")
 
     compare = sub.add_parser("compare", help="evaluated runs side by side: one table, paired differences per "
                              "task, a figure")
@@ -115,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("name", help="study name, or `list`")
     study.add_argument("--quick", action="store_true", help="reduced budget (seconds to a minute)")
     study.add_argument("--out", type=Path, default=Path("runs/studies"), help="output folder (default runs/studies)")
-    study.add_argument("--data", type=Path, help="autoencoder: Omniglot folder (default $FASTMAML_OMNIGLOT)")
+    study.add_argument("--data", type=Path, help="autoencoder: Omniglot folder (default $FASTMAML_OMNIGLOT, else "
+                       "$FASTMAML_DATA/omniglot)")
 
     adapt = sub.add_parser("adapt", help="adapt a trained run to a new task: write predictions (table, sinusoid, "
                            "image runs) or the adapted policy (rl runs)")

@@ -394,3 +394,17 @@ def test_a_meta_sgd_run_refuses_another_inner_lr_in_eval_and_adapt(tmp_path, cap
         err = capsys.readouterr().err.strip()
         assert err == "fastmaml: error: --set inner_lr: this Meta-SGD run learned its inner learning rates; they are used"
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_diverging_meta_sgd_meta_test_suggests_fewer_steps_not_another_inner_lr():
+    from fastmaml.engine.evaluate import check_finite_report
+    from fastmaml.errors import NonFiniteLossError
+
+    report = {"metrics": {"maml": {"mse": {"mean": [1.0, 0.5, 0.7, math.inf]}}}}
+    with pytest.raises(NonFiniteLossError, match=r"after 3 inner steps; meta-test with fewer steps \(--steps 2\)"):
+        check_finite_report(report, learned_lr=True)
+    with pytest.raises(NonFiniteLossError, match=r"after 3 inner steps; lower the inner learning rate"):
+        check_finite_report(report)
+    report["metrics"]["maml"]["mse"]["mean"] = [1.0, math.nan]
+    with pytest.raises(NonFiniteLossError, match="diverge in one step: meta-test an earlier snapshot"):
+        check_finite_report(report, learned_lr=True)

@@ -364,8 +364,8 @@ def test_validation_keeps_the_most_accurate_checkpoint_and_adapt_can_use_it(tmp_
     capsys.readouterr()
     _, plain = train_grades(tmp_path, name="plain", iterations="5")
     assert main(["adapt", str(plain), *adapt[2:], "--best"]) == 2  # no validation, no best checkpoint
-    assert "kept no best checkpoint: only runs that validate keep one (train with --set val_every=N)" \
-        in one_line_error(capsys)
+    assert ("kept no best checkpoint: only runs that validate keep one (train with --set val_every=N; a table run "
+            "also with --set val_fraction=F, e.g. 0.15)") in one_line_error(capsys)
 
 
 def test_adapt_refuses_to_write_over_the_training_csv(table_run, tmp_path, capsys):

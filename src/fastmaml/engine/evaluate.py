@@ -224,22 +224,28 @@ def evaluate(
         "metrics": results,
     }
     if finite:
-        check_finite_report(report)
+        check_finite_report(report, learned_lr=getattr(config, "meta_sgd", False))
     if save and not changed and split == "test":
         write_eval(run_dir, report, which)
     return report
 
 
-def check_finite_report(report: dict[str, Any]) -> None:
+def check_finite_report(report: dict[str, Any], learned_lr: bool = False) -> None:
     """NonFiniteLossError where a meta-test mean is NaN or infinite (an inner learning rate far too
-    large): a table of nan, and NaN tokens that are not JSON, would otherwise print and be saved."""
+    large): a table of nan, and NaN tokens that are not JSON, would otherwise print and be saved.
+    ``learned_lr``: a Meta-SGD run, whose inner learning rates cannot be changed, only the steps."""
     for method, metrics in report["metrics"].items():
         for name, values in metrics.items():
             bad = [(step, v) for step, v in enumerate(values["mean"]) if not math.isfinite(v)]
             if bad:
                 step, value = bad[0]
                 changed = f" with {', '.join(report['overrides'])}" if report.get("overrides") else ""
+                fix = "lower the inner learning rate (e.g. fastmaml eval RUN --set inner_lr=...) or the steps (--steps)"
+                if learned_lr and method == "maml":  # Meta-SGD: its rates are learned, for the training step count
+                    fix = (f"meta-test with fewer steps (--steps {step - 1}); this Meta-SGD run's learned inner "
+                           "learning rates hold for about as many steps as it trained with" if step > 1 else
+                           "this Meta-SGD run's learned inner learning rates diverge in one step: meta-test an "
+                           "earlier snapshot (--iteration N) or train again")
                 raise NonFiniteLossError(
                     f"meta-testing{changed}, {method}'s {name} became {value} after {step} inner step"
-                    f"{'' if step == 1 else 's'}; lower the inner learning rate (e.g. fastmaml eval RUN --set "
-                    "inner_lr=...) or the steps (--steps)")
+                    f"{'' if step == 1 else 's'}; {fix}")

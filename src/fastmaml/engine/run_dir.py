@@ -118,7 +118,8 @@ def checkpoint_file(run_dir: Path, which: str | int = "checkpoint") -> Path:
         path = Path(run_dir) / {"checkpoint": CHECKPOINT, "best": BEST}[which]
         if which == "best" and not path.is_file():  # written without a .prev copy (keep_previous=False)
             raise CheckpointError(f"{run_dir} kept no best checkpoint: only runs that validate keep one (train "
-                                  "with --set val_every=N); drop --best")
+                                  "with --set val_every=N; a table run also with --set val_fraction=F, e.g. 0.15); "
+                                  "drop --best")
         return path
     path = snapshot_path(run_dir, which)
     if not path.is_file():

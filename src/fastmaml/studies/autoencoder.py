@@ -146,6 +146,18 @@ def _evaluate(experiment: Experiment, trainer, budget: Budget) -> dict:
     return out
 
 
+def omniglot_folder(data: str | Path | None) -> str | Path | None:
+    """The Omniglot folder of the study: ``data`` (``--data``), else ``$FASTMAML_OMNIGLOT``, else
+    ``$FASTMAML_DATA/omniglot`` (where ``fastmaml train omniglot`` finds it); None if none is set."""
+    if data:
+        return data
+    if os.environ.get("FASTMAML_OMNIGLOT"):
+        return os.environ["FASTMAML_OMNIGLOT"]
+    if os.environ.get("FASTMAML_DATA"):
+        return Path(os.environ["FASTMAML_DATA"]) / "omniglot"
+    return None
+
+
 def run(out: Path, budget: Budget, data: str | Path | None = None) -> Report:
     root = out / "autoencoder"
     quick = budget.iterations < FULL.iterations
@@ -158,11 +170,12 @@ def run(out: Path, budget: Budget, data: str | Path | None = None) -> Report:
     trainer, wall = fit(experiment, root / "sinusoid")
     results["sinusoid families"] = _evaluate(experiment, trainer, budget) | {"train_s": wall}
 
-    data = data or os.environ.get("FASTMAML_OMNIGLOT")
+    data = omniglot_folder(data)
     omni_budget = OMNIGLOT_QUICK if quick else OMNIGLOT_FULL
     if not data:
-        notes.append("Omniglot part skipped: no data folder given (pass --data DIR or set FASTMAML_OMNIGLOT to the "
-                     "folder holding images_background and images_evaluation)")
+        notes.append("Omniglot part skipped: no data folder given (pass --data DIR, or set FASTMAML_DATA to the "
+                     "folder holding omniglot/, or FASTMAML_OMNIGLOT to the folder holding images_background and "
+                     "images_evaluation)")
     else:
         try:
             experiment = omniglot_experiment(Path(data), omni_budget)

@@ -150,9 +150,10 @@ class FewShotImages:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if ways > self.num_classes:
             rotated = f" ({len(self.class_names)} x {len(self.rotations)} rotations)" if len(self.rotations) > 1 else ""
+            fewer = f"use ways <= {self.num_classes} or " if self.num_classes >= 2 else ""  # a task needs 2 classes
             raise ConfigError(
-                f"ways={ways} but only {self.num_classes} classes{rotated} are available; "
-                f"use ways <= {self.num_classes} or a split with more classes"
+                f"ways={ways} but only {self.num_classes} class{'' if self.num_classes == 1 else 'es'}{rotated} "
+                f"{'is' if self.num_classes == 1 else 'are'} available; {fewer}a split with more classes"
             )
         if shots + queries > self._fewest:
             raise ConfigError(

@@ -4,11 +4,12 @@ import pytest
 
 from fastmaml.errors import DataError
 from fastmaml.studies import run_study
-from fastmaml.studies.autoencoder import QUICK, omniglot_experiment
+from fastmaml.studies.autoencoder import QUICK, omniglot_experiment, omniglot_folder
 
 
 def test_quick_study(tmp_path, monkeypatch):
     monkeypatch.delenv("FASTMAML_OMNIGLOT", raising=False)
+    monkeypatch.delenv("FASTMAML_DATA", raising=False)
     summary = run_study("autoencoder", tmp_path, quick=True)
     results = summary["results"]
     assert list(results) == ["sinusoid families"]
@@ -37,3 +38,14 @@ def test_an_out_folder_that_cannot_be_made_is_a_config_error(tmp_path):
     (tmp_path / "afile").write_text("")  # before: FileExistsError from mkdir
     with pytest.raises(ConfigError, match="cannot make --out .*afile"):
         run_study("linear", tmp_path / "afile" / "studies", quick=True)
+
+
+def test_the_omniglot_folder_comes_from_data_then_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTMAML_OMNIGLOT", raising=False)
+    monkeypatch.delenv("FASTMAML_DATA", raising=False)
+    assert omniglot_folder(None) is None
+    monkeypatch.setenv("FASTMAML_DATA", str(tmp_path))  # where train omniglot finds it: <FASTMAML_DATA>/omniglot
+    assert omniglot_folder(None) == tmp_path / "omniglot"
+    monkeypatch.setenv("FASTMAML_OMNIGLOT", str(tmp_path / "own"))
+    assert omniglot_folder(None) == str(tmp_path / "own")
+    assert omniglot_folder(tmp_path / "given") == tmp_path / "given"

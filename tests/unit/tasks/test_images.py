@@ -99,6 +99,8 @@ def test_errors_say_what_to_change():
     data = labelled_images(4, 5)
     with pytest.raises(ConfigError, match=r"ways=5 but only 4 classes are available; use ways <= 4"):
         data.sample(torch.Generator(), 2, 5, 1, 1)
+    with pytest.raises(ConfigError, match=r"ways=3 but only 1 class is available; a split with more classes$"):
+        labelled_images(1, 5).sample(torch.Generator(), 2, 3, 1, 1)  # not "use ways <= 1": a task needs 2
     with pytest.raises(ConfigError, match=r"shots \+ queries = 2 \+ 4 but class 'c0' has only 5 images"):
         data.sample(torch.Generator(), 2, 2, 2, 4)
     with pytest.raises(ValueError, match="shots must be a positive integer"):
