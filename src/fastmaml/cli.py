@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fastmaml.config import apply_overrides, check_task_count, dumps
+from fastmaml.config import RESUME_KEYS, apply_overrides, check_task_count, dumps
 from fastmaml.errors import ConfigError, FastMAMLError, TrainingStopped
 
 # CLI shorthand -> config key; each applies only to presets whose config has that key.
@@ -33,10 +33,6 @@ SHORTHAND = {
     "features": "features",
     "env": "env",
 }
-# What may change on --resume: the schedule and how (not what) is computed, and where the data lives.
-RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "snapshot_every", "device", "threads", "sim_threads",
-               "workers", "micro_batch_size", "chunk_size", "grad_checkpointing", "cuda_graph", "tf32", "compile",
-               "root", "cache_dir"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -577,6 +573,20 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print(f"fastmaml: error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 1
+    except OSError as error:  # a full disk, a folder made read-only, a file that became a folder
+        if isinstance(error, BrokenPipeError):
+            raise
+        logging.getLogger(__name__).debug("the error in full", exc_info=True)
+        where = f" ({error.filename})" if error.filename else ""
+        what = f"{error.strerror or error}{where}"
+        if args.command == "train":
+            run_dir = args.resume if args.resume is not None else args.out
+            print(f"fastmaml: error: {what}; free space or make {run_dir} writable{_continue_hint(run_dir)}",
+                  file=sys.stderr)
+        else:
+            print(f"fastmaml: error: {what}; free space or fix the file's permissions, then run the command "
+                  "again", file=sys.stderr)
+        return 1
     except RuntimeError as error:
         from fastmaml.engine.distributed import launched_rank, lost_peer
 
@@ -593,17 +603,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C while training, or Ctrl-C in another command
         resume = ""
         if args.command == "train":
-            from fastmaml.engine.checkpoint import previous_path
-            from fastmaml.engine.run_dir import CHECKPOINT
-
-            run_dir = args.resume if args.resume is not None else args.out
-            saved = run_dir is not None and any(
-                path.is_file() for path in (run_dir / CHECKPOINT, previous_path(run_dir / CHECKPOINT)))
-            resume = (f"; the run continues from its last checkpoint with fastmaml train --resume {run_dir}" if saved
-                      else f"; it had saved no checkpoint yet: delete {run_dir} (its logged rows are all it holds) "
-                      "and start it again")
+            resume = _continue_hint(args.resume if args.resume is not None else args.out)
         print(f"fastmaml: interrupted{resume}", file=sys.stderr)
         return 130
+
+
+def _continue_hint(run_dir: Path) -> str:
+    """How a train command that stopped on an error or a second Ctrl-C goes on: from the last
+    checkpoint, or, with none yet, by starting again (the folder of a start without a checkpoint is reused)."""
+    from fastmaml.engine.checkpoint import previous_path
+    from fastmaml.engine.run_dir import CHECKPOINT
+
+    try:
+        saved = any(path.is_file() for path in (run_dir / CHECKPOINT, previous_path(run_dir / CHECKPOINT)))
+    except OSError:  # a folder this process cannot read
+        saved = False
+    return (f"; the run continues from its last checkpoint with fastmaml train --resume {run_dir}" if saved
+            else f"; it had saved no checkpoint yet: start it again (fastmaml train PRESET ... --out {run_dir})")
 
 
 def run() -> NoReturn:

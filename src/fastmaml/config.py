@@ -95,6 +95,23 @@ class TrainConfig:
         return compilable and self.device.startswith("cpu") and self.iterations >= COMPILE_AUTO_MIN_ITERATIONS
 
 
+# What may change on --resume: the schedule and how (not what) is computed, and where the data lives.
+RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "snapshot_every", "device", "threads", "sim_threads",
+               "workers", "micro_batch_size", "chunk_size", "grad_checkpointing", "cuda_graph", "tf32", "compile",
+               "root", "cache_dir"}
+
+
+def changed_since_checkpoint(config: Any, saved: dict[str, Any] | None) -> list[str]:
+    """The keys outside RESUME_KEYS whose value in ``config`` (read from config.json) differs from
+    ``saved``, the config stored in the checkpoint a run resumes from (keys it lacks, from an older
+    version, are not compared): a config.json edited by hand."""
+    if not isinstance(saved, dict):
+        return []
+    now = json.loads(json.dumps(to_dict(config)))  # tuples as lists, as the checkpoint's JSON holds them
+    return [f"{key} = {json.dumps(now[key])} in config.json, {json.dumps(saved[key])} in the checkpoint"
+            for key in now if key not in RESUME_KEYS and key in saved and now[key] != saved[key]]
+
+
 def check_finite(config: Any) -> None:
     """ConfigError for a float setting (or a float in a tuple setting) that is NaN or infinite: checks
     written as ``x > 0`` let inf through, and nan through ``x < 0`` (max_kl=inf or cg_damping=nan trained

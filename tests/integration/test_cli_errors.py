@@ -64,7 +64,7 @@ def test_non_empty_out_unwritable_out_and_corrupt_checkpoint(tmp_path, capsys):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
     code, err = run_cli(["train", "sinusoid", "--out", str(tmp_path / "busy")], capsys)
-    assert code == 2 and "is not empty; continue that run with --resume" in err
+    assert code == 2 and "is not empty and is not a fastmaml run folder (no config.json of a run); choose a new" in err
     (tmp_path / "afile").write_text("x")
     code, err = run_cli(["train", "sinusoid", "--out", str(tmp_path / "afile" / "run")], capsys)
     assert code == 2 and "cannot write to --out" in err
@@ -120,10 +120,22 @@ def test_a_hand_edited_config_is_one_clear_line_and_keeps_the_checkpoint(tmp_pat
         assert code == 2 and len(err.splitlines()) == 1
         assert 'config.json is unreadable (inner_lr = "fast" is not a float)' in err
     edited(hidden=[10])  # before: torch's state_dict size-mismatch traceback
-    for args in (["eval", str(run), "--tasks", "5"], ["train", "--resume", str(run), "--no-progress"]):
-        code, err = run_cli(args, capsys)
+    code, err = run_cli(["eval", str(run), "--tasks", "5"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "do not fit the model that its config.json describes" in err and "edited after training" in err
+    # train --resume compares config.json with the config the checkpoint holds; before, a changed
+    # value that left the shapes alone (inner_lr) trained on silently with it
+    for change, shown in (({"hidden": [10]}, "hidden = [10] in config.json, [40, 40] in the checkpoint"),
+                          ({"inner_lr": 0.05}, "inner_lr = 0.05 in config.json, 0.01 in the checkpoint")):
+        edited(**change)
+        code, err = run_cli(["train", "--resume", str(run), "--iterations", "4", "--no-progress"], capsys)
         assert code == 2 and len(err.splitlines()) == 1
-        assert "do not fit the model that its config.json describes" in err and "edited after training" in err
+        assert f"config.json no longer matches the checkpoint it resumes from ({shown})" in err
+    edited(iterations=3, log_every=1)  # the schedule may change
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    weights = (run / "checkpoint.safetensors").read_bytes()
+    edited(hidden=[10])
+    assert run_cli(["train", "--resume", str(run), "--iterations", "4", "--no-progress"], capsys)[0] == 2
     assert (run / "checkpoint.safetensors").read_bytes() == weights
     edited(iterations=2.5, hidden=[40, 40])
     code, err = run_cli(["eval", str(run), "--tasks", "5"], capsys)
@@ -214,16 +226,25 @@ def test_a_start_that_failed_before_its_first_checkpoint_may_start_again_in_its_
     assert code == 2 and f"--out {run} (a folder that holds only a failed start is reused)" in err
     assert main(["train", "sinusoid", "--out", str(run), *fast]) == 0
     assert json.loads((run / "config.json").read_text())["config"]["inner_lr"] == 0.01
-    # a folder holding someone else's config.json, or a run with metrics, is not taken over
+    # a folder holding someone else's config.json is not taken over
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.json").write_text('{"mine": 1}')
     code, err = run_cli(["train", "sinusoid", "--out", str(other), *fast], capsys)
-    assert code == 2 and "is not empty" in err and (other / "config.json").read_text() == '{"mine": 1}'
+    assert code == 2 and "is not a fastmaml run folder" in err and (other / "config.json").read_text() == '{"mine": 1}'
+    # a run with logged rows but no checkpoint (killed before its first) starts again there too
     (run / "checkpoint.safetensors").unlink()
     (run / "checkpoint.prev.safetensors").unlink(missing_ok=True)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    (run / ".checkpoint.safetensors.999.tmp").write_bytes(b"half a checkpoint")  # a kill mid-write left it
+    code, err = run_cli(["train", "--resume", str(run)], capsys)
+    assert code == 2 and f"--out {run} (a folder that holds only a failed start is reused)" in err
+    assert main(["train", "sinusoid", "--out", str(run), *fast, "--iterations", "6"]) == 0
+    assert [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6]
+    assert not (run / ".checkpoint.safetensors.999.tmp").exists()
+    # but a folder with a checkpoint is a run to resume
     code, err = run_cli(["train", "sinusoid", "--out", str(run), *fast], capsys)
-    assert code == 2 and "is not empty" in err
+    assert code == 2 and f"is not empty; continue that run with --resume {run}" in err
 
 
 def test_running_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path):
@@ -254,3 +275,21 @@ def test_rl_returns_that_blow_up_are_one_line_that_names_the_kept_checkpoint(tmp
                          "--out", str(tmp_path / "run"), "--no-progress"], capsys)
     assert code == 1 and len(err.splitlines()) == 1 and "linear baseline cannot be fitted" in err
     assert "(at iteration 1); training stopped and no checkpoint had been written yet" in err
+
+
+def test_a_meta_gradient_that_overflows_while_the_loss_stays_finite_stops_the_run(tmp_path, capsys):
+    """inner_lr 1e4: meta-losses of 1e25-1e34, an inf meta-gradient that made Adam's state inf (the
+    weights then never moved again); before, the run ended with exit 0 and inf in every checkpoint."""
+    from fastmaml.engine import checkpoint
+
+    run = tmp_path / "run"
+    fast = ["--iterations", "6", "--set", "checkpoint_every=2", "--set", "log_every=2", "--no-progress"]
+    assert main(["train", "sinusoid", "--out", str(run), *fast]) == 0
+    for clip, advice in (("0", "Lower outer_lr or inner_lr, or set grad_clip, then"),
+                         ("1", "Lower outer_lr or inner_lr, then")):
+        code, err = run_cli(["train", "sinusoid", "--out", str(tmp_path / f"clip{clip}"), *fast,
+                             "--set", "inner_lr=1e4", "--set", f"grad_clip={clip}"], capsys)
+        assert code == 1 and "the meta-gradient overflowed (inf or NaN) while the meta-loss was " in err, err
+        assert advice in err and not (tmp_path / f"clip{clip}" / "checkpoint.safetensors").exists()
+    tensors, _ = checkpoint.load(run / "checkpoint.safetensors")
+    assert all(bool(t.isfinite().all()) for t in tensors.values() if t.is_floating_point())

@@ -122,3 +122,74 @@ def test_plot_says_when_eval_json_is_older_than_the_training(run, capsys, caplog
     assert main(["train", "--resume", str(run), "--iterations", "8", "--no-progress"]) == 0
     assert main(["plot", str(run)]) == 0
     assert "meta-tests iteration 4 and the run has trained to 8; the steps figure shows 4" in caplog.text
+
+
+def test_a_resume_from_prev_sets_the_unreadable_checkpoint_aside_so_prev_stays_good(run, capsys):
+    """Before: the next save linked the unreadable newest file to checkpoint.prev, replacing the good
+    one (and a kill between that save's two renames left no readable checkpoint at all)."""
+    from fastmaml.engine import checkpoint
+
+    good_prev = (run / "checkpoint.prev.safetensors").read_bytes()
+    assert checkpoint.load(run / "checkpoint.prev.safetensors")[1]["step"] == 2
+    data = (run / "checkpoint.safetensors").read_bytes()
+    (run / "checkpoint.safetensors").write_bytes(data[: len(data) // 2])
+    (run / ".checkpoint.safetensors.999.tmp").write_bytes(data[:100])  # a killed write's leftover
+    assert main(["train", "--resume", str(run), "--iterations", "4", "--no-progress"]) == 0  # 2 -> 4, one save
+    capsys.readouterr()
+    assert (run / "checkpoint.unreadable.safetensors").read_bytes() == data[: len(data) // 2]
+    assert (run / "checkpoint.prev.safetensors").read_bytes() == good_prev  # the good one survived the save
+    assert checkpoint.load(run / "checkpoint.safetensors")[1]["step"] == 4
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_a_metrics_file_that_became_a_folder_is_one_line_with_exit_1(run, capsys):
+    """OSErrors (a full disk, a folder made read-only) were tracebacks."""
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").mkdir()
+    (run / "metrics.jsonl" / "x").write_text("")
+    code = main(["train", "--resume", str(run), "--iterations", "6", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "metrics.jsonl" in err
+    assert f"writable; the run continues from its last checkpoint with fastmaml train --resume {run}" in err
+
+
+def test_a_kill_while_config_json_is_rewritten_leaves_the_old_file(run, monkeypatch):
+    from fastmaml.engine import checkpoint
+    from fastmaml.engine.run_dir import read_config, write_config
+
+    before = (run / "config.json").read_text()
+    preset, config = read_config(run)
+
+    def killed(path, data):
+        path.write_bytes(data[:10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "write_synced", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_config(run, preset.name, config)
+    assert (run / "config.json").read_text() == before and not list(run.glob(".config.json.*"))
+
+
+def test_a_file_system_without_hard_links_still_keeps_prev(run, monkeypatch):
+    from fastmaml.engine import checkpoint
+
+    def no_links(*_):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(checkpoint.os, "link", no_links)
+    newest = (run / "checkpoint.safetensors").read_bytes()
+    assert main(["train", "--resume", str(run), "--iterations", "5", "--no-progress"]) == 0
+    assert (run / "checkpoint.prev.safetensors").read_bytes() == newest
+
+
+def test_a_bad_row_inside_metrics_is_named(run, caplog):
+    from fastmaml.engine.run_dir import read_metrics
+
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    assert len(read_metrics(run)) == 1
+    assert "line 2, is not a metrics row; the 1 rows after it are left out" in caplog.text
+    caplog.clear()
+    (run / "metrics.jsonl").write_text("\n".join([*lines, '{"step": 6, "meta_lo']))  # cut short by a kill: no news
+    assert len(read_metrics(run)) == len(lines) and not caplog.text

@@ -65,6 +65,32 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it (the caller renames it into place)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def replace_atomically(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a reader, or the file after a crash, is either the old
+    or the new content: temporary file beside it, fsync, rename, fsync of the folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write_synced(tmp, data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def temporary_files(path: Path) -> list[Path]:
+    """Temporary files that writes of ``path`` (a checkpoint) left behind when killed mid-write."""
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
 def previous_path(path: Path) -> Path:
     return path.with_name(path.name.replace(".safetensors", ".prev.safetensors"))
 
@@ -78,14 +104,14 @@ def save(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any], kee
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_synced(tmp, data)
         if keep_previous and path.exists():
             prev, prev_tmp = previous_path(path), path.with_name(f".{path.name}.prev.tmp")
             prev_tmp.unlink(missing_ok=True)
-            os.link(path, prev_tmp)  # the current checkpoint stays in place until the new one replaces it
+            try:
+                os.link(path, prev_tmp)  # the current checkpoint stays in place until the new one replaces it
+            except OSError:  # a file system without hard links (FAT, some network mounts): a copy, fsynced
+                write_synced(prev_tmp, path.read_bytes())
             os.replace(prev_tmp, prev)
         os.replace(tmp, path)
     finally:

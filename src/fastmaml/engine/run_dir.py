@@ -102,9 +102,7 @@ def keep_snapshot(run_dir: Path, step: int) -> None:
     path = snapshot_path(run_dir, step)
     check_snapshots_folder(run_dir)  # a file named snapshots appeared while training
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes((Path(run_dir) / CHECKPOINT).read_bytes())
-    os.replace(tmp, path)
+    checkpoint.replace_atomically(path, (Path(run_dir) / CHECKPOINT).read_bytes())
 
 
 def snapshot_due(step: int, snapshot_every: int) -> bool:
@@ -131,7 +129,9 @@ def checkpoint_file(run_dir: Path, which: str | int = "checkpoint") -> Path:
 
 
 def write_config(run_dir: Path, experiment: str, config: Any) -> None:
-    (run_dir / CONFIG).write_text(json.dumps({"experiment": experiment, "config": to_dict(config)}, indent=2))
+    """Write ``RUN_DIR/config.json`` atomically (a kill while a resume rewrites it leaves the old one)."""
+    text = json.dumps({"experiment": experiment, "config": to_dict(config)}, indent=2)
+    checkpoint.replace_atomically(Path(run_dir) / CONFIG, text.encode())
 
 
 def read_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()):
@@ -176,17 +176,24 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a kill
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            if number < len(lines):  # the last line may be cut short by a kill; a bad one inside is news
+                log.warning("%s, line %d, is not a metrics row; the %d rows after it are left out", path, number,
+                            len(lines) - number)
             break
+        rows.append(row)
     return rows
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Replace ``metrics.jsonl`` with ``rows`` (on resume: the rows saved in the checkpoint)."""
-    (Path(run_dir) / METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    """Replace ``metrics.jsonl`` with ``rows`` (on resume: the rows saved in the checkpoint), atomically."""
+    checkpoint.replace_atomically(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def build_experiment(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
@@ -196,14 +203,46 @@ def build_experiment(run_dir: Path, overrides: list[str] | tuple[str, ...] = ())
 
 def failed_start(run_dir: Path) -> bool:
     """True for a folder that holds at most what a new run writes before its first checkpoint (its
-    config, an empty metrics file, the lock): a start that failed there (a setting the model refused,
-    a loss that was NaN at once) may start again in the same folder. A run still starting in it holds
-    the lock, which the caller takes next."""
-    names = {p.name for p in run_dir.iterdir()}
-    metrics = run_dir / METRICS
-    if not names <= {LOCK, CONFIG, METRICS} or (metrics.is_file() and metrics.stat().st_size > 0):
+    config, the rows it logged, the lock, temporary files of a checkpoint write that was killed, plots
+    of those rows): a start that failed or was killed there (a setting the model refused, a NaN loss,
+    a kill before checkpoint_every iterations) may start again in the same folder, since without a
+    checkpoint it cannot be resumed. A run still starting in it holds the lock, which the caller takes next."""
+    for path in run_dir.iterdir():
+        if path.name in (LOCK, CONFIG, METRICS) and not path.is_dir():
+            continue
+        if path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file():
+            continue  # a checkpoint write that was killed
+        if path.name == PLOTS and path.is_dir() and all(p.suffix == ".png" for p in path.iterdir()):
+            continue
         return False
-    return CONFIG not in names or is_run_folder(run_dir)
+    return not (run_dir / CONFIG).exists() or is_run_folder(run_dir)
+
+
+def clear_failed_start(run_dir: Path) -> None:
+    """Remove what a failed start left (its logged rows, plots, temporary files) before a new start;
+    the caller holds the training lock (a run still starting there keeps its files)."""
+    for path in run_dir.iterdir():
+        if path.name == PLOTS and path.is_dir():
+            for png in path.iterdir():
+                png.unlink()
+            path.rmdir()
+        elif path.name == METRICS or (path.name.startswith(".") and path.name.endswith(".tmp")):
+            path.unlink()
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files that killed checkpoint writes left in ``run_dir`` (each as large as
+    a checkpoint, named by the pid that wrote it, so no later write replaces it). The caller holds
+    the training lock: no other process writes checkpoints there."""
+    run_dir = Path(run_dir)
+    stale = [*checkpoint.temporary_files(run_dir / CHECKPOINT), *checkpoint.temporary_files(run_dir / BEST)]
+    if (run_dir / SNAPSHOTS).is_dir():
+        stale += [*(run_dir / SNAPSHOTS).glob("iteration_*.safetensors.tmp"),
+                  *(run_dir / SNAPSHOTS).glob(".iteration_*.safetensors.*.tmp")]
+    for path in stale:
+        with contextlib.suppress(OSError):
+            path.unlink()
+            log.info("removed %s, left by a checkpoint write that was stopped", path)
 
 
 def is_run_folder(path: Path) -> bool:
@@ -220,9 +259,11 @@ def prepare_new_run(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise CheckpointError(f"--out {run_dir} is a file; choose a folder")
     if run_dir.is_dir() and not failed_start(run_dir):
-        raise CheckpointError(
-            f"--out {run_dir} is not empty; continue that run with --resume {run_dir}, or choose a new --out folder"
-        )
+        if is_run_folder(run_dir):
+            raise CheckpointError(f"--out {run_dir} is not empty; continue that run with --resume {run_dir}, or "
+                                  "choose a new --out folder")
+        raise CheckpointError(f"--out {run_dir} is not empty and is not a fastmaml run folder (no config.json of "
+                              "a run); choose a new or empty --out folder")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -281,7 +322,13 @@ def load_for_resume(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             f"or it is not a run folder); start it again with fastmaml train PRESET ... --out {run_dir} "
             "(a folder that holds only a failed start is reused) or a new --out"
         )
-    tensors, meta, _ = checkpoint.load_latest(run_dir / CHECKPOINT)
+    tensors, meta, path = checkpoint.load_latest(run_dir / CHECKPOINT)
+    if path != run_dir / CHECKPOINT and (run_dir / CHECKPOINT).exists():
+        # the newest is unreadable and the run continues from .prev: set the bad file aside, or the
+        # next save would keep it as .prev in place of the good one (and a kill then would lose both)
+        aside = run_dir / "checkpoint.unreadable.safetensors"
+        os.replace(run_dir / CHECKPOINT, aside)
+        log.warning("moved the unreadable %s to %s (delete it once the run goes on)", CHECKPOINT, aside.name)
     return tensors, meta
 
 

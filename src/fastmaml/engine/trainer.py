@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fastmaml.config import TrainConfig, to_dict
+from fastmaml.config import RESUME_KEYS, TrainConfig, changed_since_checkpoint, to_dict
 from fastmaml.core import TaskBatch
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import Cluster, check_device, device_for, init_from_env, set_tf32
@@ -43,9 +43,11 @@ from fastmaml.engine.run_dir import (
     CHECKPOINT,
     METRICS,
     check_snapshots_folder,
+    clear_failed_start,
     keep_snapshot,
     load_for_resume,
     prepare_new_run,
+    remove_temporaries,
     snapshot_due,
     training_lock,
     write_config,
@@ -104,6 +106,7 @@ class Trainer:
         self._graph_failed = False
         self._eager_steps = 0
         self._static: tuple[TaskBatch, torch.Tensor] | None = None  # the graph's input batch and output loss
+        self._clipped_overflow = torch.zeros((), device=self.device)  # steps whose clipped norm was inf or NaN
         self.baseline = experiment.baseline.to(self.device) if experiment.baseline is not None else None
         self.baseline_opt = (
             torch.optim.Adam(self.baseline.parameters(), lr=self.config.outer_lr) if self.baseline else None
@@ -216,9 +219,24 @@ class Trainer:
     def _finish_step(self, params, opt: torch.optim.Optimizer, clip: float) -> None:
         params = [p for p in params if p.grad is not None]
         self.cluster.sum_(p.grad for p in params)
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, clip)
+        if clip > 0:  # an inf norm scales the gradient to 0 (finite): Adam's state would not show it
+            self._clipped_overflow += ~torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip))
         opt.step()
+
+    def nonfinite_state(self) -> list[bool]:
+        """Whether MAML's and the baseline's weights or Adam moments hold an inf or NaN. A gradient can
+        overflow while the loss stays finite (inner_lr 1e4: losses of 1e26, a squared gradient past
+        float32's range), and Adam keeps it: its second moment stays inf (the weights then never move
+        again) or its moments and weights turn NaN; with grad_clip, an overflowing norm scales the
+        gradient to 0 instead, which the clip's norm shows. Checked where the losses are, at each log, so
+        it costs nothing per iteration."""
+        def bad(module: torch.nn.Module, opt: torch.optim.Optimizer) -> bool:
+            tensors = [*module.parameters(), *(v for state in opt.state.values() for v in state.values()
+                                               if isinstance(v, torch.Tensor) and v.is_floating_point())]
+            return bool(tensors) and not torch.stack(torch._foreach_norm(tensors)).sum().isfinite().item()
+
+        maml = bad(self.maml, self.opt) or self._clipped_overflow.item() > 0
+        return [maml, self.baseline is not None and bad(self.baseline, self.baseline_opt)]
 
     def validate(self) -> float:
         """The first metric after ``eval_steps`` inner steps, mean over ``val_tasks`` validation tasks."""
@@ -269,15 +287,19 @@ class Trainer:
                 save_now = save_now or stopping
                 self.cluster.sum_([sums])
                 means = (sums / (self.step - since)).tolist()  # one host sync per log, not per step
-                if not all(math.isfinite(v) for v in means):
+                bad_grads = self.nonfinite_state()  # the same on every process: gradients are summed first
+                if not all(math.isfinite(v) for v in means) or any(bad_grads):
                     bar.close()
-                    what = f"the meta-loss became {means[0]}" if not math.isfinite(means[0]) else (
-                        f"the pretrained baseline's loss became {means[1]}")
+                    what = (f"the meta-loss became {means[0]}" if not math.isfinite(means[0]) else
+                            f"the pretrained baseline's loss became {means[1]}" if not math.isfinite(means[1]) else
+                            "the meta-gradient overflowed (inf or NaN) while the meta-loss was "
+                            f"{means[0]:.3g}" if bad_grads[0] else
+                            f"the pretrained baseline's gradient overflowed (inf or NaN)")
+                    clip = "" if c.grad_clip > 0 else ", or set grad_clip"
                     raise NonFiniteLossError(
                         f"{what} {iterations_span(since + 1, self.step)}; training stopped and "
                         f"{kept_checkpoint(self.run_dir, last_good, min(c.checkpoint_every, c.iterations))}. "
-                        "Lower outer_lr or inner_lr, "
-                        "or set grad_clip, then start a new run."
+                        f"Lower outer_lr or inner_lr{clip}, then start a new run."
                     )
                 now = time.perf_counter()
                 self.elapsed += now - started
@@ -355,17 +377,27 @@ def fit_in_run_dir(
         def lock_and_load() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             held.enter_context(training_lock(run_dir))
             check_snapshots_folder(run_dir)  # a file named snapshots: fail now, not at the first snapshot
+            remove_temporaries(run_dir)
             return load_for_resume(run_dir)
 
         def make_new_run() -> None:
             prepare_new_run(run_dir)
             held.enter_context(training_lock(run_dir))
+            prepare_new_run(run_dir)  # again under the lock: what it found may have changed before it was held
+            clear_failed_start(run_dir)
             write_config(run_dir, preset_name, config)
 
         # rank 0 alone touches the folder; a user error there (a folder that is not empty, locked or not
         # writable) is raised on every rank, and the folder exists before any process goes on
         if resume:
             tensors, meta = cluster.from_main(lock_and_load)
+            edited = changed_since_checkpoint(config, meta.get("config"))
+            if edited:  # the same on every rank: all read the same checkpoint and config
+                cluster.close(clean=False)
+                raise ConfigError(f"{run_dir}/config.json no longer matches the checkpoint it resumes from "
+                                  f"({'; '.join(edited)}): a resumed run keeps its config (only "
+                                  f"{', '.join(sorted(RESUME_KEYS))} may change); restore config.json, or start a "
+                                  "new run with the new setting")
         else:
             cluster.from_main(make_new_run)
         trainer = make_trainer()
