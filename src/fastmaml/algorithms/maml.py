@@ -21,6 +21,7 @@ import shutil
 import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -115,6 +116,17 @@ def _own_code(func: Callable[..., Tensor]) -> Callable[..., Tensor]:
 class MAML(nn.Module):
     """Model-Agnostic Meta-Learning around ``model`` with ``loss_fn(prediction, target) -> scalar``.
 
+    ``inner_lr`` is α, the inner (adaptation) step size, a number; ``inner_steps`` the gradient
+    steps on each task's support set in :meth:`meta_loss` (:meth:`adapt` and
+    :meth:`adaptation_curve` take their own count, e.g. more at meta-test); ``first_order`` drops
+    the second-order terms of the meta-gradient (first-order MAML); ``meta_sgd`` learns one inner
+    step size per parameter element (Meta-SGD), initialised to ``inner_lr``, as the parameters
+    ``inner_lrs`` (list them in the optimiser with ``maml.parameters()``; saved in ``state_dict()``
+    as ``inner_lrs.K`` in the order of ``maml.params()``). ``chunk_size`` bounds how many tasks vmap
+    runs at once (lower peak memory). ``loss_fn`` takes (prediction, target) for one task;
+    :meth:`loss` is the same loss as a function of the parameters. Save a MAML with
+    ``state_dict()`` (``torch.save(maml)`` works too, without its compiled functions).
+
     ``strategy`` picks how a meta-batch is evaluated: ``"vmap"`` (all tasks in one vectorised
     call), ``"loop"`` (one task at a time), or ``"auto"``: vmap, except for convolutional models on
     the CPU, where per-task weights turn every convolution into a grouped convolution and a loop is
@@ -183,10 +195,13 @@ class MAML(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(inner_lr, Tensor) and inner_lr.requires_grad:
+            raise ValueError("inner_lr is a number (its tensor's gradient would be dropped); to learn inner "
+                             "learning rates pass meta_sgd=True: one per parameter element, starting at inner_lr")
         if not inner_lr > 0:
             raise ValueError(f"inner_lr must be > 0, got {inner_lr}")
-        if int(inner_steps) < 1:
-            raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
+        if isinstance(inner_steps, bool) or int(inner_steps) != inner_steps or inner_steps < 1:
+            raise ValueError(f"inner_steps must be an integer >= 1, got {inner_steps}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         if chunk_size is not None and chunk_size < 1:
@@ -443,7 +458,14 @@ class MAML(nn.Module):
         first_order: bool | None = None,
     ) -> Params:
         """Adapted parameters for one task after ``steps`` (default ``inner_steps``) inner steps: every
-        parameter of the model, keyed like ``model.named_parameters()`` (frozen ones unchanged)."""
+        parameter of the model, keyed like ``model.named_parameters()`` (frozen ones unchanged).
+
+        ``support_x`` and ``support_y`` hold one task's examples, without a task dimension (a batch's
+        task i is ``batch.task(i)``). Second order (``first_order=False``) keeps the graph through the
+        steps so the result can be differentiated; for predictions only, call it under
+        ``torch.no_grad()`` or with ``first_order=True``."""
+        if steps is not None and (isinstance(steps, bool) or int(steps) != steps):
+            raise ValueError(f"steps must be an integer, got {steps}")
         steps = self.inner_steps if steps is None else int(steps)
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
@@ -454,6 +476,11 @@ class MAML(nn.Module):
                 f"support_x{tuple(support_x.shape)} and support_y{tuple(support_y.shape)} must agree on the "
                 "number of examples (dimension 0: adapt takes one task, without a task dimension)"
             )
+        if support_y.dim() >= 2 and support_y.shape[0] == 1 and not support_y.is_floating_point():
+            # class labels are one per example: (1, N) labels are a task dimension left in, and a loss
+            # such as cross-entropy would read its examples as classes without an error
+            raise ValueError(f"support_y{tuple(support_y.shape)} holds integer labels with a leading dimension of 1: "
+                             "adapt takes one task without a task dimension; pass support_x[0], support_y[0]")
         first_order = self.first_order if first_order is None else first_order
         adapted = core_adapt(
             self.loss, self.params(), support_x, support_y, lr=self.lr(), steps=steps, first_order=first_order
@@ -485,6 +512,13 @@ class MAML(nn.Module):
         )
 
     # ----------------------------------------------------------------------------- strategy
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling (``torch.save(maml)``) and copying leave out the torch.compile'd functions, which
+        cannot be pickled: a copy compiles, and checks its first compiled call, afresh."""
+        state = dict(super().__getstate__())
+        state.update(_compiled={}, _compiled_ran=set(), _compiled_shapes=set())
+        return state
+
     def resolved_strategy(self, device: torch.device | None = None) -> str:
         """The strategy ``auto`` would use for this model on ``device`` (without running anything)."""
         if self._resolved is not None:
@@ -525,9 +559,9 @@ class MAML(nn.Module):
         if self.strategy == "vmap" or self._resolved == "vmap":
             return vmapped()
         rng = _rng_state(batch.support_x.device)
+        leaves = [p for p in self.parameters() if p.requires_grad]
         try:  # auto, first call: vmap unless the model cannot be vmapped
             out = vmapped()
-            leaves = [p for p in self.parameters() if p.requires_grad]
             # (a compiled meta-loss is not probed: its first call's check backpropagated both it and
             # the eager one, and a compiled backward may not run twice)
             if probe_backward and not self.compile and out.requires_grad and leaves:
@@ -537,7 +571,10 @@ class MAML(nn.Module):
             out = looped()  # a genuine user error raises here again, without the vmap noise
             self._fall_back_to_loop(vmap_error)
             return out
-        self._resolved = "vmap"
+        if (probe_backward and out.requires_grad) or not leaves:
+            # decided only once a meta-gradient's backward has been seen to run: after an evaluation
+            # (torch.no_grad, adaptation_curve) the first training call checks it again
+            self._resolved = "vmap"
         return out
 
     def _task_loss(self, params: Params, lr: LR, task: TaskBatch) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -24,8 +25,14 @@ class TaskBatch(NamedTuple):
     def num_tasks(self) -> int:
         return self.support_x.shape[0]
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "TaskBatch":
-        return TaskBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
+    def to(self, device: torch.device | str | torch.dtype | None = None, dtype: torch.dtype | None = None,
+           non_blocking: bool = False) -> "TaskBatch":
+        """The batch on ``device`` and/or with floating tensors as ``dtype`` (``batch.to(torch.float64)``
+        works too); integer tensors, class labels, keep their dtype."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        return TaskBatch(*(t.to(device=device, dtype=dtype if t.is_floating_point() else None,
+                                non_blocking=non_blocking) for t in self))
 
     def task(self, i: int) -> "TaskBatch":
         """Task ``i`` without the leading dimension."""
@@ -63,5 +70,12 @@ class TaskBatch(NamedTuple):
             raise ValueError(
                 f"support_x{tuple(self.support_x.shape)} and query_x{tuple(self.query_x.shape)} "
                 "must have the same example shape"
+            )
+        if self.support_x.dim() == 2 and self.support_x.shape[1] == 1 and self.num_tasks > 1:
+            warnings.warn(
+                f"support_x{tuple(self.support_x.shape)} reads as {self.num_tasks} tasks of one example each, "
+                "with no feature dimension; for one task of examples with one feature, give it a task "
+                "dimension: TaskBatch(support_x[None], support_y[None], query_x[None], query_y[None])",
+                stacklevel=3,
             )
         return self

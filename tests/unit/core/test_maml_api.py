@@ -61,7 +61,9 @@ def test_adaptation_curve_matches_manual_steps_per_task():
     [
         (dict(inner_lr=0.0), "inner_lr must be > 0"),
         (dict(inner_lr=-1.0), "inner_lr must be > 0"),
-        (dict(inner_lr=0.1, inner_steps=0), "inner_steps must be >= 1"),
+        (dict(inner_lr=0.1, inner_steps=0), "inner_steps must be an integer >= 1"),
+        (dict(inner_lr=0.1, inner_steps=2.5), r"inner_steps must be an integer >= 1, got 2.5"),  # was cut to 2
+        (dict(inner_lr=torch.tensor(0.1, requires_grad=True)), "to learn inner learning rates pass meta_sgd=True"),
         (dict(inner_lr=0.1, strategy="fast"), "strategy must be one of"),
         (dict(inner_lr=0.1, chunk_size=0), "chunk_size"),
     ],
@@ -89,3 +91,42 @@ def test_chunked_vmap_equals_full_vmap():
     full = MAML(model, F.mse_loss, inner_lr=0.1, strategy="vmap").meta_loss(b, reduction="none")
     chunked = MAML(model, F.mse_loss, inner_lr=0.1, strategy="vmap", chunk_size=3).meta_loss(b, reduction="none")
     torch.testing.assert_close(full, chunked)
+
+
+def test_shapes_that_silently_meant_something_else():
+    maml = MAML(nn.Linear(1, 1), F.mse_loss, inner_lr=0.1)
+    x, y = torch.randn(20, 1), torch.randn(20, 1)
+    # one task of 10 examples given without its task dimension reads as 10 tasks of one example
+    with pytest.warns(UserWarning, match=r"support_x\(10, 1\) reads as 10 tasks of one example each"):
+        maml.meta_loss(TaskBatch(x[:10], y[:10], x[10:], y[10:]))
+    # a leftover task dimension on integer labels: cross-entropy read the examples as classes
+    classifier = MAML(nn.Linear(4, 5), F.cross_entropy, inner_lr=0.1)
+    images, labels = torch.randn(5, 4), torch.arange(5)
+    with pytest.raises(ValueError, match=r"support_y\(1, 5\) holds integer labels .* pass support_x\[0\]"):
+        classifier.adapt(images[None], labels[None])
+    with pytest.raises(ValueError, match="steps must be an integer, got 2.7"):
+        classifier.adapt(images, labels, steps=2.7)
+    assert classifier.adapt(images, labels, steps=2)["weight"].shape == (5, 4)
+
+
+def test_task_batch_to_a_dtype_keeps_integer_labels():
+    b = TaskBatch(torch.randn(2, 3, 4), torch.arange(6).view(2, 3), torch.randn(2, 3, 4), torch.arange(6).view(2, 3))
+    for moved in (b.to(torch.float64), b.to(dtype=torch.float64), b.to("cpu", torch.float64)):
+        assert moved.support_x.dtype == torch.float64 and moved.support_y.dtype == torch.int64
+    assert b.to("cpu").support_x.dtype == torch.float32
+
+
+def test_a_compiled_maml_pickles(tmp_path):
+    """torch.save(maml) failed once a compiled meta-loss had run (its compiled function cannot be pickled)."""
+    import io
+
+    torch.manual_seed(0)
+    maml = MAML(nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)), F.mse_loss, inner_lr=0.1, compile=True)
+    b = batch()
+    maml.meta_loss(b).backward()
+    buffer = io.BytesIO()
+    torch.save(maml, buffer)
+    buffer.seek(0)
+    copy = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(copy.meta_loss(b), maml.meta_loss(b))

@@ -206,6 +206,12 @@ def test_auto_falls_back_when_vmap_fails_only_in_backward(caplog):
     assert maml.resolved_strategy() == "loop" and "using a per-task loop" in caplog.text
     want = reference_meta_grads(model, F.mse_loss, batch, lr=0.1, steps=1, first_order=True)
     assert relative(grads, want) < 1e-12
+    # an evaluation first (forward only) does not settle on vmap: the first training call still checks
+    for evaluate in (lambda m: m.meta_loss(batch), lambda m: m.adaptation_curve(batch, 1)):
+        maml = MAML(model, F.mse_loss, inner_lr=0.1, first_order=True)
+        with torch.no_grad():
+            evaluate(maml)
+        assert relative(meta_grads(maml, batch), want) < 1e-12 and maml.resolved_strategy() == "loop"
     # in eval mode with float32 the encoder layer now meta-trains under vmap
     encoder = nn.Sequential(nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True), Pool(),
                             nn.Linear(8, 1)).eval()
