@@ -124,7 +124,7 @@ def test_plot_says_when_eval_json_is_older_than_the_training(run, capsys, caplog
     assert "meta-tests iteration 4 and the run has trained to 8; the steps figure shows 4" in caplog.text
 
 
-def test_a_resume_from_prev_sets_the_unreadable_checkpoint_aside_so_prev_stays_good(run, capsys):
+def test_a_resume_from_prev_sets_the_unreadable_checkpoint_aside_so_prev_stays_good(run, capsys, caplog):
     """Before: the next save linked the unreadable newest file to checkpoint.prev, replacing the good
     one (and a kill between that save's two renames left no readable checkpoint at all)."""
     from fastmaml.engine import checkpoint
@@ -136,6 +136,9 @@ def test_a_resume_from_prev_sets_the_unreadable_checkpoint_aside_so_prev_stays_g
     (run / ".checkpoint.safetensors.999.tmp").write_bytes(data[:100])  # a killed write's leftover
     assert main(["train", "--resume", str(run), "--iterations", "4", "--no-progress"]) == 0  # 2 -> 4, one save
     capsys.readouterr()
+    # one warning that says what it does, not "delete it to fall back to ..." while falling back
+    assert "is corrupt or not a fastmaml checkpoint (" in caplog.text and "fall back" not in caplog.text
+    assert "using the previous checkpoint, " in caplog.text and "moved the unreadable" in caplog.text
     assert (run / "checkpoint.unreadable.safetensors").read_bytes() == data[: len(data) // 2]
     assert (run / "checkpoint.prev.safetensors").read_bytes() == good_prev  # the good one survived the save
     assert checkpoint.load(run / "checkpoint.safetensors")[1]["step"] == 4
@@ -193,3 +196,12 @@ def test_a_bad_row_inside_metrics_is_named(run, caplog):
     caplog.clear()
     (run / "metrics.jsonl").write_text("\n".join([*lines, '{"step": 6, "meta_lo']))  # cut short by a kill: no news
     assert len(read_metrics(run)) == len(lines) and not caplog.text
+
+
+def test_plot_of_a_failed_start_leaves_it_reusable(tmp_path, capsys):
+    run = tmp_path / "failed"
+    assert main(["train", "sinusoid", "--out", str(run), "--iterations", "2", "--set", "inner_lr=1e30",
+                 "--no-progress"]) == 1
+    capsys.readouterr()
+    err = one_error_line(["plot", str(run)], capsys)
+    assert "has no metrics yet" in err and not (run / "plots").exists()  # before: an empty plots/ was made

@@ -178,7 +178,7 @@ def load_latest(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], Pa
                       if path.name == "checkpoint.safetensors" and kept else "restore it from a copy")
             raise CheckpointError(f"checkpoint {path} is corrupt or not a fastmaml checkpoint (the previous checkpoint "
                                   f"{prev} cannot be read either); {rescue}, or start a new run") from None
-        log.warning("%s; using the previous checkpoint %s", error, prev)
+        log.warning("%s; using the previous checkpoint, %s", str(error).split("; ")[0], prev)
         return (*loaded, prev)
 
 

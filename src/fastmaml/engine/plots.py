@@ -21,11 +21,11 @@ def plot_run(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     otherwise evaluates ``tasks`` meta-test tasks (without saving them as the run's eval).
     """
     run_dir = Path(run_dir)
-    out = plots_folder(run_dir)
     paths = []
     rows = read_metrics(run_dir)
-    if not rows:
+    if not rows:  # checked before plots/ is made: a failed start stays a folder that train --out reuses
         raise CheckpointError(f"{run_dir} has no metrics yet; train it first (fastmaml train ... --out {run_dir})")
+    out = plots_folder(run_dir)
     if len(rows) == 1:
         log.warning("%s logged one row (iteration %d): its learning curve is a point; train with --set log_every=N "
                     "(below the iterations) for a curve", run_dir, rows[0]["step"])
