@@ -205,3 +205,16 @@ def test_plot_of_a_failed_start_leaves_it_reusable(tmp_path, capsys):
     capsys.readouterr()
     err = one_error_line(["plot", str(run)], capsys)
     assert "has no metrics yet" in err and not (run / "plots").exists()  # before: an empty plots/ was made
+
+
+def test_a_checkpoint_without_a_runs_state_is_one_line(run, capsys):
+    """A readable safetensors file whose metadata lacks the optimiser state was a KeyError traceback."""
+    from fastmaml.engine import checkpoint
+
+    tensors, meta = checkpoint.load(run / "checkpoint.safetensors")
+    del meta["optimizers"]
+    checkpoint.save(run / "checkpoint.safetensors", tensors, meta, keep_previous=False)
+    err = one_error_line(["train", "--resume", str(run), "--iterations", "6", "--no-progress"], capsys)
+    assert "does not hold a run's full state (KeyError: 'optimizers'); move checkpoint.safetensors away" in err
+    (run / "checkpoint.safetensors").unlink()  # as it says: .prev (iteration 2) takes over
+    assert main(["train", "--resume", str(run), "--iterations", "6", "--no-progress"]) == 0

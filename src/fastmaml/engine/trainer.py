@@ -55,7 +55,7 @@ from fastmaml.engine.run_dir import (
 )
 from fastmaml.engine.experiment import Experiment, Preset, make_maml
 from fastmaml.engine.stopping import StopRequest, stop_now, stop_on_signals, stopped
-from fastmaml.errors import ConfigError, NonFiniteLossError, iterations_span, kept_checkpoint
+from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError, iterations_span, kept_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,16 @@ def fit_in_run_dir(
             cluster.from_main(make_new_run)
         trainer = make_trainer()
         if resume:
-            trainer.restore(tensors, meta)
+            try:
+                trainer.restore(tensors, meta)
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:  # a checkpoint edited or
+                # written by something else: readable safetensors that lack what a run's checkpoint holds
+                cluster.close(clean=False)
+                prev = checkpoint.previous_path(Path(CHECKPOINT)).name
+                raise CheckpointError(
+                    f"the checkpoint of {run_dir} does not hold a run's full state ({type(error).__name__}: "
+                    f"{str(error)[:200]}); move {CHECKPOINT} away to resume from {prev}, or start a new run"
+                ) from None
             if config.iterations < trainer.step:  # the same on every rank: all restored the same checkpoint
                 cluster.close(clean=False)
                 raise ConfigError(f"{run_dir} is at iteration {trainer.step}, past the {config.iterations} "
