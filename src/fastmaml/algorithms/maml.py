@@ -154,7 +154,10 @@ class MAML(nn.Module):
     (models of ``THREADED_VMAP_MIN_PARAMS`` parameters or more: smaller ones run faster in one
     thread) it vectorises one contiguous share of the meta-batch. The result equals the one-thread one up to float summation order and is
     deterministic, except that with dropout the threads draw from the one global generator in an
-    order that depends on timing.
+    order that depends on timing. The threads compute gradients with ``torch.autograd.grad`` and
+    add their sum to ``.grad``, so hooks registered with ``register_post_accumulate_grad_hook`` do not
+    fire there (``register_hook`` hooks fire in the threads, for every gradient taken with respect
+    to the weights, inner steps included, as they do in the one-thread loop).
 
     ``compile=True`` runs the meta-loss through ``torch.compile`` (inductor): under the loop
     strategy one compiled function per task (inner steps and query loss, whose backward is the
@@ -446,7 +449,10 @@ class MAML(nn.Module):
             parts = [sums[j] for sums, _ in results if sums[j] is not None]
             if parts:
                 grad = functools.reduce(torch.add, parts)
-                leaf.grad = grad if leaf.grad is None else leaf.grad + grad
+                if leaf.grad is None:
+                    leaf.grad = grad
+                else:  # in place, as backward accumulates: a reference to .grad sees the sum
+                    leaf.grad.add_(grad)
         return functools.reduce(torch.add, [total for _, total in results])
 
     def adapt(
