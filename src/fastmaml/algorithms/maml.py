@@ -555,7 +555,8 @@ class MAML(nn.Module):
         """Evaluate with the resolved strategy (``hybrid`` only where the caller has such a path: the
         meta-loss; evaluation loops). ``probe_backward``: on auto's first call, also backpropagate the
         vmapped result once (graph kept for the caller), since some models fail under vmap only
-        there (``nn.TransformerEncoderLayer`` in eval mode: its fused kernel has no derivative)."""
+        there (``nn.TransformerEncoderLayer`` in eval mode did, before the layer-norm reroute of
+        :mod:`fastmaml.core.norm` kept it off its fused path, which has no derivative)."""
         strategy = self.resolved_strategy(batch.support_x.device)
         vmapped = functools.partial(self._vmapped, vmapped)
         if strategy == "hybrid":
