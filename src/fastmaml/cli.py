@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -574,18 +575,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastmaml: error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 1
     except OSError as error:  # a full disk, a folder made read-only, a file that became a folder
-        if isinstance(error, BrokenPipeError):
+        if error.errno not in FILE_ERRNOS:  # a library that did not load, a connection: not the user's files
             raise
-        logging.getLogger(__name__).debug("the error in full", exc_info=True)
-        where = f" ({error.filename})" if error.filename else ""
-        what = f"{error.strerror or error}{where}"
+        from fastmaml.engine.distributed import launched_rank, launched_world_size
+
+        logging.getLogger(__name__).info("the error in full", exc_info=True)  # -v shows it
+        path = error.filename2 or error.filename  # os.replace(tmp, target): the target
+        what = f"{error.strerror or error}{f' ({path})' if path else ''}"
+        where = f" (rank {launched_rank()} of {launched_world_size()})" if launched_rank() > 0 else ""
         if args.command == "train":
             run_dir = args.resume if args.resume is not None else args.out
-            print(f"fastmaml: error: {what}; free space or make {run_dir} writable{_continue_hint(run_dir)}",
-                  file=sys.stderr)
+            print(f"fastmaml: error{where}: {what}; free space or make {run_dir} writable"
+                  f"{_continue_hint(run_dir)}", file=sys.stderr)
         else:
-            print(f"fastmaml: error: {what}; free space or fix the file's permissions, then run the command "
-                  "again", file=sys.stderr)
+            print(f"fastmaml: error{where}: {what}; free space or fix the file's permissions, then run the "
+                  "command again", file=sys.stderr)
         return 1
     except RuntimeError as error:
         from fastmaml.engine.distributed import launched_rank, lost_peer
@@ -606,6 +610,11 @@ def main(argv: list[str] | None = None) -> int:
             resume = _continue_hint(args.resume if args.resume is not None else args.out)
         print(f"fastmaml: interrupted{resume}", file=sys.stderr)
         return 130
+
+
+# OSErrors about the user's files and disk, told in one line; any other OSError keeps its traceback
+FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR,
+               errno.EIO, errno.EFBIG, errno.ENAMETOOLONG}
 
 
 def _continue_hint(run_dir: Path) -> str:

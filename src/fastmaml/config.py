@@ -101,6 +101,11 @@ RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "snapshot_every", 
                "root", "cache_dir"}
 
 
+# Keys a hand edit of config.json may change on resume: a table run's CSV moved (its content is
+# checked against csv_sha256, which is compared).
+RELOCATABLE_KEYS = {"csv"}
+
+
 def changed_since_checkpoint(config: Any, saved: dict[str, Any] | None) -> list[str]:
     """The keys outside RESUME_KEYS whose value in ``config`` (read from config.json) differs from
     ``saved``, the config stored in the checkpoint a run resumes from (keys it lacks, from an older
@@ -109,7 +114,7 @@ def changed_since_checkpoint(config: Any, saved: dict[str, Any] | None) -> list[
         return []
     now = json.loads(json.dumps(to_dict(config)))  # tuples as lists, as the checkpoint's JSON holds them
     return [f"{key} = {json.dumps(now[key])} in config.json, {json.dumps(saved[key])} in the checkpoint"
-            for key in now if key not in RESUME_KEYS and key in saved and now[key] != saved[key]]
+            for key in now if key not in RESUME_KEYS | RELOCATABLE_KEYS and key in saved and now[key] != saved[key]]
 
 
 def check_finite(config: Any) -> None:

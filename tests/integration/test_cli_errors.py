@@ -232,19 +232,31 @@ def test_a_start_that_failed_before_its_first_checkpoint_may_start_again_in_its_
     (other / "config.json").write_text('{"mine": 1}')
     code, err = run_cli(["train", "sinusoid", "--out", str(other), *fast], capsys)
     assert code == 2 and "is not a fastmaml run folder" in err and (other / "config.json").read_text() == '{"mine": 1}'
-    # a run with logged rows but no checkpoint (killed before its first) starts again there too
-    (run / "checkpoint.safetensors").unlink()
-    (run / "checkpoint.prev.safetensors").unlink(missing_ok=True)
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
-    (run / ".checkpoint.safetensors.999.tmp").write_bytes(b"half a checkpoint")  # a kill mid-write left it
-    code, err = run_cli(["train", "--resume", str(run)], capsys)
-    assert code == 2 and f"--out {run} (a folder that holds only a failed start is reused)" in err
-    assert main(["train", "sinusoid", "--out", str(run), *fast, "--iterations", "6"]) == 0
-    assert [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6]
-    assert not (run / ".checkpoint.safetensors.999.tmp").exists()
-    # but a folder with a checkpoint is a run to resume
+    # a run with logged rows but no checkpoint, killed while writing its first (rows up to iteration 4,
+    # its first checkpoint due at 4), starts again there too, its rows and the killed write's file gone
+    killed = tmp_path / "killed"
+    assert main(["train", "sinusoid", "--out", str(killed), *fast, "--set", "checkpoint_every=4"]) == 0
+    for name in ("checkpoint.safetensors", "checkpoint.prev.safetensors"):
+        (killed / name).unlink(missing_ok=True)
+    (killed / ".checkpoint.safetensors.999.tmp").write_bytes(b"half a checkpoint")
+    assert [json.loads(r)["step"] for r in (killed / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+    code, err = run_cli(["train", "--resume", str(killed)], capsys)
+    assert code == 2 and f"--out {killed} (a folder that holds only a failed start is reused)" in err
+    assert main(["train", "sinusoid", "--out", str(killed), *fast, "--iterations", "6"]) == 0
+    assert [json.loads(r)["step"] for r in (killed / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6]
+    assert not (killed / ".checkpoint.safetensors.999.tmp").exists()
+    # a folder with a checkpoint is a run to resume
     code, err = run_cli(["train", "sinusoid", "--out", str(run), *fast], capsys)
     assert code == 2 and f"is not empty; continue that run with --resume {run}" in err
+    # a run whose rows go past its first checkpoint has lost its checkpoints: neither command takes it
+    (run / "checkpoint.safetensors").unlink()
+    (run / "checkpoint.prev.safetensors").unlink(missing_ok=True)
+    rows = (run / "metrics.jsonl").read_text()
+    for args in (["train", "--resume", str(run)], ["train", "sinusoid", "--out", str(run), *fast]):
+        code, err = run_cli(args, capsys)
+        assert code == 2 and "cannot be resumed or started again: it holds more than a start" in err
+        assert "(its rows go to iteration 4)" in err and "delete (or move away) the folder" in err
+    assert (run / "metrics.jsonl").read_text() == rows
 
 
 def test_running_out_of_memory_is_one_line(monkeypatch, capsys, tmp_path):
@@ -285,8 +297,8 @@ def test_a_meta_gradient_that_overflows_while_the_loss_stays_finite_stops_the_ru
     run = tmp_path / "run"
     fast = ["--iterations", "6", "--set", "checkpoint_every=2", "--set", "log_every=2", "--no-progress"]
     assert main(["train", "sinusoid", "--out", str(run), *fast]) == 0
-    for clip, advice in (("0", "Lower outer_lr or inner_lr, or set grad_clip, then"),
-                         ("1", "Lower outer_lr or inner_lr, then")):
+    for clip in ("0", "1"):  # clipping does not help here: not advised
+        advice = "Lower inner_lr or outer_lr, then start a new run."
         code, err = run_cli(["train", "sinusoid", "--out", str(tmp_path / f"clip{clip}"), *fast,
                              "--set", "inner_lr=1e4", "--set", f"grad_clip={clip}"], capsys)
         assert code == 1 and "the meta-gradient overflowed (inf or NaN) while the meta-loss was " in err, err

@@ -218,3 +218,69 @@ def test_a_checkpoint_without_a_runs_state_is_one_line(run, capsys):
     assert "does not hold a run's full state (KeyError: 'optimizers'); move checkpoint.safetensors away" in err
     (run / "checkpoint.safetensors").unlink()  # as it says: .prev (iteration 2) takes over
     assert main(["train", "--resume", str(run), "--iterations", "6", "--no-progress"]) == 0
+
+
+def test_a_folder_fastmaml_did_not_write_is_never_cleared(tmp_path, capsys):
+    """metrics.jsonl, plots/ and .tmp files are common names: without a run's config.json they are not ours."""
+    foreign = tmp_path / "foreign"
+    (foreign / "plots").mkdir(parents=True)
+    (foreign / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (foreign / "plots" / "curve.png").write_bytes(b"png")
+    (foreign / ".notes.tmp").write_text("mine")
+    err = one_error_line(["train", "sinusoid", "--out", str(foreign), "--iterations", "2", "--no-progress"], capsys)
+    assert "is not empty and is not a fastmaml run folder" in err
+    assert sorted(p.name for p in foreign.rglob("*")) == [".notes.tmp", "curve.png", "metrics.jsonl", "plots"]
+
+
+def test_without_a_lock_the_rows_of_a_start_are_not_cleared(tmp_path, capsys, monkeypatch):
+    """Where flock fails (some network file systems) a second start cannot tell whether the first still
+    runs before its first checkpoint: it refuses instead of deleting that start's rows."""
+    from fastmaml.engine import run_dir as run_dir_module
+
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--out", str(run), "--iterations", "4", "--set", "checkpoint_every=4",
+                 "--set", "log_every=2", "--no-progress"]) == 0
+    for name in ("checkpoint.safetensors", "checkpoint.prev.safetensors"):
+        (run / name).unlink(missing_ok=True)
+    rows = (run / "metrics.jsonl").read_text()
+
+    def no_locks(*_):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(run_dir_module.fcntl, "flock", no_locks)
+    err = one_error_line(["train", "sinusoid", "--out", str(run), "--iterations", "4", "--no-progress"], capsys)
+    assert "cannot lock the folder to tell whether it still runs" in err and (run / "metrics.jsonl").read_text() == rows
+
+
+def test_a_second_unreadable_checkpoint_is_set_aside_beside_the_first(run, capsys):
+    for garbage in (b"garbage 1", b"garbage 2"):
+        (run / "checkpoint.safetensors").write_bytes(garbage)
+        assert main(["train", "--resume", str(run), "--iterations", "4", "--no-progress"]) == 0
+        # that save made a good newest checkpoint and kept the last good one as .prev
+    assert (run / "checkpoint.unreadable.safetensors").read_bytes() == b"garbage 1"
+    assert (run / "checkpoint.unreadable.2.safetensors").read_bytes() == b"garbage 2"
+
+
+def test_a_state_error_from_prev_does_not_advise_prev(run, capsys):
+    from fastmaml.engine import checkpoint
+
+    tensors, meta = checkpoint.load(run / "checkpoint.prev.safetensors")
+    del meta["optimizers"]
+    checkpoint.save(run / "checkpoint.prev.safetensors", tensors, meta, keep_previous=False)
+    (run / "checkpoint.safetensors").write_bytes(b"unreadable")
+    err = one_error_line(["train", "--resume", str(run), "--iterations", "6", "--no-progress"], capsys)
+    assert "checkpoint.prev.safetensors does not hold a run's full state" in err
+    assert "restore a good checkpoint from a copy, or start a new run in another folder" in err
+
+
+def test_an_os_error_that_is_not_about_files_keeps_its_traceback(monkeypatch):
+    import errno
+
+    from fastmaml import cli
+
+    def refused(_):
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+    monkeypatch.setitem(cli.COMMANDS, "presets", refused)
+    with pytest.raises(ConnectionRefusedError):
+        main(["presets"])

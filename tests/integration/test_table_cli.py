@@ -332,6 +332,13 @@ def test_eval_and_adapt_refuse_a_missing_or_changed_training_csv(tmp_path, capsy
     assert "has changed" in one_line_error(capsys)
     data.write_bytes(original)  # restored: everything works again
     assert main(["eval", str(run), "--tasks", "5"]) == 0
+    # a run whose CSV moved resumes once config.json names the new place (the content is checked by
+    # its fingerprint; the resume's check of config.json against the checkpoint lets csv differ)
+    data.unlink()
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["csv"] = str(moved)
+    (run / "config.json").write_text(json.dumps(saved))
+    assert main(["train", "--resume", str(run), "--iterations", "6", "--no-progress"]) == 0
 
 
 def test_a_run_without_a_recorded_fingerprint_still_evaluates(tmp_path, capsys):

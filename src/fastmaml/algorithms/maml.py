@@ -482,9 +482,11 @@ class MAML(nn.Module):
                 f"support_x{tuple(support_x.shape)} and support_y{tuple(support_y.shape)} must agree on the "
                 "number of examples (dimension 0: adapt takes one task, without a task dimension)"
             )
-        if support_y.dim() >= 2 and support_y.shape[0] == 1 and not support_y.is_floating_point():
-            # class labels are one per example: (1, N) labels are a task dimension left in, and a loss
-            # such as cross-entropy would read its examples as classes without an error
+        if (support_y.dim() == 2 and support_x.dim() > 2 and support_y.shape[0] == 1
+                and support_x.shape[:2] == support_y.shape[:2] and not support_y.is_floating_point()):
+            # one integer label per example of (1, N, ...) inputs: a task dimension left in, and a loss
+            # such as cross-entropy would read its examples as classes without an error (a (1, H, W)
+            # segmentation target or a (1, L) sentence of tokens is a real one-example task)
             raise ValueError(f"support_y{tuple(support_y.shape)} holds integer labels with a leading dimension of 1: "
                              "adapt takes one task without a task dimension; pass support_x[0], support_y[0]")
         first_order = self.first_order if first_order is None else first_order

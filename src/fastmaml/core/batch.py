@@ -25,8 +25,8 @@ class TaskBatch(NamedTuple):
     def num_tasks(self) -> int:
         return self.support_x.shape[0]
 
-    def to(self, device: torch.device | str | torch.dtype | None = None, dtype: torch.dtype | None = None,
-           non_blocking: bool = False) -> "TaskBatch":
+    def to(self, device: torch.device | str | torch.dtype | None = None, non_blocking: bool = False, *,
+           dtype: torch.dtype | None = None) -> "TaskBatch":
         """The batch on ``device`` and/or with floating tensors as ``dtype`` (``batch.to(torch.float64)``
         works too); integer tensors, class labels, keep their dtype."""
         if isinstance(device, torch.dtype):
@@ -71,7 +71,8 @@ class TaskBatch(NamedTuple):
                 f"support_x{tuple(self.support_x.shape)} and query_x{tuple(self.query_x.shape)} "
                 "must have the same example shape"
             )
-        if self.support_x.dim() == 2 and self.support_x.shape[1] == 1 and self.num_tasks > 1:
+        if (self.support_x.dim() == 2 and self.support_x.shape[1] == 1 and self.num_tasks > 1
+                and self.support_x.is_floating_point()):  # (T, 1) integer tokens are one-shot token tasks
             warnings.warn(
                 f"support_x{tuple(self.support_x.shape)} reads as {self.num_tasks} tasks of one example each, "
                 "with no feature dimension; for one task of examples with one feature, give it a task "

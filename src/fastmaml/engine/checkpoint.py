@@ -132,6 +132,8 @@ def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         if header.get("format") != FORMAT:
             raise ValueError(f"format {header.get('format')!r}, expected {FORMAT!r}")
         meta = json.loads(header["meta"])
+    except (OSError, MemoryError):  # the file may be fine (a read error, a permission): no fallback, no set-aside
+        raise
     except Exception as error:  # noqa: BLE001 - any decoding failure means the file is unusable
         fallback = (f"delete it to fall back to {previous_path(path).name}" if previous_path(path).is_file()
                     else "restore it from a copy")

@@ -31,6 +31,7 @@ EVAL = "eval.json"
 PLOTS = "plots"
 SNAPSHOTS = "snapshots"  # checkpoints kept every ``snapshot_every`` iterations: snapshots/iteration_000100.safetensors
 LOCK = ".train.lock"  # held by the process that trains the run (training_lock)
+UNREADABLE = "checkpoint.unreadable.safetensors"  # an unreadable newest checkpoint, set aside on resume
 
 
 # a JSON list holding only numbers (no nested list, object or string)
@@ -201,32 +202,62 @@ def build_experiment(run_dir: Path, overrides: list[str] | tuple[str, ...] = ())
     return preset.build(config)
 
 
+def _own_temporary(path: Path) -> bool:
+    """A temporary file that a killed fastmaml write left in a run folder (``.NAME.<pid>.tmp`` of its
+    checkpoints, config or metrics), not a file of anyone else's."""
+    return path.is_file() and not path.is_symlink() and any(
+        path.name.startswith(f".{name}.") and path.name.endswith(".tmp") for name in (CHECKPOINT, BEST, CONFIG, METRICS))
+
+
+def first_checkpoint_due(run_dir: Path) -> int | None:
+    """The iteration at which the run of ``run_dir``'s config.json writes its first checkpoint (None
+    if the config cannot be read)."""
+    try:
+        _, config = parse_config(read_config_text(run_dir), Path(run_dir) / CONFIG)
+    except CheckpointError:
+        return None
+    due = [config.checkpoint_every, config.iterations] + ([config.snapshot_every] if config.snapshot_every > 0 else [])
+    return min(due)
+
+
 def failed_start(run_dir: Path) -> bool:
-    """True for a folder that holds at most what a new run writes before its first checkpoint (its
-    config, the rows it logged, the lock, temporary files of a checkpoint write that was killed, plots
-    of those rows): a start that failed or was killed there (a setting the model refused, a NaN loss,
-    a kill before checkpoint_every iterations) may start again in the same folder, since without a
-    checkpoint it cannot be resumed. A run still starting in it holds the lock, which the caller takes next."""
-    for path in run_dir.iterdir():
-        if path.name in (LOCK, CONFIG, METRICS) and not path.is_dir():
+    """True for a folder that holds at most what a new run writes before its first checkpoint: its
+    config, the rows it logged before that checkpoint was due, the lock, temporary files of a write
+    that was killed, plots of those rows. A start that failed or was killed there (a setting the model
+    refused, a NaN loss, a kill within checkpoint_every iterations) may start again in the same folder,
+    since without a checkpoint it cannot be resumed. A folder without a run's config.json qualifies
+    only when empty but for the lock and an empty metrics file; a run whose rows go past its first
+    checkpoint (its checkpoints deleted or moved) does not. A run still starting there holds the lock,
+    which the caller takes next."""
+    entries = list(run_dir.iterdir())
+    metrics = run_dir / METRICS
+    empty_metrics = not metrics.exists() or (metrics.is_file() and metrics.stat().st_size == 0)
+    if not (run_dir / CONFIG).exists():
+        return {p.name for p in entries} <= {LOCK, METRICS} and empty_metrics
+    if not is_run_folder(run_dir):
+        return False
+    for path in entries:
+        if path.name in (LOCK, CONFIG, METRICS) and path.is_file() and not path.is_symlink():
             continue
-        if path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file():
-            continue  # a checkpoint write that was killed
-        if path.name == PLOTS and path.is_dir() and all(p.suffix == ".png" for p in path.iterdir()):
+        if _own_temporary(path):
+            continue
+        if (path.name == PLOTS and path.is_dir() and not path.is_symlink()
+                and all(p.suffix == ".png" and p.is_file() and not p.is_symlink() for p in path.iterdir())):
             continue
         return False
-    return not (run_dir / CONFIG).exists() or is_run_folder(run_dir)
+    due = first_checkpoint_due(run_dir)
+    return due is not None and all(row["step"] <= due for row in read_metrics(run_dir))
 
 
 def clear_failed_start(run_dir: Path) -> None:
     """Remove what a failed start left (its logged rows, plots, temporary files) before a new start;
     the caller holds the training lock (a run still starting there keeps its files)."""
     for path in run_dir.iterdir():
-        if path.name == PLOTS and path.is_dir():
+        if path.name == PLOTS and path.is_dir() and not path.is_symlink():
             for png in path.iterdir():
                 png.unlink()
             path.rmdir()
-        elif path.name == METRICS or (path.name.startswith(".") and path.name.endswith(".tmp")):
+        elif (path.name == METRICS and path.is_file()) or _own_temporary(path):
             path.unlink()
 
 
@@ -235,7 +266,7 @@ def remove_temporaries(run_dir: Path) -> None:
     a checkpoint, named by the pid that wrote it, so no later write replaces it). The caller holds
     the training lock: no other process writes checkpoints there."""
     run_dir = Path(run_dir)
-    stale = [*checkpoint.temporary_files(run_dir / CHECKPOINT), *checkpoint.temporary_files(run_dir / BEST)]
+    stale = [path for name in (CHECKPOINT, BEST, CONFIG, METRICS) for path in checkpoint.temporary_files(run_dir / name)]
     if (run_dir / SNAPSHOTS).is_dir():
         stale += [*(run_dir / SNAPSHOTS).glob("iteration_*.safetensors.tmp"),
                   *(run_dir / SNAPSHOTS).glob(".iteration_*.safetensors.*.tmp")]
@@ -254,11 +285,31 @@ def is_run_folder(path: Path) -> bool:
     return isinstance(written, dict) and {"experiment", "config"} <= set(written)
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint to resume from (the newest or the previous one)."""
+    return any((Path(run_dir) / name).is_file() for name in (CHECKPOINT, checkpoint.previous_path(Path(CHECKPOINT)).name))
+
+
+def lost_checkpoints(run_dir: Path) -> str:
+    """The message for a run folder without a checkpoint that is more than a failed start: its rows
+    go past the first checkpoint (deleted or moved since), or it holds other files of the run."""
+    rows = read_metrics(run_dir)
+    logged = f" (its rows go to iteration {rows[-1]['step']})" if rows else ""
+    aside = Path(run_dir) / UNREADABLE
+    why = (f"its newest checkpoint was unreadable and is set aside as {aside.name}, and there is no previous one"
+           if aside.exists() else f"it holds more than a start that never reached its first checkpoint{logged}, but "
+           "no checkpoint (deleted or moved?)")
+    return (f"{run_dir} cannot be resumed or started again: {why}; restore its checkpoint.safetensors to resume "
+            "it, or delete (or move away) the folder to start a run there")
+
+
 def prepare_new_run(run_dir: Path) -> None:
     """Create ``run_dir`` for a new run: absent or empty, and writable; CheckpointError otherwise."""
     if run_dir.exists() and not run_dir.is_dir():
         raise CheckpointError(f"--out {run_dir} is a file; choose a folder")
     if run_dir.is_dir() and not failed_start(run_dir):
+        if is_run_folder(run_dir) and not has_checkpoint(run_dir):
+            raise CheckpointError(lost_checkpoints(run_dir))
         if is_run_folder(run_dir):
             raise CheckpointError(f"--out {run_dir} is not empty; continue that run with --resume {run_dir}, or "
                                   "choose a new --out folder")
@@ -274,15 +325,15 @@ def prepare_new_run(run_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def training_lock(run_dir: Path) -> Iterator[None]:
+def training_lock(run_dir: Path) -> Iterator[bool]:
     """Held while a process trains ``run_dir``, so that a second ``train --resume`` of the same run
     (another terminal, a job scheduler restarting a job whose first copy still runs) stops with a
     CheckpointError instead of writing the same checkpoint and metrics. An exclusive ``flock`` on
     ``RUN_DIR/.train.lock``: the operating system drops it when the process ends, however it ends, so
     a killed run leaves nothing to clean up. No lock where ``fcntl`` is missing (Windows) or the file
-    system refuses locks (some network file systems)."""
+    system refuses locks (some network file systems). Yields whether the lock is held."""
     if fcntl is None or not Path(run_dir).is_dir():  # no folder: the caller's own check says so
-        yield
+        yield False
         return
     try:
         f = open(Path(run_dir) / LOCK, "a+")  # noqa: SIM115 - closed in the finally below
@@ -308,15 +359,17 @@ def training_lock(run_dir: Path) -> Iterator[None]:
             f.truncate()
             f.write(f"{os.getpid()}\n")
             f.flush()
-        yield
+        yield locked
     finally:
         if f is not None:
             f.close()  # closing the file drops the lock
 
 
-def load_for_resume(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Tensors and metadata of the newest readable checkpoint of ``run_dir``, to continue it."""
-    if not any((run_dir / name).is_file() for name in (CHECKPOINT, checkpoint.previous_path(Path(CHECKPOINT)).name)):
+def load_for_resume(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """Tensors, metadata and path of the newest readable checkpoint of ``run_dir``, to continue it."""
+    if not has_checkpoint(run_dir):
+        if is_run_folder(run_dir) and not failed_start(run_dir):
+            raise CheckpointError(lost_checkpoints(run_dir))
         raise CheckpointError(
             f"{run_dir} has no checkpoint to resume from (it stopped before its first checkpoint, "
             f"or it is not a run folder); start it again with fastmaml train PRESET ... --out {run_dir} "
@@ -325,11 +378,16 @@ def load_for_resume(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     tensors, meta, path = checkpoint.load_latest(run_dir / CHECKPOINT)
     if path != run_dir / CHECKPOINT and (run_dir / CHECKPOINT).exists():
         # the newest is unreadable and the run continues from .prev: set the bad file aside, or the
-        # next save would keep it as .prev in place of the good one (and a kill then would lose both)
-        aside = run_dir / "checkpoint.unreadable.safetensors"
+        # next save would keep it as .prev in place of the good one (and a kill then would lose both);
+        # an earlier set-aside file is kept under a numbered name
+        aside, n = run_dir / UNREADABLE, 1
+        while aside.exists():
+            n += 1
+            aside = run_dir / UNREADABLE.replace(".safetensors", f".{n}.safetensors")
         os.replace(run_dir / CHECKPOINT, aside)
-        log.warning("moved the unreadable %s to %s (delete it once the run goes on)", CHECKPOINT, aside.name)
-    return tensors, meta
+        log.warning("moved the unreadable %s to %s, kept for a look (the run goes on from %s)", CHECKPOINT,
+                    aside.name, path.name)
+    return tensors, meta, path
 
 
 def check_snapshots_folder(run_dir: Path) -> None:

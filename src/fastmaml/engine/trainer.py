@@ -47,6 +47,7 @@ from fastmaml.engine.run_dir import (
     keep_snapshot,
     load_for_resume,
     prepare_new_run,
+    read_metrics,
     remove_temporaries,
     snapshot_due,
     training_lock,
@@ -55,7 +56,14 @@ from fastmaml.engine.run_dir import (
 )
 from fastmaml.engine.experiment import Experiment, Preset, make_maml
 from fastmaml.engine.stopping import StopRequest, stop_now, stop_on_signals, stopped
-from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError, iterations_span, kept_checkpoint
+from fastmaml.errors import (
+    CheckpointError,
+    ConfigError,
+    FastMAMLError,
+    NonFiniteLossError,
+    iterations_span,
+    kept_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -231,9 +239,16 @@ class Trainer:
         gradient to 0 instead, which the clip's norm shows. Checked where the losses are, at each log, so
         it costs nothing per iteration."""
         def bad(module: torch.nn.Module, opt: torch.optim.Optimizer) -> bool:
-            tensors = [*module.parameters(), *(v for state in opt.state.values() for v in state.values()
-                                               if isinstance(v, torch.Tensor) and v.is_floating_point())]
-            return bool(tensors) and not torch.stack(torch._foreach_norm(tensors)).sum().isfinite().item()
+            # Adam's step count is left out: a CPU scalar beside CUDA moments unless Adam is capturable
+            tensors = [*module.parameters(), *(v for state in opt.state.values() for k, v in state.items()
+                                               if k != "step" and isinstance(v, torch.Tensor)
+                                               and v.is_floating_point())]
+            if not tensors:
+                return False
+            # the largest |value| of each tensor: inf or NaN exactly where one is (an L2 norm overflows
+            # on finite values past 1e19)
+            peaks = torch._foreach_norm(tensors, math.inf)
+            return not torch.stack([p.to(peaks[0].device) for p in peaks]).isfinite().all().item()
 
         maml = bad(self.maml, self.opt) or self._clipped_overflow.item() > 0
         return [maml, self.baseline is not None and bad(self.baseline, self.baseline_opt)]
@@ -294,12 +309,14 @@ class Trainer:
                             f"the pretrained baseline's loss became {means[1]}" if not math.isfinite(means[1]) else
                             "the meta-gradient overflowed (inf or NaN) while the meta-loss was "
                             f"{means[0]:.3g}" if bad_grads[0] else
-                            f"the pretrained baseline's gradient overflowed (inf or NaN)")
-                    clip = "" if c.grad_clip > 0 else ", or set grad_clip"
+                            "the pretrained baseline's gradient overflowed (inf or NaN)")
+                    # clipping bounds the step, not a gradient that overflows: advised only for a NaN loss
+                    loss_diverged = not all(math.isfinite(v) for v in means)
+                    clip = ", or set grad_clip" if c.grad_clip == 0 and loss_diverged else ""
                     raise NonFiniteLossError(
                         f"{what} {iterations_span(since + 1, self.step)}; training stopped and "
                         f"{kept_checkpoint(self.run_dir, last_good, min(c.checkpoint_every, c.iterations))}. "
-                        f"Lower outer_lr or inner_lr{clip}, then start a new run."
+                        f"Lower inner_lr or outer_lr{clip}, then start a new run."
                     )
                 now = time.perf_counter()
                 self.elapsed += now - started
@@ -374,7 +391,7 @@ def fit_in_run_dir(
     :func:`training_lock` throughout."""
     with contextlib.ExitStack() as held:  # rank 0's lock, taken before it reads or writes the folder
 
-        def lock_and_load() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        def lock_and_load() -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
             held.enter_context(training_lock(run_dir))
             check_snapshots_folder(run_dir)  # a file named snapshots: fail now, not at the first snapshot
             remove_temporaries(run_dir)
@@ -382,15 +399,19 @@ def fit_in_run_dir(
 
         def make_new_run() -> None:
             prepare_new_run(run_dir)
-            held.enter_context(training_lock(run_dir))
+            locked = held.enter_context(training_lock(run_dir))
             prepare_new_run(run_dir)  # again under the lock: what it found may have changed before it was held
+            if not locked and read_metrics(run_dir):  # no lock here: a start still running may own those rows
+                raise CheckpointError(f"{run_dir} holds the logged rows of a start that reached no checkpoint, and "
+                                      "this file system cannot lock the folder to tell whether it still runs; if "
+                                      f"no process trains it, delete {run_dir / METRICS} and start again")
             clear_failed_start(run_dir)
             write_config(run_dir, preset_name, config)
 
         # rank 0 alone touches the folder; a user error there (a folder that is not empty, locked or not
         # writable) is raised on every rank, and the folder exists before any process goes on
         if resume:
-            tensors, meta = cluster.from_main(lock_and_load)
+            tensors, meta, loaded = cluster.from_main(lock_and_load)
             edited = changed_since_checkpoint(config, meta.get("config"))
             if edited:  # the same on every rank: all read the same checkpoint and config
                 cluster.close(clean=False)
@@ -404,13 +425,18 @@ def fit_in_run_dir(
         if resume:
             try:
                 trainer.restore(tensors, meta)
-            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:  # a checkpoint edited or
-                # written by something else: readable safetensors that lack what a run's checkpoint holds
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+                # a checkpoint edited or written by something else: readable safetensors that lack what a
+                # run's checkpoint holds (not an error of this program's own, nor memory running out)
+                if isinstance(error, FastMAMLError) or isinstance(error, getattr(torch, "OutOfMemoryError", ())):
+                    raise
                 cluster.close(clean=False)
-                prev = checkpoint.previous_path(Path(CHECKPOINT)).name
+                prev = checkpoint.previous_path(Path(run_dir) / CHECKPOINT)
+                fix = (f"move {CHECKPOINT} away to resume from {prev.name}" if loaded.name == CHECKPOINT
+                       and prev.is_file() else "restore a good checkpoint from a copy")
                 raise CheckpointError(
-                    f"the checkpoint of {run_dir} does not hold a run's full state ({type(error).__name__}: "
-                    f"{str(error)[:200]}); move {CHECKPOINT} away to resume from {prev}, or start a new run"
+                    f"{loaded} does not hold a run's full state ({type(error).__name__}: {str(error)[:200]}); "
+                    f"{fix}, or start a new run in another folder"
                 ) from None
             if config.iterations < trainer.step:  # the same on every rank: all restored the same checkpoint
                 cluster.close(clean=False)

@@ -93,6 +93,13 @@ def test_chunked_vmap_equals_full_vmap():
     torch.testing.assert_close(full, chunked)
 
 
+class Transpose(nn.Module):
+    """(1, L, C) logits to (1, C, L), as cross-entropy takes a sequence's classes."""
+
+    def forward(self, x):
+        return x.transpose(1, 2)
+
+
 def test_shapes_that_silently_meant_something_else():
     maml = MAML(nn.Linear(1, 1), F.mse_loss, inner_lr=0.1)
     x, y = torch.randn(20, 1), torch.randn(20, 1)
@@ -104,6 +111,19 @@ def test_shapes_that_silently_meant_something_else():
     images, labels = torch.randn(5, 4), torch.arange(5)
     with pytest.raises(ValueError, match=r"support_y\(1, 5\) holds integer labels .* pass support_x\[0\]"):
         classifier.adapt(images[None], labels[None])
+    # but a one-example task can have integer targets of its own shape: one image's segmentation mask,
+    # one sentence's tags
+    segmenter = MAML(nn.Conv2d(3, 4, 1), F.cross_entropy, inner_lr=0.1)
+    assert segmenter.adapt(torch.randn(1, 3, 8, 8), torch.randint(4, (1, 8, 8)))["weight"].shape == (4, 3, 1, 1)
+    tagger = MAML(nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3), Transpose()), F.cross_entropy, inner_lr=0.1)
+    assert tagger.adapt(torch.randint(10, (1, 6)), torch.randint(3, (1, 6)))["1.weight"].shape == (3, 4)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one-shot token tasks (T, 1) of integers: no warning
+        tokens = TaskBatch(torch.randint(10, (4, 1)), torch.randint(3, (4, 1)), torch.randint(10, (4, 2)),
+                           torch.randint(3, (4, 2)))
+        MAML(nn.Sequential(nn.Embedding(10, 3)), F.cross_entropy, inner_lr=0.1).meta_loss(tokens)
     with pytest.raises(ValueError, match="steps must be an integer, got 2.7"):
         classifier.adapt(images, labels, steps=2.7)
     assert classifier.adapt(images, labels, steps=2)["weight"].shape == (5, 4)
@@ -111,9 +131,9 @@ def test_shapes_that_silently_meant_something_else():
 
 def test_task_batch_to_a_dtype_keeps_integer_labels():
     b = TaskBatch(torch.randn(2, 3, 4), torch.arange(6).view(2, 3), torch.randn(2, 3, 4), torch.arange(6).view(2, 3))
-    for moved in (b.to(torch.float64), b.to(dtype=torch.float64), b.to("cpu", torch.float64)):
+    for moved in (b.to(torch.float64), b.to(dtype=torch.float64), b.to("cpu", dtype=torch.float64)):
         assert moved.support_x.dtype == torch.float64 and moved.support_y.dtype == torch.int64
-    assert b.to("cpu").support_x.dtype == torch.float32
+    assert b.to("cpu").support_x.dtype == torch.float32 and b.to("cpu", True).support_y.dtype == torch.int64
 
 
 def test_a_compiled_maml_pickles(tmp_path):
