@@ -9,6 +9,7 @@ beside it as ``<name>.prev.safetensors`` and used if the newest cannot be read.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -58,9 +59,13 @@ def unpack(obj: Any, tensors: dict[str, Tensor]) -> Any:
 
 
 def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable; skipped where the file system refuses to fsync a folder."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(fd)
 

@@ -241,7 +241,9 @@ def check_finite_report(report: dict[str, Any], learned_lr: bool = False) -> Non
                 step, value = bad[0]
                 changed = f" with {', '.join(report['overrides'])}" if report.get("overrides") else ""
                 fix = "lower the inner learning rate (e.g. fastmaml eval RUN --set inner_lr=...) or the steps (--steps)"
-                if learned_lr and method == "maml":  # Meta-SGD: its rates are learned, for the training step count
+                if step == 0:  # before any inner step: the weights themselves
+                    fix = "the run's weights give it before adapting: meta-test an earlier snapshot or train again"
+                elif learned_lr and method == "maml":  # Meta-SGD: its rates are learned, for the training steps
                     fix = (f"meta-test with fewer steps (--steps {step - 1}); this Meta-SGD run's learned inner "
                            "learning rates hold for about as many steps as it trained with" if step > 1 else
                            "this Meta-SGD run's learned inner learning rates diverge in one step: meta-test an "

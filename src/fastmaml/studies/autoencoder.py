@@ -152,7 +152,7 @@ def omniglot_folder(data: str | Path | None) -> str | Path | None:
     if data:
         return data
     if os.environ.get("FASTMAML_OMNIGLOT"):
-        return os.environ["FASTMAML_OMNIGLOT"]
+        return Path(os.environ["FASTMAML_OMNIGLOT"])
     if os.environ.get("FASTMAML_DATA"):
         return Path(os.environ["FASTMAML_DATA"]) / "omniglot"
     return None

@@ -47,5 +47,5 @@ def test_the_omniglot_folder_comes_from_data_then_the_environment(tmp_path, monk
     monkeypatch.setenv("FASTMAML_DATA", str(tmp_path))  # where train omniglot finds it: <FASTMAML_DATA>/omniglot
     assert omniglot_folder(None) == tmp_path / "omniglot"
     monkeypatch.setenv("FASTMAML_OMNIGLOT", str(tmp_path / "own"))
-    assert omniglot_folder(None) == str(tmp_path / "own")
+    assert omniglot_folder(None) == tmp_path / "own"
     assert omniglot_folder(tmp_path / "given") == tmp_path / "given"
