@@ -1,5 +1,5 @@
 """``python -m fastmaml`` is the ``fastmaml`` command."""
 
-from fastmaml.cli import run
+from fastmaml._entry import run
 
 run()

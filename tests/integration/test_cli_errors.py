@@ -305,3 +305,25 @@ def test_a_meta_gradient_that_overflows_while_the_loss_stays_finite_stops_the_ru
         assert advice in err and not (tmp_path / f"clip{clip}" / "checkpoint.safetensors").exists()
     tensors, _ = checkpoint.load(run / "checkpoint.safetensors")
     assert all(bool(t.isfinite().all()) for t in tensors.values() if t.is_floating_point())
+
+
+def test_importing_the_package_does_not_import_torch():
+    """So the command can answer a Ctrl-C during torch's import (about a second) without a traceback."""
+    code = "import sys, fastmaml; assert 'torch' not in sys.modules; from fastmaml import MAML, TaskBatch; print(MAML)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "fastmaml.algorithms.maml.MAML" in proc.stdout, proc.stderr
+
+
+def test_a_ctrl_c_while_the_command_imports_is_one_line(monkeypatch, capsys):
+    import types
+
+    from fastmaml import _entry
+
+    class Interrupted(types.ModuleType):
+        def __getattr__(self, name):
+            raise KeyboardInterrupt  # what a Ctrl-C during `import torch` raises there
+
+    monkeypatch.setitem(sys.modules, "fastmaml.cli", Interrupted("fastmaml.cli"))
+    with pytest.raises(SystemExit) as stop:
+        _entry.run()
+    assert stop.value.code == 130 and capsys.readouterr().err == "fastmaml: interrupted\n"
