@@ -3,7 +3,8 @@
 Each study is one module with a ``run(out, budget, **options) -> Report`` function and two budgets:
 ``QUICK`` (seconds to a minute, what the tests run) and ``FULL`` (what the README reports). Running
 a study prints its tables and writes ``OUT/NAME.json`` (every number, the budget and the machine)
-and ``OUT/NAME.png``; the run folders it trains go under ``OUT/NAME/``.
+and ``OUT/NAME.png``, and saves what it printed as ``OUT/NAME.txt``; the run folders it trains go
+under ``OUT/NAME/``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def run_study(name: str, out: str | Path, *, quick: bool = False, **options: Any
     }
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
     summary["text"] = render(summary, report) + f"\nnumbers: {out / f'{name}.json'}"
+    (out / f"{name}.txt").write_text(summary["text"] + "\n")  # what it printed, beside the numbers
     return summary
 
 
@@ -88,9 +90,9 @@ def _quick_figures(budget: Budget):
     original = matplotlib.figure.Figure.savefig
     stamp = f"--quick: {budget.iterations} iterations, {budget.tasks} meta-test tasks (a smoke run, not the study's numbers)"
 
-    def savefig(fig, *args, **kwargs):
-        fig.text(0.5, 0.002, stamp, ha="center", va="bottom", fontsize=8, color="firebrick")
-        return original(fig, *args, **kwargs)
+    def savefig(fig, *args, **kwargs):  # below the axes, in a margin of its own: no tick label under it
+        fig.text(0.5, -0.01, stamp, ha="center", va="top", fontsize=8, color="firebrick")
+        return original(fig, *args, **{"bbox_inches": "tight", **kwargs})
 
     matplotlib.figure.Figure.savefig = savefig
     try:

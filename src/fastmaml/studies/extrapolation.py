@@ -108,8 +108,13 @@ def _plot(rows: list[dict], path: Path) -> Path:
                                  ("pretrained_nmse_10", "^--", "pretrained, 10 steps")):
             mean = torch.tensor([r[key] for r in pts])
             ci = torch.tensor([r[f"{key}_ci"] for r in pts])
-            ax.plot(d, mean, style, label=name)
+            line = ax.plot(d, mean, style, label=name)[0]
             ax.fill_between(d, mean - ci, mean + ci, alpha=0.2)
+            diverged = [x for x, m in zip(d, mean.tolist()) if not torch.isfinite(torch.tensor(m))]
+            if diverged:  # an inf or NaN mean is not drawn: mark where the line stops for that reason
+                ax.plot(diverged, [1.0] * len(diverged), "^", color=line.get_color(), markersize=9,
+                        transform=ax.get_xaxis_transform(), clip_on=False,
+                        label=f"{name}: diverged on some tasks (mean inf or NaN)")
         ax.set_xlabel(f"distance outside the training range: {label} (0: inside)")
         ax.set_ylabel("MSE / mean(y²)")
         ax.set_title(f"extrapolation in {axis}")
