@@ -198,6 +198,7 @@ def _plot(results: dict, steps: dict, path: Path) -> Path:
     axes[0].axhline(1.25, color="k", linestyle=":", label="slides: 1.25")
     axes[0].set_xticks(list(xs), [r["name"] for r in rows], rotation=25, ha="right", fontsize=7)
     axes[0].set_title("meta-learned θ")
+    axes[0].set_ylabel("θ")
     axes[0].legend()
     ds = list(steps)
     axes[1].plot(ds, [steps[d]["median"] for d in ds], "o-", label="measured median")
