@@ -29,12 +29,20 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--strategies", nargs="+", default=["vmap", "loop"])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides (repeat --set, or give several after one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from fastmaml.config import apply_overrides
 
     config = apply_overrides(make_config(args.env), args.set)
+    from fastmaml.engine.distributed import check_device
+    from fastmaml.errors import ConfigError
+
+    try:  # one line, not torch's "not compiled with CUDA" traceback, on a machine without the GPU
+        check_device(str(config.device))
+    except ConfigError as error:
+        raise SystemExit(f"{os.path.basename(__file__)}: error: {error}") from None
     print(f"# {args.env}: meta_batch {config.meta_batch_size}, {config.trajectories} trajectories, "
           f"hvp {config.hvp}, hvp_tasks {config.hvp_tasks}, first_order {config.first_order}; torch "
           f"{torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
