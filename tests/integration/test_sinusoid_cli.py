@@ -392,7 +392,8 @@ def test_a_meta_sgd_run_refuses_another_inner_lr_in_eval_and_adapt(tmp_path, cap
                   str(tmp_path / "p.csv")]):
         assert main([*args, "--set", "inner_lr=0.1"]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == "fastmaml: error: --set inner_lr: this Meta-SGD run learned its inner learning rates; they are used"
+        assert err == ("fastmaml: error: --set inner_lr: this Meta-SGD run learned its inner learning rates; they "
+                       "are used")
     assert not (tmp_path / "p.csv").exists()
 
 

@@ -90,7 +90,8 @@ def test_adapt_writes_predictions_for_a_new_task(table_run, tmp_path, capsys):
     assert main(["adapt", str(run), "--support", str(support), "--predict", str(predict), "--steps", "10",
                  "--set", "inner_lr=1e-12", "--out", str(out)]) == 0
     line = capsys.readouterr().out.strip()
-    tiny_after, tiny_before = (float(s.split()[0].rstrip(")")) for s in line.split("MSE on those rows ")[1].split(" (", 1))
+    parts = line.split("MSE on those rows ")[1].split(" (", 1)
+    tiny_after, tiny_before = (float(s.split()[0].rstrip(")")) for s in parts)
     assert tiny_before == before and tiny_after == pytest.approx(before, rel=1e-6) and after < tiny_after
 
 

@@ -205,8 +205,9 @@ def build_experiment(run_dir: Path, overrides: list[str] | tuple[str, ...] = ())
 def _own_temporary(path: Path) -> bool:
     """A temporary file that a killed fastmaml write left in a run folder (``.NAME.<pid>.tmp`` of its
     checkpoints, config or metrics), not a file of anyone else's."""
+    names = (CHECKPOINT, BEST, CONFIG, METRICS)
     return path.is_file() and not path.is_symlink() and any(
-        path.name.startswith(f".{name}.") and path.name.endswith(".tmp") for name in (CHECKPOINT, BEST, CONFIG, METRICS))
+        path.name.startswith(f".{name}.") and path.name.endswith(".tmp") for name in names)
 
 
 def first_checkpoint_due(run_dir: Path) -> int | None:
@@ -236,8 +237,8 @@ def failed_start(run_dir: Path) -> bool:
         return {p.name for p in entries} <= {LOCK, METRICS} and empty_metrics
     if not is_run_folder(run_dir):
         return False
-    for path in entries:
-        if path.name in (LOCK, CONFIG, METRICS) and path.is_file() and not path.is_symlink():
+    for path in entries:  # (a best checkpoint: a validation before the first checkpoint was due)
+        if path.name in (LOCK, CONFIG, METRICS, BEST) and path.is_file() and not path.is_symlink():
             continue
         if _own_temporary(path):
             continue
@@ -250,14 +251,14 @@ def failed_start(run_dir: Path) -> bool:
 
 
 def clear_failed_start(run_dir: Path) -> None:
-    """Remove what a failed start left (its logged rows, plots, temporary files) before a new start;
+    """Remove what a failed start left (its logged rows, best checkpoint, plots, temporary files) before a new start;
     the caller holds the training lock (a run still starting there keeps its files)."""
     for path in run_dir.iterdir():
         if path.name == PLOTS and path.is_dir() and not path.is_symlink():
             for png in path.iterdir():
                 png.unlink()
             path.rmdir()
-        elif (path.name == METRICS and path.is_file()) or _own_temporary(path):
+        elif (path.name in (METRICS, BEST) and path.is_file()) or _own_temporary(path):
             path.unlink()
 
 
@@ -266,7 +267,8 @@ def remove_temporaries(run_dir: Path) -> None:
     a checkpoint, named by the pid that wrote it, so no later write replaces it). The caller holds
     the training lock: no other process writes checkpoints there."""
     run_dir = Path(run_dir)
-    stale = [path for name in (CHECKPOINT, BEST, CONFIG, METRICS) for path in checkpoint.temporary_files(run_dir / name)]
+    stale = [path for name in (CHECKPOINT, BEST, CONFIG, METRICS)
+             for path in checkpoint.temporary_files(run_dir / name)]
     if (run_dir / SNAPSHOTS).is_dir():
         stale += [*(run_dir / SNAPSHOTS).glob("iteration_*.safetensors.tmp"),
                   *(run_dir / SNAPSHOTS).glob(".iteration_*.safetensors.*.tmp")]
@@ -287,7 +289,8 @@ def is_run_folder(path: Path) -> bool:
 
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a checkpoint to resume from (the newest or the previous one)."""
-    return any((Path(run_dir) / name).is_file() for name in (CHECKPOINT, checkpoint.previous_path(Path(CHECKPOINT)).name))
+    newest = Path(run_dir) / CHECKPOINT
+    return newest.is_file() or checkpoint.previous_path(newest).is_file()
 
 
 def lost_checkpoints(run_dir: Path) -> str:

@@ -208,7 +208,8 @@ def _plot(results: dict, path: Path) -> Path:
     for ax, (family, r) in zip(axes[0], results.items()):
         for method in ("maml", "pretrained"):
             curve = r[method]["curve"]
-            line = ax.plot(range(len(curve)), curve, "o-", label="MAML" if method == "maml" else "pretrained, fine-tuned")
+            label = "MAML" if method == "maml" else "pretrained, fine-tuned"
+            line = ax.plot(range(len(curve)), curve, "o-", label=label)
             ax.errorbar(STEPS, [r[method][f"mse_{s}"] for s in STEPS], yerr=[r[method][f"ci_{s}"] for s in STEPS],
                         fmt="none", capsize=4, color=line[0].get_color())  # 95% CIs: is a gap inside them?
         ax.set_xlabel("SGD steps on the support examples")
