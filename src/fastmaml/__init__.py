@@ -12,6 +12,10 @@ __version__ = "0.1.0"
 __all__ = ["MAML", "TaskBatch", "__version__"]
 
 
+def __dir__() -> list[str]:
+    return sorted([*globals(), "MAML", "TaskBatch"])
+
+
 def __getattr__(name: str) -> Any:
     """``MAML`` and ``TaskBatch`` on first use: importing the package alone does not import torch,
     so the ``fastmaml`` command can answer a Ctrl-C during that import (seconds) without a traceback."""

@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # OSErrors about the user's files and disk, told in one line; any other OSError keeps its traceback
 FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR,
-               errno.EIO, errno.EFBIG, errno.ENAMETOOLONG}
+               errno.EIO, errno.EFBIG, errno.ENAMETOOLONG, errno.ENOENT, errno.ESTALE}
 
 
 def _continue_hint(run_dir: Path) -> str:

@@ -239,13 +239,12 @@ def test_a_start_that_failed_before_its_first_checkpoint_may_start_again_in_its_
     for name in ("checkpoint.safetensors", "checkpoint.prev.safetensors"):
         (killed / name).unlink(missing_ok=True)
     (killed / ".checkpoint.safetensors.999.tmp").write_bytes(b"half a checkpoint")
-    (killed / "best.safetensors").write_bytes(b"a validation's best before the first checkpoint")
     assert [json.loads(r)["step"] for r in (killed / "metrics.jsonl").read_text().splitlines()] == [2, 4]
     code, err = run_cli(["train", "--resume", str(killed)], capsys)
     assert code == 2 and f"--out {killed} (a folder that holds only a failed start is reused)" in err
     assert main(["train", "sinusoid", "--out", str(killed), *fast, "--iterations", "6"]) == 0
     assert [json.loads(r)["step"] for r in (killed / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6]
-    assert not (killed / ".checkpoint.safetensors.999.tmp").exists() and not (killed / "best.safetensors").exists()
+    assert not (killed / ".checkpoint.safetensors.999.tmp").exists()
     # a folder with a checkpoint is a run to resume
     code, err = run_cli(["train", "sinusoid", "--out", str(run), *fast], capsys)
     assert code == 2 and f"is not empty; continue that run with --resume {run}" in err

@@ -242,6 +242,7 @@ def test_without_a_lock_the_rows_of_a_start_are_not_cleared(tmp_path, capsys, mo
                  "--set", "log_every=2", "--no-progress"]) == 0
     for name in ("checkpoint.safetensors", "checkpoint.prev.safetensors"):
         (run / name).unlink(missing_ok=True)
+    (run / ".checkpoint.safetensors.77.tmp").write_bytes(b"its first checkpoint, killed mid-write")
     rows = (run / "metrics.jsonl").read_text()
 
     def no_locks(*_):
@@ -284,3 +285,41 @@ def test_an_os_error_that_is_not_about_files_keeps_its_traceback(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "presets", refused)
     with pytest.raises(ConnectionRefusedError):
         main(["presets"])
+
+
+def test_a_finished_run_whose_checkpoints_are_gone_is_not_a_failed_start(tmp_path, capsys):
+    """A run shorter than checkpoint_every logs its last row where its first checkpoint is due: with
+    its checkpoints deleted it looked like a failed start, and --out deleted its rows and best checkpoint."""
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--out", str(run), "--iterations", "6", "--set", "log_every=2",
+                 "--set", "val_every=3", "--set", "val_tasks=5", "--no-progress"]) == 0
+    for name in ("checkpoint.safetensors", "checkpoint.prev.safetensors"):
+        (run / name).unlink(missing_ok=True)
+    best, rows = (run / "best.safetensors").read_bytes(), (run / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    for args in (["train", "sinusoid", "--out", str(run), "--iterations", "6", "--no-progress"],
+                 ["train", "--resume", str(run)]):
+        err = one_error_line(args, capsys)
+        assert "cannot be resumed or started again" in err and "copy best.safetensors to checkpoint.safetensors" in err
+    assert (run / "best.safetensors").read_bytes() == best and (run / "metrics.jsonl").read_text() == rows
+
+
+def test_a_start_killed_while_writing_its_config_starts_again(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".train.lock").write_text("123\n")
+    (run / ".config.json.123.tmp").write_text('{"experiment": "sin')  # the write a kill cut short
+    assert main(["train", "sinusoid", "--out", str(run), "--iterations", "2", "--no-progress"]) == 0
+    assert not list(run.glob(".config.json.*"))
+
+
+def test_checkpoint_metadata_that_is_not_an_object_is_unreadable(tmp_path):
+    import safetensors.torch
+    import torch
+
+    from fastmaml.engine import checkpoint
+
+    path = tmp_path / "c.safetensors"
+    safetensors.torch.save_file({"x": torch.zeros(1)}, str(path), metadata={"format": checkpoint.FORMAT, "meta": "[1]"})
+    with pytest.raises(CheckpointError, match="its metadata is a list, not an object"):
+        checkpoint.load(path)

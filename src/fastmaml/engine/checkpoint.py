@@ -137,6 +137,8 @@ def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         if header.get("format") != FORMAT:
             raise ValueError(f"format {header.get('format')!r}, expected {FORMAT!r}")
         meta = json.loads(header["meta"])
+        if not isinstance(meta, dict):
+            raise ValueError(f"its metadata is a {type(meta).__name__}, not an object")
     except (OSError, MemoryError):  # the file may be fine (a read error, a permission): no fallback, no set-aside
         raise
     except Exception as error:  # noqa: BLE001 - any decoding failure means the file is unusable

@@ -106,7 +106,7 @@ class Cluster:
         if self.is_main:
             try:
                 box = [(True, make())]
-            except FastMAMLError as error:
+            except (FastMAMLError, OSError) as error:  # an OSError too (a full disk): the others would wait
                 box = [(False, error)]
         dist.broadcast_object_list(box, src=0)
         ok, value = box[0]

@@ -217,6 +217,11 @@ def first_checkpoint_due(run_dir: Path) -> int | None:
         _, config = parse_config(read_config_text(run_dir), Path(run_dir) / CONFIG)
     except CheckpointError:
         return None
+    return first_save(config)
+
+
+def first_save(config: Any) -> int:
+    """The first iteration at which a run with ``config`` writes its checkpoint (a snapshot is one too)."""
     due = [config.checkpoint_every, config.iterations] + ([config.snapshot_every] if config.snapshot_every > 0 else [])
     return min(due)
 
@@ -233,12 +238,12 @@ def failed_start(run_dir: Path) -> bool:
     entries = list(run_dir.iterdir())
     metrics = run_dir / METRICS
     empty_metrics = not metrics.exists() or (metrics.is_file() and metrics.stat().st_size == 0)
-    if not (run_dir / CONFIG).exists():
-        return {p.name for p in entries} <= {LOCK, METRICS} and empty_metrics
+    if not (run_dir / CONFIG).exists():  # (a start killed while writing its config leaves that write's file)
+        return all(p.name in (LOCK, METRICS) or _own_temporary(p) for p in entries) and empty_metrics
     if not is_run_folder(run_dir):
         return False
-    for path in entries:  # (a best checkpoint: a validation before the first checkpoint was due)
-        if path.name in (LOCK, CONFIG, METRICS, BEST) and path.is_file() and not path.is_symlink():
+    for path in entries:
+        if path.name in (LOCK, CONFIG, METRICS) and path.is_file() and not path.is_symlink():
             continue
         if _own_temporary(path):
             continue
@@ -246,19 +251,24 @@ def failed_start(run_dir: Path) -> bool:
                 and all(p.suffix == ".png" and p.is_file() and not p.is_symlink() for p in path.iterdir())):
             continue
         return False
+    # rows before the first checkpoint was due, or at it when a killed write of it is there; a finished
+    # run of fewer iterations than checkpoint_every logs its last row there too, and its checkpoints
+    # may have been deleted since: that folder is not taken for a failed start
     due = first_checkpoint_due(run_dir)
-    return due is not None and all(row["step"] <= due for row in read_metrics(run_dir))
+    killed_write = any(checkpoint.temporary_files(run_dir / CHECKPOINT))
+    return due is not None and all(row["step"] < due or (row["step"] == due and killed_write)
+                                   for row in read_metrics(run_dir))
 
 
 def clear_failed_start(run_dir: Path) -> None:
-    """Remove what a failed start left (its logged rows, best checkpoint, plots, temporary files) before a new start;
+    """Remove what a failed start left (its logged rows, plots, temporary files) before a new start;
     the caller holds the training lock (a run still starting there keeps its files)."""
     for path in run_dir.iterdir():
         if path.name == PLOTS and path.is_dir() and not path.is_symlink():
             for png in path.iterdir():
                 png.unlink()
             path.rmdir()
-        elif (path.name in (METRICS, BEST) and path.is_file()) or _own_temporary(path):
+        elif (path.name == METRICS and path.is_file()) or _own_temporary(path):
             path.unlink()
 
 
@@ -302,8 +312,10 @@ def lost_checkpoints(run_dir: Path) -> str:
     why = (f"its newest checkpoint was unreadable and is set aside as {aside.name}, and there is no previous one"
            if aside.exists() else f"it holds more than a start that never reached its first checkpoint{logged}, but "
            "no checkpoint (deleted or moved?)")
+    best = (f"; its best validation checkpoint resumes it from there: copy {BEST} to {CHECKPOINT}"
+            if (Path(run_dir) / BEST).is_file() else "")
     return (f"{run_dir} cannot be resumed or started again: {why}; restore its checkpoint.safetensors to resume "
-            "it, or delete (or move away) the folder to start a run there")
+            f"it, or delete (or move away) the folder to start a run there{best}")
 
 
 def prepare_new_run(run_dir: Path) -> None:

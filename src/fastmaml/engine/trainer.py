@@ -44,6 +44,7 @@ from fastmaml.engine.run_dir import (
     METRICS,
     check_snapshots_folder,
     clear_failed_start,
+    first_save,
     keep_snapshot,
     load_for_resume,
     prepare_new_run,
@@ -240,9 +241,9 @@ class Trainer:
         it costs nothing per iteration."""
         def bad(module: torch.nn.Module, opt: torch.optim.Optimizer) -> bool:
             # Adam's step count is left out: a CPU scalar beside CUDA moments unless Adam is capturable
-            tensors = [*module.parameters(), *(v for state in opt.state.values() for k, v in state.items()
-                                               if k != "step" and isinstance(v, torch.Tensor)
-                                               and v.is_floating_point())]
+            tensors = [t for t in (*module.parameters(), *(v for state in opt.state.values() for k, v in state.items()
+                                                          if k != "step" and isinstance(v, torch.Tensor)))
+                       if t.is_floating_point() and t.numel() > 0]  # (an empty tensor has no max)
             if not tensors:
                 return False
             # the largest |value| of each tensor: inf or NaN exactly where one is (an L2 norm overflows
@@ -315,7 +316,7 @@ class Trainer:
                     clip = ", or set grad_clip" if c.grad_clip == 0 and loss_diverged else ""
                     raise NonFiniteLossError(
                         f"{what} {iterations_span(since + 1, self.step)}; training stopped and "
-                        f"{kept_checkpoint(self.run_dir, last_good, min(c.checkpoint_every, c.iterations))}. "
+                        f"{kept_checkpoint(self.run_dir, last_good, first_save(c))}. "
                         f"Lower inner_lr or outer_lr{clip}, then start a new run."
                     )
                 now = time.perf_counter()
@@ -394,8 +395,9 @@ def fit_in_run_dir(
         def lock_and_load() -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
             held.enter_context(training_lock(run_dir))
             check_snapshots_folder(run_dir)  # a file named snapshots: fail now, not at the first snapshot
-            remove_temporaries(run_dir)
-            return load_for_resume(run_dir)
+            loaded = load_for_resume(run_dir)
+            remove_temporaries(run_dir)  # after: a killed first write marks a failed start, which --out reuses
+            return loaded
 
         def make_new_run() -> None:
             prepare_new_run(run_dir)

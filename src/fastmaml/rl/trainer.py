@@ -88,6 +88,7 @@ from fastmaml.engine.run_dir import (
     METRICS,
     checkpoint_file,
     checkpoint_label,
+    first_save,
     keep_snapshot,
     read_config,
     read_metrics,
@@ -375,7 +376,7 @@ class RLTrainer:
                     bar.close()
                     raise NonFiniteLossError(
                         f"{error} (at iteration {self.step + 1}); training stopped and "
-                        f"{kept_checkpoint(self.run_dir, last_good, min(c.checkpoint_every, c.iterations))}"
+                        f"{kept_checkpoint(self.run_dir, last_good, first_save(c))}"
                     ) from None
                 for key, value in logged.items():
                     sums[key] = sums.get(key, 0.0) + value
@@ -397,7 +398,7 @@ class RLTrainer:
                             else bad[0])
                     raise NonFiniteLossError(
                         f"{what} became NaN or infinite {iterations_span(since + 1, self.step)}; training "
-                        f"stopped and {kept_checkpoint(self.run_dir, last_good, min(c.checkpoint_every, c.iterations))}. "
+                        f"stopped and {kept_checkpoint(self.run_dir, last_good, first_save(c))}. "
                         "Lower inner_lr or max_kl, then start a new run."
                     )
                 now = time.perf_counter()

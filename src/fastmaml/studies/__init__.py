@@ -76,7 +76,7 @@ def run_study(name: str, out: str | Path, *, quick: bool = False, **options: Any
     }
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
     summary["text"] = render(summary, report) + f"\nnumbers: {out / f'{name}.json'}"
-    (out / f"{name}.txt").write_text(summary["text"] + "\n")  # what it printed, beside the numbers
+    (out / f"{name}.txt").write_text(summary["text"] + "\n", encoding="utf-8")  # what it printed, beside the numbers
     return summary
 
 

@@ -10,6 +10,7 @@ k-th step as θ − α∇L(θ_i^(k−1)), from θ each time; this is the usual �
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from fastmaml.engine.evaluate import evaluate
@@ -63,6 +64,7 @@ def run(out: Path, budget: Budget) -> Report:
     ratios = {n: r["ms_per_iteration"] / base for n, r in results.items()}
     better = [n for n in STEPS[1:] if sum(results[n]["paired_vs_n1"][str(n)]) < 0]  # CI entirely below 0
     worse = [n for n in STEPS[1:] if results[n]["paired_vs_n1"][str(n)][0] - results[n]["paired_vs_n1"][str(n)][1] > 0]
+    diverged = [n for n in STEPS if not math.isfinite(results[n]["paired_vs_n1"][str(n)][0])]
     notes = [
         "time per iteration relative to N=1: " + ", ".join(f"N={n}: {q:.2f}" for n, q in ratios.items())
         + " (each step adds a forward and backward of the support set; first order keeps memory flat in N)",
@@ -71,7 +73,8 @@ def run(out: Path, budget: Budget) -> Report:
         "against the N=1 run scored after as many steps (paired, one training seed each): training with N "
         + (f"steps did better for N = {', '.join(map(str, better))}" if better else "steps did better for no N")
         + (f", worse for N = {', '.join(map(str, worse))}" if worse else "")
-        + "; where neither, the difference is inside the 95% interval",
+        + (f", diverged (inf or NaN) for N = {', '.join(map(str, diverged))}" if diverged else "")
+        + "; where none of these, the difference is inside the 95% interval",
     ]
     return Report([table], {str(n): r for n, r in results.items()}, notes, _plot(results, out / "inner-steps.png"))
 

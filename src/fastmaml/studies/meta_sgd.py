@@ -6,6 +6,7 @@ Meta-SGD learns one inner learning rate per weight, initialised to α = 0.01; th
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from fastmaml.engine.evaluate import evaluate
@@ -59,7 +60,8 @@ def run(out: Path, budget: Budget) -> Report:
     for shots in SHOTS:
         m, s = results[f"k{shots}-maml"], results[f"k{shots}-meta-sgd"]
         steps = m["maml_steps_to_meta_sgd_1"]
-        reach = (f"MAML reaches it after {steps} steps" if steps is not None else "MAML does not reach it in 10 steps")
+        reach = ("Meta-SGD's one step diverged on some tasks" if not math.isfinite(s["mse_1"]) else
+                 f"MAML reaches it after {steps} steps" if steps is not None else "MAML does not reach it in 10 steps")
         notes.append(f"K={shots}: Meta-SGD MSE after 1 step {s['mse_1']:.4g} vs MAML {m['mse_1']:.4g} "
                      f"({100 * (s['mse_1'] / m['mse_1'] - 1):+.1f}%); {reach} (MAML after 10: {m['mse_10']:.4g})")
     if any(r["meta_sgd"] and not r["mse_10"] < float("inf") for r in results.values()):

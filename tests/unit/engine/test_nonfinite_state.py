@@ -37,3 +37,9 @@ def test_finite_state_passes_and_an_inf_moment_is_found(tmp_path):
     with torch.no_grad():
         baseline_weight[0, 0] = math.nan
     assert t.nonfinite_state() == [True, True]
+
+
+def test_a_parameter_without_elements_is_skipped(tmp_path):
+    t = trainer(tmp_path)
+    t.maml.model.register_parameter("empty", torch.nn.Parameter(torch.zeros(0)))  # max of nothing: an error
+    assert t.nonfinite_state() == [False, False]
