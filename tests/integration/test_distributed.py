@@ -256,7 +256,7 @@ def test_a_resume_rank_0_cannot_read_stops_every_node_with_its_error(tmp_path):
     path = os.pathsep.join(filter(None, [str(late), str(Path(__file__).parents[2] / "src"),
                                          os.environ.get("PYTHONPATH")]))
     for run, message in ((tmp_path / "missing", "is not a fastmaml run folder"),
-                         (broken, "has no checkpoint to resume from")):
+                         (broken, "cannot be resumed or started again")):
         nodes = torchrun_nodes("train", "--resume", str(run), "--no-progress", check=False, timeout=120,
                                envs=[{}, {"PYTHONPATH": path}])
         for returncode, _, stderr in nodes:
