@@ -256,6 +256,12 @@ def test_adapt_set_changes_the_step_size_and_refuses_other_keys(trained_run, tmp
     tiny = adapt("--set", "inner_lr=1e-12")
     assert tiny[1] == before and tiny[0] == pytest.approx(before, rel=1e-6)  # a step of ~0 leaves the initialisation
     assert adapt("--set", "inner_lr=0.001")[0] != after
+    # a step size far too large: one line, nothing written (before: all-NaN predictions and exit 0)
+    assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict),
+                 "--out", str(tmp_path / "nan.csv"), "--set", "inner_lr=1e30", "--steps", "5"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("fastmaml: error: adapting for 5 steps at inner_lr 1e+30 made the weights inf or NaN; lower "
+                   "--set inner_lr or --steps (nothing was written)") and not (tmp_path / "nan.csv").exists()
     assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict),
                  "--out", str(tmp_path / "p.csv"), "--set", "hidden=5"]) == 2
     err = capsys.readouterr().err.strip()

@@ -92,7 +92,7 @@ def adapt_images(
     """
     from fastmaml.engine.evaluate import load_trained
     from fastmaml.experiments.fewshot import xent_per_shot
-    from fastmaml.experiments.table import write_csv
+    from fastmaml.experiments.table import check_adapted, write_csv
 
     run_dir, support, predict, out = Path(run_dir), Path(support), Path(predict), Path(out)
     experiment, maml, _ = load_trained(run_dir, which, overrides)
@@ -125,6 +125,7 @@ def adapt_images(
     per_class = len(support_files) / len(names)
     maml.loss_fn = xent_per_shot(per_class)
     adapted = maml.adapt(sx, sy, steps=steps, first_order=True)
+    check_adapted(adapted, steps, maml)
     before, after = [], []
     with torch.no_grad():
         for chunk in batches(len(files)):

@@ -139,7 +139,7 @@ def adapt_points(
     ``overrides``: meta-test settings changed (``key=value``, e.g. ``inner_lr=0.005``).
     """
     from fastmaml.engine.evaluate import load_trained
-    from fastmaml.experiments.table import output_column, write_csv
+    from fastmaml.experiments.table import check_adapted, output_column, write_csv
     from fastmaml.tasks.table import read_csv
 
     experiment, maml, _ = load_trained(Path(run_dir), which, overrides)
@@ -165,6 +165,7 @@ def adapt_points(
 
     sx, sy, px = numbers(support_table, "x"), numbers(support_table, "y"), numbers(predict_table, "x")
     adapted = maml.adapt(sx, sy, steps=steps, first_order=True)
+    check_adapted(adapted, steps, maml)
     with torch.no_grad():
         after, before = maml(px, adapted).view(-1), maml(px).view(-1)
     column = output_column(predict_table, "y", "prediction")

@@ -35,7 +35,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from fastmaml.algorithms import MAML
 from fastmaml.config import TrainConfig, apply_eval_overrides, check_hidden
 from fastmaml.engine.experiment import Experiment, Preset, register
-from fastmaml.errors import ConfigError, DataError
+from fastmaml.errors import ConfigError, DataError, NonFiniteLossError
 from fastmaml.models.mlp import MLP, check_activation
 from fastmaml.tasks.table import TASK_TYPES, Encoder, Table, TableSplit, load_table, missing_csv, read_csv
 
@@ -279,6 +279,7 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     sx, sy, px = encoder.encode_x(support_table), encoder.encode_y(support_table), encoder.encode_x(predict_table)
     truth = encoder.encode_y(predict_table) if encoder.target in predict_table.header else None
     adapted = maml.adapt(sx, sy, steps=steps, first_order=True)
+    check_adapted(adapted, steps, maml)
     with torch.no_grad():
         after, before = maml(px, adapted), maml(px)
     summary = (f"adapted to {len(support_table.rows)} support rows with {steps} steps; wrote "
@@ -324,6 +325,16 @@ def relocated(config: TableConfig, csv_path: str | Path) -> str:
 def output_column(table: Table, target: str, name: str) -> str:
     """``name``, or ``TARGET_name`` if the predict file already has a column called ``name``."""
     return name if name not in table.header else f"{target}_{name}"
+
+
+def check_adapted(adapted: dict[str, torch.Tensor], steps: int, maml: Any) -> None:
+    """NonFiniteLossError, before anything is written, where adapting made a weight inf or NaN (an
+    ``adapt --set inner_lr`` far too large): predictions from it would all be NaN."""
+    if all(bool(torch.isfinite(p).all()) for p in adapted.values()):
+        return
+    lr = "its learned inner learning rates" if maml.meta_sgd else f"inner_lr {maml.inner_lr:g}"
+    raise NonFiniteLossError(f"adapting for {steps} steps at {lr} made the weights inf or NaN; lower --set inner_lr "
+                             "or --steps (nothing was written)")
 
 
 def write_csv(out: Path, header: list[str], rows: list[list[str]]) -> None:
