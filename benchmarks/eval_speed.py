@@ -17,7 +17,6 @@ Omniglot's shape; sampling is timed separately by ``sampler_bench.py``.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import time
 
@@ -60,13 +59,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     parser.add_argument("--out", default=None, help="also write the table to this markdown file")
     args = parser.parse_args()
-    from fastmaml.engine.distributed import check_device
-    from fastmaml.errors import ConfigError
+    from fastmaml.engine.distributed import exit_unless_usable
 
-    try:  # one line, not torch's "not compiled with CUDA" traceback, on a machine without the GPU
-        check_device(str(args.device))
-    except ConfigError as error:
-        raise SystemExit(f"{os.path.basename(__file__)}: error: {error}") from None
+    exit_unless_usable(args.device, __file__)  # one line on a machine without the GPU
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -24,7 +24,6 @@ are interleaved (one iteration of each variant in turn) and the median is report
 from __future__ import annotations
 
 import argparse
-import os
 import contextlib
 import copy
 import platform
@@ -192,13 +191,9 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=20.0, help="seconds of timed rounds per workload")
     parser.add_argument("--out", help="also write the report (markdown) here")
     args = parser.parse_args()
-    from fastmaml.engine.distributed import check_device
-    from fastmaml.errors import ConfigError
+    from fastmaml.engine.distributed import exit_unless_usable
 
-    try:  # one line, not torch's "not compiled with CUDA" traceback, on a machine without the GPU
-        check_device(str(args.device))
-    except ConfigError as error:
-        raise SystemExit(f"{os.path.basename(__file__)}: error: {error}") from None
+    exit_unless_usable(args.device, __file__)  # one line on a machine without the GPU
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/gpu_levers_bench.py", *sys.argv[1:]])

@@ -36,13 +36,9 @@ def main() -> None:
     from fastmaml.config import apply_overrides
 
     config = apply_overrides(make_config(args.env), args.set)
-    from fastmaml.engine.distributed import check_device
-    from fastmaml.errors import ConfigError
+    from fastmaml.engine.distributed import exit_unless_usable
 
-    try:  # one line, not torch's "not compiled with CUDA" traceback, on a machine without the GPU
-        check_device(str(config.device))
-    except ConfigError as error:
-        raise SystemExit(f"{os.path.basename(__file__)}: error: {error}") from None
+    exit_unless_usable(config.device, __file__)  # one line on a machine without the GPU
     print(f"# {args.env}: meta_batch {config.meta_batch_size}, {config.trajectories} trajectories, "
           f"hvp {config.hvp}, hvp_tasks {config.hvp_tasks}, first_order {config.first_order}; torch "
           f"{torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "

@@ -66,13 +66,9 @@ def main() -> None:
     parser.add_argument("--omniglot-cache", type=Path)
     parser.add_argument("--miniimagenet-cache", type=Path)
     args = parser.parse_args()
-    from fastmaml.engine.distributed import check_device
-    from fastmaml.errors import ConfigError
+    from fastmaml.engine.distributed import exit_unless_usable
 
-    try:  # one line, not torch's "not compiled with CUDA" traceback, on a machine without the GPU
-        check_device(str(args.device))
-    except ConfigError as error:
-        raise SystemExit(f"{Path(__file__).name}: error: {error}") from None
+    exit_unless_usable(args.device, __file__)  # one line on a machine without the GPU
     if args.threads:
         torch.set_num_threads(args.threads)
     caches = {"omniglot": args.omniglot_cache, "miniimagenet": args.miniimagenet_cache}

@@ -277,9 +277,7 @@ def which_checkpoint(args: argparse.Namespace) -> str | int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from fastmaml.engine.evaluate import EVAL_SEED, evaluate
-    from fastmaml.engine.run_dir import read_config
-
-    from fastmaml.engine.run_dir import eval_path
+    from fastmaml.engine.run_dir import eval_path, read_config
 
     preset, _ = read_config(args.run_dir)
     saved = eval_path(args.run_dir, which_checkpoint(args))
@@ -337,9 +335,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from fastmaml.experiments.fewshot import prepare
-
-    from fastmaml.experiments.fewshot import FewShotConfig, data_root
+    from fastmaml.experiments.fewshot import FewShotConfig, data_root, prepare
 
     if args.root is None and not os.environ.get("FASTMAML_DATA"):
         raise ConfigError(f"no data folder for {args.dataset}: pass --root DIR, or set FASTMAML_DATA to a folder "
@@ -565,11 +561,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fastmaml: {stop}", file=sys.stderr)
         return stop.exit_code
     except FastMAMLError as error:
-        from fastmaml.engine.distributed import launched_rank, launched_world_size
-
-        # under torchrun every process that meets the error says so: the tag tells the copies apart
-        where = f" (rank {launched_rank()} of {launched_world_size()})" if launched_rank() > 0 else ""
-        print(f"fastmaml: error{where}: {error}", file=sys.stderr)
+        print(f"fastmaml: error{_rank_tag()}: {error}", file=sys.stderr)
         return error.exit_code
     except MemoryError:
         print(f"fastmaml: error: {OUT_OF_MEMORY}", file=sys.stderr)
@@ -577,12 +569,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a full disk, a folder made read-only, a file that became a folder
         if error.errno not in FILE_ERRNOS:  # a library that did not load, a connection: not the user's files
             raise
-        from fastmaml.engine.distributed import launched_rank, launched_world_size
-
         logging.getLogger(__name__).info("the error in full", exc_info=True)  # -v shows it
         path = error.filename2 or error.filename  # os.replace(tmp, target): the target
         what = f"{error.strerror or error}{f' ({path})' if path else ''}"
-        where = f" (rank {launched_rank()} of {launched_world_size()})" if launched_rank() > 0 else ""
+        where = _rank_tag()
         if args.command == "train":
             run_dir = args.resume if args.resume is not None else args.out
             print(f"fastmaml: error{where}: {what}; free space or make {run_dir} writable"
@@ -617,14 +607,21 @@ FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROF
                errno.EIO, errno.EFBIG, errno.ENAMETOOLONG, errno.ENOENT, errno.ESTALE}
 
 
+def _rank_tag() -> str:
+    """`` (rank N of W)`` for an error printed by a torchrun process other than rank 0: every process
+    that meets an error says so, and the tag tells the copies apart."""
+    from fastmaml.engine.distributed import launched_rank, launched_world_size
+
+    return f" (rank {launched_rank()} of {launched_world_size()})" if launched_rank() > 0 else ""
+
+
 def _continue_hint(run_dir: Path) -> str:
     """How a train command that stopped on an error or a second Ctrl-C goes on: from the last
     checkpoint, or, with none yet, by starting again (the folder of a start without a checkpoint is reused)."""
-    from fastmaml.engine.checkpoint import previous_path
-    from fastmaml.engine.run_dir import CHECKPOINT
+    from fastmaml.engine.run_dir import has_checkpoint
 
     try:
-        saved = any(path.is_file() for path in (run_dir / CHECKPOINT, previous_path(run_dir / CHECKPOINT)))
+        saved = has_checkpoint(run_dir)
     except OSError:  # a folder this process cannot read
         saved = False
     return (f"; the run continues from its last checkpoint with fastmaml train --resume {run_dir}" if saved

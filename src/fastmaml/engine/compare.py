@@ -17,8 +17,8 @@ other training seeds).
 
 from __future__ import annotations
 
-import re
 import json
+import re
 from pathlib import Path
 from typing import Any
 

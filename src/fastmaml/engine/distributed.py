@@ -250,6 +250,15 @@ def check_one_gpu_per_process(device: str) -> None:
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # what a run may name; only cpu and cuda have been tested
 
 
+def exit_unless_usable(device: str, program: str) -> None:
+    """For the benchmark scripts: exit with ``PROGRAM: error: ...`` (:func:`check_device`'s message)
+    where ``device`` cannot be used, not torch's "not compiled with CUDA enabled" traceback."""
+    try:
+        check_device(str(device))
+    except ConfigError as error:
+        raise SystemExit(f"{os.path.basename(program)}: error: {error}") from None
+
+
 def check_device(device: str) -> None:
     """One clear error for a device this process cannot use: a name torch does not know or fastmaml
     does not run on (``meta``, ...), a CUDA device on a torch build or machine without that GPU, or

@@ -202,12 +202,14 @@ def build_experiment(run_dir: Path, overrides: list[str] | tuple[str, ...] = ())
     return preset.build(config)
 
 
+WRITTEN = (CHECKPOINT, BEST, CONFIG, METRICS)  # the run folder's files written through a temporary file
+
+
 def _own_temporary(path: Path) -> bool:
     """A temporary file that a killed fastmaml write left in a run folder (``.NAME.<pid>.tmp`` of its
-    checkpoints, config or metrics), not a file of anyone else's."""
-    names = (CHECKPOINT, BEST, CONFIG, METRICS)
+    checkpoints, config or metrics: :func:`checkpoint.temporary_files`), not a file of anyone else's."""
     return path.is_file() and not path.is_symlink() and any(
-        path.name.startswith(f".{name}.") and path.name.endswith(".tmp") for name in names)
+        path in checkpoint.temporary_files(path.parent / name) for name in WRITTEN)
 
 
 def first_checkpoint_due(run_dir: Path) -> int | None:
@@ -268,8 +270,9 @@ def clear_failed_start(run_dir: Path) -> None:
             for png in path.iterdir():
                 png.unlink()
             path.rmdir()
-        elif (path.name == METRICS and path.is_file()) or _own_temporary(path):
+        elif path.name == METRICS and path.is_file():
             path.unlink()
+    remove_temporaries(run_dir)
 
 
 def remove_temporaries(run_dir: Path) -> None:
@@ -277,8 +280,7 @@ def remove_temporaries(run_dir: Path) -> None:
     a checkpoint, named by the pid that wrote it, so no later write replaces it). The caller holds
     the training lock: no other process writes checkpoints there."""
     run_dir = Path(run_dir)
-    stale = [path for name in (CHECKPOINT, BEST, CONFIG, METRICS)
-             for path in checkpoint.temporary_files(run_dir / name)]
+    stale = [path for name in WRITTEN for path in checkpoint.temporary_files(run_dir / name)]
     if (run_dir / SNAPSHOTS).is_dir():
         stale += [*(run_dir / SNAPSHOTS).glob("iteration_*.safetensors.tmp"),
                   *(run_dir / SNAPSHOTS).glob(".iteration_*.safetensors.*.tmp")]

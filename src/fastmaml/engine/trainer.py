@@ -241,9 +241,9 @@ class Trainer:
         it costs nothing per iteration."""
         def bad(module: torch.nn.Module, opt: torch.optim.Optimizer) -> bool:
             # Adam's step count is left out: a CPU scalar beside CUDA moments unless Adam is capturable
-            tensors = [t for t in (*module.parameters(), *(v for state in opt.state.values() for k, v in state.items()
-                                                          if k != "step" and isinstance(v, torch.Tensor)))
-                       if t.is_floating_point() and t.numel() > 0]  # (an empty tensor has no max)
+            moments = [v for state in opt.state.values() for k, v in state.items() if k != "step"]
+            tensors = [t for t in (*module.parameters(), *moments)  # (an empty tensor has no max)
+                       if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() > 0]
             if not tensors:
                 return False
             # the largest |value| of each tensor: inf or NaN exactly where one is (an L2 norm overflows

@@ -39,10 +39,9 @@ def run(out: Path, budget: Budget) -> Report:
                              budget.timing_rounds)  # interleaved: train wall times one after another are not
     for key, ms in timing.items():
         results[key]["ms_per_iteration"] = ms
-    for r in results.values():  # how many MAML steps reach Meta-SGD's one-step MSE (its "faster")
-        maml_curve = results[f"k{r['shots']}-maml"]["curve"]
-        target = results[f"k{r['shots']}-meta-sgd"]["mse_1"]
-        r["maml_steps_to_meta_sgd_1"] = next((s for s, v in enumerate(maml_curve) if v <= target), None)
+    for shots in SHOTS:  # how many MAML steps reach Meta-SGD's one-step MSE (its "faster")
+        m, target = results[f"k{shots}-maml"], results[f"k{shots}-meta-sgd"]["mse_1"]
+        m["maml_steps_to_meta_sgd_1"] = next((s for s, v in enumerate(m["curve"]) if v <= target), None)
     table = Table(
         f"MSE on {budget.tasks} meta-test tasks (mean ± 95% CI), {budget.iterations} iterations, α init 0.01",
         ["K", "method", "MSE 0 steps", "MSE 1 step", "MSE 10 steps", "ms/iter"],
