@@ -1,10 +1,17 @@
 """The reference slides' open questions as reproducible studies: ``fastmaml study NAME [--quick]``.
 
-Each study is one module with a ``run(out, budget, **options) -> Report`` function and two budgets:
-``QUICK`` (seconds to a minute, what the tests run) and ``FULL`` (what the README reports). Running
-a study prints its tables and writes ``OUT/NAME.json`` (every number, the budget and the machine)
-and ``OUT/NAME.png``, and saves what it printed as ``OUT/NAME.txt``; the run folders it trains go
-under ``OUT/NAME/``.
+Each study is one module with a ``run(out, budget, seed=0, **options) -> Report`` function, a
+``headlines(results) -> {name: number}`` function (the numbers its notes conclude from) and two
+budgets: ``QUICK`` (seconds to a minute, what the tests run) and ``FULL`` (what the README reports).
+Running a study prints its tables and writes ``OUT/NAME.json`` (every number, the budget and the
+machine) and ``OUT/NAME.png``, and saves what it printed as ``OUT/NAME.txt``; the run folders it
+trains go under ``OUT/NAME/``. ``seed`` is the training seed (weights and training tasks); the
+meta-test tasks are the same for every seed.
+
+``run_seeds`` runs a study once per training seed (``OUT/seed-S/``, each as above) and writes the
+headlines of every seed with their mean and 95% interval over seeds (Student's t) to
+``OUT/NAME.seeds.json`` and ``OUT/NAME.seeds.txt``: the intervals of a single run cover the meta-test
+tasks' spread, not the training seed's, and the seed's can be as large.
 """
 
 from __future__ import annotations
@@ -18,8 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from fastmaml.config import check_seed
+from fastmaml.engine.evaluate import mean_ci95_t
 from fastmaml.errors import ConfigError
-from fastmaml.studies.common import Budget, Report, machine
+from fastmaml.studies.common import Budget, Report, Table, fmt, machine, pm
 
 
 @dataclass(frozen=True)
@@ -42,30 +53,42 @@ STUDIES = {
 }
 
 
-def run_study(name: str, out: str | Path, *, quick: bool = False, **options: Any) -> dict[str, Any]:
-    """Run study ``name`` into ``out``; returns (and writes to ``out/NAME.json``) its report."""
+def _module(name: str, options: dict[str, Any]):
+    """The study's module, after checking its name and that it takes every one of ``options``."""
     if name not in STUDIES:
         raise ConfigError(f"unknown study {name!r}; available: {', '.join(STUDIES)}")
-    study = STUDIES[name]
-    module = importlib.import_module(f"fastmaml.studies.{study.module}")
-    budget: Budget = module.QUICK if quick else module.FULL
-    options = {k: v for k, v in options.items() if v is not None}
+    module = importlib.import_module(f"fastmaml.studies.{STUDIES[name].module}")
     accepted = inspect.signature(module.run).parameters
     for key in options:
         if key not in accepted:
             raise ConfigError(f"study {name!r} has no option --{key.replace('_', '-')}")
-    out = Path(out)
+    return module
+
+
+def _make_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"cannot make --out {out} ({error.strerror}); choose a writable folder") from None
+
+
+def run_study(name: str, out: str | Path, *, quick: bool = False, seed: int = 0, **options: Any) -> dict[str, Any]:
+    """Run study ``name`` with training seed ``seed`` into ``out``; returns (and writes to
+    ``out/NAME.json``) its report."""
+    options = {k: v for k, v in options.items() if v is not None}
+    module = _module(name, options)
+    check_seed(seed)
+    budget: Budget = module.QUICK if quick else module.FULL
+    out = Path(out)
+    _make_out(out)
     start = time.perf_counter()
     with _quick_figures(budget) if quick else contextlib.nullcontext():
-        report: Report = module.run(out, budget, **options)
+        report: Report = module.run(out, budget, seed=seed, **options)
     summary = {
         "study": name,
-        "description": study.description,
+        "description": STUDIES[name].description,
         "quick": quick,
+        "seed": seed,
         "budget": budget.__dict__,
         "wall_s": round(time.perf_counter() - start, 2),
         "machine": machine(),
@@ -73,10 +96,86 @@ def run_study(name: str, out: str | Path, *, quick: bool = False, **options: Any
         "notes": report.notes,
         "figure": str(report.figure) if report.figure else None,
         "results": report.results,
+        "headlines": module.headlines(report.results),
     }
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
     summary["text"] = render(summary, report) + f"\nnumbers: {out / f'{name}.json'}"
     (out / f"{name}.txt").write_text(summary["text"] + "\n", encoding="utf-8")  # what it printed, beside the numbers
+    return summary
+
+
+def run_seeds(name: str, out: str | Path, seeds: list[int], *, quick: bool = False,
+              **options: Any) -> dict[str, Any]:
+    """Run study ``name`` once per training seed into ``out/seed-S`` and summarise its headlines over
+    the seeds (``out/NAME.seeds.json`` and ``.txt``). A seed whose ``out/seed-S/NAME.json`` exists
+    from an earlier call at the same budget is read, not run again, so seeds can be added later."""
+    options = {k: v for k, v in options.items() if v is not None}
+    _module(name, options)  # a wrong name or option fails before the first seed trains
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds needs two or more different seeds, got {','.join(map(str, seeds))}")
+    for seed in seeds:
+        check_seed(seed)
+    out = Path(out)
+    _make_out(out)
+    start = time.perf_counter()
+    summaries = []
+    for seed in seeds:
+        folder = out / f"seed-{seed}"
+        done = _finished(folder / f"{name}.json", quick, seed)
+        if done is None:
+            print(f"study {name}: training seed {seed} ({seeds.index(seed) + 1} of {len(seeds)}) into {folder}",
+                  flush=True)
+            done = run_study(name, folder, quick=quick, seed=seed, **options)
+        else:
+            print(f"study {name}: training seed {seed}: reusing {folder / f'{name}.json'}", flush=True)
+        summaries.append(done)
+    rows = []
+    for key in summaries[0]["headlines"]:
+        values = [float(s["headlines"][key]) for s in summaries]
+        mean, ci = mean_ci95_t(torch.tensor(values))
+        rows.append({"name": key, "values": values, "mean": mean.item(), "ci95": ci.item()})
+    table = Table(f"{name}: each headline number at training seeds {', '.join(map(str, seeds))}; mean ± 95% CI "
+                  "over the seeds (Student's t)", ["number", *(f"seed {s}" for s in seeds), "mean ± 95% CI"])
+    for row in rows:
+        table.add(row["name"], *(fmt(v) for v in row["values"]), pm(row["mean"], row["ci95"]))
+    first = summaries[0]
+    summary = {
+        "study": name,
+        "description": STUDIES[name].description,
+        "quick": quick,
+        "seeds": seeds,
+        "budget": first["budget"],
+        "wall_s": round(time.perf_counter() - start, 2),
+        "machine": machine(),
+        "headlines": rows,
+        "runs": [str(out / f"seed-{s}" / f"{name}.json") for s in seeds],
+    }
+    (out / f"{name}.seeds.json").write_text(json.dumps(summary, indent=2))
+    text = [f"study {name} over {len(seeds)} training seeds: {STUDIES[name].description}",
+            f"each seed's tables, notes and figure: {out}/seed-S/{name}.txt; meta-test tasks shared by every seed",
+            "", table.render(), "", f"numbers: {out / f'{name}.seeds.json'}"]
+    if quick:
+        text.insert(1, "--quick is a smoke run: its numbers are not the study's")
+    summary["text"] = "\n".join(text)
+    (out / f"{name}.seeds.txt").write_text(summary["text"] + "\n", encoding="utf-8")
+    return summary
+
+
+def _finished(path: Path, quick: bool, seed: int) -> dict[str, Any] | None:
+    """The summary an earlier run wrote at ``path``, if it is one of this budget and seed; None if
+    there is none. Another budget or seed there is an error (mixing them would be silent)."""
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+        found = (summary["quick"], summary["seed"])
+        summary["headlines"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a finished study of this fastmaml version; delete its folder "
+                          f"{path.parent} to run that seed again") from None
+    if found != (quick, seed):
+        raise ConfigError(f"{path} holds a {'--quick ' if found[0] else ''}run at seed {found[1]}, not a "
+                          f"{'--quick ' if quick else ''}run at seed {seed}; choose another --out folder")
     return summary
 
 

@@ -114,8 +114,8 @@ def fresh_dir(path: Path) -> Path:
 def train_sinusoid(run_dir: Path, budget: Budget, **changes: Any) -> tuple[float, float]:
     """Meta-train the sinusoid preset into ``run_dir``; (training seconds, wall seconds incl. set-up).
 
-    ``changes`` are sinusoid config keys (``shots``, ``activation``, ``first_order``, ...). The
-    baseline is off unless asked for: it would add its own time to every wall time.
+    ``changes`` are sinusoid config keys (``shots``, ``activation``, ``first_order``, ``seed``, ...).
+    The baseline is off unless asked for: it would add its own time to every wall time.
     """
     preset = get_preset("sinusoid")
     shots = changes.pop("shots", 10)

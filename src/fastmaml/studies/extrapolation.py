@@ -42,9 +42,9 @@ def _sampler(tasks: SinusoidTasks, shots: int, queries: int):
     return sample
 
 
-def run(out: Path, budget: Budget) -> Report:
+def run(out: Path, budget: Budget, seed: int = 0) -> Report:
     run_dir = out / "extrapolation" / "sinusoid-k10"
-    train_s, _ = train_sinusoid(run_dir, budget, baseline=True)
+    train_s, _ = train_sinusoid(run_dir, budget, baseline=True, seed=seed)
     experiment, maml = load(run_dir)
     config = experiment.config
     methods = methods_for(experiment, maml)
@@ -65,7 +65,8 @@ def run(out: Path, budget: Budget) -> Report:
                 row[f"{method}_nmse_{s}"], row[f"{method}_nmse_{s}_ci"] = mse["mean"][s] / power, mse["ci95"][s] / power
         rows.append(row)
     table = Table(
-        f"Meta-trained on A ∈ [0.1, 5], φ ∈ [0, π], K=10, {budget.iterations} iterations; {budget.tasks} tasks per "
+        f"Meta-trained on A ∈ [0.1, 5], φ ∈ [0, π], K=10, {budget.iterations} iterations, training seed {seed}; "
+        f"{budget.tasks} tasks per "
         "band; MSE and normalised MSE (mean ± 95% CI)",
         ["band", "distance", "MAML MSE 1", "MAML MSE 10", "MAML NMSE 1", "MAML NMSE 10", "pretrained MSE 10",
          "pretrained NMSE 10"],
@@ -94,6 +95,19 @@ def run(out: Path, budget: Budget) -> Report:
                      "the support gradient grows with A, so a step size that suits the training range overshoots")
     results = {"train_s": train_s, "run_dir": str(run_dir), "bands": rows}
     return Report([table], results, notes, _plot(rows, out / "extrapolation.png"))
+
+
+def headlines(results: dict) -> dict[str, float]:
+    """Normalised MSEs of the training range and the farthest band of each axis, for ``--seeds``."""
+    rows = results["bands"]
+    picks = {"in range": rows[0], "farthest amplitude band": [r for r in rows if r["axis"] == "amplitude"][-1],
+             "farthest phase band": [r for r in rows if r["axis"] == "phase"][-1]}
+    out = {}
+    for band, r in picks.items():
+        for key, name in (("maml_nmse_1", "MAML NMSE after 1 step"), ("maml_nmse_10", "MAML NMSE after 10 steps"),
+                          ("pretrained_nmse_10", "pretrained NMSE after 10 steps")):
+            out[f"{band}: {name}"] = r[key]
+    return out
 
 
 def _plot(rows: list[dict], path: Path) -> Path:

@@ -22,11 +22,11 @@ STEPS = (1, 2, 3, 5)
 SLIDES_MINUTES = {1: 53, 2: 73, 3: 92}
 
 
-def run(out: Path, budget: Budget) -> Report:
+def run(out: Path, budget: Budget, seed: int = 0) -> Report:
     results, reports = {}, {}
     for n in STEPS:
         run_dir = out / "inner-steps" / f"steps-{n}"
-        train_s, wall_s = train_sinusoid(run_dir, budget, first_order=True, inner_steps=n)
+        train_s, wall_s = train_sinusoid(run_dir, budget, first_order=True, inner_steps=n, seed=seed)
         reports[n] = evaluate(run_dir, tasks=budget.tasks, steps=10)
         mse = reports[n]["metrics"]["maml"]["mse"]
         results[n] = {
@@ -48,7 +48,7 @@ def run(out: Path, budget: Budget) -> Report:
         r["n1_mse_n"] = results[1]["curve"][n]
         r["paired_vs_n1"] = {str(s): paired(reports[n], reports[1], "mse", s) for s in (n, 10)}
     table = Table(
-        f"First-order MAML, ReLU, K=10, {budget.iterations} iterations; MSE on {budget.tasks} meta-test tasks "
+        f"First-order MAML, ReLU, K=10, {budget.iterations} iterations, training seed {seed}; MSE on {budget.tasks} meta-test tasks "
         "(mean ± 95% CI) after the N steps it was trained with, and after 1 and 10",
         ["N", "MSE after N", "N=1 run after N", "minus N=1 run after N (paired)", "MSE after 1", "MSE after 10",
          "train wall time", "ms/iter", "time vs N=1", "slides time (min)", "slides vs N=1"],
@@ -77,6 +77,21 @@ def run(out: Path, budget: Budget) -> Report:
         + "; where none of these, the difference is inside the 95% interval",
     ]
     return Report([table], {str(n): r for n, r in results.items()}, notes, _plot(results, out / "inner-steps.png"))
+
+
+def headlines(results: dict) -> dict[str, float]:
+    """The numbers the notes conclude from, for ``--seeds``: one value per training seed."""
+    out = {}
+    for n in STEPS[1:]:
+        r = results[str(n)]
+        out[f"N={n} minus the N=1 run, MSE after {n} steps, paired"] = r["paired_vs_n1"][str(n)][0]
+        out[f"N={n} minus the N=1 run, MSE after 10 steps, paired"] = r["paired_vs_n1"]["10"][0]
+    for n in STEPS:
+        out[f"N={n}: MSE after {n} step{'' if n == 1 else 's'}"] = results[str(n)]["mse_n"]
+    base = results["1"]["ms_per_iteration"]
+    for n in STEPS[1:]:
+        out[f"N={n}: time per iteration / N=1's"] = results[str(n)]["ms_per_iteration"] / base
+    return out
 
 
 def _plot(results: dict, path: Path) -> Path:

@@ -150,22 +150,23 @@ def steps_to_tolerance(maml: MAML, distances, tasks: int, seed: int = 0) -> dict
     return out
 
 
-def run(out: Path, budget: Budget) -> Report:
+def run(out: Path, budget: Budget, seed: int = 0) -> Report:
     root = out / "linear"
     results = {"settings": [], "wide": {}}
     table = Table(
         f"Meta-learned θ for tasks y = 0.5x, y = 2x (p = 1/2 each), K={SHOTS}, one inner step, "
-        f"{budget.iterations} Adam iterations (β={budget.outer_lr}, meta-batch {budget.meta_batch_size})",
+        f"{budget.iterations} Adam iterations (β={budget.outer_lr}, meta-batch {budget.meta_batch_size}), training seed "
+        f"{seed}",
         ["setting", "x ~ U[−a,a], a per task", "α", "order", "derived θ*", "measured θ", "slides"],
     )
     for i, setting in enumerate(SETTINGS):
-        trainer, wall = fit(linear_experiment(setting, budget), root / f"setting-{i}")
+        trainer, wall = fit(linear_experiment(setting, budget, seed=seed), root / f"setting-{i}")
         measured = trainer.maml.model.weight.item()
         derived = derived_optimum(setting)
         results["settings"].append({**setting.__dict__, "derived": derived, "measured": measured, "wall_s": wall})
         table.add(setting.name, ", ".join(f"{a:g}" for a in setting.x_half_widths), setting.inner_lr,
                   "first" if setting.first_order else "second", f"{derived:.4f}", f"{measured:.4f}", 1.25)
-    trainer, _ = fit(linear_experiment(WIDE, budget, wide=True), root / "wide")
+    trainer, _ = fit(linear_experiment(WIDE, budget, wide=True, seed=seed), root / "wide")
     theta = trainer.maml.model.weight.item()
     steps = steps_to_tolerance(trainer.maml, DISTANCES, budget.tasks)
     results["wide"] = {"setting": WIDE.__dict__, "measured": theta, "derived": sum(WIDE.thetas) / 2,
@@ -185,6 +186,16 @@ def run(out: Path, budget: Budget) -> Report:
         f"{DISTANCES[0]} to {steps[DISTANCES[-1]]['median']:.0f} at {DISTANCES[-1]} (α fixed at {WIDE.inner_lr})",
     ]
     return Report([table, wide], results, notes, _plot(results, steps, out / "linear.png"))
+
+
+def headlines(results: dict) -> dict[str, float]:
+    """Measured minus derived θ of each setting and the wide setting's θ and steps, for ``--seeds``."""
+    out = {f"{r['name']}: measured minus derived θ": r["measured"] - r["derived"] for r in results["settings"]}
+    wide = results["wide"]
+    out["wide: measured θ"] = wide["measured"]
+    for d in (DISTANCES[0], DISTANCES[-1]):
+        out[f"wide: median steps from distance {d}"] = wide["steps"][str(d)]["median"]
+    return out
 
 
 def _plot(results: dict, steps: dict, path: Path) -> Path:

@@ -17,13 +17,13 @@ QUICK = Budget(iterations=150, tasks=50, timing_iterations=20, timing_rounds=5)
 SHOTS = (5, 10)
 
 
-def run(out: Path, budget: Budget) -> Report:
+def run(out: Path, budget: Budget, seed: int = 0) -> Report:
     results, alphas = {}, {}
     for shots in SHOTS:
         for meta_sgd in (False, True):
             key = f"k{shots}-{'meta-sgd' if meta_sgd else 'maml'}"
             run_dir = out / "meta-sgd" / key
-            train_s, _ = train_sinusoid(run_dir, budget, shots=shots, meta_sgd=meta_sgd)  # wall time: not compared
+            train_s, _ = train_sinusoid(run_dir, budget, shots=shots, meta_sgd=meta_sgd, seed=seed)  # wall time: not compared
             mse = evaluate(run_dir, tasks=budget.tasks, steps=10)["metrics"]["maml"]["mse"]
             results[key] = {
                 "shots": shots, "meta_sgd": meta_sgd,
@@ -43,7 +43,8 @@ def run(out: Path, budget: Budget) -> Report:
         m, target = results[f"k{shots}-maml"], results[f"k{shots}-meta-sgd"]["mse_1"]
         m["maml_steps_to_meta_sgd_1"] = next((s for s, v in enumerate(m["curve"]) if v <= target), None)
     table = Table(
-        f"MSE on {budget.tasks} meta-test tasks (mean ± 95% CI), {budget.iterations} iterations, α init 0.01",
+        f"MSE on {budget.tasks} meta-test tasks (mean ± 95% CI), {budget.iterations} iterations, α init 0.01, "
+        f"training seed {seed}",
         ["K", "method", "MSE 0 steps", "MSE 1 step", "MSE 10 steps", "ms/iter"],
     )
     for r in results.values():
@@ -67,6 +68,20 @@ def run(out: Path, budget: Budget) -> Report:
         notes.append("Meta-SGD's α is learned for the one step it was meta-trained with: repeating it 10 times "
                      "diverges on some tasks (NaN); use as many steps at meta-test as at meta-train")
     return Report([table, alpha_table], results, notes, _plot(results, alphas, out / "meta-sgd.png"))
+
+
+def headlines(results: dict) -> dict[str, float]:
+    """The numbers the notes conclude from, for ``--seeds``: one value per training seed (a MAML run
+    that never reaches Meta-SGD's one-step MSE in 10 steps counts as inf steps)."""
+    out = {}
+    for shots in SHOTS:
+        m, s = results[f"k{shots}-maml"], results[f"k{shots}-meta-sgd"]
+        out[f"K={shots}: Meta-SGD MSE after 1 step"] = s["mse_1"]
+        out[f"K={shots}: MAML MSE after 1 step"] = m["mse_1"]
+        out[f"K={shots}: MAML MSE after 10 steps"] = m["mse_10"]
+        steps = m["maml_steps_to_meta_sgd_1"]
+        out[f"K={shots}: MAML steps to Meta-SGD's one-step MSE"] = float("inf") if steps is None else float(steps)
+    return out
 
 
 def _plot(results: dict, alphas: dict, path: Path) -> Path:

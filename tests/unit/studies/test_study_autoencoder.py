@@ -18,6 +18,9 @@ def test_quick_study(tmp_path, monkeypatch):
     assert maml["mse_1"] < maml["mse_0"] and pretrained["mse_0"] > 0
     assert any("Omniglot part skipped" in n for n in summary["notes"])
     assert (tmp_path / "autoencoder.png").is_file()
+    assert summary["headlines"] == {
+        f"sinusoid families: {name} MSE after {s} step{'' if s == 1 else 's'}": results["sinusoid families"][key][f"mse_{s}"]
+        for name, key in (("MAML", "maml"), ("pretrained", "pretrained")) for s in (1, 5)}
 
 
 def test_missing_omniglot_folder_is_a_data_error(tmp_path):

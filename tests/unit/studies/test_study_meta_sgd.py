@@ -4,7 +4,8 @@ from fastmaml.studies import run_study
 
 
 def test_quick_study(tmp_path):
-    results = run_study("meta-sgd", tmp_path, quick=True)["results"]
+    summary = run_study("meta-sgd", tmp_path, quick=True)
+    results = summary["results"]
     assert set(results) == {"k5-maml", "k5-meta-sgd", "k10-maml", "k10-meta-sgd"}
     for key, r in results.items():
         if not r["meta_sgd"]:
@@ -16,3 +17,7 @@ def test_quick_study(tmp_path):
             assert max(abs(s["min"] - 0.01), abs(s["max"] - 0.01)) > 1e-3, (key, name, s)
         assert stats["net.2.weight"]["std"] > 1e-3 and stats["net.2.weight"]["numel"] == 1600
         assert r["mse_1"] < r["mse_0"]
+    headlines = summary["headlines"]
+    assert headlines["K=10: Meta-SGD MSE after 1 step"] == results["k10-meta-sgd"]["mse_1"]
+    steps = results["k5-maml"]["maml_steps_to_meta_sgd_1"]
+    assert headlines["K=5: MAML steps to Meta-SGD's one-step MSE"] == (float("inf") if steps is None else steps)

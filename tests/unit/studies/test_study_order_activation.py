@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,3 +73,8 @@ def test_quick_study(tmp_path, monkeypatch):
     assert saved["quick"] and saved["machine"]["cpu_count"] >= 1 and len(saved["tables"]) == 2
     assert (tmp_path / "order-activation.png").read_bytes()[:4] == b"\x89PNG"
     assert "slides MSE" in summary["text"] and "0.1931" in summary["text"]
+    headlines = saved["headlines"]  # what --seeds summarises: read from the right rows
+    assert headlines["relu: first minus second order MSE after 1 step, paired"] == pytest.approx(
+        results["relu-first"]["mse_1"] - results["relu-second"]["mse_1"], rel=1e-4, abs=1e-6)
+    assert headlines["sigmoid-second: α‖H g_q‖/‖g_q‖ (what first order drops)"] == \
+        results["sigmoid-second"]["curvature"]["correction"]
