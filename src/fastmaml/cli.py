@@ -87,8 +87,10 @@ def _parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="evaluated runs side by side: one table, paired differences per "
                              "task, a figure")
-    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
-                         help="runs evaluated alike (fastmaml eval with the same --tasks, --steps, --seed)")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                         help="runs evaluated alike (fastmaml eval with the same --tasks, --steps, --seed); "
+                         "RUN_SEED0,RUN_SEED1,...: one setting's runs at several training seeds, compared with "
+                         "other such groups seed by seed (mean ± 95%% CI over the seeds)")
     compare.add_argument("--figure", type=Path, help="write the metric-vs-steps figure (PNG) here")
     compare.add_argument("--iteration", type=int, metavar="N",
                          help="compare the runs' snapshots kept at iteration N, each evaluated with "
@@ -114,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--out", type=Path, default=Path("runs/studies"), help="output folder (default runs/studies)")
     study.add_argument("--data", type=Path, help="autoencoder: Omniglot folder (default $FASTMAML_OMNIGLOT, else "
                        "$FASTMAML_DATA/omniglot)")
+    seeds = study.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="training seed (default 0; the meta-test tasks are the "
+                       "same for every seed)")
+    seeds.add_argument("--seeds", type=_seed_list, metavar="S,S,...",
+                       help="run once per training seed into OUT/seed-S and summarise the headline numbers over "
+                       "the seeds (mean ± 95%% CI, OUT/NAME.seeds.txt); seeds already run there are reused")
 
     adapt = sub.add_parser("adapt", help="adapt a trained run to a new task: write predictions (table, sinusoid, "
                            "image runs) or the adapted policy (rl runs)")
@@ -307,12 +315,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from fastmaml import plotting
-    from fastmaml.engine.compare import merge, summary
+    from fastmaml.engine.compare import merge, merge_seeds, seeds_summary, summary
 
     if args.figure and args.figure.suffix.lower() != ".png":
         raise ConfigError(f"--figure {args.figure}: give a .png path")
-    report = merge(args.run_dirs, args.iteration)
-    print(summary(report))
+    if any("," in arg for arg in args.run_dirs):
+        report = merge_seeds([[Path(p) for p in arg.split(",") if p] for arg in args.run_dirs], args.iteration)
+        print(seeds_summary(report))
+    else:
+        report = merge([Path(arg) for arg in args.run_dirs], args.iteration)
+        print(summary(report))
     if args.figure:
         try:
             args.figure.parent.mkdir(parents=True, exist_ok=True)
@@ -362,8 +374,20 @@ def cmd_study(args: argparse.Namespace) -> int:
         for name, study in STUDIES.items():
             print(f"{name:<18} {study.description}")
         return 0
-    print(run_study(args.name, args.out, quick=args.quick, data=args.data)["text"])
+    if args.seeds:
+        from fastmaml.studies import run_seeds
+
+        print(run_seeds(args.name, args.out, args.seeds, quick=args.quick, data=args.data)["text"])
+        return 0
+    print(run_study(args.name, args.out, quick=args.quick, seed=args.seed, data=args.data)["text"])
     return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
 
 
 def refuse_run_files(out: Path, run: Path | None = None) -> None:

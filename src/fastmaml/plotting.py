@@ -98,7 +98,8 @@ def metric_vs_steps_figure(report: dict[str, Any]) -> plt.Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("inner gradient steps at meta-test")
         ax.set_ylabel(name)
-        ax.set_title(f"{report['experiment']}: {name} on {report['tasks']} meta-test tasks (95% CI)")
+        ax.set_title(f"{report['experiment']}: {name} on {report['tasks']} meta-test tasks "
+                     f"({report.get('interval', '95% CI')})")
     fig.tight_layout()
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 4), frameon=False)

@@ -152,3 +152,45 @@ def test_many_steps_show_a_bounded_set_of_columns_at_the_steps_they_name(tmp_pat
     row = next(line for line in text.splitlines() if line.startswith("| maml [a] |"))
     assert row.endswith(" | ".join(f"{k / 100:.4f} ± 0.5000" for k in steps) + " |")  # each column its own step
     assert "| maml [a] - maml [b] | " + " | ".join(["-1.0000 ± 0.0000"] * 12) + " |" in text
+
+
+def test_settings_over_seeds_are_compared_seed_by_seed(tmp_path, capsys):
+    # MAML is ahead of first order by 5, 7 and 9 at the three seeds after one step; random is shared
+    runs = {}
+    for seed, (so, fo) in enumerate(((10.0, 5.0), (20.0, 13.0), (30.0, 21.0))):
+        runs[("so", seed)] = write_eval(tmp_path / f"nav-seed{seed}", {"maml": so, "random": -50.0}, seed=seed)
+        runs[("fo", seed)] = write_eval(tmp_path / f"nav-fo-seed{seed}", {"maml": fo, "random": -50.0}, seed=seed)
+    groups = [[runs[(s, i)] for i in range(3)] for s in ("so", "fo")]
+    report = compare.merge_seeds(groups)
+    assert list(report["metrics"]) == ["maml [nav-seed{0,1,2}]", "random", "maml [nav-fo-seed{0,1,2}]"]
+    so = report["metrics"]["maml [nav-seed{0,1,2}]"]["return"]
+    assert so["per_seed"] == [[10.0, 11.0], [20.0, 21.0], [30.0, 31.0]]
+    assert so["mean"] == pytest.approx([20.0, 21.0]) and so["ci95"][1] == pytest.approx(4.303 * 10 / 3**0.5, rel=1e-4)
+    diff = report["differences"]["return"]["maml [nav-fo-seed{0,1,2}]"]
+    assert [row[1] for row in diff["per_seed"]] == [5.0, 7.0, 9.0]
+    # seed by seed the difference is 7 ± 4.97; the two rows' own intervals over seeds (± 24.8) overlap
+    assert diff["mean"][1] == pytest.approx(7.0) and diff["ci95"][1] == pytest.approx(4.303 * 2 / 3**0.5, rel=1e-4)
+
+    figure = tmp_path / "seeds.png"
+    assert main(["compare", ",".join(map(str, groups[0])), ",".join(map(str, groups[1])), "--figure",
+                 str(figure)]) == 0
+    out = capsys.readouterr().out
+    assert "3 training seeds per row" in out and "each training seed's runs on that seed's meta-test tasks" in out
+    row = "| maml [nav-seed{0,1,2}] - maml [nav-fo-seed{0,1,2}] | +7.000 ± 4.969 | +7.000 ± 4.969 | +5.000, +7.000, +9.000 |"
+    assert row in out
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_seed_groups_must_match(tmp_path, capsys):
+    a = [write_eval(tmp_path / f"a{i}", {"maml": 1.0}, seed=i) for i in range(3)]
+    b = [write_eval(tmp_path / f"b{i}", {"maml": 2.0}, seed=i) for i in range(2)]
+    with pytest.raises(ConfigError, match=r"the same number of runs \(two or more\).*got groups of 3, 2"):
+        compare.merge_seeds([a, b])
+    c = [write_eval(tmp_path / f"c{i}", {"pretrained": 2.0} if i == 1 else {"maml": 2.0}, seed=i) for i in range(3)]
+    with pytest.raises(ConfigError, match=r"c1's eval has no 'maml' row"):
+        compare.merge_seeds([a, c])
+    d = [write_eval(tmp_path / f"d{i}", {"maml": 2.0}, seed=i, tasks=8 if i == 2 else 4) for i in range(3)]
+    with pytest.raises(ConfigError, match="d2's eval has tasks=8"):
+        compare.merge_seeds([a, d])
+    assert main(["compare", f"{a[0]},{a[1]}", str(b[0])]) == 2  # a lone run beside seed groups
+    assert "same number" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     fastmaml eval RUN_A && fastmaml eval RUN_B
     fastmaml compare RUN_A RUN_B [--figure out.png]
     fastmaml compare RUN_A RUN_B --iteration 5000     # their snapshots (fastmaml eval RUN --iteration 5000)
+    fastmaml compare A_SEED0,A_SEED1,A_SEED2 B_SEED0,B_SEED1,B_SEED2   # settings over training seeds
 
 Each run's ``eval.json`` must come from the same experiment, meta-test seed, task count, steps (and,
 for meta-RL, trajectories): ``fastmaml eval`` then draws the same tasks for every method of every
@@ -13,16 +14,25 @@ The paired differences are the first row minus each other one, task by task on t
 what is hard or easy about a task is shared by both sides of a pair and cancels, so this interval,
 not the two separate ones, says whether one beats the other on these tasks (it says nothing about
 other training seeds).
+
+Comma-separated groups compare settings over training seeds (:func:`merge_seeds`): each group is one
+setting's runs, one per seed, every group in the same seed order. A row's cell is the mean over the
+seeds of each seed's meta-test mean, with a 95% interval over the seeds (Student's t), and the
+differences are taken seed by seed (the first row minus each other one, at each seed) before they
+are averaged: that interval, not one run's, says whether a setting wins beyond the luck of one seed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
-from fastmaml.engine.evaluate import metric_names, paired_by_metric, shown_steps
+import torch
+
+from fastmaml.engine.evaluate import mean_ci95_t, metric_names, paired_by_metric, shown_steps
 from fastmaml.engine.run_dir import eval_path
 from fastmaml.errors import ConfigError
 
@@ -75,6 +85,96 @@ def merge(runs: list[Path], iteration: int | None = None) -> dict[str, Any]:
     return merged
 
 
+def group_label(runs: list[Path]) -> str:
+    """One name for a setting's runs: what their folder names share, the differing part in braces
+    (``rl-nav2d-seed{0,1,2}``)."""
+    names = [run.name for run in runs]
+    prefix = os.path.commonprefix(names)
+    suffix = os.path.commonprefix([n[len(prefix):][::-1] for n in names])[::-1]
+    middle = [n[len(prefix): len(n) - len(suffix)] for n in names]
+    return f"{prefix}{{{','.join(middle)}}}{suffix}"
+
+
+def merge_seeds(groups: list[list[Path]], iteration: int | None = None) -> dict[str, Any]:
+    """Settings over training seeds (see the module docstring): one report whose rows are each
+    setting's methods, each metric's ``mean`` and ``ci95`` over the seeds after 0..N steps, its
+    ``per_seed`` means, and ``differences``: the first row minus each other one, seed by seed."""
+    sizes = {len(group) for group in groups}
+    if len(sizes) != 1 or min(sizes) < 2:
+        raise ConfigError("with comma-separated run folders, each group is one setting's runs, one per training "
+                          "seed: give every group the same number of runs (two or more), in the same seed order; "
+                          f"got groups of {', '.join(str(len(g)) for g in groups)}")
+    reports = [[read_report(run, iteration) for run in group] for group in groups]
+    first_run, first = groups[0][0], reports[0][0]
+    for group, group_reports in zip(groups, reports):
+        for run, report in zip(group, group_reports):
+            for key in SAME:
+                if key != "seed" and report.get(key) != first.get(key):
+                    raise ConfigError(f"{run}'s eval has {key}={report.get(key)!r}, {first_run}'s {first.get(key)!r}: "
+                                      "evaluate every run alike (fastmaml eval RUN with the same --tasks, --steps)")
+    seeds = len(groups[0])
+    labels = [group_label(group) for group in groups]
+    entries: list[tuple[str, int, list[dict]]] = []  # (method, group, its values at each seed)
+    for g, (group, group_reports) in enumerate(zip(groups, reports)):
+        for method in group_reports[0]["metrics"]:
+            for run, report in zip(group, group_reports):
+                if method not in report["metrics"]:
+                    raise ConfigError(f"{run}'s eval has no {method!r} row, {group[0]}'s has: compare runs of one "
+                                      "setting (the same preset, baselines and --set changes) in each group")
+            values = [report["metrics"][method] for report in group_reports]
+            if all(seen_method != method or seen != values for seen_method, _, seen in entries):
+                entries.append((method, g, values))  # a method identical in two groups (a shared baseline): once
+    merged = {key: value for key, value in first.items() if key not in ("metrics", "seed")}
+    merged |= {"seeds": seeds, "metrics": {}, "runs": {}, "differences": {},
+               "interval": f"95% CI over {seeds} training seeds", "eval_seeds": sorted({
+                   report.get("seed") for group_reports in reports for report in group_reports}, key=str)}
+    for method, g, values in entries:
+        name = method if [m for m, _, _ in entries].count(method) == 1 else f"{method} [{labels[g]}]"
+        merged["runs"][name] = labels[g]
+        merged["metrics"][name] = {}
+        for metric in values[0]:
+            per_seed = torch.tensor([v[metric]["mean"] for v in values], dtype=torch.float64)  # (seeds, steps + 1)
+            mean, ci = mean_ci95_t(per_seed)
+            merged["metrics"][name][metric] = {"mean": mean.tolist(), "ci95": ci.tolist(), "per_seed": per_seed.tolist()}
+    rows = merged["metrics"]
+    head = next(iter(rows))
+    for metric in metric_names(rows):
+        for name, values in rows.items():
+            if name != head and metric in values and metric in rows[head]:
+                d = torch.tensor(rows[head][metric]["per_seed"]) - torch.tensor(values[metric]["per_seed"])
+                mean, ci = mean_ci95_t(d)
+                merged["differences"].setdefault(metric, {})[name] = {
+                    "mean": mean.tolist(), "ci95": ci.tolist(), "per_seed": d.tolist()}
+    return merged
+
+
+def seeds_summary(report: dict[str, Any]) -> str:
+    """:func:`merge_seeds`' report as ``fastmaml compare`` prints it: the table over seeds and the
+    differences seed by seed, with each seed's difference at the last step column shown."""
+    seeds = report["seeds"]
+    where = {"val": "validation", "train": "meta-training"}.get(report.get("split", "test"), "meta-test")
+    eval_seeds = report["eval_seeds"]
+    shared = ("every run on the same meta-test tasks" if len(eval_seeds) == 1 else
+              "each training seed's runs on that seed's meta-test tasks")
+    head = (f"{report['experiment']}: {report['tasks']} {where} tasks per run ({shared}), {seeds} training seeds per "
+            "row; each cell: the mean over the seeds of the runs' means, ± its 95% interval over the seeds (Student's "
+            "t, n − 1 = " + f"{seeds - 1})")
+    steps = step_columns(report)
+    last = steps[-1]
+    lines = [head, table(report)]
+    first = next(iter(report["metrics"]))
+    for metric, differences in report["differences"].items():
+        d = decimals(report, metric)
+        lines += ["", f"{metric}: {first} minus each other row, seed by seed (mean ± 95% CI over the {seeds} seeds; "
+                  f"the last column: each seed's difference after {last} step{'' if last == 1 else 's'}):", "",
+                  *header(["difference"], steps, ("per seed",))]
+        for name, diff in differences.items():
+            cells = [f"{diff['mean'][k]:+.{d}f} ± {diff['ci95'][k]:.{d}f}" for k in steps]
+            each = ", ".join(f"{row[last]:+.{d}f}" for row in diff["per_seed"])
+            lines.append(f"| {first} - {name} | " + " | ".join(cells) + f" | {each} |")
+    return "\n".join(lines).rstrip()
+
+
 def decimals(report: dict[str, Any], name: str) -> int:
     """Decimals for a metric's table: 4 below 10 (accuracies, most losses), 3 below 100, else 2 (returns)."""
     means = [abs(m) for values in report["metrics"].values() if name in values for m in values[name]["mean"]]
@@ -90,9 +190,9 @@ def step_columns(report: dict[str, Any]) -> list[int]:
     return shown_steps(report["steps"], MAX_STEP_COLUMNS)
 
 
-def header(columns: list[str], steps: list[int]) -> list[str]:
-    """A markdown table's header and rule: ``columns``, then one column per number of steps."""
-    names = [*columns, *(f"{k} step{'' if k == 1 else 's'}" for k in steps)]
+def header(columns: list[str], steps: list[int], after: tuple[str, ...] = ()) -> list[str]:
+    """A markdown table's header and rule: ``columns``, one column per number of steps, then ``after``."""
+    names = [*columns, *(f"{k} step{'' if k == 1 else 's'}" for k in steps), *after]
     return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
 
 
