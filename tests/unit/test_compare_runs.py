@@ -194,3 +194,14 @@ def test_seed_groups_must_match(tmp_path, capsys):
         compare.merge_seeds([a, d])
     assert main(["compare", f"{a[0]},{a[1]}", str(b[0])]) == 2  # a lone run beside seed groups
     assert "same number" in capsys.readouterr().err
+
+
+def test_seed_groups_in_different_seed_orders_are_refused(tmp_path):
+    a = [write_eval(tmp_path / f"a{i}", {"maml": 1.0 + i}, seed=i) for i in range(2)]
+    b = [write_eval(tmp_path / f"b{i}", {"maml": 2.0 + i}, seed=i) for i in range(2)]
+    for run, seed in ((a[0], 0), (a[1], 1), (b[0], 1), (b[1], 0)):  # b listed as seed 1, seed 0
+        (run / "config.json").write_text(json.dumps({"experiment": "rl", "config": {"seed": seed}}))
+    with pytest.raises(ConfigError, match=r"place 1 of their groups were trained at different seeds .*a0 seed 0, .*b0 "
+                                          r"seed 1.*same seed order"):
+        compare.merge_seeds([a, b])
+    assert compare.merge_seeds([a, b[::-1]])["seeds"] == 2

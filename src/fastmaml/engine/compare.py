@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from fastmaml.engine.evaluate import mean_ci95_t, metric_names, paired_by_metric, shown_steps
-from fastmaml.engine.run_dir import eval_path
+from fastmaml.engine.run_dir import CONFIG, eval_path
 from fastmaml.errors import ConfigError
 
 SAME = ("experiment", "tasks", "steps", "seed", "trajectories", "split")
@@ -95,6 +95,15 @@ def group_label(runs: list[Path]) -> str:
     return f"{prefix}{{{','.join(middle)}}}{suffix}"
 
 
+def training_seed(run: Path) -> int | None:
+    """The seed ``run``'s config.json names; None where it cannot be read (an eval.json alone)."""
+    try:
+        seed = json.loads((Path(run) / CONFIG).read_text())["config"]["seed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return seed if isinstance(seed, int) else None
+
+
 def merge_seeds(groups: list[list[Path]], iteration: int | None = None) -> dict[str, Any]:
     """Settings over training seeds (see the module docstring): one report whose rows are each
     setting's methods, each metric's ``mean`` and ``ci95`` over the seeds after 0..N steps, its
@@ -113,6 +122,12 @@ def merge_seeds(groups: list[list[Path]], iteration: int | None = None) -> dict[
                     raise ConfigError(f"{run}'s eval has {key}={report.get(key)!r}, {first_run}'s {first.get(key)!r}: "
                                       "evaluate every run alike (fastmaml eval RUN with the same --tasks, --steps)")
     seeds = len(groups[0])
+    for position, runs in enumerate(zip(*groups)):  # paired by position: one training seed per position
+        trained = {run: seed for run in runs if (seed := training_seed(run)) is not None}
+        if len(set(trained.values())) > 1:
+            found = ", ".join(f"{run} seed {seed}" for run, seed in trained.items())
+            raise ConfigError(f"the runs at place {position + 1} of their groups were trained at different seeds "
+                              f"({found}): list every group's runs in the same seed order")
     labels = [group_label(group) for group in groups]
     entries: list[tuple[str, int, list[dict]]] = []  # (method, group, its values at each seed)
     for g, (group, group_reports) in enumerate(zip(groups, reports)):

@@ -129,6 +129,11 @@ def run_seeds(name: str, out: str | Path, seeds: list[int], *, quick: bool = Fal
         else:
             print(f"study {name}: training seed {seed}: reusing {folder / f'{name}.json'}", flush=True)
         summaries.append(done)
+    for seed, done in zip(seeds, summaries):
+        if list(done["headlines"]) != list(summaries[0]["headlines"]):  # a seed run by another version
+            raise ConfigError(f"{out / f'seed-{seed}' / f'{name}.json'} reports other numbers than seed {seeds[0]}'s "
+                              f"(run by another fastmaml version?); delete the folder {out / f'seed-{seed}'} "
+                              "or the other seed's, and run --seeds again")
     rows = []
     for key in summaries[0]["headlines"]:
         values = [float(s["headlines"][key]) for s in summaries]

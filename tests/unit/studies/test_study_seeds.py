@@ -58,3 +58,16 @@ def test_single_seed_and_bad_seed_lists(tmp_path, capsys):
     with pytest.raises(ConfigError, match="has no option --data"):  # before any seed trains
         run_seeds("linear", tmp_path / "x", [0, 1], quick=True, data="somewhere")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_seed_run_by_another_version_is_named(tmp_path):
+    run_seeds("linear", tmp_path, [0, 1], quick=True)
+    path = tmp_path / "seed-1" / "linear.json"
+    summary = json.loads(path.read_text())
+    summary["headlines"]["a number an older version reported"] = 1.0
+    path.write_text(json.dumps(summary))
+    with pytest.raises(ConfigError, match=r"seed-1/linear.json reports other numbers than seed 0's"):
+        run_seeds("linear", tmp_path, [0, 1], quick=True)
+    path.write_text("{}")
+    with pytest.raises(ConfigError, match="is not a finished study"):
+        run_seeds("linear", tmp_path, [0, 1], quick=True)
