@@ -377,7 +377,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.seeds:
         from fastmaml.studies import run_seeds
 
-        print(run_seeds(args.name, args.out, args.seeds, quick=args.quick, data=args.data)["text"])
+        summary = run_seeds(args.name, args.out, args.seeds, quick=args.quick, data=args.data,
+                            progress=lambda line: print(line, flush=True))
+        print(summary["text"])
         return 0
     print(run_study(args.name, args.out, quick=args.quick, seed=args.seed, data=args.data)["text"])
     return 0

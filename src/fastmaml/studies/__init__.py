@@ -20,7 +20,9 @@ import contextlib
 import importlib
 import inspect
 import json
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,9 @@ from fastmaml.config import check_seed
 from fastmaml.engine.evaluate import mean_ci95_t
 from fastmaml.errors import ConfigError
 from fastmaml.studies.common import Budget, Report, Table, fmt, machine, pm
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,10 +110,12 @@ def run_study(name: str, out: str | Path, *, quick: bool = False, seed: int = 0,
 
 
 def run_seeds(name: str, out: str | Path, seeds: list[int], *, quick: bool = False,
-              **options: Any) -> dict[str, Any]:
+              progress: Callable[[str], Any] | None = None, **options: Any) -> dict[str, Any]:
     """Run study ``name`` once per training seed into ``out/seed-S`` and summarise its headlines over
     the seeds (``out/NAME.seeds.json`` and ``.txt``). A seed whose ``out/seed-S/NAME.json`` exists
-    from an earlier call at the same budget is read, not run again, so seeds can be added later."""
+    from an earlier call at the same budget is read, not run again, so seeds can be added later.
+    ``progress`` receives a line as each seed starts (default: the module's logger, at INFO)."""
+    announce = progress or log.info
     options = {k: v for k, v in options.items() if v is not None}
     _module(name, options)  # a wrong name or option fails before the first seed trains
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
@@ -123,11 +130,10 @@ def run_seeds(name: str, out: str | Path, seeds: list[int], *, quick: bool = Fal
         folder = out / f"seed-{seed}"
         done = _finished(folder / f"{name}.json", quick, seed)
         if done is None:
-            print(f"study {name}: training seed {seed} ({seeds.index(seed) + 1} of {len(seeds)}) into {folder}",
-                  flush=True)
+            announce(f"study {name}: training seed {seed} ({seeds.index(seed) + 1} of {len(seeds)}) into {folder}")
             done = run_study(name, folder, quick=quick, seed=seed, **options)
         else:
-            print(f"study {name}: training seed {seed}: reusing {folder / f'{name}.json'}", flush=True)
+            announce(f"study {name}: training seed {seed}: reusing {folder / f'{name}.json'}")
         summaries.append(done)
     for seed, done in zip(seeds, summaries):
         if list(done["headlines"]) != list(summaries[0]["headlines"]):  # a seed run by another version

@@ -117,12 +117,18 @@ def train_sinusoid(run_dir: Path, budget: Budget, **changes: Any) -> tuple[float
     ``changes`` are sinusoid config keys (``shots``, ``activation``, ``first_order``, ``seed``, ...).
     The baseline is off unless asked for: it would add its own time to every wall time.
     """
-    preset = get_preset("sinusoid")
+    start = time.perf_counter()
+    summary = train(get_preset("sinusoid"), sinusoid_config(budget, **changes), fresh_dir(run_dir), progress=False)
+    return summary["elapsed_s"], time.perf_counter() - start
+
+
+def sinusoid_config(budget: Budget, **changes: Any):
+    """The sinusoid preset's config at ``budget`` with ``changes`` (see :func:`train_sinusoid`)."""
     shots = changes.pop("shots", 10)
     changes.setdefault("baseline", False)
     if budget.outer_lr:
         changes.setdefault("outer_lr", budget.outer_lr)
-    config = preset.make_config(
+    return get_preset("sinusoid").make_config(
         shots=shots,
         iterations=budget.iterations,
         meta_batch_size=budget.meta_batch_size,
@@ -130,9 +136,6 @@ def train_sinusoid(run_dir: Path, budget: Budget, **changes: Any) -> tuple[float
         log_every=min(100, budget.iterations),
         **changes,
     )
-    start = time.perf_counter()
-    summary = train(preset, config, fresh_dir(run_dir), progress=False)
-    return summary["elapsed_s"], time.perf_counter() - start
 
 
 def fit(experiment: Experiment, run_dir: Path) -> tuple[Trainer, float]:

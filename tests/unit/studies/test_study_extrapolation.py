@@ -1,5 +1,8 @@
 """extrapolation: every band is scored, and tasks far outside the amplitude range are fitted worse."""
 
+import pytest
+import torch
+
 from fastmaml.studies import run_study
 
 
@@ -11,6 +14,27 @@ def test_quick_study(tmp_path):
     assert far["amplitude"] == (8.0, 10.0) and far["distance"] == 4.0
     assert far["maml_mse_1"] > 2 * inside["maml_mse_1"]
     assert all(b["pretrained_mse_10"] > 0 and b["maml_nmse_10"] > 0 for b in bands)
+    # the remedy: targets divided by each task's support std make the amplitude bands alike
+    scaled = [b["scaled_nmse_1"] for b in bands if b["axis"] != "phase"]
+    assert max(scaled) < 1.2 * min(scaled) and scaled[-1] < far["maml_nmse_1"]
+    assert "scaled targets NMSE 1" in summary["text"]
     headlines = summary["headlines"]
     assert headlines["farthest amplitude band: MAML NMSE after 1 step"] == far["maml_nmse_1"]
     assert headlines["in range: pretrained NMSE after 10 steps"] == inside["pretrained_nmse_10"]
+
+
+def test_scaled_targets_divide_every_target_of_a_task_by_its_support_std():
+    from fastmaml.core import TaskBatch
+    from fastmaml.studies.extrapolation import SCALED_METRICS, scale_targets, scaled_mse
+
+    support_y = torch.tensor([[[1.0], [3.0]], [[10.0], [30.0]]])  # std 1.414 and 14.14
+    batch = TaskBatch(torch.zeros(2, 2, 1), support_y, torch.zeros(2, 1, 1), torch.tensor([[[2.0]], [[20.0]]]))
+    scaled = scale_targets(lambda generator, split, n: batch)(None, "test", 2)
+    y, s = scaled.query_y[..., :1], scaled.query_y[..., 1:]
+    assert torch.allclose(scaled.support_y[0, :, :1], scaled.support_y[1, :, :1]) and torch.allclose(y[0], y[1])
+    assert y[0].item() == pytest.approx(2 / 2**0.5) and s.flatten().tolist() == pytest.approx([2**0.5, 200**0.5])
+    assert scaled.support_x is batch.support_x
+    # scored in y's units: a prediction off by 1 in scaled units is off by s in y's
+    assert SCALED_METRICS["mse"](y + 1, scaled.query_y).item() == pytest.approx((2 + 200) / 2)
+    assert SCALED_METRICS["power"](y, scaled.query_y).item() == pytest.approx((4 + 400) / 2)
+    assert scaled_mse(y + 1, scaled.query_y).item() == pytest.approx(1.0)
