@@ -319,8 +319,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.figure and args.figure.suffix.lower() != ".png":
         raise ConfigError(f"--figure {args.figure}: give a .png path")
-    if any("," in arg for arg in args.run_dirs):
-        report = merge_seeds([[Path(p) for p in arg.split(",") if p] for arg in args.run_dirs], args.iteration)
+    if any("," in arg and not Path(arg).is_dir() for arg in args.run_dirs):  # a folder may have a comma in its name
+        groups = [[Path(arg)] if Path(arg).is_dir() else [Path(p) for p in arg.split(",") if p] for arg in args.run_dirs]
+        report = merge_seeds(groups, args.iteration)
         print(seeds_summary(report))
     else:
         report = merge([Path(arg) for arg in args.run_dirs], args.iteration)

@@ -187,7 +187,7 @@ def test_seed_groups_must_match(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"the same number of runs \(two or more\).*got groups of 3, 2"):
         compare.merge_seeds([a, b])
     c = [write_eval(tmp_path / f"c{i}", {"pretrained": 2.0} if i == 1 else {"maml": 2.0}, seed=i) for i in range(3)]
-    with pytest.raises(ConfigError, match=r"c1's eval has no 'maml' row"):
+    with pytest.raises(ConfigError, match=r"c1's eval reports \{'pretrained': \['return'\]\}, .*c0's \{'maml'"):
         compare.merge_seeds([a, c])
     d = [write_eval(tmp_path / f"d{i}", {"maml": 2.0}, seed=i, tasks=8 if i == 2 else 4) for i in range(3)]
     with pytest.raises(ConfigError, match="d2's eval has tasks=8"):
@@ -197,11 +197,47 @@ def test_seed_groups_must_match(tmp_path, capsys):
 
 
 def test_seed_groups_in_different_seed_orders_are_refused(tmp_path):
-    a = [write_eval(tmp_path / f"a{i}", {"maml": 1.0 + i}, seed=i) for i in range(2)]
-    b = [write_eval(tmp_path / f"b{i}", {"maml": 2.0 + i}, seed=i) for i in range(2)]
+    a = [write_eval(tmp_path / f"a{i}", {"maml": 1.0 + i}) for i in range(2)]
+    b = [write_eval(tmp_path / f"b{i}", {"maml": 2.0 + i}) for i in range(2)]
     for run, seed in ((a[0], 0), (a[1], 1), (b[0], 1), (b[1], 0)):  # b listed as seed 1, seed 0
         (run / "config.json").write_text(json.dumps({"experiment": "rl", "config": {"seed": seed}}))
     with pytest.raises(ConfigError, match=r"place 1 of their groups were trained at different seeds .*a0 seed 0, .*b0 "
                                           r"seed 1.*same seed order"):
         compare.merge_seeds([a, b])
     assert compare.merge_seeds([a, b[::-1]])["seeds"] == 2
+
+
+def test_seed_groups_are_checked_before_they_are_paired(tmp_path, capsys):
+    def runs(setting, seeds=(0, 1), **extra):
+        return [write_eval(tmp_path / setting / f"seed{s}", {"maml": 10.0 * len(setting) + s}, seed=7, **extra)
+                for s in seeds]
+
+    so, fo = runs("so"), runs("first")
+    report = compare.merge_seeds([so, fo])  # alike folder names: the rows are told apart by their paths
+    assert list(report["metrics"]) == [f"maml [{tmp_path}/so/seed{{0,1}}]", f"maml [{tmp_path}/first/seed{{0,1}}]"]
+    with pytest.raises(ConfigError, match="is named twice"):
+        compare.merge_seeds([so, [fo[0], so[1]]])
+    with pytest.raises(ConfigError, match="is named twice"):
+        compare.merge_seeds([so, so])
+    b = runs("b")
+    for run, seed in zip(b, (3, 3)):
+        (run / "config.json").write_text(json.dumps({"experiment": "rl", "config": {"seed": seed}}))
+    with pytest.raises(ConfigError, match="a group holds two runs of one training seed"):
+        compare.merge_seeds([so, b])
+    other_tasks = [so[0], write_eval(tmp_path / "c" / "seed1", {"maml": 3.0}, seed=99)]
+    with pytest.raises(ConfigError, match=r"place 2 of their groups were meta-tested on different tasks"):
+        compare.merge_seeds([[fo[0], so[1]][:1] + [fo[1]], other_tasks])
+    extra = write_eval(tmp_path / "d" / "seed1", {"maml": 3.0, "oracle": 1.0})
+    with pytest.raises(ConfigError, match="seed1's eval reports"):  # found in either order
+        compare.merge_seeds([[fo[0], extra], so])
+    with pytest.raises(ConfigError, match="seed0's eval reports"):
+        compare.merge_seeds([[extra, fo[0]], so])
+    late = write_eval(tmp_path / "e" / "seed1", {"maml": 3.0}, step=300)
+    assert compare.merge_seeds([[fo[0], late], so])["iterations"] == [100, 300]
+    assert "meta-tested at different iterations (100, 300)" in compare.seeds_summary(
+        compare.merge_seeds([[fo[0], late], so]))
+
+    comma = write_eval(tmp_path / "lr=0.1,steps=5", {"maml": 1.0})  # a folder with a comma is one run
+    plain = write_eval(tmp_path / "plain", {"maml": 2.0})
+    assert main(["compare", str(comma), str(plain)]) == 0
+    assert "maml [lr=0.1,steps=5]" in capsys.readouterr().out

@@ -20,6 +20,8 @@ setting's runs, one per seed, every group in the same seed order. A row's cell i
 seeds of each seed's meta-test mean, with a 95% interval over the seeds (Student's t), and the
 differences are taken seed by seed (the first row minus each other one, at each seed) before they
 are averaged: that interval, not one run's, says whether a setting wins beyond the luck of one seed.
+Runs are evaluated alike as above, except that the meta-test seed may change from one place in the
+groups to the next (a meta-RL seed draws its own tasks); at one place it must be the same.
 """
 
 from __future__ import annotations
@@ -85,10 +87,10 @@ def merge(runs: list[Path], iteration: int | None = None) -> dict[str, Any]:
     return merged
 
 
-def group_label(runs: list[Path]) -> str:
-    """One name for a setting's runs: what their folder names share, the differing part in braces
-    (``rl-nav2d-seed{0,1,2}``)."""
-    names = [run.name for run in runs]
+def group_label(runs: list[Path], full: bool = False) -> str:
+    """One name for a setting's runs: what their folder names (``full``: paths) share, the differing
+    part in braces (``rl-nav2d-seed{0,1,2}``)."""
+    names = [str(run) if full else run.name for run in runs]
     prefix = os.path.commonprefix(names)
     suffix = os.path.commonprefix([n[len(prefix):][::-1] for n in names])[::-1]
     middle = [n[len(prefix): len(n) - len(suffix)] for n in names]
@@ -104,16 +106,20 @@ def training_seed(run: Path) -> int | None:
     return seed if isinstance(seed, int) else None
 
 
-def merge_seeds(groups: list[list[Path]], iteration: int | None = None) -> dict[str, Any]:
-    """Settings over training seeds (see the module docstring): one report whose rows are each
-    setting's methods, each metric's ``mean`` and ``ci95`` over the seeds after 0..N steps, its
-    ``per_seed`` means, and ``differences``: the first row minus each other one, seed by seed."""
+def _check_seed_groups(groups: list[list[Path]], reports: list[list[dict[str, Any]]]) -> None:
+    """ConfigError unless the groups can be paired seed by seed: equal sizes of two or more, no run
+    twice, runs evaluated alike, and at each place one training seed and one set of meta-test tasks."""
     sizes = {len(group) for group in groups}
     if len(sizes) != 1 or min(sizes) < 2:
         raise ConfigError("with comma-separated run folders, each group is one setting's runs, one per training "
                           "seed: give every group the same number of runs (two or more), in the same seed order; "
                           f"got groups of {', '.join(str(len(g)) for g in groups)}")
-    reports = [[read_report(run, iteration) for run in group] for group in groups]
+    seen: dict[Path, Path] = {}
+    for run in (run for group in groups for run in group):
+        key = Path(run).resolve()
+        if key in seen:
+            raise ConfigError(f"{run} is named twice (as {seen[key]} before): each run is one seed of one setting")
+        seen[key] = run
     first_run, first = groups[0][0], reports[0][0]
     for group, group_reports in zip(groups, reports):
         for run, report in zip(group, group_reports):
@@ -121,28 +127,52 @@ def merge_seeds(groups: list[list[Path]], iteration: int | None = None) -> dict[
                 if key != "seed" and report.get(key) != first.get(key):
                     raise ConfigError(f"{run}'s eval has {key}={report.get(key)!r}, {first_run}'s {first.get(key)!r}: "
                                       "evaluate every run alike (fastmaml eval RUN with the same --tasks, --steps)")
-    seeds = len(groups[0])
-    for position, runs in enumerate(zip(*groups)):  # paired by position: one training seed per position
+        trained = [(run, seed) for run in group if (seed := training_seed(run)) is not None]
+        if len({seed for _, seed in trained}) < len(trained):
+            found = ", ".join(f"{run} seed {seed}" for run, seed in trained)
+            raise ConfigError(f"a group holds two runs of one training seed ({found}): give each setting one run per seed")
+        for run, report in zip(group, group_reports):  # every run of a setting reports the same rows and metrics
+            shape, expected = ({m: sorted(v) for m, v in report["metrics"].items()},
+                               {m: sorted(v) for m, v in group_reports[0]["metrics"].items()})
+            if shape != expected:
+                raise ConfigError(f"{run}'s eval reports {shape}, {group[0]}'s {expected}: put runs of one setting (the "
+                                  "same preset, baselines and --set changes, evaluated alike) in each group")
+    for place, (runs, place_reports) in enumerate(zip(zip(*groups), zip(*reports))):
         trained = {run: seed for run in runs if (seed := training_seed(run)) is not None}
         if len(set(trained.values())) > 1:
             found = ", ".join(f"{run} seed {seed}" for run, seed in trained.items())
-            raise ConfigError(f"the runs at place {position + 1} of their groups were trained at different seeds "
+            raise ConfigError(f"the runs at place {place + 1} of their groups were trained at different seeds "
                               f"({found}): list every group's runs in the same seed order")
+        tasks = {report.get("seed") for report in place_reports}
+        if len(tasks) > 1:
+            found = ", ".join(f"{run} --seed {report.get('seed')}" for run, report in zip(runs, place_reports))
+            raise ConfigError(f"the runs at place {place + 1} of their groups were meta-tested on different tasks "
+                              f"({found}): evaluate the runs of one seed with the same fastmaml eval --seed")
+
+
+def merge_seeds(groups: list[list[Path]], iteration: int | None = None) -> dict[str, Any]:
+    """Settings over training seeds (see the module docstring): one report whose rows are each
+    setting's methods, each metric's ``mean`` and ``ci95`` over the seeds after 0..N steps, its
+    ``per_seed`` means, and ``differences``: the first row minus each other one, seed by seed."""
+    reports = [[read_report(run, iteration) for run in group] for group in groups]
+    _check_seed_groups(groups, reports)
+    seeds = len(groups[0])
     labels = [group_label(group) for group in groups]
+    if len(set(labels)) < len(labels):  # runs/so/seed0 and runs/fo/seed0: the folder names alone are alike
+        labels = [group_label(group, full=True) for group in groups]
     entries: list[tuple[str, int, list[dict]]] = []  # (method, group, its values at each seed)
-    for g, (group, group_reports) in enumerate(zip(groups, reports)):
+    for g, group_reports in enumerate(reports):
         for method in group_reports[0]["metrics"]:
-            for run, report in zip(group, group_reports):
-                if method not in report["metrics"]:
-                    raise ConfigError(f"{run}'s eval has no {method!r} row, {group[0]}'s has: compare runs of one "
-                                      "setting (the same preset, baselines and --set changes) in each group")
             values = [report["metrics"][method] for report in group_reports]
             if all(seen_method != method or seen != values for seen_method, _, seen in entries):
                 entries.append((method, g, values))  # a method identical in two groups (a shared baseline): once
+    first = reports[0][0]
     merged = {key: value for key, value in first.items() if key not in ("metrics", "seed")}
     merged |= {"seeds": seeds, "metrics": {}, "runs": {}, "differences": {},
-               "interval": f"95% CI over {seeds} training seeds", "eval_seeds": sorted({
-                   report.get("seed") for group_reports in reports for report in group_reports}, key=str)}
+               "interval": f"95% CI over {seeds} training seeds",
+               "eval_seeds": [group_reports[0].get("seed") for group_reports in zip(*reports)],
+               "iterations": sorted({report.get("step") for group_reports in reports for report in group_reports},
+                                    key=str)}
     for method, g, values in entries:
         name = method if [m for m, _, _ in entries].count(method) == 1 else f"{method} [{labels[g]}]"
         merged["runs"][name] = labels[g]
@@ -168,12 +198,13 @@ def seeds_summary(report: dict[str, Any]) -> str:
     differences seed by seed, with each seed's difference at the last step column shown."""
     seeds = report["seeds"]
     where = {"val": "validation", "train": "meta-training"}.get(report.get("split", "test"), "meta-test")
-    eval_seeds = report["eval_seeds"]
-    shared = ("every run on the same meta-test tasks" if len(eval_seeds) == 1 else
+    shared = ("every run on the same meta-test tasks" if len(set(map(str, report["eval_seeds"]))) == 1 else
               "each training seed's runs on that seed's meta-test tasks")
     head = (f"{report['experiment']}: {report['tasks']} {where} tasks per run ({shared}), {seeds} training seeds per "
             "row; each cell: the mean over the seeds of the runs' means, ± its 95% interval over the seeds (Student's "
             "t, n − 1 = " + f"{seeds - 1})")
+    if len(report["iterations"]) > 1:
+        head += f"; the runs were meta-tested at different iterations ({', '.join(map(str, report['iterations']))})"
     steps = step_columns(report)
     last = steps[-1]
     lines = [head, table(report)]

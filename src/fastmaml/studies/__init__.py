@@ -102,6 +102,7 @@ def run_study(name: str, out: str | Path, *, quick: bool = False, seed: int = 0,
         "figure": str(report.figure) if report.figure else None,
         "results": report.results,
         "headlines": module.headlines(report.results),
+        "options": {key: str(value) for key, value in options.items()},
     }
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
     summary["text"] = render(summary, report) + f"\nnumbers: {out / f'{name}.json'}"
@@ -125,21 +126,18 @@ def run_seeds(name: str, out: str | Path, seeds: list[int], *, quick: bool = Fal
     out = Path(out)
     _make_out(out)
     start = time.perf_counter()
-    summaries = []
-    for seed in seeds:
-        folder = out / f"seed-{seed}"
-        done = _finished(folder / f"{name}.json", quick, seed)
+    path = lambda seed: out / f"seed-{seed}" / f"{name}.json"  # noqa: E731
+    finished = {seed: _finished(path(seed), quick, seed, options) for seed in seeds}  # all checked before training
+    _same_headlines({seed: done for seed, done in finished.items() if done is not None}, path)
+    for seed, done in finished.items():
         if done is None:
-            announce(f"study {name}: training seed {seed} ({seeds.index(seed) + 1} of {len(seeds)}) into {folder}")
-            done = run_study(name, folder, quick=quick, seed=seed, **options)
+            announce(f"study {name}: training seed {seed} ({seeds.index(seed) + 1} of {len(seeds)}) into "
+                     f"{path(seed).parent}")
+            finished[seed] = run_study(name, path(seed).parent, quick=quick, seed=seed, **options)
         else:
-            announce(f"study {name}: training seed {seed}: reusing {folder / f'{name}.json'}")
-        summaries.append(done)
-    for seed, done in zip(seeds, summaries):
-        if list(done["headlines"]) != list(summaries[0]["headlines"]):  # a seed run by another version
-            raise ConfigError(f"{out / f'seed-{seed}' / f'{name}.json'} reports other numbers than seed {seeds[0]}'s "
-                              f"(run by another fastmaml version?); delete the folder {out / f'seed-{seed}'} "
-                              "or the other seed's, and run --seeds again")
+            announce(f"study {name}: training seed {seed}: reusing {path(seed)}")
+    _same_headlines(finished, path)
+    summaries = list(finished.values())
     rows = []
     for key in summaries[0]["headlines"]:
         values = [float(s["headlines"][key]) for s in summaries]
@@ -172,22 +170,39 @@ def run_seeds(name: str, out: str | Path, seeds: list[int], *, quick: bool = Fal
     return summary
 
 
-def _finished(path: Path, quick: bool, seed: int) -> dict[str, Any] | None:
-    """The summary an earlier run wrote at ``path``, if it is one of this budget and seed; None if
-    there is none. Another budget or seed there is an error (mixing them would be silent)."""
+def _finished(path: Path, quick: bool, seed: int, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary an earlier run wrote at ``path``, if it is one of this budget, seed and options;
+    None if there is none. Another budget, seed or options there is an error (mixing them would be
+    silent)."""
     if not path.is_file():
         return None
     try:
         summary = json.loads(path.read_text())
         found = (summary["quick"], summary["seed"])
-        summary["headlines"]
-    except (ValueError, KeyError, TypeError):
+        numbers = summary["headlines"].values()
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            raise TypeError("a headline that is not a number")
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise ConfigError(f"{path} is not a finished study of this fastmaml version; delete its folder "
                           f"{path.parent} to run that seed again") from None
     if found != (quick, seed):
         raise ConfigError(f"{path} holds a {'--quick ' if found[0] else ''}run at seed {found[1]}, not a "
                           f"{'--quick ' if quick else ''}run at seed {seed}; choose another --out folder")
+    asked = {key: str(value) for key, value in options.items()}
+    if summary.get("options", {}) != asked:
+        raise ConfigError(f"{path} was run with the options {summary.get('options', {})}, not {asked}; choose "
+                          f"another --out folder, or delete {path.parent} to run that seed again")
     return summary
+
+
+def _same_headlines(summaries: dict[int, dict[str, Any]], path: Callable[[int], Path]) -> None:
+    """ConfigError unless every seed's summary reports the same numbers (names) as the first."""
+    first = next(iter(summaries), None)
+    for seed, summary in summaries.items():
+        if list(summary["headlines"]) != list(summaries[first]["headlines"]):
+            raise ConfigError(f"{path(seed)} reports other numbers than {path(first)} (its study ran with other "
+                              "data, e.g. the autoencoder without its Omniglot part, or by another fastmaml "
+                              f"version); delete the folder {path(seed).parent} or the other one, and run --seeds again")
 
 
 @contextlib.contextmanager

@@ -66,8 +66,30 @@ def test_a_seed_run_by_another_version_is_named(tmp_path):
     summary = json.loads(path.read_text())
     summary["headlines"]["a number an older version reported"] = 1.0
     path.write_text(json.dumps(summary))
-    with pytest.raises(ConfigError, match=r"seed-1/linear.json reports other numbers than seed 0's"):
+    with pytest.raises(ConfigError, match=r"seed-1/linear.json reports other numbers than .*seed-0/linear.json"):
         run_seeds("linear", tmp_path, [0, 1], quick=True)
-    path.write_text("{}")
-    with pytest.raises(ConfigError, match="is not a finished study"):
-        run_seeds("linear", tmp_path, [0, 1], quick=True)
+    for broken in ("{}", json.dumps({**summary, "headlines": {"x": None}})):
+        path.write_text(broken)
+        with pytest.raises(ConfigError, match="is not a finished study"):
+            run_seeds("linear", tmp_path, [0, 1], quick=True)
+
+
+def test_every_finished_seed_is_checked_before_one_trains(tmp_path, monkeypatch):
+    run_seeds("linear", tmp_path, [0, 1], quick=True)
+    path = tmp_path / "seed-1" / "linear.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "options": {"data": "elsewhere"}}))
+    trained = []
+    monkeypatch.setattr("fastmaml.studies.run_study", lambda *a, **k: trained.append(k["seed"]))
+    with pytest.raises(ConfigError, match=r"seed-1/linear.json was run with the options \{'data': 'elsewhere'\}"):
+        run_seeds("linear", tmp_path, [2, 1], quick=True)
+    assert trained == []  # seed 2 did not train first
+
+
+def test_t_quantiles_beyond_the_table():
+    from fastmaml.engine.evaluate import t975
+
+    assert t975(2) == 4.303 and t975(30) == 2.042
+    # exact values: t(31) 2.0395, t(40) 2.0211, t(60) 2.0003, t(120) 1.9799; the normal's 1.96 in the limit
+    for df, exact in ((31, 2.0395), (40, 2.0211), (60, 2.0003), (120, 1.9799)):
+        assert t975(df) == pytest.approx(exact, abs=2e-4)
+    assert t975(10**6) == pytest.approx(1.96, abs=1e-4)
