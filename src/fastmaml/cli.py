@@ -320,7 +320,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.figure and args.figure.suffix.lower() != ".png":
         raise ConfigError(f"--figure {args.figure}: give a .png path")
     if any("," in arg and not Path(arg).is_dir() for arg in args.run_dirs):  # a folder may have a comma in its name
-        groups = [[Path(arg)] if Path(arg).is_dir() else [Path(p) for p in arg.split(",") if p] for arg in args.run_dirs]
+        groups = [[Path(arg)] if Path(arg).is_dir() else [Path(p) for p in arg.split(",") if p]
+                  for arg in args.run_dirs]
         report = merge_seeds(groups, args.iteration)
         print(seeds_summary(report))
     else:

@@ -176,7 +176,8 @@ def test_settings_over_seeds_are_compared_seed_by_seed(tmp_path, capsys):
                  str(figure)]) == 0
     out = capsys.readouterr().out
     assert "3 training seeds per row" in out and "each training seed's runs on that seed's meta-test tasks" in out
-    row = "| maml [nav-seed{0,1,2}] - maml [nav-fo-seed{0,1,2}] | +7.000 ± 4.969 | +7.000 ± 4.969 | +5.000, +7.000, +9.000 |"
+    row = ("| maml [nav-seed{0,1,2}] - maml [nav-fo-seed{0,1,2}] | +7.000 ± 4.969 | +7.000 ± 4.969 "
+           "| +5.000, +7.000, +9.000 |")
     assert row in out
     assert figure.read_bytes()[:4] == b"\x89PNG"
 

@@ -130,13 +130,14 @@ def _check_seed_groups(groups: list[list[Path]], reports: list[list[dict[str, An
         trained = [(run, seed) for run in group if (seed := training_seed(run)) is not None]
         if len({seed for _, seed in trained}) < len(trained):
             found = ", ".join(f"{run} seed {seed}" for run, seed in trained)
-            raise ConfigError(f"a group holds two runs of one training seed ({found}): give each setting one run per seed")
+            raise ConfigError(f"a group holds two runs of one training seed ({found}): give each setting one run "
+                              "per seed")
         for run, report in zip(group, group_reports):  # every run of a setting reports the same rows and metrics
             shape, expected = ({m: sorted(v) for m, v in report["metrics"].items()},
                                {m: sorted(v) for m, v in group_reports[0]["metrics"].items()})
             if shape != expected:
-                raise ConfigError(f"{run}'s eval reports {shape}, {group[0]}'s {expected}: put runs of one setting (the "
-                                  "same preset, baselines and --set changes, evaluated alike) in each group")
+                raise ConfigError(f"{run}'s eval reports {shape}, {group[0]}'s {expected}: put runs of one setting "
+                                  "(the same preset, baselines and --set changes, evaluated alike) in each group")
     for place, (runs, place_reports) in enumerate(zip(zip(*groups), zip(*reports))):
         trained = {run: seed for run in runs if (seed := training_seed(run)) is not None}
         if len(set(trained.values())) > 1:
@@ -180,7 +181,8 @@ def merge_seeds(groups: list[list[Path]], iteration: int | None = None) -> dict[
         for metric in values[0]:
             per_seed = torch.tensor([v[metric]["mean"] for v in values], dtype=torch.float64)  # (seeds, steps + 1)
             mean, ci = mean_ci95_t(per_seed)
-            merged["metrics"][name][metric] = {"mean": mean.tolist(), "ci95": ci.tolist(), "per_seed": per_seed.tolist()}
+            merged["metrics"][name][metric] = {"mean": mean.tolist(), "ci95": ci.tolist(),
+                                               "per_seed": per_seed.tolist()}
     rows = merged["metrics"]
     head = next(iter(rows))
     for metric in metric_names(rows):

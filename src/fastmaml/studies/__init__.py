@@ -202,7 +202,8 @@ def _same_headlines(summaries: dict[int, dict[str, Any]], path: Callable[[int], 
         if list(summary["headlines"]) != list(summaries[first]["headlines"]):
             raise ConfigError(f"{path(seed)} reports other numbers than {path(first)} (its study ran with other "
                               "data, e.g. the autoencoder without its Omniglot part, or by another fastmaml "
-                              f"version); delete the folder {path(seed).parent} or the other one, and run --seeds again")
+                              f"version); delete the folder {path(seed).parent} or the other one, and run --seeds "
+                              "again")
 
 
 @contextlib.contextmanager

@@ -87,7 +87,8 @@ def sinusoid_family_experiment(budget: Budget, shots: int = 5, queries: int = 10
 
     torch.manual_seed(seed)
     lr = 0.003
-    return Experiment("autoencoder-sinusoid", _config(budget, inner_lr=lr, seed=seed), AutoEncoder(GRID, 1, 40), F.mse_loss,
+    return Experiment("autoencoder-sinusoid", _config(budget, inner_lr=lr, seed=seed), AutoEncoder(GRID, 1, 40),
+                      F.mse_loss,
                       sample, {"mse": F.mse_loss}, baseline=AutoEncoder(GRID, 1, 40), baseline_lr=lr)
 
 
@@ -205,8 +206,9 @@ def run(out: Path, budget: Budget, data: str | Path | None = None, seed: int = 0
 
 def headlines(results: dict) -> dict[str, float]:
     """Each family's query MSE after 1 and 5 steps for both methods, for ``--seeds``."""
-    return {f"{family}: {'MAML' if method == 'maml' else 'pretrained'} MSE after {s} step{'' if s == 1 else 's'}":
-            r[method][f"mse_{s}"] for family, r in results.items() for method in ("maml", "pretrained") for s in STEPS[1:]}
+    names = {"maml": "MAML", "pretrained": "pretrained"}
+    return {f"{family}: {names[method]} MSE after {s} step{'' if s == 1 else 's'}": r[method][f"mse_{s}"]
+            for family, r in results.items() for method in names for s in STEPS[1:]}
 
 
 def _plot(results: dict, path: Path) -> Path:

@@ -136,8 +136,8 @@ def run(out: Path, budget: Budget, seed: int = 0) -> Report:
         "distance: A − 5 (midpoint of the band) for amplitude, φ − π for phase",
         f"remedy, a MAML model meta-trained and scored with each task's targets divided by its support targets' std "
         f"(scaled targets; trained in {scaled_s:.0f} s): normalised MSE after 1 step {inside['scaled_nmse_1']:.3g} in "
-        f"range, {far_a['scaled_nmse_1']:.3g} at A ∈ [{far_a['amplitude'][0]:g}, {far_a['amplitude'][1]:g}] (the plain "
-        f"model: {far_a['maml_nmse_1']:.3g}), {far_p['scaled_nmse_1']:.3g} at the farthest phases (plain: "
+        f"range, {far_a['scaled_nmse_1']:.3g} at A ∈ [{far_a['amplitude'][0]:g}, {far_a['amplitude'][1]:g}] "
+        f"(the plain model: {far_a['maml_nmse_1']:.3g}), {far_p['scaled_nmse_1']:.3g} at the farthest phases (plain: "
         f"{far_p['maml_nmse_1']:.3g}): scaling removes what amplitude does, not what phase does (noise-free sinusoid "
         "targets divided by s no longer depend on A: the amplitude bands differ only in how their tasks are weighted)",
     ]

@@ -48,7 +48,8 @@ def run(out: Path, budget: Budget, seed: int = 0) -> Report:
         r["n1_mse_n"] = results[1]["curve"][n]
         r["paired_vs_n1"] = {str(s): paired(reports[n], reports[1], "mse", s) for s in (n, 10)}
     table = Table(
-        f"First-order MAML, ReLU, K=10, {budget.iterations} iterations, training seed {seed}; MSE on {budget.tasks} meta-test tasks "
+        f"First-order MAML, ReLU, K=10, {budget.iterations} iterations, training seed {seed}; "
+        f"MSE on {budget.tasks} meta-test tasks "
         "(mean ± 95% CI) after the N steps it was trained with, and after 1 and 10",
         ["N", "MSE after N", "N=1 run after N", "minus N=1 run after N (paired)", "MSE after 1", "MSE after 10",
          "train wall time", "ms/iter", "time vs N=1", "slides time (min)", "slides vs N=1"],

@@ -155,8 +155,8 @@ def run(out: Path, budget: Budget, seed: int = 0) -> Report:
     results = {"settings": [], "wide": {}}
     table = Table(
         f"Meta-learned θ for tasks y = 0.5x, y = 2x (p = 1/2 each), K={SHOTS}, one inner step, "
-        f"{budget.iterations} Adam iterations (β={budget.outer_lr}, meta-batch {budget.meta_batch_size}), training seed "
-        f"{seed}",
+        f"{budget.iterations} Adam iterations (β={budget.outer_lr}, meta-batch {budget.meta_batch_size}), "
+        f"training seed {seed}",
         ["setting", "x ~ U[−a,a], a per task", "α", "order", "derived θ*", "measured θ", "slides"],
     )
     for i, setting in enumerate(SETTINGS):

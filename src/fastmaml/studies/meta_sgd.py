@@ -23,7 +23,8 @@ def run(out: Path, budget: Budget, seed: int = 0) -> Report:
         for meta_sgd in (False, True):
             key = f"k{shots}-{'meta-sgd' if meta_sgd else 'maml'}"
             run_dir = out / "meta-sgd" / key
-            train_s, _ = train_sinusoid(run_dir, budget, shots=shots, meta_sgd=meta_sgd, seed=seed)  # wall time: not compared
+            # wall time: not compared
+            train_s, _ = train_sinusoid(run_dir, budget, shots=shots, meta_sgd=meta_sgd, seed=seed)
             mse = evaluate(run_dir, tasks=budget.tasks, steps=10)["metrics"]["maml"]["mse"]
             results[key] = {
                 "shots": shots, "meta_sgd": meta_sgd,

@@ -19,7 +19,8 @@ def test_quick_study(tmp_path, monkeypatch):
     assert any("Omniglot part skipped" in n for n in summary["notes"])
     assert (tmp_path / "autoencoder.png").is_file()
     assert summary["headlines"] == {
-        f"sinusoid families: {name} MSE after {s} step{'' if s == 1 else 's'}": results["sinusoid families"][key][f"mse_{s}"]
+        f"sinusoid families: {name} MSE after {s} step{'' if s == 1 else 's'}":
+            results["sinusoid families"][key][f"mse_{s}"]
         for name, key in (("MAML", "maml"), ("pretrained", "pretrained")) for s in (1, 5)}
 
 
