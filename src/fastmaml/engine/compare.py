@@ -97,6 +97,11 @@ def group_label(runs: list[Path], full: bool = False) -> str:
     return f"{prefix}{{{','.join(middle)}}}{suffix}"
 
 
+def split_name(report: dict[str, Any]) -> str:
+    """The tasks a report was scored on, in words: meta-test, validation or meta-training."""
+    return {"val": "validation", "train": "meta-training"}.get(report.get("split", "test"), "meta-test")
+
+
 def training_seed(run: Path) -> int | None:
     """The seed ``run``'s config.json names; None where it cannot be read (an eval.json alone)."""
     try:
@@ -120,6 +125,7 @@ def _check_seed_groups(groups: list[list[Path]], reports: list[list[dict[str, An
         if key in seen:
             raise ConfigError(f"{run} is named twice (as {seen[key]} before): each run is one seed of one setting")
         seen[key] = run
+    seeds = {run: seed for group in groups for run in group if (seed := training_seed(run)) is not None}
     first_run, first = groups[0][0], reports[0][0]
     for group, group_reports in zip(groups, reports):
         for run, report in zip(group, group_reports):
@@ -127,7 +133,7 @@ def _check_seed_groups(groups: list[list[Path]], reports: list[list[dict[str, An
                 if key != "seed" and report.get(key) != first.get(key):
                     raise ConfigError(f"{run}'s eval has {key}={report.get(key)!r}, {first_run}'s {first.get(key)!r}: "
                                       "evaluate every run alike (fastmaml eval RUN with the same --tasks, --steps)")
-        trained = [(run, seed) for run in group if (seed := training_seed(run)) is not None]
+        trained = [(run, seeds[run]) for run in group if run in seeds]
         if len({seed for _, seed in trained}) < len(trained):
             found = ", ".join(f"{run} seed {seed}" for run, seed in trained)
             raise ConfigError(f"a group holds two runs of one training seed ({found}): give each setting one run "
@@ -139,7 +145,7 @@ def _check_seed_groups(groups: list[list[Path]], reports: list[list[dict[str, An
                 raise ConfigError(f"{run}'s eval reports {shape}, {group[0]}'s {expected}: put runs of one setting "
                                   "(the same preset, baselines and --set changes, evaluated alike) in each group")
     for place, (runs, place_reports) in enumerate(zip(zip(*groups), zip(*reports))):
-        trained = {run: seed for run in runs if (seed := training_seed(run)) is not None}
+        trained = {run: seeds[run] for run in runs if run in seeds}
         if len(set(trained.values())) > 1:
             found = ", ".join(f"{run} seed {seed}" for run, seed in trained.items())
             raise ConfigError(f"the runs at place {place + 1} of their groups were trained at different seeds "
@@ -199,7 +205,7 @@ def seeds_summary(report: dict[str, Any]) -> str:
     """:func:`merge_seeds`' report as ``fastmaml compare`` prints it: the table over seeds and the
     differences seed by seed, with each seed's difference at the last step column shown."""
     seeds = report["seeds"]
-    where = {"val": "validation", "train": "meta-training"}.get(report.get("split", "test"), "meta-test")
+    where = split_name(report)
     shared = ("every run on the same meta-test tasks" if len(set(map(str, report["eval_seeds"]))) == 1 else
               "each training seed's runs on that seed's meta-test tasks")
     head = (f"{report['experiment']}: {report['tasks']} {where} tasks per run ({shared}), {seeds} training seeds per "
@@ -278,7 +284,7 @@ def paired(report: dict[str, Any]) -> str:
 
 def summary(report: dict[str, Any]) -> str:
     """The header line, the table and the paired differences, as ``fastmaml compare`` prints them."""
-    where = {"val": "validation", "train": "meta-training"}.get(report.get("split", "test"), "meta-test")
+    where = split_name(report)
     trajectories = (f", {report['trajectories']} trajectories per task and step"
                     if "trajectories" in report else "")
     head = f"{report['experiment']}: {report['tasks']} {where} tasks, seed {report['seed']}{trajectories}"
