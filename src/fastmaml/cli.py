@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--iteration", type=int, metavar="N",
                          help="compare the runs' snapshots kept at iteration N, each evaluated with "
                          "fastmaml eval RUN_DIR --iteration N")
+    compare.add_argument("--per-seed-step", type=int, metavar="K",
+                         help="with seed groups: show each seed's difference after K meta-test steps (default: "
+                         "the last step)")
 
     plot = sub.add_parser("plot", help="write the run's PNG figures to RUN_DIR/plots")
     plot.add_argument("run_dir", type=Path)
@@ -323,8 +326,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         groups = [[Path(arg)] if Path(arg).is_dir() else [Path(p) for p in arg.split(",") if p]
                   for arg in args.run_dirs]
         report = merge_seeds(groups, args.iteration)
-        print(seeds_summary(report))
+        print(seeds_summary(report, args.per_seed_step))
     else:
+        if args.per_seed_step is not None:
+            raise ConfigError("--per-seed-step shows each training seed's difference: give comma-separated groups "
+                              "of runs, one run per seed (RUN_SEED0,RUN_SEED1 ...)")
         report = merge([Path(arg) for arg in args.run_dirs], args.iteration)
         print(summary(report))
     if args.figure:

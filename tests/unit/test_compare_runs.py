@@ -180,6 +180,17 @@ def test_settings_over_seeds_are_compared_seed_by_seed(tmp_path, capsys):
            "| +5.000, +7.000, +9.000 |")
     assert row in out
     assert figure.read_bytes()[:4] == b"\x89PNG"
+    # the per-seed column after a chosen number of steps (the paper's headline is often after one)
+    assert main(["compare", ",".join(map(str, groups[0])), ",".join(map(str, groups[1])), "--per-seed-step", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "each seed's difference after 0 steps" in out and "| +7.000 ± 4.969 | +7.000 ± 4.969 | +5.000, +7.000, +9.000 |" in out
+    assert main(["compare", ",".join(map(str, groups[0])), ",".join(map(str, groups[1])), "--per-seed-step", "2"]) == 2
+    assert "--per-seed-step 2: the runs were meta-tested with 0 to 1 steps" in capsys.readouterr().err
+    assert main(["compare", str(groups[0][0]), str(groups[1][0]), "--per-seed-step", "1"]) == 2
+    assert "give comma-separated groups" in capsys.readouterr().err
+    diff["per_seed"] = [[1.0, 5.0], [2.0, 7.0], [3.0, 9.0]]  # differing step columns: the chosen one is shown
+    assert "| +1.000, +2.000, +3.000 |" in compare.seeds_summary(report, 0)
+    assert "| +5.000, +7.000, +9.000 |" in compare.seeds_summary(report)
 
 
 def test_seed_groups_must_match(tmp_path, capsys):

@@ -201,10 +201,14 @@ def merge_seeds(groups: list[list[Path]], iteration: int | None = None) -> dict[
     return merged
 
 
-def seeds_summary(report: dict[str, Any]) -> str:
+def seeds_summary(report: dict[str, Any], step: int | None = None) -> str:
     """:func:`merge_seeds`' report as ``fastmaml compare`` prints it: the table over seeds and the
-    differences seed by seed, with each seed's difference at the last step column shown."""
+    differences seed by seed, with each seed's difference after ``step`` steps shown (default: the
+    last step column; the paper's headlines are often after one step)."""
     seeds = report["seeds"]
+    if step is not None and not 0 <= step <= report["steps"]:
+        raise ConfigError(f"--per-seed-step {step}: the runs were meta-tested with 0 to {report['steps']} steps; "
+                          f"give a number in that range")
     where = split_name(report)
     shared = ("every run on the same meta-test tasks" if len(set(map(str, report["eval_seeds"]))) == 1 else
               "each training seed's runs on that seed's meta-test tasks")
@@ -214,7 +218,7 @@ def seeds_summary(report: dict[str, Any]) -> str:
     if len(report["iterations"]) > 1:
         head += f"; the runs were meta-tested at different iterations ({', '.join(map(str, report['iterations']))})"
     steps = step_columns(report)
-    last = steps[-1]
+    last = steps[-1] if step is None else step
     lines = [head, table(report)]
     first = next(iter(report["metrics"]))
     for metric, differences in report["differences"].items():
