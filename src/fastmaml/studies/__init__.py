@@ -11,7 +11,10 @@ meta-test tasks are the same for every seed.
 ``run_seeds`` runs a study once per training seed (``OUT/seed-S/``, each as above) and writes the
 headlines of every seed with their mean and 95% interval over seeds (Student's t) to
 ``OUT/NAME.seeds.json`` and ``OUT/NAME.seeds.txt``: the intervals of a single run cover the meta-test
-tasks' spread, not the training seed's, and the seed's can be as large.
+tasks' spread, not the training seed's, and the seed's can be as large. A headline that is NaN or
+inf at some seed (a diverged adaptation) gets no mean: its row says at how many seeds it was not
+finite (``"not_finite"`` in the JSON, whose mean and interval are then null and values "nan" / "inf",
+so the file stays strict JSON).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import importlib
 import inspect
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,12 +145,19 @@ def run_seeds(name: str, out: str | Path, seeds: list[int], *, quick: bool = Fal
     rows = []
     for key in summaries[0]["headlines"]:
         values = [float(s["headlines"][key]) for s in summaries]
-        mean, ci = mean_ci95_t(torch.tensor(values))
-        rows.append({"name": key, "values": values, "mean": mean.item(), "ci95": ci.item()})
+        bad = sum(not math.isfinite(v) for v in values)
+        if bad:  # a diverged seed (NaN or inf): no mean over the seeds; strict JSON has no NaN
+            rows.append({"name": key, "values": [v if math.isfinite(v) else str(v) for v in values],
+                         "mean": None, "ci95": None, "not_finite": bad})
+        else:
+            mean, ci = mean_ci95_t(torch.tensor(values))
+            rows.append({"name": key, "values": values, "mean": mean.item(), "ci95": ci.item()})
     table = Table(f"{name}: each headline number at training seeds {', '.join(map(str, seeds))}; mean ± 95% CI "
                   "over the seeds (Student's t)", ["number", *(f"seed {s}" for s in seeds), "mean ± 95% CI"])
     for row in rows:
-        table.add(row["name"], *(fmt(v) for v in row["values"]), pm(row["mean"], row["ci95"]))
+        table.add(row["name"], *(fmt(float(v)) for v in row["values"]),
+                  pm(row["mean"], row["ci95"]) if row["mean"] is not None
+                  else f"not finite at {row['not_finite']} of {len(seeds)}")
     first = summaries[0]
     summary = {
         "study": name,
@@ -154,7 +165,8 @@ def run_seeds(name: str, out: str | Path, seeds: list[int], *, quick: bool = Fal
         "quick": quick,
         "seeds": seeds,
         "budget": first["budget"],
-        "wall_s": round(time.perf_counter() - start, 2),
+        "wall_s": round(time.perf_counter() - start, 2),  # this call's: seeds reused from earlier calls cost ~0
+        "seeds_wall_s": [s.get("wall_s") for s in summaries],  # each seed's own run (its JSON has its machine)
         "machine": machine(),
         "headlines": rows,
         "runs": [str(out / f"seed-{s}" / f"{name}.json") for s in seeds],

@@ -42,6 +42,18 @@ def test_seeds_train_differently_and_are_summarised(tmp_path, capsys):
     summary = run_seeds("linear", tmp_path, [0, 1, 2], quick=True)
     assert (tmp_path / "seed-0" / "linear.json").stat().st_mtime_ns == before
     assert [len(r["values"]) for r in summary["headlines"]] == [3] * len(summary["headlines"])
+    assert summary["seeds_wall_s"] == [json.loads((tmp_path / f"seed-{s}" / "linear.json").read_text())["wall_s"]
+                                       for s in (0, 1, 2)]
+    # a seed that diverged (NaN): no mean over the seeds, the count said, and the JSON stays strict JSON
+    path = tmp_path / "seed-2" / "linear.json"
+    diverged = json.loads(path.read_text())
+    diverged["headlines"]["wide: measured θ"] = float("nan")
+    path.write_text(json.dumps(diverged))
+    summary = run_seeds("linear", tmp_path, [0, 1, 2], quick=True)
+    row = next(r for r in summary["headlines"] if r["name"] == "wide: measured θ")
+    assert row["mean"] is None and row["ci95"] is None and row["not_finite"] == 1 and row["values"][2] == "nan"
+    assert "not finite at 1 of 3" in (tmp_path / "linear.seeds.txt").read_text(encoding="utf-8")
+    json.loads((tmp_path / "linear.seeds.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     # a finished seed of another budget is not mixed in
     with pytest.raises(ConfigError, match="holds a --quick run at seed 0, not a run at seed 0"):
         run_seeds("linear", tmp_path, [0, 1])
