@@ -218,17 +218,17 @@ def seeds_summary(report: dict[str, Any], step: int | None = None) -> str:
     if len(report["iterations"]) > 1:
         head += f"; the runs were meta-tested at different iterations ({', '.join(map(str, report['iterations']))})"
     steps = step_columns(report)
-    last = steps[-1] if step is None else step
+    shown = steps[-1] if step is None else step
     lines = [head, table(report)]
     first = next(iter(report["metrics"]))
     for metric, differences in report["differences"].items():
         d = decimals(report, metric)
         lines += ["", f"{metric}: {first} minus each other row, seed by seed (mean ± 95% CI over the {seeds} seeds; "
-                  f"the last column: each seed's difference after {last} step{'' if last == 1 else 's'}):", "",
+                  f"the last column: each seed's difference after {shown} step{'' if shown == 1 else 's'}):", "",
                   *header(["difference"], steps, ("per seed",))]
         for name, diff in differences.items():
             cells = [f"{diff['mean'][k]:+.{d}f} ± {diff['ci95'][k]:.{d}f}" for k in steps]
-            each = ", ".join(f"{row[last]:+.{d}f}" for row in diff["per_seed"])
+            each = ", ".join(f"{row[shown]:+.{d}f}" for row in diff["per_seed"])
             lines.append(f"| {first} - {name} | " + " | ".join(cells) + f" | {each} |")
     return "\n".join(lines).rstrip()
 
