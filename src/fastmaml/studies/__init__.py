@@ -143,21 +143,20 @@ def run_seeds(name: str, out: str | Path, seeds: list[int], *, quick: bool = Fal
     _same_headlines(finished, path)
     summaries = list(finished.values())
     rows = []
+    table = Table(f"{name}: each headline number at training seeds {', '.join(map(str, seeds))}; mean ± 95% CI "
+                  "over the seeds (Student's t)", ["number", *(f"seed {s}" for s in seeds), "mean ± 95% CI"])
     for key in summaries[0]["headlines"]:
         values = [float(s["headlines"][key]) for s in summaries]
         bad = sum(not math.isfinite(v) for v in values)
         if bad:  # a diverged seed (NaN or inf): no mean over the seeds; strict JSON has no NaN
             rows.append({"name": key, "values": [v if math.isfinite(v) else str(v) for v in values],
                          "mean": None, "ci95": None, "not_finite": bad})
+            last = f"not finite at {bad} of {len(seeds)}"
         else:
             mean, ci = mean_ci95_t(torch.tensor(values))
             rows.append({"name": key, "values": values, "mean": mean.item(), "ci95": ci.item()})
-    table = Table(f"{name}: each headline number at training seeds {', '.join(map(str, seeds))}; mean ± 95% CI "
-                  "over the seeds (Student's t)", ["number", *(f"seed {s}" for s in seeds), "mean ± 95% CI"])
-    for row in rows:
-        table.add(row["name"], *(fmt(float(v)) for v in row["values"]),
-                  pm(row["mean"], row["ci95"]) if row["mean"] is not None
-                  else f"not finite at {row['not_finite']} of {len(seeds)}")
+            last = pm(mean.item(), ci.item())
+        table.add(key, *(fmt(v) for v in values), last)
     first = summaries[0]
     summary = {
         "study": name,
