@@ -279,7 +279,7 @@ def test_commands_other_than_train_refuse_torchrun(tmp_path, monkeypatch, capsys
 @pytest.mark.parametrize("device, processes, gpus, expected", [
     ("cuda", 2, 1, "start at most 1 (--nproc_per_node 1)"),
     ("cuda", 4, 2, "start at most 2 (--nproc_per_node 2)"),
-    ("cuda:1", 2, 2, "use device=cuda"),
+    ("cuda:1", 2, 2, "use --device cuda (or --set device=cuda)"),
 ])
 def test_torchrun_on_cuda_needs_a_gpu_per_process(tmp_path, monkeypatch, capsys, preset, device, processes, gpus,
                                                   expected):

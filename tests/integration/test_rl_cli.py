@@ -222,7 +222,7 @@ def test_random_initialisation_is_fine_tuned_at_random_lr(tmp_path, capsys):
         (["train", "rl", "--meta-sgd"], "preset 'rl' has no option --meta-sgd"),
         (["train", "rl", "--set", "baselines=random"], "unknown baselines"),
         (["train", "rl", "--env", "ant-dir", "--set", "sim_threads=0"], "sim_threads must be >= 1"),
-        pytest.param(["train", "rl", "--device", "cuda"], "sees no CUDA GPU; use device=cpu",
+        pytest.param(["train", "rl", "--device", "cuda"], "sees no CUDA GPU; run on the CPU instead",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: cuda is valid")),
     ],
 )

@@ -237,16 +237,18 @@ def check_one_gpu_per_process(device: str) -> None:
         return
     if device != "cuda":
         raise ConfigError(f"device={device} under torchrun would put every process on that one GPU, which NCCL "
-                          "refuses; use device=cuda: each process takes the GPU numbered by its LOCAL_RANK "
+                          "refuses; use --device cuda (or --set device=cuda): each process takes the GPU numbered by its LOCAL_RANK "
                           "(choose the GPUs with CUDA_VISIBLE_DEVICES)")
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     visible = torch.cuda.device_count()
     if local > visible:
         raise ConfigError(f"torchrun started {local} processes on this node, but it has {visible} GPU(s) visible "
                           f"and each process needs its own: start at most {visible} (--nproc_per_node "
-                          f"{max(visible, 1)}), or train on the CPU with device=cpu (gloo)")
+                          f"{max(visible, 1)}), or train on the CPU with gloo ({CPU_HINT})")
 
 
+# how a command is told to use the CPU: train has --device, eval / adapt / study take --set
+CPU_HINT = "--device cpu, or --set device=cpu"
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # what a run may name; only cpu and cuda have been tested
 
 
@@ -271,7 +273,8 @@ def check_device(device: str) -> None:
         raise ConfigError(f"device {device!r} is not one fastmaml runs on; use cpu, cuda or cuda:N")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use device=cpu")
+            raise ConfigError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; "
+                              f"run on the CPU instead ({CPU_HINT})")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise ConfigError(f"device {device!r} asked for, but this machine shows {torch.cuda.device_count()} "
                               f"CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}; choose one of them")
@@ -279,7 +282,7 @@ def check_device(device: str) -> None:
         backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, parsed.type, None)
         if backend is None or not backend.is_available():
             raise ConfigError(f"device {device!r} asked for, but this torch build or machine has no "
-                              f"{parsed.type.upper()} device; use device=cpu")
+                              f"{parsed.type.upper()} device; run on the CPU instead ({CPU_HINT})")
 
 
 def set_tf32(device: str, allowed: bool) -> None:

@@ -19,7 +19,7 @@ def test_a_cuda_index_must_be_a_gpu_of_this_machine(monkeypatch):
 
 def test_no_gpu_no_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match="sees no CUDA GPU; use device=cpu"):
+    with pytest.raises(ConfigError, match=r"sees no CUDA GPU; run on the CPU instead \(--device cpu, or --set device=cpu\)"):
         check_device("cuda")
 
 
@@ -29,7 +29,7 @@ def test_another_accelerator_is_taken_where_torch_has_it(monkeypatch, available)
     if available:
         check_device("mps")
     else:
-        with pytest.raises(ConfigError, match="has no MPS device; use device=cpu"):
+        with pytest.raises(ConfigError, match="has no MPS device; run on the CPU instead"):
             check_device("mps")
 
 
