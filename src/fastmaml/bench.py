@@ -856,9 +856,12 @@ def config_from_args(args: argparse.Namespace, child_command: Sequence[str]) -> 
         if value is not None and not value >= low:  # `not >=` also catches nan
             raise ConfigError(f"{option} must be >= {low} ({meaning}), got {value}")
     if args.out:  # found out before the benchmark runs, not after
+        existed = os.path.exists(args.out)
         try:
             with open(args.out, "a"):
                 pass
+            if not existed:  # the probe leaves no empty report behind a benchmark that then fails
+                os.remove(args.out)
         except OSError as error:
             raise ConfigError(f"cannot write --out {args.out} ({error.strerror}); give a file in an existing "
                               "folder you can write to") from None

@@ -194,6 +194,16 @@ def test_bad_options_are_one_line_before_anything_runs(args, message, capsys, tm
     assert capsys.readouterr().err.startswith("python -m fastmaml.bench: error: ")
 
 
+def test_a_failed_bench_leaves_no_empty_report(tmp_path, capsys):
+    # before: checking that --out could be written created it, so a run that then failed left an empty file
+    out = tmp_path / "report.md"
+    assert main(["bench", "--workloads", "sinusoid", "--quick", "--impls", "jax", "--out", str(out)]) == 2
+    assert "unknown implementation 'jax'" in capsys.readouterr().err and not out.exists()
+    out.write_text("an earlier report\n")  # a file that was there is left as it was
+    assert main(["bench", "--workloads", "sinusoid", "--quick", "--impls", "jax", "--out", str(out)]) == 2
+    assert out.read_text() == "an earlier report\n"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--threads", "-1"], "--threads must be >= 0 (torch threads; 0 or leave it out for torch's default), got -1"),
     (["--lever-threads", "-2"], "--lever-threads must be >= 1 (torch threads of the extra rows), got -2"),
