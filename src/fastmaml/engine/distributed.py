@@ -237,8 +237,8 @@ def check_one_gpu_per_process(device: str) -> None:
         return
     if device != "cuda":
         raise ConfigError(f"device={device} under torchrun would put every process on that one GPU, which NCCL "
-                          "refuses; use --device cuda (or --set device=cuda): each process takes the GPU numbered by its LOCAL_RANK "
-                          "(choose the GPUs with CUDA_VISIBLE_DEVICES)")
+                          "refuses; use --device cuda (or --set device=cuda): each process takes the GPU numbered "
+                          "by its LOCAL_RANK (choose the GPUs with CUDA_VISIBLE_DEVICES)")
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     visible = torch.cuda.device_count()
     if local > visible:

@@ -19,7 +19,8 @@ def test_a_cuda_index_must_be_a_gpu_of_this_machine(monkeypatch):
 
 def test_no_gpu_no_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match=r"sees no CUDA GPU; run on the CPU instead \(--device cpu, or --set device=cpu\)"):
+    hint = r"sees no CUDA GPU; run on the CPU instead \(--device cpu, or --set device=cpu\)"
+    with pytest.raises(ConfigError, match=hint):
         check_device("cuda")
 
 
