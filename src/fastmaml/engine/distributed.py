@@ -229,6 +229,10 @@ def init_from_env(device: str, meta_batch_size: int) -> Cluster:
     return Cluster(dist.get_rank(), dist.get_world_size())
 
 
+# how a command is told to use the CPU: train has --device, eval / adapt / study take --set
+CPU_HINT = "--device cpu, or --set device=cpu"
+
+
 def check_one_gpu_per_process(device: str) -> None:
     """Under torchrun with CUDA every process needs a GPU of its own (NCCL refuses two ranks on one
     GPU, "Duplicate GPU detected"): one clear error, the same in every process, before the group
@@ -247,8 +251,6 @@ def check_one_gpu_per_process(device: str) -> None:
                           f"{max(visible, 1)}), or train on the CPU with gloo ({CPU_HINT})")
 
 
-# how a command is told to use the CPU: train has --device, eval / adapt / study take --set
-CPU_HINT = "--device cpu, or --set device=cpu"
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # what a run may name; only cpu and cuda have been tested
 
 
