@@ -78,10 +78,19 @@ def write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def replace_atomically(path: str | Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a reader, or the file after a crash, is either the old
-    or the new content: temporary file beside it, fsync, rename, fsync of the folder."""
+def followed(path: str | Path) -> Path:
+    """``path``, or the file it links to when it is a symbolic link: a rename over the link itself would
+    turn a user's linked file (a config.json shared between runs) into a private copy and leave the
+    file it pointed at unchanged."""
     path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def replace_atomically(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` (the file it links to, if a link) with ``data`` so that a reader, or the file
+    after a crash, is either the old or the new content: temporary file beside it, fsync, rename,
+    fsync of the folder."""
+    path = followed(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write_synced(tmp, data)
@@ -101,7 +110,9 @@ def previous_path(path: Path) -> Path:
 
 
 def save(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any], keep_previous: bool = True) -> None:
-    """Write atomically: temp file, fsync, keep the old one as ``.prev``, rename."""
+    """Write atomically: temp file, fsync, keep the old one as ``.prev``, rename. A link at ``path`` is
+    replaced by the file (unlike :func:`replace_atomically`): the ``.prev`` copy, which loading falls
+    back to, must sit beside the name the run reads."""
     path = Path(path)
     data = safetensors.torch.save(
         {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},

@@ -51,6 +51,7 @@ def write_eval(run_dir: Path, report: dict[str, Any], which: str | int = "checkp
         return
     text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r",\s*", m.group(1))) + "]",
                             json.dumps(report, indent=2))
+    path = checkpoint.followed(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         tmp.write_text(text + "\n")

@@ -47,3 +47,16 @@ def test_foreign_safetensors_file_is_rejected(tmp_path):
         checkpoint.load(path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         checkpoint.load(tmp_path / "missing.safetensors")
+
+
+def test_replace_atomically_through_a_symbolic_link_updates_the_file_it_links_to(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (shared / "config.json").write_text("old")
+    (run / "config.json").symlink_to(shared / "config.json")
+    checkpoint.replace_atomically(run / "config.json", b"new")
+    assert (run / "config.json").is_symlink()  # the link stays a link ...
+    assert (shared / "config.json").read_text() == "new"  # ... and the file it links to is replaced
+    assert not list(run.glob(".*tmp")) and not list(shared.glob(".*tmp"))

@@ -31,3 +31,14 @@ def test_write_eval_is_far_smaller_than_one_number_per_line(tmp_path):
     report = {"metrics": {"maml": {"accuracy": {"mean": [0.5] * 11, "per_task": per_task}}}}
     write_eval(tmp_path, report)
     assert len((tmp_path / EVAL).read_text()) < 0.5 * len(json.dumps(report, indent=2))
+
+
+def test_write_eval_through_a_symbolic_link_replaces_the_file_it_links_to(tmp_path):
+    kept = tmp_path / "reports"
+    kept.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / EVAL).symlink_to(kept / "run.eval.json")
+    write_eval(run, {"tasks": 3, "steps": 1})
+    assert (run / EVAL).is_symlink() and json.loads((kept / "run.eval.json").read_text())["tasks"] == 3
+    assert sorted(p.name for p in kept.iterdir()) == ["run.eval.json"]  # no temporary file left
