@@ -257,8 +257,9 @@ def format_report(report: dict) -> str:
     if report.get("trajectories"):  # meta-RL: how much each step and each return rests on
         source += f", {report['trajectories']} trajectories per task and step"
     best = " (the best validation checkpoint)" if report.get("checkpoint") == "best" else ""
-    lines = [f"{report['experiment']} at iteration {report['step']}{best}: {report['tasks']} {tasks} tasks{source}, "
-             f"mean ± 95% CI after N inner steps"
+    model = f", {report['model']}," if report.get("model") else ""  # conv and MLP runs of one task set
+    lines = [f"{report['experiment']}{model} at iteration {report['step']}{best}: {report['tasks']} {tasks} "
+             f"tasks{source}, mean ± 95% CI after N inner steps"
              + (f" (meta-test settings changed: {', '.join(report['overrides'])})" if report.get("overrides") else "")]
     shown = shown_steps(report["steps"])
     for name in names:

@@ -135,6 +135,31 @@ def test_train_and_eval_omniglot_5way_1shot(tiny_omniglot, tmp_path, capsys):
     assert code == 0 and "5 meta-training tasks" in out
 
 
+def test_conv_and_mlp_runs_name_their_network_and_compare_on_the_same_tasks(tiny_omniglot, tmp_path, capsys):
+    runs = {}
+    for preset in ("omniglot", "omniglot-noconv"):
+        runs[preset] = tmp_path / "runs" / preset
+        code, _, err = cli(["train", preset, "--root", tiny_omniglot, "--ways", 5, "--shots", 1, "--iterations", 4,
+                            "--out", runs[preset], "--set", "meta_batch_size=4", "--set", "val_every=0", *QUIET],
+                           capsys)
+        assert code == 0, err
+    code, conv_out, err = cli(["eval", runs["omniglot"], "--tasks", 6, "--steps", 1], capsys)
+    assert code == 0, err
+    code, mlp_out, err = cli(["eval", runs["omniglot-noconv"], "--tasks", 6, "--steps", 1], capsys)
+    assert code == 0, err
+    # one task name for both (the same tasks), told apart by the network in the header
+    assert conv_out.startswith("omniglot-5way-1shot, conv 4x64, stride 2, at iteration 4:"), conv_out
+    assert mlp_out.startswith("omniglot-5way-1shot, MLP 256-128-64-64, at iteration 4:"), mlp_out
+    assert json.loads((runs["omniglot-noconv"] / "eval.json").read_text())["model"] == "MLP 256-128-64-64"
+    code, out, err = cli(["compare", runs["omniglot"], runs["omniglot-noconv"]], capsys)
+    assert code == 0, err
+    assert out.startswith("omniglot-5way-1shot: 6 meta-test tasks"), out  # two networks: the header names neither
+    assert "maml [omniglot]" in out and "maml [omniglot-noconv]" in out
+    code, out, err = cli(["compare", runs["omniglot-noconv"], runs["omniglot-noconv"]], capsys)
+    assert code == 0, err
+    assert out.startswith("omniglot-5way-1shot, MLP 256-128-64-64: 6 meta-test tasks"), out
+
+
 def test_adapt_an_omniglot_run_to_new_characters(tiny_omniglot, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     code, _, err = cli(["train", "omniglot", "--root", tiny_omniglot, "--iterations", 20, "--out", run,

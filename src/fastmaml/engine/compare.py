@@ -78,6 +78,8 @@ def merge(runs: list[Path], iteration: int | None = None) -> dict[str, Any]:
             if all(values != seen for _, seen, _ in entries):
                 entries.append((run, values, report["step"]))
     merged = {key: value for key, value in first.items() if key != "metrics"}
+    if any(report.get("model") != first.get("model") for _, report in reports):  # e.g. conv against MLP
+        merged.pop("model", None)
     merged["metrics"], merged["runs"] = {}, {}
     for method, entries in found.items():
         for run, values, step in entries:
@@ -291,7 +293,8 @@ def summary(report: dict[str, Any]) -> str:
     where = split_name(report)
     trajectories = (f", {report['trajectories']} trajectories per task and step"
                     if "trajectories" in report else "")
-    head = f"{report['experiment']}: {report['tasks']} {where} tasks, seed {report['seed']}{trajectories}"
+    model = f", {report['model']}" if report.get("model") else ""
+    head = f"{report['experiment']}{model}: {report['tasks']} {where} tasks, seed {report['seed']}{trajectories}"
     iterations = sorted({int(m.group(1)) for text in report.get("runs", {}).values()
                          if (m := re.search(r"\(iteration (\d+)\)$", text))})
     if len(iterations) > 1:  # allowed (a run against another's earlier snapshot), but say it

@@ -240,6 +240,7 @@ def evaluate(
             }
     report = {
         "experiment": experiment.name,
+        **({"model": experiment.extras["model"]} if "model" in experiment.extras else {}),
         "checkpoint": checkpoint_label(which),
         "step": meta["step"],
         "tasks": tasks,

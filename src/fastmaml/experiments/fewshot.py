@@ -324,7 +324,15 @@ def build(config: FewShotConfig) -> Experiment:
         sample=sample,
         metrics={"accuracy": accuracy, "loss": F.cross_entropy},
         higher_is_better=True,
+        extras={"model": model_label(config)},  # eval reports name the network: conv and MLP runs share tasks
     )
+
+
+def model_label(config: FewShotConfig) -> str:
+    """The network in a few words, for eval reports: ``conv 4x64, stride 2`` or ``MLP 256-128-64-64``."""
+    if config.network == "mlp":
+        return "MLP 256-128-64-64"
+    return f"conv 4x{config.filters}, " + ("max-pool" if config.max_pool else "stride 2")
 
 
 # ------------------------------------------------------------------------------------------ presets
