@@ -316,22 +316,25 @@ def build(config: FewShotConfig) -> Experiment:
             generator = device_generator
         return images.sample(generator, num_tasks, config.ways, config.shots, query_count(config, split))
 
+    model = make_model(config)
     return Experiment(
         name=f"{config.dataset}-{config.ways}way-{config.shots}shot",
         config=config,
-        model=make_model(config),
+        model=model,
         loss_fn=xent_per_shot(config.shots),
         sample=sample,
         metrics={"accuracy": accuracy, "loss": F.cross_entropy},
         higher_is_better=True,
-        extras={"model": model_label(config)},  # eval reports name the network: conv and MLP runs share tasks
+        extras={"model": model_label(config, model)},  # eval reports name the network: conv and MLP runs share tasks
     )
 
 
-def model_label(config: FewShotConfig) -> str:
-    """The network in a few words, for eval reports: ``conv 4x64, stride 2`` or ``MLP 256-128-64-64``."""
+def model_label(config: FewShotConfig, model: nn.Module) -> str:
+    """The network in a few words, for eval reports: ``conv 4x64, stride 2`` or ``MLP 256-128-64-64``
+    (the MLP's hidden widths read from ``model``)."""
     if config.network == "mlp":
-        return "MLP 256-128-64-64"
+        widths = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)][:-1]  # not the output layer
+        return "MLP " + "-".join(map(str, widths))
     return f"conv 4x{config.filters}, " + ("max-pool" if config.max_pool else "stride 2")
 
 
