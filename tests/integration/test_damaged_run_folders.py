@@ -323,3 +323,31 @@ def test_checkpoint_metadata_that_is_not_an_object_is_unreadable(tmp_path):
     safetensors.torch.save_file({"x": torch.zeros(1)}, str(path), metadata={"format": checkpoint.FORMAT, "meta": "[1]"})
     with pytest.raises(CheckpointError, match="its metadata is a list, not an object"):
         checkpoint.load(path)
+
+
+def test_a_resume_removes_a_killed_writes_leftover_beside_a_linked_metrics_file_but_not_a_live_ones(
+        run, tmp_path, capsys):
+    """metrics.jsonl linked to a file elsewhere is written through the link, so a write killed there
+    leaves its temporary file beside the linked file, out of reach of the run folder's clean-up. A
+    leftover of an ended process goes; one of a live process (another run sharing the file) stays."""
+    import subprocess
+    import sys
+
+    kept = tmp_path / "logs"
+    kept.mkdir()
+    shutil.move(run / "metrics.jsonl", kept / "sin.jsonl")
+    (run / "metrics.jsonl").symlink_to(kept / "sin.jsonl")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    (kept / f".sin.jsonl.{int(ended.stdout)}.tmp").write_text('{"step": 2, "meta_lo')
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (kept / f".sin.jsonl.{alive.pid}.tmp").write_text('{"step": 2')
+        assert main(["train", "--resume", str(run), "--iterations", "4", "--no-progress"]) == 0
+    finally:
+        alive.kill()
+        alive.wait()
+    capsys.readouterr()
+    assert sorted(p.name for p in kept.iterdir()) == [f".sin.jsonl.{alive.pid}.tmp", "sin.jsonl"]
+    assert (run / "metrics.jsonl").is_symlink()
+    assert [json.loads(line)["step"] for line in (kept / "sin.jsonl").read_text().splitlines()][-1] == 4

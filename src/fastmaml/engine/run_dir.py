@@ -285,10 +285,33 @@ def remove_temporaries(run_dir: Path) -> None:
     if (run_dir / SNAPSHOTS).is_dir():
         stale += [*(run_dir / SNAPSHOTS).glob("iteration_*.safetensors.tmp"),
                   *(run_dir / SNAPSHOTS).glob(".iteration_*.safetensors.*.tmp")]
+    for name in (CONFIG, METRICS):  # written through a link (checkpoint.followed): their temporaries lie
+        if (run_dir / name).is_symlink():  # beside the file linked to, where another run may write too
+            target = checkpoint.followed(run_dir / name)
+            stale += [path for path in checkpoint.temporary_files(target) if _writer_gone(path)]
     for path in stale:
         with contextlib.suppress(OSError):
             path.unlink()
             log.info("removed %s, left by a checkpoint write that was stopped", path)
+
+
+def _writer_gone(path: Path) -> bool:
+    """Whether the process that named the temporary file ``path`` (``.NAME.<pid>.tmp``) has ended on
+    this machine. Kept where that cannot be told (Windows, a pid this user may not signal): the file
+    a link points at may be shared with a run that is writing it now."""
+    try:
+        pid = int(path.name.rsplit(".", 2)[-2])
+    except ValueError:
+        return False
+    if os.name != "posix" or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def is_run_folder(path: Path) -> bool:
