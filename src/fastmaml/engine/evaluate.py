@@ -20,6 +20,7 @@ from fastmaml.engine.experiment import Experiment, make_maml
 from fastmaml.errors import ConfigError, NonFiniteLossError
 
 EVAL_SEED = 20_170_703  # fixed, so every run of an experiment is scored on the same meta-test tasks
+EVAL_CHUNK = 100  # tasks drawn and adapted at once by the meta-test (the task stream depends on it)
 EVAL_SPLITS = ("test", "val", "train")
 
 
@@ -115,7 +116,7 @@ def adaptation_curves(
     num_tasks: int,
     steps: int,
     generator: torch.Generator,
-    chunk: int = 100,
+    chunk: int = EVAL_CHUNK,
     bar: tqdm | None = None,
 ) -> Tensor:
     """Every metric after 0..steps inner steps on ``num_tasks`` tasks: (num_tasks, steps + 1, metrics).

@@ -114,6 +114,16 @@ class FewShotImages:
         """The same images with another set of rotation classes (e.g. ``(0,)`` to turn them off)."""
         return FewShotImages(self.images, self.class_sizes, self.class_names, rotations)
 
+    def draw_classes(self, generator: torch.Generator, meta_batch_size: int, ways: int) -> tuple[Tensor, Tensor]:
+        """The classes of the next ``meta_batch_size`` tasks that :meth:`sample` draws from the same
+        ``generator`` state, as (turn index into ``rotations``, character index), each (T, ways) in
+        label order. Every rotated copy is a class of its own, so a task may hold one character in two
+        turns (the original MAML code drew distinct characters and then a turn for each)."""
+        # the order of topk is the order of the random keys: a random class-to-label assignment
+        classes = torch.rand(meta_batch_size, self.num_classes, generator=generator, device=self.images.device)
+        classes = classes.topk(ways, dim=1).indices  # (T, ways); class = turn * base classes + base
+        return classes.div(len(self.class_names), rounding_mode="floor"), classes % len(self.class_names)
+
     def sample(
         self, generator: torch.Generator, meta_batch_size: int, ways: int, shots: int, queries: int
     ) -> TaskBatch:
@@ -125,10 +135,7 @@ class FewShotImages:
         """
         self._check_task_shape(meta_batch_size, ways, shots, queries)
         device, per_class = self.images.device, shots + queries
-        # the order of topk is the order of the random keys: a random class-to-label assignment
-        classes = torch.rand(meta_batch_size, self.num_classes, generator=generator, device=device)
-        classes = classes.topk(ways, dim=1).indices  # (T, ways); class = turn * base classes + base
-        turn, base = classes.div(len(self.class_names), rounding_mode="floor"), classes % len(self.class_names)
+        turn, base = self.draw_classes(generator, meta_batch_size, ways)
         keys = torch.rand(meta_batch_size, ways, self._largest, generator=generator, device=device)
         past_end = torch.arange(self._largest, device=device) >= self.class_sizes[base][..., None]
         within = keys.masked_fill(past_end, -1.0).topk(per_class, dim=-1).indices  # distinct images per class

@@ -73,6 +73,28 @@ def test_rotations_are_classes_of_their_own():
         assert set(turns) == {0, 1, 2, 3}
 
 
+
+def test_draw_classes_names_the_classes_sample_draws_from_the_same_generator_state():
+    """What the meta-test diagnostics rely on: from a copy of the generator, draw_classes predicts
+    each task's character (the image ids) and turn (the rotation seen) label by label."""
+    ids = torch.arange(5 * 3, dtype=torch.uint8)
+    images = (ids.view(-1, 1, 1, 1) * 16).expand(-1, 1, 4, 4).clone()
+    images[:, :, 0, 0] += 1  # one marked corner: the turn is where it went
+    data = FewShotImages(images, [3] * 5, [f"c{i}" for i in range(5)], rotations=(0, 1, 2, 3))
+    generator = torch.Generator().manual_seed(3)
+    copy = torch.Generator()
+    copy.set_state(generator.get_state())
+    turn, base = data.draw_classes(copy, 6, ways=4)
+    batch = data.sample(generator, 6, ways=4, shots=1, queries=1)
+    x = batch.support_x  # (6, 4, 1, 4, 4), one image per label in label order
+    pixels = (x * 255).round().long()
+    assert torch.equal(pixels.amin((-3, -2, -1)) // 16 // 3, base)  # the image's class is the character drawn
+    corners = [(0, 0), (3, 0), (3, 3), (0, 3)]  # where rot90 by k turns moves the top-left corner
+    seen = torch.tensor([[next(k for k, (r, c) in enumerate(corners) if pixels[t, i, 0, r, c] % 16 == 1)
+                          for i in range(4)] for t in range(6)])
+    assert torch.equal(seen, turn)
+    assert any(len(set(b.tolist())) < 4 for b in base)  # 5 characters x 4 turns: some task repeats one
+
 def test_subset_and_with_rotations():
     data = labelled_images(6, 3)
     part = data.subset(["c4", "c1"])
