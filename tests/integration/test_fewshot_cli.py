@@ -160,6 +160,44 @@ def test_conv_and_mlp_runs_name_their_network_and_compare_on_the_same_tasks(tiny
     assert out.startswith("omniglot-5way-1shot, MLP 256-128-64-64: 6 meta-test tasks"), out
 
 
+
+def test_turn_pairs_probe_replays_the_meta_test_tasks_that_eval_drew(tiny_omniglot, tmp_path, capsys, monkeypatch):
+    """benchmarks/omniglot_turn_pairs.py marks the eval tasks that hold one character in two turns by
+    replaying eval's task stream; here it is checked against the classes eval itself drew (2 chunks)."""
+    import importlib.util
+
+    from fastmaml.tasks.images import FewShotImages
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "omniglot_turn_pairs.py"
+    spec = importlib.util.spec_from_file_location("omniglot_turn_pairs", script)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    run = tmp_path / "run"
+    code, _, err = cli(["train", "omniglot", "--root", tiny_omniglot, "--iterations", 2, "--out", run,
+                        "--set", "meta_batch_size=2", "--set", "val_every=0", *QUIET], capsys)
+    assert code == 0, err
+    drawn, draw = [], FewShotImages.draw_classes
+
+    def recording(self, generator, meta_batch_size, ways):
+        turn, base = draw(self, generator, meta_batch_size, ways)
+        if meta_batch_size > 1:  # not the one-task check of the split's size
+            drawn.append(base)
+        return turn, base
+
+    monkeypatch.setattr(FewShotImages, "draw_classes", recording)
+    code, _, err = cli(["eval", run, "--tasks", 150, "--steps", 1, "--no-progress"], capsys)
+    assert code == 0, err
+    monkeypatch.setattr(FewShotImages, "draw_classes", draw)
+    seen = torch.cat(drawn)
+    assert [len(b) for b in drawn] == [100, 50]
+    expected = torch.tensor([len(set(row.tolist())) < 5 for row in seen])
+    marks = probe.repeats_a_character(run, 150)
+    assert torch.equal(marks, expected) and 0 < int(marks.sum()) < 150  # 6 test characters x 4 turns: most repeat
+    monkeypatch.setattr("sys.argv", ["omniglot_turn_pairs.py", str(run), str(run / "eval.json")])
+    probe.main()
+    out = capsys.readouterr().out
+    assert f"({int(marks.sum())} tasks)" in out and f"({150 - int(marks.sum())} tasks)" in out and "(150 tasks)" in out
+
 def test_adapt_an_omniglot_run_to_new_characters(tiny_omniglot, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     code, _, err = cli(["train", "omniglot", "--root", tiny_omniglot, "--iterations", 20, "--out", run,
