@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
 
-from fastmaml.engine.evaluate import EVAL_CHUNK, EVAL_SEED
+from fastmaml.engine.evaluate import EVAL_CHUNK, EVAL_SEED, mean_ci95
 from fastmaml.engine.run_dir import read_config
 from fastmaml.experiments import fewshot
 
@@ -38,14 +37,17 @@ def repeats_a_character(run_dir: Path, num_tasks: int, seed: int = EVAL_SEED, sp
         probe.set_state(generator.get_state())
         _, base = images.draw_classes(probe, n, config.ways)
         images.sample(generator, n, config.ways, config.shots, fewshot.query_count(config, split))
-        marks += [len(set(row.tolist())) < config.ways for row in base]
+        ordered = base.sort(dim=1).values
+        marks.append((ordered[:, 1:] == ordered[:, :-1]).any(dim=1))  # a character drawn twice
         done += n
-    return torch.tensor(marks)
+    return torch.cat(marks)
 
 
 def summary(values: torch.Tensor) -> str:
-    half = 1.96 * float(values.std()) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return f"{100 * float(values.mean()):.2f} ± {100 * half:.2f}% ({len(values)} tasks)"
+    if len(values) == 0:
+        return "no tasks"
+    mean, half = mean_ci95(values)
+    return f"{100 * float(mean):.2f} ± {100 * float(half):.2f}% ({len(values)} tasks)"
 
 
 def main() -> None:

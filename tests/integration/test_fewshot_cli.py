@@ -160,7 +160,6 @@ def test_conv_and_mlp_runs_name_their_network_and_compare_on_the_same_tasks(tiny
     assert out.startswith("omniglot-5way-1shot, MLP 256-128-64-64: 6 meta-test tasks"), out
 
 
-
 def test_turn_pairs_probe_replays_the_meta_test_tasks_that_eval_drew(tiny_omniglot, tmp_path, capsys, monkeypatch):
     """benchmarks/omniglot_turn_pairs.py marks the eval tasks that hold one character in two turns by
     replaying eval's task stream; here it is checked against the classes eval itself drew (2 chunks)."""
@@ -197,6 +196,7 @@ def test_turn_pairs_probe_replays_the_meta_test_tasks_that_eval_drew(tiny_omnigl
     probe.main()
     out = capsys.readouterr().out
     assert f"({int(marks.sum())} tasks)" in out and f"({150 - int(marks.sum())} tasks)" in out and "(150 tasks)" in out
+
 
 def test_adapt_an_omniglot_run_to_new_characters(tiny_omniglot, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"

@@ -73,7 +73,6 @@ def test_rotations_are_classes_of_their_own():
         assert set(turns) == {0, 1, 2, 3}
 
 
-
 def test_draw_classes_names_the_classes_sample_draws_from_the_same_generator_state():
     """What the meta-test diagnostics rely on: from a copy of the generator, draw_classes predicts
     each task's character (the image ids) and turn (the rotation seen) label by label."""
@@ -94,6 +93,7 @@ def test_draw_classes_names_the_classes_sample_draws_from_the_same_generator_sta
                           for i in range(4)] for t in range(6)])
     assert torch.equal(seen, turn)
     assert any(len(set(b.tolist())) < 4 for b in base)  # 5 characters x 4 turns: some task repeats one
+
 
 def test_subset_and_with_rotations():
     data = labelled_images(6, 3)
