@@ -32,6 +32,9 @@ class TrainConfig:
     eval_steps: int = 10  # inner steps at meta-test time
     first_order: bool = False
     meta_sgd: bool = False
+    # the parameters the inner loop adapts, names or name prefixes (empty: all); the others are
+    # meta-learned only, e.g. inner_params=head adapts the conv net's last layer alone (ANIL)
+    inner_params: tuple[str, ...] = ()
     outer_lr: float = 0.001
     meta_batch_size: int = 25
     iterations: int = 70_000

@@ -483,3 +483,34 @@ def test_real_omniglot_5way_1shot_learns_far_above_chance(tmp_path, capsys):
     accuracy = json.loads(out)["metrics"]["maml"]["accuracy"]
     assert accuracy["mean"][0] < 0.3  # before adaptation: chance (0.2)
     assert accuracy["mean"][10] > 0.55, accuracy  # after the 10 meta-test steps: far above chance
+
+
+def test_original_batch_norm_and_inner_params_train_from_the_cli(tiny_omniglot, tmp_path, capsys):
+    """--set norm=original: the batch-norm offsets are meta-learned (they move from zero) but not
+    adapted; --set inner_params=head adapts the last layer only (ANIL); eval names both."""
+    from safetensors.torch import load_file
+
+    from fastmaml.engine.experiment import get_preset, make_maml
+    from fastmaml.experiments import fewshot
+
+    experiment = fewshot.build(get_preset("omniglot").make_config(root=str(tiny_omniglot), norm="original"))
+    maml = make_maml(experiment)  # norm=original alone leaves the offsets out of the inner loop
+    assert list(maml.outer_params()) == [f"features.{i}.bias" for i in (3, 8, 13, 18)]
+    assert "features.1.bias" in maml.params() and "head.weight" in maml.params()
+    run = tmp_path / "run"
+    code, _, err = cli(["train", "omniglot", "--root", tiny_omniglot, "--ways", 5, "--shots", 1, "--iterations", 4,
+                        "--out", run, "--set", "meta_batch_size=4", "--set", "val_every=0", "--set", "norm=original",
+                        "--set", "inner_params=head", *QUIET], capsys)
+    assert code == 0, err
+    weights = load_file(run / "checkpoint.safetensors")
+    offsets = [k for k in weights if k.startswith("maml/model.features.") and k.endswith(".bias")
+               and weights[k].shape == (64,) and not k.replace(".bias", ".weight") in weights]
+    assert len(offsets) == 4 and all(weights[k].abs().sum() > 0 for k in offsets)  # meta-learned: moved from zero
+    code, out, err = cli(["eval", run, "--tasks", 6, "--steps", 1], capsys)
+    assert code == 0, err
+    assert out.startswith("omniglot-5way-1shot, conv 4x64, stride 2, the original's batch norm, inner loop adapts "
+                          "head, at iteration 4:"), out
+    code, _, err = cli(["train", "omniglot", "--root", tiny_omniglot, "--iterations", 4, "--out", tmp_path / "bad",
+                        "--set", "norm=original", "--set", "inner_params=features.3", *QUIET], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "picks only parameters this model meta-learns without adapting (features.3.bias" in err, err

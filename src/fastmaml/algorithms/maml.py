@@ -5,6 +5,7 @@
     maml = MAML(model, F.mse_loss, inner_lr=0.01, meta_sgd=True)   # learned α per element (Li et al., 2017)
     maml = MAML(model, F.cross_entropy, inner_lr=0.1, inner_steps=10, grad_checkpointing=True)  # less memory
     maml = MAML(model, F.cross_entropy, inner_lr=0.4, compile=True)  # torch.compile'd meta-step
+    maml = MAML(model, F.cross_entropy, inner_lr=0.4, inner_params=["head"])  # adapt the head only (ANIL)
 
     opt = torch.optim.Adam(maml.parameters(), lr=1e-3)       # model weights (+ Meta-SGD's α)
     maml.meta_loss(batch).backward(); opt.step()             # Algorithm 2, lines 3-10
@@ -19,7 +20,7 @@ import functools
 import logging
 import shutil
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -113,6 +114,33 @@ def _own_code(func: Callable[..., Tensor]) -> Callable[..., Tensor]:
                               func.__closure__)
 
 
+def inner_param_names(model: nn.Module, inner_params: Callable[[str], bool] | Iterable[str] | str | None) -> list[str]:
+    """The names of ``model``'s parameters that MAML's inner loop adapts, in ``named_parameters()`` order:
+    of those that require grad, all (``inner_params=None``), those a predicate on the name accepts, or
+    those named by an entry of ``inner_params`` or under one (``"head"`` takes ``head.weight`` and
+    ``head.bias``; ``"features.1"`` does not take ``features.10.weight``). ValueError, listing the
+    names, for an entry that names none of them or a choice that leaves nothing to adapt."""
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if inner_params is None:
+        return trainable
+    if callable(inner_params):
+        chosen = [n for n in trainable if inner_params(n)]
+    else:
+        entries = [inner_params] if isinstance(inner_params, str) else list(inner_params)
+        if not all(isinstance(e, str) and e for e in entries):
+            raise ValueError(f"inner_params holds parameter names or name prefixes (strings), got {entries!r}")
+        under = lambda name, entry: name == entry or name.startswith(entry + ".")  # noqa: E731
+        unknown = [e for e in entries if not any(under(n, e) for n in trainable)]
+        if unknown:
+            raise ValueError(f"inner_params {unknown} name no parameter of the model that requires grad; "
+                             f"its parameters: {', '.join(trainable)}")
+        chosen = [n for n in trainable if any(under(n, e) for e in entries)]
+    if not chosen:
+        raise ValueError("inner_params leaves no parameter for the inner loop to adapt; its parameters: "
+                         f"{', '.join(trainable)}")
+    return chosen
+
+
 class MAML(nn.Module):
     """Model-Agnostic Meta-Learning around ``model`` with ``loss_fn(prediction, target) -> scalar``.
 
@@ -136,8 +164,14 @@ class MAML(nn.Module):
     parameters or modules also fire for it (once, on that call only); choose ``"vmap"`` or
     ``"loop"`` where a hook must see exactly one backward per meta-batch.
     Parameters that do not require grad when MAML is built are constants: not adapted, not
-    meta-learned, no Meta-SGD rate. Layers whose fused kernels vmap gets wrong (batch, layer and
-    instance norm, padded embeddings) run as primitive ops under vmap (:mod:`fastmaml.core.norm`).
+    meta-learned, no Meta-SGD rate. ``inner_params`` picks the parameters the inner loop adapts
+    (default all): names or name prefixes (``["head"]``), or a predicate on the name
+    (:func:`inner_param_names`). The others are meta-learned only: every inner step and the query
+    loss use their value θ, and the meta-gradient reaches them through both (ANIL, Raghu et al.
+    2020, adapts only the head; the original MAML code meta-learned its batch-norm offsets without
+    adapting them). :meth:`params` and Meta-SGD's rates cover the adapted ones.
+    Layers whose fused kernels vmap gets wrong (batch, layer and instance norm, padded embeddings)
+    run as primitive ops under vmap (:mod:`fastmaml.core.norm`).
     ``"hybrid"`` vectorises only the first inner step, where every task still has the shared
     weights θ (one convolution over all tasks' support sets), and loops over tasks for the rest
     (:func:`fastmaml.core.functional.meta_loss_shared_first_step`); evaluation loops. It keeps every
@@ -194,6 +228,7 @@ class MAML(nn.Module):
         grad_checkpointing: bool = False,
         workers: int = 1,
         compile: bool = False,
+        inner_params: Callable[[str], bool] | Iterable[str] | str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -234,8 +269,10 @@ class MAML(nn.Module):
         self._compiled_ran: set[str] = set()  # kinds whose compiled function has run once
         self._compiled_shapes: set[tuple] = set()  # (kind, shapes) compiled before worker threads ran them
         # θ: the parameters that require grad when MAML is built; the others (a frozen backbone,
-        # say) are constants, neither adapted in the inner loop nor meta-learned, as in the peers
-        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
+        # say) are constants, neither adapted in the inner loop nor meta-learned, as in the peers.
+        # _names: those the inner loop adapts; _outer_names: the rest of θ, meta-learned only
+        self._names = inner_param_names(model, inner_params)
+        self._outer_names = [n for n, p in model.named_parameters() if p.requires_grad and n not in self._names]
         self._thread_vmap = sum(p.numel() for p in model.parameters()) >= THREADED_VMAP_MIN_PARAMS
         # Meta-SGD: one learned inner learning rate per parameter element, initialised to inner_lr.
         self.inner_lrs = nn.ParameterList(
@@ -271,10 +308,16 @@ class MAML(nn.Module):
 
     # ----------------------------------------------------------------------------- functional view
     def params(self) -> Params:
-        """The meta-parameters θ as a dict keyed like ``model.named_parameters()``: those that required
-        grad when this MAML was built (a frozen parameter stays the model's own, a constant)."""
+        """The meta-parameters θ the inner loop adapts, as a dict keyed like ``model.named_parameters()``:
+        those that required grad when this MAML was built (a frozen parameter stays the model's own, a
+        constant), of them only those ``inner_params`` picks (the others: :meth:`outer_params`)."""
         names = set(self._names)
         return {n: p for n, p in self.model.named_parameters() if n in names}
+
+    def outer_params(self) -> Params:
+        """The meta-parameters ``inner_params`` left out: meta-learned, never adapted (empty by default)."""
+        named = dict(self.model.named_parameters())
+        return {n: named[n] for n in self._outer_names}
 
     def lr(self) -> LR:
         """α: the float ``inner_lr``, or Meta-SGD's learned tensors keyed like ``params()``."""
@@ -294,7 +337,10 @@ class MAML(nn.Module):
         """
         buffers = dict(self.model.named_buffers())
         copies = {name: buffers[name].clone() for name in self._copied_buffers}
-        state = {**buffers, **copies, **self._frozen_buffers, **params}
+        # the meta-learned parameters the inner loop leaves alone are this model's own, named even for a
+        # replica (worker threads), so that their meta-gradient reaches them
+        outer = self.outer_params() if self._outer_names else {}
+        state = {**buffers, **copies, **self._frozen_buffers, **outer, **params}
         module = self.model if module is None else module
         vmapping = self._vmapping if vmapping is None else vmapping
         # The fused batch-norm (layer-norm, ...) kernels are exact in a loop but not under vmap, where

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fastmaml.algorithms import MAML
+from fastmaml.algorithms.maml import inner_param_names
 from fastmaml.config import TrainConfig
 from fastmaml.core import TaskBatch
 from fastmaml.errors import ConfigError
@@ -39,6 +40,7 @@ class Experiment:
     higher_is_better: bool = False
     baseline: nn.Module | None = None
     baseline_lr: float = 0.0
+    outer_only: tuple[str, ...] = ()  # parameters meta-learned but never adapted, whatever inner_params says
     extras: dict[str, Any] = field(default_factory=dict)  # experiment-specific objects (e.g. for plots)
 
 
@@ -76,6 +78,16 @@ def get_preset(name: str) -> Preset:
 
 def make_maml(experiment: Experiment) -> MAML:
     c = experiment.config
+    inner_params = None
+    if c.inner_params or experiment.outer_only:
+        try:
+            names = inner_param_names(experiment.model, c.inner_params or None)
+        except ValueError as error:
+            raise ConfigError(f"--set inner_params={','.join(c.inner_params)}: {error}") from None
+        inner_params = [n for n in names if n not in experiment.outer_only]
+        if not inner_params:
+            raise ConfigError(f"--set inner_params={','.join(c.inner_params)} picks only parameters this model "
+                              f"meta-learns without adapting ({', '.join(experiment.outer_only)}): pick others")
     return MAML(
         experiment.model,
         experiment.loss_fn,
@@ -88,6 +100,7 @@ def make_maml(experiment: Experiment) -> MAML:
         grad_checkpointing=c.grad_checkpointing,
         workers=c.workers or auto_workers(c.threads),
         compile=c.use_compile(),
+        inner_params=inner_params,
     )
 
 

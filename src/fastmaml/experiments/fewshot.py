@@ -72,7 +72,7 @@ from fastmaml.config import TrainConfig
 from fastmaml.engine.distributed import cuda_or_cpu
 from fastmaml.engine.experiment import Experiment, Preset, register
 from fastmaml.errors import ConfigError, DataError
-from fastmaml.models.conv import ConvNet, NoConvMLP
+from fastmaml.models.conv import NORMS, ConvNet, NoConvMLP, norm_offsets
 from fastmaml.tasks import (
     FewShotImages,
     default_cache_dir,
@@ -105,6 +105,9 @@ class FewShotConfig(TrainConfig):
     network: str = "conv"  # conv | mlp (the paper's non-convolutional network)
     filters: int = 64
     max_pool: bool = False  # conv: stride-1 conv + 2x2 max-pool (MiniImagenet) instead of stride 2
+    # batch norm: affine (torch's, scale and offset adapted) | original (the original code's: no scale,
+    # eps 1e-3, offsets meta-learned but not adapted; models/conv.py)
+    norm: str = "affine"
     splits: tuple[float, float, float] = (0.64, 0.16, 0.2)  # folder: class fractions train/val/test
     split_seed: int = 0  # folder and val_from_train: which classes go where
     val_from_train: int = 0  # miniimagenet: hold out this many training classes for validation
@@ -129,7 +132,7 @@ class FewShotConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        for key, choices in (("dataset", DATASETS), ("network", NETWORKS)):
+        for key, choices in (("dataset", DATASETS), ("network", NETWORKS), ("norm", NORMS)):
             if getattr(self, key) not in choices:
                 raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
         for key in ("ways", "shots", "queries", "image_size", "filters"):
@@ -306,8 +309,9 @@ def check_data(config: FewShotConfig) -> None:
 # ------------------------------------------------------------------------------------------ model
 def make_model(config: FewShotConfig) -> nn.Module:
     if config.network == "mlp":
-        return NoConvMLP(config.channels * config.image_size**2, config.ways)
-    return ConvNet(config.channels, config.ways, config.filters, image_size=config.image_size, max_pool=config.max_pool)
+        return NoConvMLP(config.channels * config.image_size**2, config.ways, norm=config.norm)
+    return ConvNet(config.channels, config.ways, config.filters, image_size=config.image_size, max_pool=config.max_pool,
+                   norm=config.norm)
 
 
 def build(config: FewShotConfig) -> Experiment:
@@ -330,17 +334,21 @@ def build(config: FewShotConfig) -> Experiment:
         sample=sample,
         metrics={"accuracy": accuracy, "loss": F.cross_entropy},
         higher_is_better=True,
+        outer_only=tuple(norm_offsets(model)),  # norm=original: batch-norm offsets meta-learned, not adapted
         extras={"model": model_label(config, model)},  # eval reports name the network: conv and MLP runs share tasks
     )
 
 
 def model_label(config: FewShotConfig, model: nn.Module) -> str:
     """The network in a few words, for eval reports: ``conv 4x64, stride 2`` or ``MLP 256-128-64-64``
-    (the MLP's hidden widths read from ``model``)."""
+    (the MLP's hidden widths read from ``model``), and ``norm`` or ``inner_params`` where not the default."""
     if config.network == "mlp":
         widths = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)][:-1]  # not the output layer
-        return "MLP " + "-".join(map(str, widths))
-    return f"conv 4x{config.filters}, " + ("max-pool" if config.max_pool else "stride 2")
+        label = "MLP " + "-".join(map(str, widths))
+    else:
+        label = f"conv 4x{config.filters}, " + ("max-pool" if config.max_pool else "stride 2")
+    label += ", the original's batch norm" if config.norm == "original" else ""
+    return label + (f", inner loop adapts {','.join(config.inner_params)}" if config.inner_params else "")
 
 
 # ------------------------------------------------------------------------------------------ presets

@@ -13,12 +13,15 @@
 Batch norm normalises with the statistics of the batch it sees (``track_running_stats=False``), as
 the original did. Initialisation as the original: Glorot-uniform conv weights, zero biases, and a
 Glorot-uniform (MiniImagenet) or N(0, 1) (Omniglot, ``tf.random_normal``) linear layer.
-Differences: the original batch norm had no scale (``tf.contrib.layers.batch_norm`` defaults to
-``scale=False``), used eps 1e-3, and its offsets were meta-learned but not adapted in the inner
-loop; here it is the usual affine ``nn.BatchNorm2d`` and adapted like every other parameter.
+Batch norm, ``norm="affine"`` (the default): the usual affine ``nn.BatchNorm2d``, scale and offset
+adapted like every other parameter. ``norm="original"``: as the original, whose
+``tf.contrib.layers.batch_norm`` had no scale (``scale=False``), eps 1e-3, and an offset that is
+meta-learned but not adapted in the inner loop (a TensorFlow variable outside the ``weights`` dict
+the inner step updates): batch norm without affine parameters, then an :class:`Offset`, whose
+parameters :func:`norm_offsets` names for ``MAML(inner_params=...)`` to leave out.
 
 ``NoConvMLP``: the paper's non-convolutional baseline, ``784 -> 256 -> 128 -> 64 -> 64 -> ways``,
-each hidden layer linear, batch norm, ReLU; weights from a normal with std 0.01 truncated at two
+each hidden layer linear, batch norm (``norm`` as above), ReLU; weights from a normal with std 0.01 truncated at two
 std (``tf.truncated_normal``), zero biases.
 """
 
@@ -26,11 +29,39 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from fastmaml.errors import ConfigError
 
 KERNEL = 3
+NORMS = ("affine", "original")
+
+
+class Offset(nn.Module):
+    """A learned per-channel offset added to (N, C, ...) inputs: the original batch norm's beta."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def batch_norm(channels: int, norm: str, dims: int) -> list[nn.Module]:
+    """Batch norm on batch statistics, ``norm="affine"`` (torch's) or ``"original"`` (see above)."""
+    cls = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+    if norm == "affine":
+        return [cls(channels, track_running_stats=False)]
+    if norm == "original":
+        return [cls(channels, eps=1e-3, affine=False, track_running_stats=False), Offset(channels)]
+    raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+
+
+def norm_offsets(model: nn.Module) -> list[str]:
+    """The names of ``model``'s :class:`Offset` parameters (``norm="original"``): meta-learned only."""
+    return [f"{name}.bias" for name, m in model.named_modules() if isinstance(m, Offset)]
 
 
 def same_padding(size: int, stride: int, kernel: int = KERNEL) -> tuple[int, int]:
@@ -52,6 +83,7 @@ class ConvNet(nn.Module):
         blocks: int = 4,
         image_size: int = 28,
         max_pool: bool = False,
+        norm: str = "affine",
     ) -> None:
         super().__init__()
         stride, size, layers = (1 if max_pool else 2), image_size, []
@@ -60,7 +92,7 @@ class ConvNet(nn.Module):
             layers += [
                 nn.ZeroPad2d((before, after, before, after)),
                 nn.Conv2d(in_channels if block == 0 else hidden, hidden, KERNEL, stride),
-                nn.BatchNorm2d(hidden, track_running_stats=False),
+                *batch_norm(hidden, norm, 2),
                 nn.ReLU(),
             ]
             size = -(-size // stride)
@@ -98,11 +130,13 @@ class NoConvMLP(nn.Module):
 
     exact_under_vmap = True  # its forward calls only torch.nn modules (fastmaml.core.norm.needs_exact_vmap_ops)
 
-    def __init__(self, in_features: int, ways: int, hidden: Sequence[int] = (256, 128, 64, 64)) -> None:
+    def __init__(
+        self, in_features: int, ways: int, hidden: Sequence[int] = (256, 128, 64, 64), norm: str = "affine"
+    ) -> None:
         super().__init__()
         layers, width = [], in_features
         for out in hidden:
-            layers += [nn.Linear(width, out), nn.BatchNorm1d(out, track_running_stats=False), nn.ReLU()]
+            layers += [nn.Linear(width, out), *batch_norm(out, norm, 1), nn.ReLU()]
             width = out
         layers.append(nn.Linear(width, ways))
         self.net = nn.Sequential(*layers)

@@ -70,6 +70,9 @@ CASES = {
     "conv loop, first order": (conv_bn_net, F.cross_entropy, image_batch,
                                dict(strategy="loop", inner_lr=0.4, inner_steps=2, first_order=True)),
     "conv vmap": (conv_bn_net, F.cross_entropy, image_batch, dict(strategy="vmap", inner_lr=0.4)),
+    # only the last layer adapted: the others enter the compiled graph as the module's own parameters
+    "conv loop, head adapted": (conv_bn_net, F.cross_entropy, image_batch,
+                                dict(strategy="loop", inner_lr=0.4, inner_steps=2, inner_params=["7"])),
     "mlp vmap, Meta-SGD": (mlp, F.mse_loss, regression_batch, dict(strategy="vmap", inner_lr=0.01, meta_sgd=True)),
 }
 

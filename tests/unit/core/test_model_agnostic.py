@@ -283,3 +283,111 @@ def test_auto_fallback_draws_the_random_numbers_the_loop_draws():
         grads[strategy] = meta_grads(MAML(model, F.mse_loss, inner_lr=0.1, first_order=True, strategy=strategy), batch)
         grads[strategy].append(torch.rand(3, dtype=torch.float64))  # the stream after the step
     assert relative(grads["auto"], grads["loop"]) == 0
+
+
+def reference_partial_meta_grads(model, loss_fn, batch, adapted, *, lr, steps, first_order=False):
+    """The reference with only the parameters named in ``adapted`` adapting: the others keep their
+    value θ in every inner step and the query loss, and get the meta-gradient through both."""
+    named = dict(model.named_parameters())
+    names = list(named)
+
+    def loss(values, x, y):
+        return loss_fn(torch.func.functional_call(model, dict(zip(names, values)), (x,)), y)
+
+    theta = [named[n] for n in names]
+    total = 0
+    for i in range(batch.support_x.shape[0]):
+        values = theta
+        for _ in range(steps):
+            grads = torch.autograd.grad(loss(values, batch.support_x[i], batch.support_y[i]), values,
+                                        create_graph=not first_order, allow_unused=True, materialize_grads=True)
+            values = [v - lr * g.detach() if first_order and n in adapted else v - lr * g if n in adapted else v
+                      for n, v, g in zip(names, values, grads)]
+        total = total + loss(values, batch.query_x[i], batch.query_y[i])
+    return dict(zip(names, torch.autograd.grad(total / batch.support_x.shape[0], theta)))
+
+
+class Backbone(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16)), nn.Linear(16, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x)))
+
+
+@pytest.mark.parametrize(
+    "options, backward",
+    [({"strategy": "vmap"}, "meta_loss"), ({"strategy": "loop"}, "meta_loss"), ({"strategy": "hybrid"}, "meta_loss"),
+     ({"strategy": "loop", "workers": 2}, "meta_backward"), ({"strategy": "hybrid", "workers": 2}, "meta_backward"),
+     ({"strategy": "vmap", "workers": 2, "_thread_vmap": True}, "meta_backward"),
+     ({"grad_checkpointing": True}, "meta_loss"), ({"strategy": "vmap", "meta_sgd": True}, "meta_loss"),
+     ({"strategy": "vmap", "first_order": True}, "meta_loss"),
+     ({"strategy": "loop", "first_order": True}, "meta_loss")],
+)
+@pytest.mark.parametrize("inner_params", [["head"], ["body.2", "head.bias"], lambda name: name.endswith("weight")])
+def test_parameters_left_out_of_the_inner_loop_are_meta_learned(options, backward, inner_params):
+    """inner_params=["head"] (ANIL): the body keeps θ in every inner step, and its meta-gradient,
+    through the inner steps and the query loss, matches the reference under every strategy."""
+    torch.manual_seed(0)
+    model = Backbone().double()
+    batch = regression_batch()
+    options = dict(options)
+    thread_vmap = options.pop("_thread_vmap", False)  # threads split vmap only for large models; this one is small
+    maml = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=2, inner_params=inner_params, **options)
+    maml._thread_vmap = maml._thread_vmap or thread_vmap
+    adapted = {"head.weight", "head.bias"} if inner_params == ["head"] else (
+        {"body.2.weight", "body.2.bias", "head.bias"} if isinstance(inner_params, list) else
+        {"body.0.weight", "body.2.weight", "head.weight"})
+    assert set(maml.params()) == adapted and set(maml.outer_params()) == set(dict(model.named_parameters())) - adapted
+    if options.get("meta_sgd"):
+        assert len(maml.inner_lrs) == len(adapted)
+    maml.zero_grad()
+    if backward == "meta_backward":
+        maml.meta_backward(batch)
+    else:
+        maml.meta_loss(batch).backward()
+    want = reference_partial_meta_grads(model, F.mse_loss, batch, adapted, lr=0.1, steps=2,
+                                        first_order=options.get("first_order", False))
+    got = dict(model.named_parameters())
+    names = list(want)
+    assert relative([got[n].grad for n in names], [want[n] for n in names]) < 1e-10
+    assert all(got[n].grad.abs().sum() > 0 for n in names)  # the left-out parameters are meta-learned
+    # adapt(): a full set of weights, the left-out ones the model's own
+    weights = maml.adapt(batch.support_x[0], batch.support_y[0], steps=3)
+    assert all((weights[n] is got[n]) == (n not in adapted) for n in names)
+
+
+def test_left_out_parameters_differ_from_adapting_everything():
+    """Not a no-op: leaving the body out changes the meta-gradient of the body."""
+    torch.manual_seed(0)
+    batch = regression_batch()
+    grads = []
+    for inner_params in (None, ["head"]):
+        torch.manual_seed(0)
+        model = Backbone().double()
+        MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=2, inner_params=inner_params).meta_loss(batch).backward()
+        grads.append(model.body[0].weight.grad)
+    assert relative([grads[1]], [grads[0]]) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "inner_params, message",
+    [(["neck"], r"\['neck'\] name no parameter.*body.0.weight, body.0.bias"),
+     (["bod"], r"\['bod'\] name no parameter"),  # a prefix is whole name parts: "bod" does not take body.0.weight
+     (lambda name: False, "leaves no parameter for the inner loop to adapt"),
+     ([3], "parameter names or name prefixes")],
+)
+def test_inner_params_that_choose_nothing_are_refused(inner_params, message):
+    with pytest.raises(ValueError, match=message):
+        MAML(Backbone(), F.mse_loss, inner_lr=0.1, inner_params=inner_params)
+
+
+def test_frozen_parameters_stay_out_of_inner_params():
+    """A parameter that does not require grad is a constant: inner_params cannot make it adapt."""
+    model = Backbone()
+    model.head.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"\['head'\] name no parameter of the model that requires grad"):
+        MAML(model, F.mse_loss, inner_lr=0.1, inner_params=["head"])
+    maml = MAML(model, F.mse_loss, inner_lr=0.1, inner_params=["body.2"])
+    assert list(maml.outer_params()) == ["body.0.weight", "body.0.bias"]

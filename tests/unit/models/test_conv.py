@@ -107,3 +107,30 @@ def test_maml_vmap_equals_loop_in_float64(make, channels, size):
     assert torch.allclose(vmap_loss, loop_loss, rtol=1e-10, atol=1e-12)
     assert all(torch.allclose(a, b, rtol=1e-8, atol=1e-10) for a, b in zip(vmap_grads, loop_grads))
     assert all(g.abs().sum() > 0 for g in vmap_grads)
+
+
+@pytest.mark.parametrize("make", [lambda norm: ConvNet(1, 3, hidden=4, blocks=2, image_size=8, norm=norm),
+                                  lambda norm: NoConvMLP(64, 3, hidden=(8, 6), norm=norm)], ids=["conv", "mlp"])
+def test_original_batch_norm_has_no_scale_eps_1e3_and_a_learned_offset(make):
+    """norm="original": tf.contrib.layers.batch_norm's defaults (no scale, eps 1e-3, an offset beta)."""
+    from fastmaml.models.conv import Offset, norm_offsets
+
+    torch.manual_seed(0)
+    model = make("original")
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(not m.affine and m.eps == 1e-3 and not m.track_running_stats for m in norms)
+    offsets = [m for m in model.modules() if isinstance(m, Offset)]
+    assert len(offsets) == len(norms) and all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in offsets)
+    assert len(norm_offsets(model)) == len(norms) and norm_offsets(make("affine")) == []
+    assert sum(p.numel() for p in make("affine").parameters()) - sum(p.numel() for p in model.parameters()) == sum(
+        m.bias.numel() for m in offsets)  # one scale per channel fewer
+    # an offset shifts each channel after normalising: the first block's output moves by it before the ReLU
+    x = torch.randn(5, 1, 8, 8)
+    offsets[0].bias.data = torch.linspace(-1, 1, offsets[0].bias.numel())
+    layers = model.features if isinstance(model, ConvNet) else model.net
+    first = layers[: next(i for i, m in enumerate(layers) if isinstance(m, Offset)) + 1]
+    h = first(x if isinstance(model, ConvNet) else x.flatten(1))
+    mean = h.mean((0, 2, 3)) if h.dim() == 4 else h.mean(0)
+    assert torch.allclose(mean, offsets[0].bias, atol=1e-5)
+    with pytest.raises(ConfigError, match="norm must be one of affine, original"):
+        make("layer")
