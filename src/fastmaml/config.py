@@ -16,6 +16,9 @@ from fastmaml.algorithms.maml import STRATEGIES
 from fastmaml.errors import ConfigError
 
 COMPILE_CHOICES = ("auto", "on", "off")
+# grad_clip's rule: the global norm (torch's clip_grad_norm_) or each element to [-grad_clip, grad_clip]
+# (clip_grad_value_, the original MAML code's tf.clip_by_value on MiniImagenet)
+GRAD_CLIP_MODES = ("norm", "value")
 # compile=auto compiles runs this long: compiling costs seconds to 3 minutes once per process (less
 # from inductor's on-disk cache) and saved 0.03-1.1 s per iteration on the few-shot presets
 # (benchmarks/results/fewshot_cpu.md), about 1.5 ms on the sinusoid MLP's 4 ms step
@@ -39,6 +42,7 @@ class TrainConfig:
     meta_batch_size: int = 25
     iterations: int = 70_000
     grad_clip: float = 0.0  # clip the meta-gradient norm (0: off)
+    grad_clip_mode: str = "norm"  # norm: scale the whole meta-gradient to norm <= grad_clip | value: each element
     seed: int = 0
     log_every: int = 100
     checkpoint_every: int = 5_000
@@ -78,6 +82,8 @@ class TrainConfig:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.grad_checkpointing and self.strategy in ("vmap", "hybrid") and not self.first_order:
             raise ConfigError("grad_checkpointing runs one task at a time: use --set strategy=auto or loop")
+        if self.grad_clip_mode not in GRAD_CLIP_MODES:
+            raise ConfigError(f"grad_clip_mode must be one of {', '.join(GRAD_CLIP_MODES)}, got {self.grad_clip_mode!r}")
         if self.compile not in COMPILE_CHOICES:
             raise ConfigError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
         if self.compile == "on" and self.strategy == "hybrid":

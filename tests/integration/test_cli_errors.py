@@ -297,13 +297,22 @@ def test_a_meta_gradient_that_overflows_while_the_loss_stays_finite_stops_the_ru
     run = tmp_path / "run"
     fast = ["--iterations", "6", "--set", "checkpoint_every=2", "--set", "log_every=2", "--no-progress"]
     assert main(["train", "sinusoid", "--out", str(run), *fast]) == 0
-    for clip in ("0", "1"):  # clipping does not help here: not advised
+    for clip, mode in (("0", "norm"), ("1", "norm")):  # clipping does not help here: not advised
         advice = "Lower inner_lr or outer_lr, then start a new run."
-        code, err = run_cli(["train", "sinusoid", "--out", str(tmp_path / f"clip{clip}"), *fast,
-                             "--set", "inner_lr=1e4", "--set", f"grad_clip={clip}"], capsys)
+        out = tmp_path / f"clip{clip}{mode}"
+        code, err = run_cli(["train", "sinusoid", "--out", str(out), *fast, "--set", "inner_lr=1e4",
+                             "--set", f"grad_clip={clip}", "--set", f"grad_clip_mode={mode}"], capsys)
         assert code == 1 and "the meta-gradient overflowed (inf or NaN) while the meta-loss was " in err, err
-        assert advice in err and not (tmp_path / f"clip{clip}" / "checkpoint.safetensors").exists()
+        assert advice in err and not (out / "checkpoint.safetensors").exists()
     tensors, _ = checkpoint.load(run / "checkpoint.safetensors")
+    assert all(bool(t.isfinite().all()) for t in tensors.values() if t.is_floating_point())
+    # clipping each element (the original's rule) keeps that meta-gradient finite (its elements are
+    # finite; only its norm overflowed): nothing overflows, the run goes on with the meta-losses it has
+    out = tmp_path / "value"
+    code, err = run_cli(["train", "sinusoid", "--out", str(out), *fast, "--set", "inner_lr=1e4",
+                         "--set", "grad_clip=1", "--set", "grad_clip_mode=value"], capsys)
+    assert code == 0, err
+    tensors, _ = checkpoint.load(out / "checkpoint.safetensors")
     assert all(bool(t.isfinite().all()) for t in tensors.values() if t.is_floating_point())
 
 

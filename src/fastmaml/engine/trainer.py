@@ -228,7 +228,12 @@ class Trainer:
     def _finish_step(self, params, opt: torch.optim.Optimizer, clip: float) -> None:
         params = [p for p in params if p.grad is not None]
         self.cluster.sum_(p.grad for p in params)
-        if clip > 0:  # an inf norm scales the gradient to 0 (finite): Adam's state would not show it
+        if clip > 0 and self.config.grad_clip_mode == "value" and params:
+            # an inf element would become ±clip and a NaN stay NaN: count the step as overflowed first
+            peaks = torch._foreach_norm([p.grad for p in params], math.inf)
+            self._clipped_overflow += ~torch.stack(peaks).isfinite().all()
+            torch.nn.utils.clip_grad_value_(params, clip)
+        elif clip > 0:  # an inf norm scales the gradient to 0 (finite): Adam's state would not show it
             self._clipped_overflow += ~torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip))
         opt.step()
 

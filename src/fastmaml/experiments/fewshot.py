@@ -42,9 +42,9 @@ sizes here. With PyTorch's mean-reduced ``F.cross_entropy`` the same steps would
 
 Gradient clipping. The original clipped each element of the MiniImagenet meta-gradient to
 [-10, 10] (``tf.clip_by_value``, maml.py); fastmaml clips the meta-gradient's global norm at
-``grad_clip`` = 10 (the trainer's rule), on the same loss scale. The rules differ (a norm clip
-rescales the whole gradient, a value clip bends its direction); which one the runs need was not
-measured here.
+``grad_clip`` = 10 (the trainer's rule), on the same loss scale; ``grad_clip_mode=value`` clips
+each element as the original. The rules differ (a norm clip rescales the whole gradient, a value
+clip bends its direction); which one the runs need was not measured here.
 
 Data. ``root`` is the dataset folder (``--root DIR``); empty means ``$FASTMAML_DATA/<dataset>``
 (``omniglot`` or ``miniimagenet``). Each dataset is decoded once into a uint8 cache (``cache_dir``,

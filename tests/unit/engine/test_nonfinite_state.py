@@ -43,3 +43,28 @@ def test_a_parameter_without_elements_is_skipped(tmp_path):
     t = trainer(tmp_path)
     t.maml.model.register_parameter("empty", torch.nn.Parameter(torch.zeros(0)))  # max of nothing: an error
     assert t.nonfinite_state() == [False, False]
+
+
+def test_value_clipping_bounds_each_element_and_counts_an_overflow(tmp_path):
+    """grad_clip_mode=value (the original's tf.clip_by_value): each element to [-clip, clip], the
+    direction bent; norm (the default) scales the whole gradient. An inf element would become ±clip
+    unseen: the step is counted as overflowed before clipping."""
+    t = trainer(tmp_path)
+    params = [p for p in t.maml.parameters() if p.requires_grad]
+    steps = {}
+    for mode in ("norm", "value"):
+        t.config.grad_clip_mode = mode
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        params[0].grad.view(-1)[:2] = torch.tensor([30.0, 0.5])
+        opt = torch.optim.SGD(params, lr=1.0)
+        before = [p.detach().clone() for p in params]
+        t._finish_step(params, opt, 10.0)
+        steps[mode] = (before[0] - params[0].detach()).view(-1)[:2]
+    assert torch.allclose(steps["value"], torch.tensor([10.0, 0.5]))  # clamped; the small one kept
+    assert torch.allclose(steps["norm"], torch.tensor([30.0, 0.5]) * 10 / math.hypot(30.0, 0.5))
+    assert t._clipped_overflow.item() == 0
+    params[0].grad = torch.zeros_like(params[0])
+    params[0].grad.view(-1)[0] = math.inf
+    t._finish_step(params, torch.optim.SGD(params, lr=0.0), 10.0)
+    assert t._clipped_overflow.item() == 1 and t.nonfinite_state()[0]
