@@ -83,7 +83,8 @@ class TrainConfig:
         if self.grad_checkpointing and self.strategy in ("vmap", "hybrid") and not self.first_order:
             raise ConfigError("grad_checkpointing runs one task at a time: use --set strategy=auto or loop")
         if self.grad_clip_mode not in GRAD_CLIP_MODES:
-            raise ConfigError(f"grad_clip_mode must be one of {', '.join(GRAD_CLIP_MODES)}, got {self.grad_clip_mode!r}")
+            raise ConfigError(f"grad_clip_mode must be one of {', '.join(GRAD_CLIP_MODES)}, "
+                              f"got {self.grad_clip_mode!r}")
         if self.compile not in COMPILE_CHOICES:
             raise ConfigError(f"compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
         if self.compile == "on" and self.strategy == "hybrid":
