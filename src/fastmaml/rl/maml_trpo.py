@@ -33,17 +33,19 @@ here: per-task mean inner and outer surrogates, mean over tasks, KL(old ‖ new)
 policies averaged over all their samples (the original concatenates the tasks' KL terms), every
 parameter (log σ included) adapted, one inner lr for all of them. Different:
 
-- The linear baseline is fitted to the task's own samples before predicting them. rllab's
-  ``process_samples`` predicted with the coefficients of its *previous* fit and fitted afterwards:
-  at meta-train the task processed just before (for the first task of a round, the fit on all
-  tasks of the round before), at meta-test (one fresh baseline per task) the unfitted zero
-  baseline at the first step and the same task's previous step after. ``baseline_fit="rllab"``
-  reproduces that order (:func:`rllab_baseline_coeffs`), except that the first task of an
-  iteration's first round gets the zero baseline where rllab had the previous iteration's fit, and
-  that the trained baselines (TRPO without adaptation) get the same previous-task order where
-  rllab's joint TRPO predicted all tasks with the previous iteration's fit.
-  Measured on half-cheetah direction, it made MAML worse (46 against 86 after one meta-test step,
-  ``benchmarks/results/rl_cpu.md``), so each task's own fit stays the default.
+- The linear baseline is fitted to the task's own samples before predicting them, as the released
+  MAML code did: its ``batch_maml_polopt.py`` calls ``process_samples(itr, paths, prefix=..., log=...)``,
+  and of the two versions of ``rllab/sampler/base.py`` in cbfinn/maml_rl's history only the one that
+  takes ``prefix`` exists for it, and that one fits first. The other, older version (upstream
+  rllab's) predicted with the coefficients of its *previous* fit and fitted afterwards: at
+  meta-train the task processed just before (for the first task of a round, the fit on all tasks
+  of the round before), at meta-test (one fresh baseline per task) the unfitted zero baseline at
+  the first step and the same task's previous step after. ``baseline_fit="rllab"`` reproduces that
+  older order (:func:`rllab_baseline_coeffs`), except that the first task of an iteration's first
+  round gets the zero baseline where rllab had the previous iteration's fit, and that the trained
+  baselines (TRPO without adaptation) get the same previous-task order where rllab's joint TRPO
+  predicted all tasks with the previous iteration's fit. Measured on half-cheetah direction, it
+  made MAML worse (46 against 86 after one meta-test step, ``benchmarks/results/rl_cpu.md``).
 - Exactly K trajectories per task. The original sampled until K x horizon steps per task were
   collected, so in 2D navigation (episodes end at the goal) a task could get more than K.
 - Tasks are batched (``torch.vmap`` for sampling, a loop in the meta-objective: measured faster, see
@@ -132,8 +134,9 @@ def own_baseline_fits(traj: Trajectories, discount: float = GAMMA, returns: Tens
 def rllab_baseline_coeffs(
     traj: Trajectories, previous: Tensor | None, *, meta_test: bool, discount: float = GAMMA
 ) -> tuple[Tensor, Tensor]:
-    """rllab's order of baseline fits (module docstring): the coefficients (T, F) that predict the
-    values of ``traj``'s T tasks, and the ``previous`` to pass with the next sampling round.
+    """Upstream rllab's order of baseline fits (predict, then fit; module docstring): the
+    coefficients (T, F) that predict the values of ``traj``'s T tasks, and the ``previous`` to pass
+    with the next sampling round.
 
     Meta-train (one baseline object shared by the tasks, processed one after another, then once
     more on all of them for logging): task i uses task i-1's fit, task 0 the fit on every task of
@@ -365,7 +368,7 @@ def maml_trpo_step(
     ``update_device``: where the TRPO meta-update runs (e.g. ``"cuda"``); sampling and the no-graph
     adaptation stay where ``params`` are (the CPU, beside MuJoCo), the samples are copied over once
     per iteration and the new parameters come back on ``params``' device. ``None``: ``params``' device.
-    ``baseline_fit``: "own" or "rllab" (the original's order of baseline fits, module docstring).
+    ``baseline_fit``: "own" or "rllab" (upstream rllab's predict-then-fit order, module docstring).
     ``fd_base_eps``: the finite-difference step of ``hvp="finite_difference"`` (default: the
     original runs' 1.0, :func:`fastmaml.rl.trpo.finite_difference_hvp`).
     Randomness (goals, action noise, start states) comes from ``generator``.

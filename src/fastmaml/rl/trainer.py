@@ -133,7 +133,7 @@ class RLConfig:
     hvp_tasks: int = 0  # tasks the KL's Hessian-vector products use (0: all)
     fd_base_eps: float = ORIGINAL_FD_BASE_EPS  # hvp=finite_difference steps ε = fd_base_eps / ‖θ‖ (rl.trpo)
     strategy: str = "auto"  # auto (vmap to sample, loop in the meta-update: faster) | vmap | loop
-    baseline_fit: str = "own"  # own (each task's fit) | rllab (the original's order; fastmaml.rl.maml_trpo)
+    baseline_fit: str = "own"  # own (each task's fit) | rllab (upstream rllab's predict-then-fit order)
     hidden: tuple[int, ...] = (100, 100)
     init_std: float = 1.0
     iterations: int = 500
