@@ -99,9 +99,17 @@ def _parser() -> argparse.ArgumentParser:
                          help="with seed groups: show each seed's difference after K meta-test steps (default: "
                          "the last step)")
 
-    plot = sub.add_parser("plot", help="write the run's PNG figures to RUN_DIR/plots")
-    plot.add_argument("run_dir", type=Path)
-    plot.add_argument("--tasks", type=int, default=100, help="meta-test tasks when the run has no eval.json")
+    plot = sub.add_parser("plot", help="write each run's PNG figures to RUN_DIR/plots, or several runs' learning "
+                          "curves on one figure (--figure)")
+    plot.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    plot.add_argument("--tasks", type=int, help="meta-test tasks when a run has no eval.json (default 100)")
+    plot.add_argument("--figure", type=Path, help="write the runs' learning curves, one line per run, to this PNG "
+                      "instead (read from their metrics.jsonl: no meta-test, runs still training may be given)")
+    plot.add_argument("--metric", action="append", default=[], metavar="KEY",
+                      help="with --figure: a logged metric to draw, one panel each (repeat; default meta_loss, "
+                      "return_pre, return_post and every val_* the runs logged)")
+    plot.add_argument("--x", choices=["iteration", "time"], default="iteration",
+                      help="with --figure: meta-training iterations (default) or training seconds (elapsed_s)")
 
     data = sub.add_parser("data", help="check, download (Omniglot) and cache a few-shot image dataset")
     data.add_argument("dataset", choices=["omniglot", "miniimagenet"])
@@ -345,13 +353,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from fastmaml.engine.plots import plot_run
+    from fastmaml.engine.plots import plot_run, plot_runs
     from fastmaml.engine.run_dir import read_config
 
+    if args.figure is not None:
+        if args.tasks is not None:
+            raise ConfigError("--tasks sets a run's meta-test for its own figures; --figure draws learning curves "
+                              "from the runs' logs and meta-tests nothing: leave one of them out")
+        print(plot_runs(args.run_dirs, args.figure, args.metric, args.x))
+        return 0
+    if args.metric or args.x != "iteration":
+        raise ConfigError("--metric and --x choose the curves of --figure PATH.png (several runs on one figure); "
+                          "add --figure, or leave them out for each run's own figures")
     if args.tasks is not None:
         check_task_count(args.tasks)
-    for path in (read_config(args.run_dir)[0].plot or plot_run)(args.run_dir, tasks=args.tasks):
-        print(path)
+    for run_dir in args.run_dirs:
+        preset, _ = read_config(run_dir)
+        for path in (preset.plot or plot_run)(run_dir, tasks=100 if args.tasks is None else args.tasks):
+            print(path)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""PNG figures made from a run folder's files: learning curve, metric vs inner steps, adaptation."""
+"""PNG figures made from run folders' files: learning curves, metric vs inner steps, adaptation."""
 
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ def whole_iterations(ax: plt.Axes, steps: list[int]) -> None:
         ax.set_xticks(steps)
 
 
+def plain_log_scale(ax: plt.Axes, values: list[float]) -> None:
+    """A log y axis labelled with plain numbers (matplotlib's defaults read 4.6×10¹); minor ticks
+    labelled only when ``values`` (all > 0) lie within one decade."""
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain if max(values) / min(values) < 10 else NullFormatter())
+
+
 def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:
     """Meta-loss and baseline loss against meta-training iterations (log scale), and the validation
     metric, if logged, in a panel of its own (linear scale: an accuracy drawn on the loss's log axis
@@ -44,11 +53,7 @@ def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xlabel("meta-training iteration")
     ax.set_ylabel("training loss (mean since the previous row)")
     if values and min(values) > 0:
-        ax.set_yscale("log")
-        # plain numbers (matplotlib's defaults read 4.6×10¹); minor ticks labelled only within one decade
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain if max(values) / min(values) < 10 else NullFormatter())
+        plain_log_scale(ax, values)
     title = "learning curve"
     if len(rows) == 1:
         title = f"one logged row (iteration {steps[0]}): lower log_every for a curve"
@@ -69,6 +74,59 @@ def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+CURVE_TITLES = {"meta_loss": "meta-loss (query, after adaptation)", "baseline_loss": "pretrained baseline loss",
+                "return_pre": "return before adaptation (training tasks)",
+                "return_post": "return after adaptation (training tasks)"}
+
+
+def runs_curves(runs: dict[str, list[dict[str, Any]]], keys: list[str], path: Path, x: str = "iteration") -> Path:
+    """Several runs' learning curves on one figure (``fastmaml plot RUN ... --figure``), saved at ``path``."""
+    fig = runs_curves_figure(runs, keys, x)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps the legend below the panels
+    plt.close(fig)
+    return path
+
+
+def runs_curves_figure(runs: dict[str, list[dict[str, Any]]], keys: list[str], x: str = "iteration") -> plt.Figure:
+    """The figure of :func:`runs_curves`: one panel per metric in ``keys``, one line per run (label:
+    ``runs``' key) in the same colour in every panel, and one legend below the panels. ``x`` is
+    "iteration" or "time" (the rows' training seconds, ``elapsed_s``; hours past two). A positive
+    loss is drawn on a log scale; a run that never logged a key has no line in its panel."""
+    hours = x == "time" and max(r.get("elapsed_s", 0) for rows in runs.values() for r in rows) > 7200
+    scale = 3600 if hours else 1
+
+    def where(row: dict[str, Any]) -> float:
+        return row["step"] if x == "iteration" else row["elapsed_s"] / scale
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key in zip(axes[0], keys):
+        values = []
+        for i, (label, rows) in enumerate(runs.items()):
+            pts = [(where(r), r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+            values += [v for _, v in pts]
+            if pts:
+                ax.plot(*zip(*pts), "o-" if len(pts) <= 30 else "-", markersize=3, label=label,
+                        color=colours[i % len(colours)])
+        if key.endswith("loss") and values and min(values) > 0:
+            plain_log_scale(ax, values)
+        if x == "iteration":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("meta-training iteration" if x == "iteration" else
+                      f"training time ({'h' if hours else 's'}, validation not included)")
+        ax.set_ylabel(key)
+        ax.set_title(CURVE_TITLES.get(key, f"validation {key[4:]} (held-out tasks)" if key.startswith("val_") else key),
+                     fontsize=10)
+    fig.tight_layout()
+    handles = {}
+    for ax in axes[0]:
+        handles.update(zip(*reversed(ax.get_legend_handles_labels())))
+    order = [label for label in runs if label in handles]
+    fig.legend([handles[label] for label in order], order, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=max(1, min(len(order), 3)), frameon=False)
+    return fig
 
 
 def metric_vs_steps(report: dict[str, Any], path: Path) -> Path:

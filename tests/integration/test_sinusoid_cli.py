@@ -87,6 +87,18 @@ def test_eval_table_and_plots(trained_run, capsys):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
+def test_plot_of_several_runs_writes_each_runs_figures_or_one_figure_of_their_curves(trained_run, tmp_path, capsys):
+    copy = shutil.copytree(trained_run, tmp_path / "copy", ignore=shutil.ignore_patterns("plots"))
+    assert main(["plot", str(trained_run), str(copy)]) == 0
+    printed = capsys.readouterr().out.split()
+    for run in (trained_run, copy):
+        assert str(run / "plots" / "adaptation.png") in printed
+    figure = tmp_path / "curves.png"
+    assert main(["plot", str(trained_run), str(copy), "--figure", str(figure), "--x", "time"]) == 0
+    assert capsys.readouterr().out.strip() == str(figure)
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 10_000
+
+
 def test_eval_set_changes_the_meta_test_step_and_keeps_eval_json(trained_run, capsys):
     assert main(["eval", str(trained_run), "--tasks", "50", "--steps", "1", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)["metrics"]["maml"]["mse"]["mean"]

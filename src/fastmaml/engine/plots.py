@@ -9,7 +9,7 @@ from fastmaml import plotting
 from fastmaml.engine.compare import read_report
 from fastmaml.engine.evaluate import evaluate, load_trained, methods_for
 from fastmaml.engine.run_dir import EVAL, PLOTS, read_metrics
-from fastmaml.errors import CheckpointError
+from fastmaml.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,58 @@ def plot_run(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     if figures is not None:
         paths.extend(figures(experiment, methods_for(experiment, maml), out))
     return paths
+
+
+CURVES = ("meta_loss", "return_pre", "return_post")  # drawn by default, when logged, with every val_* metric
+X_AXES = ("iteration", "time")
+
+
+def plot_runs(run_dirs: list[Path], figure: Path, metrics: list[str] | None = None, x: str = "iteration") -> Path:
+    """Several runs' learning curves on one figure at ``figure`` (PNG), for ``fastmaml plot RUN ...
+    --figure``: by default the meta-loss (supervised runs), the returns before and after adaptation
+    (meta-RL) and every validation metric the runs logged; ``metrics`` picks other logged keys.
+    Runs of any experiments may share a figure; each is named by its folder (its path where two
+    folders share a name)."""
+    if figure.suffix.lower() != ".png":
+        raise ConfigError(f"--figure {figure}: give a .png path")
+    if x not in X_AXES:
+        raise ConfigError(f"--x {x}: choose one of {', '.join(X_AXES)}")
+    names = [Path(d).name or str(d) for d in run_dirs]
+    runs: dict[str, list[dict]] = {}
+    for run_dir, name in zip(run_dirs, names):
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise CheckpointError(f"{run_dir} is not a folder: give run folders made by fastmaml train --out")
+        rows = read_metrics(run_dir)
+        if not rows:
+            raise CheckpointError(f"{run_dir} has no metrics yet; train it first (fastmaml train ... --out {run_dir})")
+        label = name if names.count(name) == 1 else str(run_dir)
+        if label in runs:
+            raise ConfigError(f"{run_dir} is given twice; give each run folder once")
+        runs[label] = rows
+    logged = {k for rows in runs.values() for r in rows for k, v in r.items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool)} - {"step", "elapsed_s"}
+    if metrics:
+        missing = [k for k in metrics if k not in logged]
+        if missing:
+            raise ConfigError(f"--metric {', '.join(missing)}: no run logged it; the runs logged "
+                              f"{', '.join(sorted(logged)) or 'no metrics'}")
+        keys = list(dict.fromkeys(metrics))
+    else:
+        keys = [k for k in CURVES if k in logged] + sorted(k for k in logged if k.startswith("val_"))
+        if not keys:
+            raise ConfigError(f"the runs logged none of {', '.join(CURVES)} or a validation metric; choose "
+                              f"with --metric KEY from {', '.join(sorted(logged))}")
+    if x == "time":
+        untimed = [label for label, rows in runs.items() if any("elapsed_s" not in r for r in rows)]
+        if untimed:
+            raise ConfigError(f"{', '.join(untimed)} logged no training time (elapsed_s) in some rows; plot them "
+                              "against --x iteration")
+    try:
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        return plotting.runs_curves(runs, keys, figure, x=x)
+    except OSError as error:
+        raise ConfigError(f"cannot write --figure {figure} ({error.strerror}); choose a writable folder") from None
 
 
 def plots_folder(run_dir: Path) -> Path:

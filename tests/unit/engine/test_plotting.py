@@ -86,3 +86,49 @@ def test_learning_curve_draws_validation_on_its_own_linear_axis_and_says_when_on
     (only,) = saved[-1].axes
     assert "one logged row (iteration 30)" in only.get_title() and only.get_yscale() == "linear"  # a value <= 0
     assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "b.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------ several runs' learning curves on one figure
+def _rows(losses, every=100, val=None, seconds=1.0):
+    rows = [{"step": every * (i + 1), "meta_loss": loss, "elapsed_s": seconds * every * (i + 1)}
+            for i, loss in enumerate(losses)]
+    for row, acc in zip(rows, val or []):
+        if acc is not None:
+            row["val_accuracy"] = acc
+    return rows
+
+
+def test_runs_curves_draw_one_line_per_run_per_panel_in_one_colour_with_one_legend_below():
+    runs = {"no validation": _rows([60.0, 55.0]),  # first, so the panels' colour cycles would disagree
+            "affine": _rows([50.0, 40.0, 30.0], val=[None, 0.4, 0.5]),
+            "original": _rows([45.0, 30.0, 20.0], val=[None, 0.5, 0.7])}
+    fig = plotting.runs_curves_figure(runs, ["meta_loss", "val_accuracy"])
+    try:
+        fig.canvas.draw()
+        loss_ax, val_ax = fig.axes
+        assert [line.get_label() for line in loss_ax.get_lines()] == list(runs)
+        assert [line.get_label() for line in val_ax.get_lines()] == ["affine", "original"]  # the first logged none
+        assert list(val_ax.get_lines()[1].get_xdata()) == [200, 300]
+        assert list(val_ax.get_lines()[1].get_ydata()) == [0.5, 0.7]
+        for a, b in zip(loss_ax.get_lines()[1:], val_ax.get_lines()):
+            assert a.get_color() == b.get_color()
+        assert loss_ax.get_yscale() == "log" and val_ax.get_yscale() == "linear"
+        (legend,) = fig.legends
+        assert [t.get_text() for t in legend.get_texts()] == list(runs)
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            assert ax.get_legend() is None
+            assert legend.get_window_extent(renderer).y1 <= ax.get_tightbbox(renderer).y0
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("seconds, unit, last", [(1.0, "(s,", 300.0), (40.0, "(h,", 12000 / 3600)])
+def test_runs_curves_against_training_time_switch_to_hours_past_two(seconds, unit, last):
+    fig = plotting.runs_curves_figure({"a": _rows([3.0, 2.0, 1.0], seconds=seconds)}, ["meta_loss"], x="time")
+    try:
+        (ax,) = fig.axes
+        assert unit in ax.get_xlabel()
+        assert ax.get_lines()[0].get_xdata()[-1] == pytest.approx(last)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,129 @@
+"""`fastmaml plot RUN_A RUN_B ... --figure F.png`: several runs' learning curves on one figure, read
+from their metrics.jsonl (no meta-test, so runs still training can be drawn), and its bad input."""
+
+import json
+
+import pytest
+from matplotlib import pyplot as plt
+
+from fastmaml import plotting
+from fastmaml.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(folder, rows):
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def fewshot_rows(losses, accuracies):
+    return [{"step": 100 * (i + 1), "meta_loss": loss, "elapsed_s": 110.0 * (i + 1), "val_accuracy": acc}
+            for i, (loss, acc) in enumerate(zip(losses, accuracies))]
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return (write_run(tmp_path / "affine", fewshot_rows([50, 40, 35], [0.40, 0.50, 0.57])),
+            write_run(tmp_path / "original", fewshot_rows([45, 30, 22], [0.48, 0.58, 0.70])))
+
+
+def one_error_line(args, capsys) -> str:
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("fastmaml: error: ") and "Traceback" not in err, err
+    return err
+
+
+def drawn(monkeypatch):
+    """Record the runs, keys and x axis plot_runs hands to the figure, and still write it."""
+    calls = []
+    real = plotting.runs_curves
+
+    def spy(runs, keys, path, x="iteration"):
+        calls.append((runs, keys, x))
+        return real(runs, keys, path, x=x)
+
+    monkeypatch.setattr(plotting, "runs_curves", spy)
+    return calls
+
+
+def test_two_runs_share_one_figure_with_loss_and_validation_panels(runs, tmp_path, capsys, monkeypatch):
+    calls = drawn(monkeypatch)
+    figure = tmp_path / "figures" / "curves.png"  # its folder is made
+    assert main(["plot", *map(str, runs), "--figure", str(figure)]) == 0
+    assert capsys.readouterr().out.strip() == str(figure)
+    assert figure.read_bytes()[:8] == PNG and figure.stat().st_size > 10_000
+    ((drawn_runs, keys, x),) = calls
+    assert list(drawn_runs) == ["affine", "original"] and keys == ["meta_loss", "val_accuracy"] and x == "iteration"
+    assert [r["val_accuracy"] for r in drawn_runs["original"]] == [0.48, 0.58, 0.70]
+    assert not (runs[0] / "plots").exists()  # nothing written into the runs
+
+
+def test_metric_and_time_axis_are_chosen_and_meta_rl_returns_are_drawn_by_default(tmp_path, capsys, monkeypatch):
+    calls = drawn(monkeypatch)
+    rl = write_run(tmp_path / "cheetah", [{"step": i, "return_pre": -40.0 + i, "return_post": 50.0 + 2 * i,
+                                           "policy_std": 1.0, "elapsed_s": 30.0 * i} for i in range(1, 6)])
+    assert main(["plot", str(rl), "--figure", str(tmp_path / "a.png")]) == 0
+    assert calls[-1][1] == ["return_pre", "return_post"]
+    assert main(["plot", str(rl), "--figure", str(tmp_path / "b.png"), "--metric", "policy_std", "--x", "time"]) == 0
+    assert calls[-1][1:] == (["policy_std"], "time")
+    assert (tmp_path / "b.png").read_bytes()[:8] == PNG
+
+
+def test_two_folders_of_one_name_are_told_apart_by_their_paths(tmp_path, capsys, monkeypatch):
+    calls = drawn(monkeypatch)
+    a = write_run(tmp_path / "seed0" / "run", fewshot_rows([3, 2], [0.5, 0.6]))
+    b = write_run(tmp_path / "seed1" / "run", fewshot_rows([4, 3], [0.4, 0.5]))
+    assert main(["plot", str(a), str(b), "--figure", str(tmp_path / "c.png")]) == 0
+    assert list(calls[0][0]) == [str(a), str(b)]
+
+
+def test_a_run_still_training_is_drawn_up_to_its_last_whole_row(runs, tmp_path, capsys, monkeypatch):
+    calls = drawn(monkeypatch)
+    with open(runs[1] / "metrics.jsonl", "a") as f:
+        f.write('{"step": 400, "meta_lo')  # a row being written
+    assert main(["plot", *map(str, runs), "--figure", str(tmp_path / "c.png")]) == 0
+    assert [r["step"] for r in calls[0][0]["original"]] == [100, 200, 300]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--figure", "curves.jpg"], "--figure curves.jpg: give a .png path"),
+    (["--figure", "c.png", "--metric", "val_loss"], ("--metric val_loss: no run logged it; the runs logged "
+                                                      "meta_loss, val_accuracy")),
+    (["--metric", "meta_loss"], "--metric and --x choose the curves of --figure PATH.png"),
+    (["--x", "time"], "--metric and --x choose the curves of --figure PATH.png"),
+    (["--figure", "c.png", "--tasks", "50"], "--tasks sets a run's meta-test for its own figures"),
+])
+def test_bad_options_get_one_line(runs, tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    err = one_error_line(["plot", *map(str, runs), *extra], capsys)
+    assert message in err
+    assert not list(tmp_path.glob("c.*"))
+
+
+def test_bad_run_folders_get_one_line(runs, tmp_path, capsys):
+    figure = str(tmp_path / "c.png")
+    err = one_error_line(["plot", str(runs[0]), str(tmp_path / "nowhere"), "--figure", figure], capsys)
+    assert "nowhere is not a folder: give run folders made by fastmaml train --out" in err
+    (tmp_path / "empty").mkdir()
+    err = one_error_line(["plot", str(runs[0]), str(tmp_path / "empty"), "--figure", figure], capsys)
+    assert "empty has no metrics yet; train it first" in err
+    err = one_error_line(["plot", str(runs[0]), str(runs[0]), "--figure", figure], capsys)
+    assert "is given twice; give each run folder once" in err
+    timeless = write_run(tmp_path / "old", [{"step": 1, "meta_loss": 1.0}])
+    err = one_error_line(["plot", str(runs[0]), str(timeless), "--figure", figure, "--x", "time"], capsys)
+    assert "old logged no training time (elapsed_s) in some rows; plot them against --x iteration" in err
+    err = one_error_line(["plot", str(timeless), "--figure", figure, "--metric", "step"], capsys)
+    assert "--metric step: no run logged it" in err  # the axis, not a metric
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_an_unwritable_figure_folder_gets_one_line(runs, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    err = one_error_line(["plot", *map(str, runs), "--figure", str(blocker / "c.png")], capsys)
+    assert f"cannot write --figure {blocker / 'c.png'}" in err
+    plt.close("all")
