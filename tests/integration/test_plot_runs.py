@@ -111,8 +111,9 @@ def test_bad_run_folders_get_one_line(runs, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     err = one_error_line(["plot", str(runs[0]), str(tmp_path / "empty"), "--figure", figure], capsys)
     assert "empty has no metrics yet; train it first" in err
-    err = one_error_line(["plot", str(runs[0]), str(runs[0]), "--figure", figure], capsys)
-    assert "is given twice; give each run folder once" in err
+    for again in (runs[0], runs[0].parent / "." / runs[0].name):
+        err = one_error_line(["plot", str(runs[0]), str(again), "--figure", figure], capsys)
+        assert f"{again} is given twice; give each run folder once" in err
     timeless = write_run(tmp_path / "old", [{"step": 1, "meta_loss": 1.0}])
     err = one_error_line(["plot", str(runs[0]), str(timeless), "--figure", figure, "--x", "time"], capsys)
     assert "old logged no training time (elapsed_s) in some rows; plot them against --x iteration" in err

@@ -54,19 +54,19 @@ def plot_runs(run_dirs: list[Path], figure: Path, metrics: list[str] | None = No
         raise ConfigError(f"--figure {figure}: give a .png path")
     if x not in X_AXES:
         raise ConfigError(f"--x {x}: choose one of {', '.join(X_AXES)}")
-    names = [Path(d).name or str(d) for d in run_dirs]
+    names = [Path(d).resolve().name or str(d) for d in run_dirs]
     runs: dict[str, list[dict]] = {}
-    for run_dir, name in zip(run_dirs, names):
-        run_dir = Path(run_dir)
+    seen: set[Path] = set()
+    for run_dir, name in zip(map(Path, run_dirs), names):
         if not run_dir.is_dir():
             raise CheckpointError(f"{run_dir} is not a folder: give run folders made by fastmaml train --out")
+        if run_dir.resolve() in seen:
+            raise ConfigError(f"{run_dir} is given twice; give each run folder once")
+        seen.add(run_dir.resolve())
         rows = read_metrics(run_dir)
         if not rows:
             raise CheckpointError(f"{run_dir} has no metrics yet; train it first (fastmaml train ... --out {run_dir})")
-        label = name if names.count(name) == 1 else str(run_dir)
-        if label in runs:
-            raise ConfigError(f"{run_dir} is given twice; give each run folder once")
-        runs[label] = rows
+        runs[name if names.count(name) == 1 else str(run_dir)] = rows
     logged = {k for rows in runs.values() for r in rows for k, v in r.items()
               if isinstance(v, (int, float)) and not isinstance(v, bool)} - {"step", "elapsed_s"}
     if metrics:
