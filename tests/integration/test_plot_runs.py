@@ -111,7 +111,7 @@ def test_bad_run_folders_get_one_line(runs, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     err = one_error_line(["plot", str(runs[0]), str(tmp_path / "empty"), "--figure", figure], capsys)
     assert "empty has no metrics yet; train it first" in err
-    for again in (runs[0], runs[0].parent / "." / runs[0].name):
+    for again in (runs[0], runs[1] / ".." / runs[0].name):  # the same folder by another path
         err = one_error_line(["plot", str(runs[0]), str(again), "--figure", figure], capsys)
         assert f"{again} is given twice; give each run folder once" in err
     timeless = write_run(tmp_path / "old", [{"step": 1, "meta_loss": 1.0}])
