@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+from cli_helpers import one_error_line
 
 from fastmaml import plotting
 from fastmaml.cli import main
@@ -29,14 +30,6 @@ def run(trained, tmp_path, capsys):
     shutil.copytree(trained, copy)
     capsys.readouterr()
     return copy
-
-
-def one_error_line(args, capsys) -> str:
-    code = main(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("fastmaml: error: ") and "Traceback" not in err, err
-    return err
 
 
 def test_plot_with_an_eval_json_that_is_not_json(run, capsys):

@@ -4,6 +4,7 @@ from their metrics.jsonl (no meta-test, so runs still training can be drawn), an
 import json
 
 import pytest
+from cli_helpers import one_error_line
 from matplotlib import pyplot as plt
 
 from fastmaml import plotting
@@ -27,14 +28,6 @@ def fewshot_rows(losses, accuracies):
 def runs(tmp_path):
     return (write_run(tmp_path / "affine", fewshot_rows([50, 40, 35], [0.40, 0.50, 0.57])),
             write_run(tmp_path / "original", fewshot_rows([45, 30, 22], [0.48, 0.58, 0.70])))
-
-
-def one_error_line(args, capsys) -> str:
-    code = main(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("fastmaml: error: ") and "Traceback" not in err, err
-    return err
 
 
 def drawn(monkeypatch):
