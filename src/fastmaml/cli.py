@@ -369,7 +369,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         check_task_count(args.tasks)
     for run_dir in args.run_dirs:
         preset, _ = read_config(run_dir)
-        for path in (preset.plot or plot_run)(run_dir, tasks=100 if args.tasks is None else args.tasks):
+        for path in (preset.plot or plot_run)(run_dir, **({} if args.tasks is None else {"tasks": args.tasks})):
             print(path)
     return 0
 

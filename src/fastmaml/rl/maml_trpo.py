@@ -31,21 +31,22 @@ Conventions checked against cbfinn/maml_rl (``sandbox/rocky/tf/algos/maml_npo.py
 ``maml_examples/maml_trpo_point.py``, ``cluster_maml_trpo_cheetah.py``, ``test_maml_*.py``); the same
 here: per-task mean inner and outer surrogates, mean over tasks, KL(old ‖ new) of the post-update
 policies averaged over all their samples (the original concatenates the tasks' KL terms), every
-parameter (log σ included) adapted, one inner lr for all of them. Different:
+parameter (log σ included) adapted, one inner lr for all of them, and each task's linear baseline
+fitted to its own samples before predicting them (the MAML loop, ``batch_maml_polopt.py``, calls
+``process_samples(itr, paths, prefix=..., log=...)``, and of the two versions of
+``rllab/sampler/base.py`` in cbfinn/maml_rl's history only the fit-first one takes ``prefix``).
+Different:
 
-- The linear baseline is fitted to the task's own samples before predicting them, as the released
-  MAML code did: its ``batch_maml_polopt.py`` calls ``process_samples(itr, paths, prefix=..., log=...)``,
-  and of the two versions of ``rllab/sampler/base.py`` in cbfinn/maml_rl's history only the one that
-  takes ``prefix`` exists for it, and that one fits first. The other, older version (upstream
-  rllab's) predicted with the coefficients of its *previous* fit and fitted afterwards: at
-  meta-train the task processed just before (for the first task of a round, the fit on all tasks
-  of the round before), at meta-test (one fresh baseline per task) the unfitted zero baseline at
-  the first step and the same task's previous step after. ``baseline_fit="rllab"`` reproduces that
-  older order (:func:`rllab_baseline_coeffs`), except that the first task of an iteration's first
-  round gets the zero baseline where rllab had the previous iteration's fit, and that the trained
-  baselines (TRPO without adaptation) get the same previous-task order where rllab's joint TRPO
-  predicted all tasks with the previous iteration's fit. Measured on half-cheetah direction, it
-  made MAML worse (46 against 86 after one meta-test step, ``benchmarks/results/rl_cpu.md``).
+- An option, ``baseline_fit="rllab"``: the other, older ``process_samples`` (upstream rllab's)
+  predicted with the coefficients of its *previous* fit and fitted afterwards: at meta-train the
+  task processed just before (for the first task of a round, the fit on all tasks of the round
+  before), at meta-test (one fresh baseline per task) the unfitted zero baseline at the first step
+  and the same task's previous step after. :func:`rllab_baseline_coeffs` reproduces that order,
+  except that the first task of an iteration's first round gets the zero baseline where rllab had
+  the previous iteration's fit, and that the trained baselines (TRPO without adaptation) get the
+  same previous-task order where rllab's joint TRPO predicted all tasks with the previous
+  iteration's fit. Measured on half-cheetah direction, it made MAML worse (46 against 86 after one
+  meta-test step, ``benchmarks/results/rl_cpu.md``).
 - Exactly K trajectories per task. The original sampled until K x horizon steps per task were
   collected, so in 2D navigation (episodes end at the goal) a task could get more than K.
 - Tasks are batched (``torch.vmap`` for sampling, a loop in the meta-objective: measured faster, see
