@@ -599,6 +599,16 @@ def negative_values_attached(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(negative_values_attached(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    from fastmaml.engine.distributed import launched_world_size
+    from fastmaml.engine.stopping import hold_stop_signals
+
+    # a torchrun process holds torchrun's SIGTERM until it has said why it stopped (hold_stop_signals)
+    with hold_stop_signals(active=args.command == "train" and launched_world_size() > 1):
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """One command, its errors told in one line each."""
     try:
         from fastmaml.engine.distributed import launched_world_size
 

@@ -45,6 +45,46 @@ class StopRequest:
         return self.signal is not None
 
 
+# the request :func:`hold_stop_signals` keeps while it is active (None outside it)
+_held: StopRequest | None = None
+HELD_SIGNALS = tuple(sig for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)) if sig is not None)
+
+
+@contextlib.contextmanager
+def hold_stop_signals(active: bool = True) -> Iterator[StopRequest]:
+    """Within it, SIGTERM and SIGUSR1 that arrive outside :func:`stop_on_signals` (before training
+    starts, or while the error that ended it is being reported) are held instead of killing the
+    process: the yielded request records them, and a :func:`stop_on_signals` entered later starts
+    with it, so the run stops at its first iteration where it may (under torchrun its first log or
+    checkpoint iteration) with a checkpoint there.
+
+    The ``fastmaml train`` command holds them in a torchrun process: torchrun passes SIGTERM on to
+    every process as soon as one of them has gone, and the process that had just lost it would
+    otherwise die between leaving the training loop and printing the line that says so (seen once
+    in a CI run). torchrun kills what is still running 30 s after its SIGTERM, so nothing outlives
+    it. SIGINT is not held: Ctrl-C still interrupts at once. ``active=False``, or outside the main
+    thread: nothing is installed."""
+    global _held
+    request = StopRequest()
+    if not active or threading.current_thread() is not threading.main_thread() or _held is not None:
+        yield request
+        return
+
+    def hold(signum: int, frame: object) -> None:
+        del frame
+        if not request.requested:
+            request.signal = signal.Signals(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in HELD_SIGNALS}
+    _held = request
+    try:
+        yield request
+    finally:
+        _held = None
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
 @contextlib.contextmanager
 def stop_on_signals(announce: bool = True) -> Iterator[StopRequest]:
     """Within it, SIGINT, SIGTERM and SIGUSR1 set the yielded :class:`StopRequest` instead of stopping the
@@ -55,6 +95,11 @@ def stop_on_signals(announce: bool = True) -> Iterator[StopRequest]:
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
+    if _held is not None and _held.requested:  # it came before training started (hold_stop_signals)
+        request.signal = _held.signal
+        if announce:
+            log.warning("%s received before training started: stopping at the first iteration that can "
+                        "save a checkpoint", request.signal.name)
 
     def handle(signum: int, frame: object) -> None:
         del frame
