@@ -514,3 +514,28 @@ def test_original_batch_norm_and_inner_params_train_from_the_cli(tiny_omniglot, 
                         "--set", "norm=original", "--set", "inner_params=features.3", *QUIET], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "picks only parameters this model meta-learns without adapting (features.3.bias" in err, err
+
+
+def test_the_conv_net_on_worker_threads_resumes_bit_for_bit(tiny_omniglot, tmp_path, capsys):
+    """The long Omniglot runs' settings (2 worker threads of one torch thread each, the original's
+    batch norm): 6 iterations in one go and 3 + 3 with a resume between end with the same weights,
+    Adam moments and random streams, and log the same last loss."""
+    from safetensors.torch import load_file
+
+    common = ["--root", tiny_omniglot, "--ways", 5, "--shots", 1, "--set", "meta_batch_size=4", "--set", "val_every=0",
+              "--set", "workers=2", "--set", "threads=1", "--set", "norm=original", "--set", "compile=off", *QUIET]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert cli(["train", "omniglot", "--iterations", 6, "--out", full, *common], capsys)[0] == 0
+    assert cli(["train", "omniglot", "--iterations", 3, "--out", part, *common], capsys)[0] == 0
+    code, _, err = cli(["train", "--resume", part, "--iterations", 6, "--no-progress"], capsys)
+    assert code == 0, err
+    a, b = load_file(full / "checkpoint.safetensors"), load_file(part / "checkpoint.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("maml/model.") for k in a)
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == [], different
+
+    def last_row(run):  # a row's loss averages the iterations since the row before: the last rows cover the 6th
+        row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        return row["step"], row["meta_loss"]
+
+    assert last_row(full) == last_row(part) and last_row(full)[0] == 6
