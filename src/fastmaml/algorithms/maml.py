@@ -559,11 +559,35 @@ class MAML(nn.Module):
         curve = lambda task: adaptation_curve(  # noqa: E731
             self.loss, on_params, self.params(), task, lr=self.lr(), steps=steps
         )
+        looped = lambda: torch.stack([curve(batch.task(i)) for i in range(batch.num_tasks)])  # noqa: E731
+        if self.workers > 1 and batch.support_x.device.type == "cpu" and batch.num_tasks > 1:
+            looped = functools.partial(self._threaded_curves, batch, steps, metric)
         return self._run(
             lambda: torch.vmap(curve, randomness="different", chunk_size=self.chunk_size)(batch),
-            lambda: torch.stack([curve(batch.task(i)) for i in range(batch.num_tasks)]),
+            looped,
             batch,
         )
+
+    def _threaded_curves(self, batch: TaskBatch, steps: int, metric: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """:meth:`adaptation_curve` of the per-task loop in ``workers`` threads, one model replica each:
+        tasks k, k + W, ... in worker k, put back in task order. Each task's curve is computed as in
+        one thread (with one torch thread per worker, the same numbers); the grad mode of the calling
+        thread (``torch.no_grad()`` for evaluation) holds in the workers too."""
+        count = min(self.workers, batch.num_tasks)
+        replicas = [copy.deepcopy(self.model) for _ in range(count)]
+        params, lr, grad_enabled = self.params(), self.lr(), torch.is_grad_enabled()
+
+        def work(k: int) -> list[Tensor]:
+            forward = functools.partial(self.functional_forward, module=replicas[k], vmapping=False)
+            loss = lambda p, x, y: self._scalar_loss(forward(p, x), y)  # noqa: E731
+            on_params = lambda p, x, y: metric(forward(p, x), y)  # noqa: E731
+            with torch.set_grad_enabled(grad_enabled):  # grad mode is per thread
+                return [adaptation_curve(loss, on_params, params, batch.task(i), lr=lr, steps=steps)
+                        for i in range(k, batch.num_tasks, count)]
+
+        with ThreadPoolExecutor(count, thread_name_prefix="fastmaml-eval") as pool:
+            shares = list(pool.map(work, range(count)))
+        return torch.stack([shares[i % count][i // count] for i in range(batch.num_tasks)])
 
     # ----------------------------------------------------------------------------- strategy
     def __getstate__(self) -> dict[str, Any]:

@@ -147,7 +147,8 @@ def methods_for(experiment: Experiment, maml: MAML) -> dict[str, MAML]:
     methods = {"maml": maml}
     if experiment.baseline is not None:
         methods["pretrained"] = MAML(
-            experiment.baseline, experiment.loss_fn, inner_lr=experiment.baseline_lr, strategy=maml.strategy
+            experiment.baseline, experiment.loss_fn, inner_lr=experiment.baseline_lr, strategy=maml.strategy,
+            workers=maml.workers,
         )
     if "methods" in experiment.extras:
         methods.update(experiment.extras["methods"](experiment, maml))

@@ -253,3 +253,32 @@ def test_hybrid_first_step_vectorised_equals_the_loop(first_order, meta_sgd, ste
 def test_hybrid_refuses_grad_checkpointing():
     with pytest.raises(ValueError, match="grad_checkpointing runs one task at a time"):
         MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.5, strategy="hybrid", grad_checkpointing=True)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "hybrid"])
+def test_adaptation_curve_in_worker_threads_equals_one_thread(strategy):
+    """Evaluation with ``workers`` adapts the tasks in threads (5 tasks over 2 and 3 workers) and puts
+    them back in task order: the same numbers as one thread, under no_grad (its grad mode holds in
+    the workers: nothing there builds a graph) and a metric other than the loss; Meta-SGD's rates too."""
+    batch = image_batch(tasks=5)
+    accuracy = lambda pred, y: (pred.argmax(-1) == y).double().mean()  # noqa: E731
+    make = lambda w: MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.5, meta_sgd=True, strategy=strategy,  # noqa: E731
+                          workers=w)
+    one = make(1)
+    with torch.no_grad():
+        expected = one.adaptation_curve(batch, steps=3)
+        expected_accuracy = one.adaptation_curve(batch, steps=2, metric=accuracy)
+    assert expected.shape == (5, 4) and not expected.requires_grad
+    assert len(set(expected[:, -1].tolist())) == 5  # every task its own curve: an order mix-up would show
+    for workers in (2, 3):
+        maml = make(workers)
+        threads = []
+        original = maml._threaded_curves
+        maml._threaded_curves = lambda *a, _o=original: threads.append(1) or _o(*a)
+        with torch.no_grad():
+            curve = maml.adaptation_curve(batch, steps=3)
+            accuracies = maml.adaptation_curve(batch, steps=2, metric=accuracy)
+        assert threads == [1, 1]
+        assert not curve.requires_grad
+        torch.testing.assert_close(curve, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(accuracies, expected_accuracy, rtol=0, atol=0)
