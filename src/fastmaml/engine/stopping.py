@@ -66,7 +66,10 @@ def hold_stop_signals(active: bool = True) -> Iterator[StopRequest]:
     thread: nothing is installed."""
     global _held
     request = StopRequest()
-    if not active or threading.current_thread() is not threading.main_thread() or _held is not None:
+    if _held is not None:  # inside another: that one holds them
+        yield _held
+        return
+    if not active or threading.current_thread() is not threading.main_thread():
         yield request
         return
 
