@@ -274,7 +274,7 @@ def test_adaptation_curve_in_worker_threads_equals_one_thread(strategy):
         maml = make(workers)
         threads = []
         original = maml._threaded_curves
-        maml._threaded_curves = lambda *a, _o=original: threads.append(1) or _o(*a)
+        maml._threaded_curves = lambda *a, _o=original, _t=threads: _t.append(1) or _o(*a)
         with torch.no_grad():
             curve = maml.adaptation_curve(batch, steps=3)
             accuracies = maml.adaptation_curve(batch, steps=2, metric=accuracy)
