@@ -46,7 +46,7 @@ def main() -> None:
         with torch.no_grad():
             curves = {label: maml.adaptation_curve(batch, args.steps) for label, maml in runs.items()}
             diff = (curves["one"] - curves["workers"]).abs().max().item()
-            runners = {label: lambda maml=maml: maml.adaptation_curve(batch, args.steps)
+            runners = {label: lambda maml=maml, batch=batch: maml.adaptation_curve(batch, args.steps)
                        for label, maml in runs.items()}
             times = time_interleaved(runners, BenchConfig(repeats=args.repeats, warmup=1), torch.device("cpu"))
         one, many = (statistics.median(times[k]) for k in ("one", "workers"))
