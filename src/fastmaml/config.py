@@ -61,7 +61,8 @@ class TrainConfig:
     compile: str = "auto"  # torch.compile the meta-loss: on | off | auto (on for CPU runs of >= 1,000 iterations)
 
     # keys ``fastmaml eval --set`` may change: they neither shape the trained weights nor train them
-    EVAL_KEYS: ClassVar[tuple[str, ...]] = ("inner_lr", "strategy", "chunk_size", "device", "threads", "tf32")
+    EVAL_KEYS: ClassVar[tuple[str, ...]] = ("inner_lr", "strategy", "chunk_size", "device", "threads", "workers",
+                                           "tf32")
 
     def validate(self) -> None:
         check_finite(self)
@@ -207,7 +208,7 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
 # to the summation order of floating-point sums; the device also picks other kernels): a report made
 # with only these is the run's own and is saved. A config may add keys of its own with a method
 # ``execution_keys()`` (the few-shot configs: ``root`` of a data set whose loader checks its content).
-EXECUTION_KEYS = ("threads", "strategy", "chunk_size", "device", "cache_dir")
+EXECUTION_KEYS = ("threads", "workers", "strategy", "chunk_size", "device", "cache_dir")
 
 
 def protocol_overrides(overrides: list[str] | tuple[str, ...], config: Any = None) -> list[str]:

@@ -115,12 +115,12 @@ def test_eval_set_changes_the_meta_test_step_and_keeps_eval_json(trained_run, ca
 
 
 def test_eval_set_threads_or_strategy_only_is_the_runs_own_report_and_saved(trained_run, capsys):
-    """threads, strategy and chunk_size change how meta-testing runs, not what it computes."""
+    """threads, workers, strategy and chunk_size change how meta-testing runs, not what it computes."""
     (trained_run / "eval.json").unlink(missing_ok=True)
     assert main(["eval", str(trained_run), "--tasks", "30", "--steps", "2", "--json"]) == 0
     plain = json.loads(capsys.readouterr().out)
     args = ["eval", str(trained_run), "--tasks", "30", "--steps", "2", "--json",
-            "--set", "threads=1", "--set", "strategy=loop"]
+            "--set", "threads=1", "--set", "strategy=loop", "--set", "workers=2"]
     assert main(args) == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out)

@@ -561,33 +561,40 @@ class MAML(nn.Module):
             self.loss, on_params, self.params(), task, lr=self.lr(), steps=steps
         )
         looped = lambda: torch.stack([curve(batch.task(i)) for i in range(batch.num_tasks)])  # noqa: E731
+        vmapped = lambda: torch.vmap(curve, randomness="different", chunk_size=self.chunk_size)(batch)  # noqa: E731
         if self.workers > 1 and batch.support_x.device.type == "cpu" and batch.num_tasks > 1:
             looped = functools.partial(self._threaded_curves, batch, steps, metric)
-        return self._run(
-            lambda: torch.vmap(curve, randomness="different", chunk_size=self.chunk_size)(batch),
-            looped,
-            batch,
-        )
+            if self._thread_vmap:  # as meta_backward: small models run faster in one thread
+                vmapped = functools.partial(self._threaded_curves, batch, steps, metric, vmap=True)
+        return self._run(vmapped, looped, batch)
 
-    def _threaded_curves(self, batch: TaskBatch, steps: int, metric: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-        """:meth:`adaptation_curve` of the per-task loop in ``workers`` threads, one model replica each:
-        tasks k, k + W, ... in worker k, put back in task order. Each task's curve is computed as in
-        one thread (with one torch thread per worker, the same numbers); the grad mode of the calling
-        thread (``torch.no_grad()`` for evaluation) holds in the workers too."""
+    def _threaded_curves(
+        self, batch: TaskBatch, steps: int, metric: Callable[[Tensor, Tensor], Tensor], vmap: bool = False
+    ) -> Tensor:
+        """:meth:`adaptation_curve` in ``workers`` threads, one model replica each, the curves put back
+        in task order: the per-task loop with tasks k, k + W, ... in worker k (each task's curve as in
+        one thread: with one torch thread per worker, the same numbers), or (``vmap``) the k-th
+        contiguous share of the batch vectorised in worker k. The grad mode of the calling thread
+        (``torch.no_grad()`` for evaluation) holds in the workers too."""
         count = min(self.workers, batch.num_tasks)
         replicas = [copy.deepcopy(self.model) for _ in range(count)]
         params, lr, grad_enabled = self.params(), self.lr(), torch.is_grad_enabled()
 
-        def work(k: int) -> list[Tensor]:
-            forward = functools.partial(self.functional_forward, module=replicas[k], vmapping=False)
+        def work(k: int) -> Tensor:
+            forward = functools.partial(self.functional_forward, module=replicas[k], vmapping=vmap)
             loss = lambda p, x, y: self._scalar_loss(forward(p, x), y)  # noqa: E731
             on_params = lambda p, x, y: metric(forward(p, x), y)  # noqa: E731
+            curve = lambda task: adaptation_curve(loss, on_params, params, task, lr=lr, steps=steps)  # noqa: E731
             with torch.set_grad_enabled(grad_enabled):  # grad mode is per thread
-                return [adaptation_curve(loss, on_params, params, batch.task(i), lr=lr, steps=steps)
-                        for i in range(k, batch.num_tasks, count)]
+                if vmap:
+                    share = batch.slice(k * batch.num_tasks // count, (k + 1) * batch.num_tasks // count)
+                    return torch.vmap(curve, randomness="different", chunk_size=self.chunk_size)(share)
+                return torch.stack([curve(batch.task(i)) for i in range(k, batch.num_tasks, count)])
 
         with ThreadPoolExecutor(count, thread_name_prefix="fastmaml-eval") as pool:
             shares = list(pool.map(work, range(count)))
+        if vmap:
+            return torch.cat(shares)
         return torch.stack([shares[i % count][i // count] for i in range(batch.num_tasks)])
 
     # ----------------------------------------------------------------------------- strategy

@@ -208,7 +208,7 @@ def evaluate(
     (``per_task``: one list of the tasks' values per step, for paired comparisons); saved to ``RUN_DIR/eval.json``
     unless ``overrides`` (``key=value``, meta-test settings as ``fastmaml eval --set``) changed the
     run's protocol; the report then lists them under ``"overrides"``. ``config.EXECUTION_KEYS``
-    (threads, strategy, chunk_size, device, cache_dir; a few-shot run's ``root`` where its loader
+    (threads, workers, strategy, chunk_size, device, cache_dir; a few-shot run's ``root`` where its loader
     checks the data) change how or where it runs, not the protocol.
 
     ``split`` picks the tasks: "test" (meta-test, the default), or "val" / "train" to score the

@@ -255,11 +255,13 @@ def test_hybrid_refuses_grad_checkpointing():
         MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.5, strategy="hybrid", grad_checkpointing=True)
 
 
-@pytest.mark.parametrize("strategy", ["loop", "hybrid"])
+@pytest.mark.parametrize("strategy", ["loop", "hybrid", "vmap"])
 def test_adaptation_curve_in_worker_threads_equals_one_thread(strategy):
     """Evaluation with ``workers`` adapts the tasks in threads (5 tasks over 2 and 3 workers) and puts
     them back in task order: the same numbers as one thread, under no_grad (its grad mode holds in
-    the workers: nothing there builds a graph) and a metric other than the loss; Meta-SGD's rates too."""
+    the workers: nothing there builds a graph) and a metric other than the loss; Meta-SGD's rates too.
+    Under vmap each worker vectorises a contiguous share (as for a model of THREADED_VMAP_MIN_PARAMS
+    parameters or more; this small one is made to)."""
     batch = image_batch(tasks=5)
     accuracy = lambda pred, y: (pred.argmax(-1) == y).double().mean()  # noqa: E731
     make = lambda w: MAML(conv_bn_net(), F.cross_entropy, inner_lr=0.5, meta_sgd=True, strategy=strategy,  # noqa: E731
@@ -272,9 +274,10 @@ def test_adaptation_curve_in_worker_threads_equals_one_thread(strategy):
     assert len(set(expected[:, -1].tolist())) == 5  # every task its own curve: an order mix-up would show
     for workers in (2, 3):
         maml = make(workers)
+        maml._thread_vmap = True
         threads = []
         original = maml._threaded_curves
-        maml._threaded_curves = lambda *a, _o=original, _t=threads: _t.append(1) or _o(*a)
+        maml._threaded_curves = lambda *a, _o=original, _t=threads, **k: _t.append(1) or _o(*a, **k)
         with torch.no_grad():
             curve = maml.adaptation_curve(batch, steps=3)
             accuracies = maml.adaptation_curve(batch, steps=2, metric=accuracy)
