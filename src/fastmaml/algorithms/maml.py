@@ -182,8 +182,8 @@ class MAML(nn.Module):
     inner backward per step (benchmarks/results/bench_cpu_memory.md). It runs the per-task loop.
 
     ``workers=N`` (CPU) lets :meth:`meta_backward` compute the tasks' meta-gradients in N threads,
-    and :meth:`adaptation_curve` (evaluation) adapt the tasks of its per-task loop there, one model
-    replica each; with one torch thread per worker this uses N cores without intra-op
+    and :meth:`adaptation_curve` (evaluation) adapt the tasks there (the loop's tasks, or each
+    worker's share under vmap), one model replica each; with one torch thread per worker this uses N cores without intra-op
     synchronisation (benchmarks/results/bench_cpu_workers.md). Under the loop strategy worker k
     takes tasks k, k + N, ...; under hybrid one contiguous share of the meta-batch; under vmap
     (models of ``THREADED_VMAP_MIN_PARAMS`` parameters or more: smaller ones run faster in one
