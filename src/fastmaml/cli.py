@@ -81,8 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change a meta-test setting, e.g. inner_lr=0.2 (rl: baseline_fit=rllab); "
-                    "the report is then not saved to RUN_DIR/eval.json, unless only threads, workers, device, strategy, "
-                    "chunk_size, root or cache_dir changed (they change how or where it runs, not what it computes; "
+                    "the report is then not saved to RUN_DIR/eval.json, unless only threads, workers, device, "
+                    "strategy, chunk_size, root or cache_dir changed (they change how or where it runs, not what it computes; "
                     "rl runs: threads and sim_threads)")
 
     compare = sub.add_parser("compare", help="evaluated runs side by side: one table, paired differences per "

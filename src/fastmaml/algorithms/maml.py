@@ -97,6 +97,11 @@ COMPILE_ROUNDING_TOLERANCE = 2e-2
 COMPILE_ROUNDING_FACTOR = 4.0
 
 
+def _share(batch: TaskBatch, k: int, count: int) -> TaskBatch:
+    """Worker k's contiguous share of ``batch`` among ``count`` workers (sizes differ by one task at most)."""
+    return batch.slice(k * batch.num_tasks // count, (k + 1) * batch.num_tasks // count)
+
+
 def cpu_compiler() -> str | None:
     """The C++ compiler torch.compile's CPU backend would use (inductor's ``cpp.cxx``), or None if it
     is not on PATH; without it ``compile=True`` falls back to eager on the CPU."""
@@ -183,12 +188,12 @@ class MAML(nn.Module):
 
     ``workers=N`` (CPU) lets :meth:`meta_backward` compute the tasks' meta-gradients in N threads,
     and :meth:`adaptation_curve` (evaluation) adapt the tasks there (the loop's tasks, or each
-    worker's share under vmap), one model replica each; with one torch thread per worker this uses N cores without intra-op
-    synchronisation (benchmarks/results/bench_cpu_workers.md). Under the loop strategy worker k
-    takes tasks k, k + N, ...; under hybrid one contiguous share of the meta-batch; under vmap
-    (models of ``THREADED_VMAP_MIN_PARAMS`` parameters or more: smaller ones run faster in one
-    thread) it vectorises one contiguous share of the meta-batch. The result equals the one-thread one up to float summation order and is
-    deterministic, except that with dropout the threads draw from the one global generator in an
+    worker's share under vmap), one model replica each; with one torch thread per worker this uses
+    N cores without intra-op synchronisation (benchmarks/results/bench_cpu_workers.md). Under the
+    loop strategy worker k takes tasks k, k + N, ...; under hybrid one contiguous share of the
+    meta-batch; under vmap (models of ``THREADED_VMAP_MIN_PARAMS`` parameters or more: smaller ones
+    run faster in one thread) it vectorises one contiguous share of the meta-batch. The result
+    equals the one-thread one up to float summation order and is deterministic, except that with dropout the threads draw from the one global generator in an
     order that depends on timing. The threads compute gradients with ``torch.autograd.grad`` and
     add their sum to ``.grad``, so hooks registered with ``register_post_accumulate_grad_hook`` do not
     fire there (``register_hook`` hooks fire in the threads, for every gradient taken with respect
@@ -449,7 +454,7 @@ class MAML(nn.Module):
         def work_vmap(k: int) -> tuple[list[Tensor | None], Tensor]:
             forward = functools.partial(self.functional_forward, module=replicas[k], vmapping=True)
             loss = lambda p, x, y: self._scalar_loss(forward(p, x), y)  # noqa: E731
-            share = batch.slice(k * batch.num_tasks // count, (k + 1) * batch.num_tasks // count)
+            share = _share(batch, k, count)
             if compiled is not None:
                 losses = compiled(params, lr, share)
             else:
@@ -459,7 +464,7 @@ class MAML(nn.Module):
             return list(torch.autograd.grad(total, leaves, allow_unused=True)), total.detach()
 
         def work_hybrid(k: int) -> tuple[list[Tensor | None], Tensor]:
-            share = batch.slice(k * batch.num_tasks // count, (k + 1) * batch.num_tasks // count)
+            share = _share(batch, k, count)
             losses = meta_loss_shared_first_step(*self._hybrid_losses(replicas[k]), params, share, lr=lr,
                                                  steps=self.inner_steps, first_order=self.first_order)
             total = losses.sum() * (scale / batch.num_tasks)
@@ -485,7 +490,7 @@ class MAML(nn.Module):
             return sums, functools.reduce(torch.add, losses)
 
         if vmap:  # the workers' shares (their sizes differ by one task at most)
-            examples = [batch.slice(k * batch.num_tasks // count, (k + 1) * batch.num_tasks // count)
+            examples = [_share(batch, k, count)
                         for k in range(count)]
         else:
             examples = [batch.task(i) for i in range(batch.num_tasks)]
@@ -556,10 +561,7 @@ class MAML(nn.Module):
         """
         batch = TaskBatch(*batch).validate()
         metric = metric or self.loss_fn
-        on_params = lambda p, x, y: metric(self.functional_forward(p, x), y)  # noqa: E731
-        curve = lambda task: adaptation_curve(  # noqa: E731
-            self.loss, on_params, self.params(), task, lr=self.lr(), steps=steps
-        )
+        curve = self._curve(metric, steps)
         looped = lambda: torch.stack([curve(batch.task(i)) for i in range(batch.num_tasks)])  # noqa: E731
         vmapped = lambda: torch.vmap(curve, randomness="different", chunk_size=self.chunk_size)(batch)  # noqa: E731
         if self.workers > 1 and batch.support_x.device.type == "cpu" and batch.num_tasks > 1:
@@ -567,6 +569,18 @@ class MAML(nn.Module):
             if self._thread_vmap:  # as meta_backward: small models run faster in one thread
                 vmapped = functools.partial(self._threaded_curves, batch, steps, metric, vmap=True)
         return self._run(vmapped, looped, batch)
+
+    def _curve(
+        self, metric: Callable[[Tensor, Tensor], Tensor], steps: int, module: nn.Module | None = None,
+        vmapping: bool | None = None,
+    ) -> Callable[[TaskBatch], Tensor]:
+        """One task's ``metric`` after 0..steps inner steps (:func:`adaptation_curve`), the model run as
+        :meth:`functional_forward` runs it with ``module`` and ``vmapping``."""
+        forward = functools.partial(self.functional_forward, module=module, vmapping=vmapping)
+        loss = lambda p, x, y: self._scalar_loss(forward(p, x), y)  # noqa: E731
+        on_params = lambda p, x, y: metric(forward(p, x), y)  # noqa: E731
+        params, lr = self.params(), self.lr()
+        return lambda task: adaptation_curve(loss, on_params, params, task, lr=lr, steps=steps)
 
     def _threaded_curves(
         self, batch: TaskBatch, steps: int, metric: Callable[[Tensor, Tensor], Tensor], vmap: bool = False
@@ -578,16 +592,13 @@ class MAML(nn.Module):
         (``torch.no_grad()`` for evaluation) holds in the workers too."""
         count = min(self.workers, batch.num_tasks)
         replicas = [copy.deepcopy(self.model) for _ in range(count)]
-        params, lr, grad_enabled = self.params(), self.lr(), torch.is_grad_enabled()
+        grad_enabled = torch.is_grad_enabled()
 
         def work(k: int) -> Tensor:
-            forward = functools.partial(self.functional_forward, module=replicas[k], vmapping=vmap)
-            loss = lambda p, x, y: self._scalar_loss(forward(p, x), y)  # noqa: E731
-            on_params = lambda p, x, y: metric(forward(p, x), y)  # noqa: E731
-            curve = lambda task: adaptation_curve(loss, on_params, params, task, lr=lr, steps=steps)  # noqa: E731
+            curve = self._curve(metric, steps, module=replicas[k], vmapping=vmap)
             with torch.set_grad_enabled(grad_enabled):  # grad mode is per thread
                 if vmap:
-                    share = batch.slice(k * batch.num_tasks // count, (k + 1) * batch.num_tasks // count)
+                    share = _share(batch, k, count)
                     return torch.vmap(curve, randomness="different", chunk_size=self.chunk_size)(share)
                 return torch.stack([curve(batch.task(i)) for i in range(k, batch.num_tasks, count)])
 
