@@ -193,8 +193,8 @@ class MAML(nn.Module):
     loop strategy worker k takes tasks k, k + N, ...; under hybrid one contiguous share of the
     meta-batch; under vmap (models of ``THREADED_VMAP_MIN_PARAMS`` parameters or more: smaller ones
     run faster in one thread) it vectorises one contiguous share of the meta-batch. The result
-    equals the one-thread one up to float summation order and is deterministic, except that with dropout the threads draw from the one global generator in an
-    order that depends on timing. The threads compute gradients with ``torch.autograd.grad`` and
+    equals the one-thread one up to float summation order and is deterministic, except that with
+    dropout the threads draw from the one global generator in an order that depends on timing. The threads compute gradients with ``torch.autograd.grad`` and
     add their sum to ``.grad``, so hooks registered with ``register_post_accumulate_grad_hook`` do not
     fire there (``register_hook`` hooks fire in the threads, for every gradient taken with respect
     to the weights, inner steps included, as they do in the one-thread loop).
