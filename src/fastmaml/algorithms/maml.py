@@ -82,8 +82,9 @@ def relative_difference(got: Tensor, want: Tensor) -> float:
 # the largest relative difference between a compiled and the eager meta-gradient (and loss) accepted
 # on the first meta-step; float32 fusion gives about 1e-6, the wrong gradients seen were 1e-2 to 1.
 # torch 2.13's CPU inductor also loses precision in float32 on some second-order conv meta-losses
-# (Omniglot 5-way 1-shot at initialisation: 9e-4 to 5e-3 against eager's 3e-6 from float64, while
-# compiled and eager float64 agree to 2e-14: benchmarks/results/compile_check_cpu.md): the check below
+# (Omniglot 20-way 1-shot at initialisation: 9.6e-2 from float64 against eager's 4.2e-2, while
+# compiled and eager float64 agree to 1e-12; 5-way 1-shot lost 9e-4 to 5e-3 before WELFORD_VARIANCE:
+# benchmarks/results/compile_check_cpu.md): the check below
 COMPILE_TOLERANCE = 1e-3
 # A float32 meta-loss whose compiled meta-gradient is further than COMPILE_TOLERANCE from the eager one
 # is checked again in float64, on a float64 copy of the model and batch: if compiled and eager agree
@@ -95,6 +96,25 @@ COMPILE_TOLERANCE = 1e-3
 COMPILE_F64_TOLERANCE = 1e-6
 COMPILE_ROUNDING_TOLERANCE = 2e-2
 COMPILE_ROUNDING_FACTOR = 4.0
+
+
+# Inductor's CPU kernels compute a variance over at most 1,024 elements in two passes (the mean, then
+# the squared deviations from it), larger ones with Welford's algorithm. Batch norm over a task's few
+# images is such a small variance (Omniglot 5-way 1-shot: 5 images, 2 x 2 pixels in the last block),
+# and there the two passes cost the compiled second-order meta-gradient most of its float32 accuracy:
+# 5.4e-3 from float64 against 4.6e-6 with Welford everywhere (eager: 2.7e-6; Omniglot 5-way 1-shot,
+# alpha 0.1, benchmarks/results/compile_check_cpu.md). So MAML's compiled meta-losses use Welford for
+# every variance on the CPU (threshold 0), where the running torch has the option.
+WELFORD_VARIANCE = {"cpp.use_two_step_variance_threshold": 0}
+
+
+@functools.cache
+def _welford_variance() -> dict[str, int]:
+    """:data:`WELFORD_VARIANCE`, or {} on a torch whose inductor has no such option."""
+    from torch._inductor import config as inductor_config
+
+    known = inductor_config.get_config_copy()
+    return {k: v for k, v in WELFORD_VARIANCE.items() if k in known}
 
 
 def _share(batch: TaskBatch, k: int, count: int) -> TaskBatch:
@@ -813,13 +833,15 @@ class MAML(nn.Module):
         return None, f"{figures}: rounding (within {bound:.2g}), so the meta-loss runs compiled"
 
     def _compile_options(self) -> dict | None:
-        """Inductor options. With worker threads on the CPU, the C++ wrapper: it runs each compiled
+        """Inductor options. On the CPU, Welford's algorithm for every variance (see
+        :data:`WELFORD_VARIANCE`). With worker threads on the CPU, the C++ wrapper: it runs each compiled
         graph without holding Python's GIL, so the threads run in parallel (2 workers, Omniglot
         5-way 5-shot: 0.600 s per iteration against 0.734 s with the default Python wrapper, which
         holds the GIL between kernels, and 0.743 s eager; benchmarks/results/fewshot_cpu.md)."""
         on_cpu = all(p.device.type == "cpu" for p in self.model.parameters())
         threads = self.workers > 1 and on_cpu and (self.resolved_strategy() == "loop" or self._thread_vmap)
-        return {"cpp_wrapper": True} if threads else None
+        options = {**(_welford_variance() if on_cpu else {}), **({"cpp_wrapper": True} if threads else {})}
+        return options or None
 
     def _compiled_for_threads(
         self, kind: str, params: Params, lr: LR, examples: list[TaskBatch]

@@ -11,7 +11,7 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 from fastmaml import MAML, TaskBatch
-from fastmaml.algorithms.maml import cpu_compiler
+from fastmaml.algorithms.maml import WELFORD_VARIANCE, _welford_variance, cpu_compiler
 from fastmaml.errors import ConfigError
 from fastmaml.experiments.sinusoid import SinusoidConfig
 
@@ -382,7 +382,19 @@ def test_cpp_wrapper_only_where_worker_threads_run_compiled_graphs():
     def options(model, **kwargs):
         return MAML(model, F.mse_loss, inner_lr=0.1, compile=True, **kwargs)._compile_options()
 
-    assert options(conv_bn_net(), strategy="loop", workers=2) == {"cpp_wrapper": True}
-    assert options(conv_bn_net(), workers=2) == {"cpp_wrapper": True}  # auto: the loop on the CPU
-    assert options(conv_bn_net(), strategy="loop") is None  # one worker: the default wrapper
-    assert options(mlp(), workers=2) is None  # vmap of a small model: no threads
+    welford = _welford_variance()
+    assert options(conv_bn_net(), strategy="loop", workers=2) == {**welford, "cpp_wrapper": True}
+    assert options(conv_bn_net(), workers=2) == {**welford, "cpp_wrapper": True}  # auto: the loop on the CPU
+    assert options(conv_bn_net(), strategy="loop") == (welford or None)  # one worker: the default wrapper
+    assert options(mlp(), workers=2) == (welford or None)  # vmap of a small model: no threads
+
+
+@pytest.mark.skipif(torch.__version__ < (2, 13), reason=(
+    "measured on torch 2.13 (CI's); an older inductor may lack the option, and MAML then compiles with its default"))
+def test_compiled_meta_losses_compute_every_variance_with_welford_on_the_cpu():
+    # a torch whose inductor renamed the option would silently lose the float32 accuracy measured in
+    # benchmarks/results/compile_check_cpu.md: this fails instead
+    assert _welford_variance() == WELFORD_VARIANCE == {"cpp.use_two_step_variance_threshold": 0}
+    with torch._inductor.config.patch(WELFORD_VARIANCE):  # the name and value inductor itself accepts
+        assert torch._inductor.config.cpp.use_two_step_variance_threshold == 0
+    torch.compile(lambda x: x.var(0), options=_welford_variance())  # accepted as an option, not only a key
