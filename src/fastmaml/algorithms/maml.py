@@ -39,7 +39,7 @@ from fastmaml.core import (
     task_meta_loss,
 )
 from fastmaml.core import adapt as core_adapt
-from fastmaml.core.functional import LR, Params
+from fastmaml.core.functional import LR, Embed, Params
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,24 @@ def _welford_variance() -> dict[str, int]:
 
     known = inductor_config.get_config_copy()
     return {k: v for k, v in WELFORD_VARIANCE.items() if k in known}
+
+
+class _Method(nn.Module):
+    """``module.<method>(x)`` as a forward, so that ``torch.func.functional_call`` can run one part of
+    a model (``forward_features``, ``forward_head``) with swapped parameters; its state names are the
+    model's with the prefix ``module.``."""
+
+    def __init__(self, module: nn.Module, method: str) -> None:
+        super().__init__()
+        self.module = module
+        self.method = method
+
+    def forward(self, x: Tensor) -> Tensor:
+        return getattr(self.module, self.method)(x)
+
+
+# forward_head(forward_features(x)) must match forward(x) this closely (relative) for MAML to split the model
+SPLIT_TOLERANCE = 1e-4
 
 
 def _share(batch: TaskBatch, k: int, count: int) -> TaskBatch:
@@ -195,6 +213,15 @@ class MAML(nn.Module):
     loss use their value θ, and the meta-gradient reaches them through both (ANIL, Raghu et al.
     2020, adapts only the head; the original MAML code meta-learned its batch-norm offsets without
     adapting them). :meth:`params` and Meta-SGD's rates cover the adapted ones.
+    ``reuse_features=True`` (the default): where the model splits as ``forward(x) =
+    forward_head(forward_features(x))`` (timm's names; fastmaml's ConvNet, NoConvMLP and MLP do) and
+    no adapted parameter reaches ``forward_features``, as with ``inner_params=["head"]``, every task's
+    support and query features are computed once, with θ, and the inner steps and query loss run the
+    head alone on them: the same meta-loss and meta-gradient, without running the unadapted body again
+    at each inner step (Omniglot 20-way 1-shot, 5 steps: benchmarks/results/inner_params_cpu.md).
+    MAML checks both conditions on its first call (which parameters ``forward_features`` reaches,
+    and that the two parts give ``forward``'s output) and otherwise runs the whole model, warning if
+    the parts disagree. Not under ``strategy="hybrid"``.
     Layers whose fused kernels vmap gets wrong (batch, layer and instance norm, padded embeddings)
     run as primitive ops under vmap (:mod:`fastmaml.core.norm`).
     ``"hybrid"`` vectorises only the first inner step, where every task still has the shared
@@ -255,6 +282,7 @@ class MAML(nn.Module):
         workers: int = 1,
         compile: bool = False,
         inner_params: Callable[[str], bool] | Iterable[str] | str | None = None,
+        reuse_features: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -331,6 +359,12 @@ class MAML(nn.Module):
             raise ValueError(f"strategy {strategy!r}: {unsafe}; use strategy 'loop' (or 'auto', which loops for such "
                              "a model)")
         self._resolved: str | None = None if strategy == "auto" else strategy
+        # whether the inner loop runs the head alone on features computed once per task (see
+        # reuse_features): None until checked on the first call; _parts: the model's two parts as modules
+        self.reuse_features = bool(reuse_features)
+        self._split = False
+        self._splits: dict[bool, bool] = {}  # the decision by the model's training flag (dropout may be on in one)
+        self._parts: dict[str, nn.Module] = {}
 
     # ----------------------------------------------------------------------------- functional view
     def params(self) -> Params:
@@ -352,9 +386,13 @@ class MAML(nn.Module):
         return self.inner_lr
 
     def functional_forward(
-        self, params: Params, x: Tensor, *, module: nn.Module | None = None, vmapping: bool | None = None
+        self, params: Params, x: Tensor, *, module: nn.Module | None = None, vmapping: bool | None = None,
+        part: str = "forward",
     ) -> Tensor:
         """Run the model with ``params`` instead of its own parameters (buffers are the model's).
+
+        ``part``: the model's method to run, ``"forward"`` or (models that split, see
+        ``reuse_features``) ``"forward_features"`` or ``"forward_head"``.
 
         ``module``: a replica of the model to run instead (worker threads: ``functional_call``
         swaps tensors into the module it runs, so two threads cannot share one module).
@@ -368,6 +406,9 @@ class MAML(nn.Module):
         outer = self.outer_params() if self._outer_names else {}
         state = {**buffers, **copies, **self._frozen_buffers, **outer, **params}
         module = self.model if module is None else module
+        if part != "forward":
+            module = self._parts[part] if module is self.model else _Method(module, part)
+            state = {f"module.{name}": value for name, value in state.items()}
         vmapping = self._vmapping if vmapping is None else vmapping
         # The fused batch-norm (layer-norm, ...) kernels are exact in a loop but not under vmap, where
         # primitive ops are needed (and slower): reroute only there (fastmaml.core.norm).
@@ -401,6 +442,7 @@ class MAML(nn.Module):
         ``reduction="none"`` returns the per-task losses, shape (T,).
         """
         batch = TaskBatch(*batch).validate()
+        self._resolve_split(batch.support_x[0], self.inner_steps)
         kwargs = dict(lr=self.lr(), steps=self.inner_steps, first_order=self.first_order)
         losses = self._run(
             lambda: self._maybe_compiled("vmap", self._vmap_losses)(self.params(), self.lr(), batch),
@@ -424,6 +466,7 @@ class MAML(nn.Module):
         with several workers each thread backpropagates its vectorised share of the tasks.
         """
         batch = TaskBatch(*batch).validate()
+        self._resolve_split(batch.support_x[0], self.inner_steps)
         device = batch.support_x.device
         threads = self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1
         strategy = self.resolved_strategy(device)
@@ -472,14 +515,13 @@ class MAML(nn.Module):
         params, lr = self.params(), self.lr()
 
         def work_vmap(k: int) -> tuple[list[Tensor | None], Tensor]:
-            forward = functools.partial(self.functional_forward, module=replicas[k], vmapping=True)
-            loss = lambda p, x, y: self._scalar_loss(forward(p, x), y)  # noqa: E731
+            loss, embed = self._pieces(replicas[k], vmapping=True)
             share = _share(batch, k, count)
             if compiled is not None:
                 losses = compiled(params, lr, share)
             else:
                 losses = meta_loss_vmap(loss, params, share, lr=lr, steps=self.inner_steps,
-                                        first_order=self.first_order, chunk_size=self.chunk_size)
+                                        first_order=self.first_order, chunk_size=self.chunk_size, embed=embed)
             total = losses.sum() * (scale / batch.num_tasks)
             return list(torch.autograd.grad(total, leaves, allow_unused=True)), total.detach()
 
@@ -491,7 +533,7 @@ class MAML(nn.Module):
             return list(torch.autograd.grad(total, leaves, allow_unused=True)), total.detach()
 
         def work(k: int) -> tuple[list[Tensor | None], Tensor]:
-            loss = lambda p, x, y: self._scalar_loss(self.functional_forward(p, x, module=replicas[k]), y)  # noqa: E731
+            loss, embed = self._pieces(replicas[k])
             sums: list[Tensor | None] = [None] * len(leaves)
             losses = []
             for i in range(k, batch.num_tasks, count):
@@ -499,6 +541,7 @@ class MAML(nn.Module):
                 if compiled is not None:  # one compiled graph: no torch.func transform runs in the thread
                     task_loss = compiled(params, lr, task)
                 else:
+                    task = task if embed is None else embed(task)
                     adapted = autograd_adapt(loss, params, task.support_x, task.support_y, lr=lr,
                                              steps=self.inner_steps, first_order=self.first_order,
                                              checkpoint=self.grad_checkpointing)
@@ -562,9 +605,10 @@ class MAML(nn.Module):
             raise ValueError(f"support_y{tuple(support_y.shape)} holds integer labels with a leading dimension of 1: "
                              "adapt takes one task without a task dimension; pass support_x[0], support_y[0]")
         first_order = self.first_order if first_order is None else first_order
-        adapted = core_adapt(
-            self.loss, self.params(), support_x, support_y, lr=self.lr(), steps=steps, first_order=first_order
-        )
+        self._resolve_split(support_x, steps)
+        loss, _ = self._pieces()
+        x = self._features(support_x) if self._split else support_x
+        adapted = core_adapt(loss, self.params(), x, support_y, lr=self.lr(), steps=steps, first_order=first_order)
         # every parameter of the model, the frozen ones as they are, so the dict is a full set of weights
         return {n: adapted.get(n, p) for n, p in self.model.named_parameters()}
 
@@ -580,6 +624,7 @@ class MAML(nn.Module):
         under ``torch.no_grad()``.
         """
         batch = TaskBatch(*batch).validate()
+        self._resolve_split(batch.support_x[0], steps)
         metric = metric or self.loss_fn
         curve = self._curve(metric, steps)
         looped = lambda: torch.stack([curve(batch.task(i)) for i in range(batch.num_tasks)])  # noqa: E731
@@ -596,11 +641,12 @@ class MAML(nn.Module):
     ) -> Callable[[TaskBatch], Tensor]:
         """One task's ``metric`` after 0..steps inner steps (:func:`adaptation_curve`), the model run as
         :meth:`functional_forward` runs it with ``module`` and ``vmapping``."""
-        forward = functools.partial(self.functional_forward, module=module, vmapping=vmapping)
-        loss = lambda p, x, y: self._scalar_loss(forward(p, x), y)  # noqa: E731
+        loss, embed = self._pieces(module, vmapping)
+        forward = functools.partial(self.functional_forward, module=module, vmapping=vmapping,
+                                    part="forward_head" if embed is not None else "forward")
         on_params = lambda p, x, y: metric(forward(p, x), y)  # noqa: E731
         params, lr = self.params(), self.lr()
-        return lambda task: adaptation_curve(loss, on_params, params, task, lr=lr, steps=steps)
+        return lambda task: adaptation_curve(loss, on_params, params, task, lr=lr, steps=steps, embed=embed)
 
     def _threaded_curves(
         self, batch: TaskBatch, steps: int, metric: Callable[[Tensor, Tensor], Tensor], vmap: bool = False
@@ -647,6 +693,80 @@ class MAML(nn.Module):
         device = device or next(self.model.parameters()).device
         has_conv = any(isinstance(m, _CONV) for m in self.model.modules())
         return "loop" if has_conv and device.type == "cpu" else "vmap"
+
+    def _pieces(
+        self, module: nn.Module | None = None, vmapping: bool | None = None
+    ) -> tuple[Callable[[Params, Tensor, Tensor], Tensor], Embed | None]:
+        """(loss, embed) for the core functions, the model run as :meth:`functional_forward` runs it with
+        ``module`` and ``vmapping``: the whole model's loss and no embedding, or, where the model splits
+        (``reuse_features``), the head's loss on features and the per-task embedding that computes them."""
+        if not self._split:
+            return lambda p, x, y: self._scalar_loss(self.functional_forward(p, x, module=module, vmapping=vmapping),
+                                                     y), None
+        head = functools.partial(self.functional_forward, module=module, vmapping=vmapping, part="forward_head")
+        features = functools.partial(self._features, module=module, vmapping=vmapping)
+
+        def embed(task: TaskBatch) -> TaskBatch:
+            return TaskBatch(features(task.support_x), task.support_y, features(task.query_x), task.query_y)
+
+        return lambda p, z, y: self._scalar_loss(head(p, z), y), embed
+
+    def _features(self, x: Tensor, *, module: nn.Module | None = None, vmapping: bool | None = None) -> Tensor:
+        """``forward_features(x)`` with θ: no adapted parameter reaches it, so none is passed."""
+        return self.functional_forward({}, x, module=module, vmapping=vmapping, part="forward_features")
+
+    def _resolve_split(self, x: Tensor, steps: int) -> None:
+        """Decide, on one task's inputs ``x``, whether the model splits (see ``reuse_features``), once
+        for each value of the model's training flag, and use the split for ``steps`` inner steps if it
+        does and ``steps`` > 1 (with one step the body runs once on each set anyway: the split saves no
+        work, and its extra calls of the head cost 7% on the sinusoid MLP,
+        benchmarks/results/inner_params_cpu.md). Draws nothing from the caller's random state."""
+        training = self.model.training
+        if training not in self._splits:
+            rng = _rng_state(x.device)
+            try:
+                self._splits[training] = self._splits_here(x)
+            finally:  # a resumed run, whose new MAML checks again, draws what an uninterrupted one draws
+                _set_rng_state(rng)
+        self._split = self._splits[training] and steps > 1
+
+    def _splits_here(self, x: Tensor) -> bool:
+        """Whether the model has ``forward_features`` and ``forward_head``, no adapted parameter reaches
+        the features, the features are deterministic (dropout in the body would draw one mask per task
+        instead of one per inner step), and ``forward_head(forward_features(x))`` gives ``forward(x)``."""
+        model = self.model
+        if (not self.reuse_features or self.strategy == "hybrid"
+                or not all(callable(getattr(model, m, None)) for m in ("forward_features", "forward_head"))):
+            return False
+        self._parts = {m: _Method(model, m) for m in ("forward_features", "forward_head")}
+        rng = _rng_state(x.device)
+        try:
+            params = {n: p.detach().requires_grad_() for n, p in self.params().items()}
+            with torch.enable_grad():
+                z = self.functional_forward(params, x, part="forward_features")
+                reached = (torch.autograd.grad(z.sum(), list(params.values()), allow_unused=True)
+                           if z.requires_grad else [None])
+            if any(g is not None for g in reached):
+                return False  # the inner loop adapts part of the body: the whole model runs at every step
+            with torch.no_grad():
+                if not torch.equal(self.functional_forward(params, x, part="forward_features"), z):
+                    return False  # random features (dropout): a fresh draw at every inner step, as without the split
+                _set_rng_state(rng)  # the same random draws for both (dropout in the head)
+                whole = self.functional_forward(params, x)
+                _set_rng_state(rng)
+                parts = self.functional_forward(params, z.detach(), part="forward_head")
+        except Exception as error:  # noqa: BLE001 - a model whose parts cannot run alone: run it whole
+            log.warning("reuse_features: the model's forward_features/forward_head could not run (%s: %s); the inner "
+                        "loop runs the whole model", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            return False
+        why = (f"shapes {tuple(parts.shape)} and {tuple(whole.shape)}" if parts.shape != whole.shape else
+               f"relative difference {relative_difference(parts.double(), whole.double()):.3g}"
+               if relative_difference(parts.double(), whole.double()) > SPLIT_TOLERANCE else None)
+        if why:
+            log.warning("reuse_features: forward_head(forward_features(x)) differs from forward(x) (%s); the inner loop "
+                        "runs the whole model", why)
+            return False
+        return True
 
     def _hybrid_losses(self, module: nn.Module) -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
         """The loss as the hybrid strategy's vectorised first step runs it, and as its loop runs it."""
@@ -697,21 +817,23 @@ class MAML(nn.Module):
 
     def _task_loss(self, params: Params, lr: LR, task: TaskBatch) -> Tensor:
         """One task's meta-loss (``task`` without a task dimension), as the loop strategy runs it."""
-        return task_meta_loss(self.loss, params, task, lr, self.inner_steps, self.first_order)
+        loss, embed = self._pieces()
+        return task_meta_loss(loss, params, task, lr, self.inner_steps, self.first_order, embed=embed)
 
     def _loop_losses(self, params: Params, lr: LR, batch: TaskBatch) -> Tensor:
         """Per-task meta-losses, one task at a time (compiled per task with ``compile``)."""
         if self.compile and torch.is_grad_enabled():
             task_loss = self._maybe_compiled("task", self._task_loss)
             return torch.stack([task_loss(params, lr, batch.task(i)) for i in range(batch.num_tasks)])
-        return meta_loss_loop(self.loss, params, batch, lr=lr, steps=self.inner_steps, first_order=self.first_order,
-                              checkpoint=self.grad_checkpointing)
+        loss, embed = self._pieces()
+        return meta_loss_loop(loss, params, batch, lr=lr, steps=self.inner_steps, first_order=self.first_order,
+                              checkpoint=self.grad_checkpointing, embed=embed)
 
     def _vmap_losses(self, params: Params, lr: LR, batch: TaskBatch) -> Tensor:
         """Per-task meta-losses, all tasks in one vectorised call."""
-        loss = lambda p, x, y: self._scalar_loss(self.functional_forward(p, x, vmapping=True), y)  # noqa: E731
+        loss, embed = self._pieces(vmapping=True)
         return meta_loss_vmap(loss, params, batch, lr=lr, steps=self.inner_steps, first_order=self.first_order,
-                              chunk_size=self.chunk_size)
+                              chunk_size=self.chunk_size, embed=embed)
 
     def _maybe_compiled(self, kind: str, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         """``fn`` (a method of this object) through ``torch.compile`` (one compiled function per ``kind``,

@@ -7,6 +7,11 @@
 order is the default: the inner gradient stays in the graph, so ``.backward()`` on the meta-loss
 applies (I − α ∇²L_support) for every inner step. ``first_order=True`` treats each inner gradient as
 a constant (FOMAML). ``lr`` is a float, or a dict of tensors shaped like ``params`` (Meta-SGD).
+
+``embed(task) -> task`` (optional) maps a task's inputs through the part of the model the inner loop
+does not adapt, once per task, before its inner steps; ``loss`` then runs the rest of the model on
+those features. Where the adapted parameters are the model's last layers alone (ANIL), the result is
+the same meta-loss, without running the unadapted body again at every inner step.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ Params = dict[str, Tensor]
 LossFn = Callable[[Params, Tensor, Tensor], Tensor]
 MetricFn = Callable[[Params, Tensor, Tensor], Tensor]
 LR = float | Mapping[str, Tensor]
+Embed = Callable[[TaskBatch], TaskBatch]
 
 
 def sgd_step(params: Params, grads: Params, lr: LR) -> Params:
@@ -102,11 +108,13 @@ def adaptation_curve(
     *,
     lr: LR,
     steps: int,
+    embed: Embed | None = None,
 ) -> Tensor:
     """``metric`` on the query set after 0, 1, ..., ``steps`` inner steps: shape (steps + 1, ...).
 
     For evaluation: the inner gradients are treated as constants (no meta-gradient is needed).
     """
+    task = task if embed is None else embed(task)
     values = [metric(params, task.query_x, task.query_y)]
     for _ in range(steps):
         params = sgd_step(params, inner_loss_grads(loss, params, task.support_x, task.support_y, True), lr)
@@ -115,9 +123,11 @@ def adaptation_curve(
 
 
 def task_meta_loss(
-    loss: LossFn, params: Params, task: TaskBatch, lr: LR, steps: int, first_order: bool, checkpoint: bool = False
+    loss: LossFn, params: Params, task: TaskBatch, lr: LR, steps: int, first_order: bool, checkpoint: bool = False,
+    embed: Embed | None = None,
 ) -> Tensor:
     """One task's query loss after ``steps`` inner steps on its support set (``task`` without a task dim)."""
+    task = task if embed is None else embed(task)
     if checkpoint and not first_order and torch.is_grad_enabled():
         adapted = autograd_adapt(loss, params, task.support_x, task.support_y, lr=lr, steps=steps, checkpoint=True)
     else:
@@ -134,13 +144,14 @@ def meta_loss_vmap(
     steps: int,
     first_order: bool = False,
     chunk_size: int | None = None,
+    embed: Embed | None = None,
 ) -> Tensor:
     """Per-task query losses after adaptation, all tasks at once with ``torch.func.vmap``: shape (T,).
 
     ``randomness="different"`` gives each task its own dropout masks. ``chunk_size`` bounds how
     many tasks are vectorised at once (lower peak memory, same result).
     """
-    per_task = lambda task: task_meta_loss(loss, params, task, lr, steps, first_order)  # noqa: E731
+    per_task = lambda task: task_meta_loss(loss, params, task, lr, steps, first_order, embed=embed)  # noqa: E731
     return torch.vmap(per_task, randomness="different", chunk_size=chunk_size)(batch)
 
 
@@ -153,6 +164,7 @@ def meta_loss_loop(
     steps: int,
     first_order: bool = False,
     checkpoint: bool = False,
+    embed: Embed | None = None,
 ) -> Tensor:
     """The same as :func:`meta_loss_vmap` with a Python loop over tasks: the reference and fallback.
 
@@ -161,7 +173,7 @@ def meta_loss_loop(
     """
     return torch.stack(
         [
-            task_meta_loss(loss, params, batch.task(i), lr, steps, first_order, checkpoint)
+            task_meta_loss(loss, params, batch.task(i), lr, steps, first_order, checkpoint, embed)
             for i in range(batch.num_tasks)
         ]
     )

@@ -116,13 +116,21 @@ class ConvNet(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, ways)
+        return self.forward_head(self.forward_features(x))
+
+    # forward = forward_head(forward_features(x)) (timm's names): MAML adapting the head alone
+    # (inner_params=["head"], ANIL) computes the features once per task instead of at every inner step
+    def forward_features(self, x: Tensor) -> Tensor:  # (N, C, H, W) -> (N, features)
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             raise ConfigError(
                 f"ConvNet was built for {self.image_size}x{self.image_size} images, got "
                 f"{tuple(x.shape[-2:])}; build it with image_size={x.shape[-1]}"
             )
         h = self.features(x)
-        return self.head(h.flatten(1) if self.max_pool else h.mean((2, 3)))
+        return h.flatten(1) if self.max_pool else h.mean((2, 3))
+
+    def forward_head(self, z: Tensor) -> Tensor:  # (N, features) -> (N, ways)
+        return self.head(z)
 
 
 class NoConvMLP(nn.Module):
@@ -147,7 +155,15 @@ class NoConvMLP(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (N, ...) -> (N, ways)
+        return self.forward_head(self.forward_features(x))
+
+    def forward_features(self, x: Tensor) -> Tensor:  # (N, ...) -> (N, last hidden width); see ConvNet
         x = x.flatten(1)
         if x.shape[1] != self.in_features:
             raise ConfigError(f"NoConvMLP expects {self.in_features} input features, got {x.shape[1]}")
-        return self.net(x)
+        for layer in list(self.net)[:-1]:  # not net[:-1]: no new Sequential per call
+            x = layer(x)
+        return x
+
+    def forward_head(self, z: Tensor) -> Tensor:  # the last linear layer
+        return self.net[-1](z)

@@ -40,3 +40,13 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    # forward = forward_head(forward_features(x)): MAML adapting the last layer alone (ANIL) computes
+    # the hidden features once per task instead of at every inner step
+    def forward_features(self, x: Tensor) -> Tensor:
+        for layer in list(self.net)[:-1]:  # not net[:-1]: no new Sequential per call
+            x = layer(x)
+        return x
+
+    def forward_head(self, z: Tensor) -> Tensor:
+        return self.net[-1](z)

@@ -13,6 +13,7 @@ from torch._dynamo.utils import counters
 from fastmaml import MAML, TaskBatch
 from fastmaml.algorithms.maml import WELFORD_VARIANCE, _welford_variance, cpu_compiler
 from fastmaml.errors import ConfigError
+from fastmaml.models.conv import ConvNet
 from fastmaml.experiments.sinusoid import SinusoidConfig
 
 # torch 2.4's compiler cannot capture torch.func.functional_call in one graph: MAML warns and runs eagerly
@@ -73,6 +74,10 @@ CASES = {
     # only the last layer adapted: the others enter the compiled graph as the module's own parameters
     "conv loop, head adapted": (conv_bn_net, F.cross_entropy, image_batch,
                                 dict(strategy="loop", inner_lr=0.4, inner_steps=2, inner_params=["7"])),
+    # a model that splits, its head alone adapted: the features once per task, inside the compiled graph
+    "ConvNet loop, features once": (lambda: ConvNet(1, 3, hidden=4, blocks=2, image_size=8).double(), F.cross_entropy,
+                                    image_batch, dict(strategy="loop", inner_lr=0.4, inner_steps=2,
+                                                      inner_params=["head"])),
     "mlp vmap, Meta-SGD": (mlp, F.mse_loss, regression_batch, dict(strategy="vmap", inner_lr=0.01, meta_sgd=True)),
 }
 
@@ -98,6 +103,7 @@ def test_compiled_meta_gradient_equals_eager(case):
         assert counters["stats"]["unique_graphs"] > graphs, "nothing was compiled"
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-10, atol=0)
     torch.testing.assert_close(grad_c, grad_e, rtol=1e-8, atol=1e-12)
+    assert compiled._split == eager._split == ("features once" in case)
     # A second step runs the compiled graph again (no recompiling) and still matches.
     loss_e, grad_e = meta_gradient(eager, make_batch(tasks=4))
     loss_c, grad_c = meta_gradient(compiled, make_batch(tasks=4))

@@ -371,3 +371,156 @@ def test_frozen_parameters_stay_out_of_inner_params():
         MAML(model, F.mse_loss, inner_lr=0.1, inner_params=["head"])
     maml = MAML(model, F.mse_loss, inner_lr=0.1, inner_params=["body.2"])
     assert list(maml.outer_params()) == ["body.0.weight", "body.0.bias"]
+
+
+# ----------------------------------------------------------------------------- reuse_features
+class SplitBackbone(Backbone):
+    """Backbone with timm's split: forward(x) = forward_head(forward_features(x))."""
+
+    def forward_features(self, x):
+        return torch.tanh(self.body(x))
+
+    def forward_head(self, z):
+        return self.head(z)
+
+
+class DropoutInHead(SplitBackbone):
+    def forward_head(self, z):
+        return self.head(F.dropout(z, 0.3, training=self.training))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+class DropoutInBody(SplitBackbone):
+    def forward_features(self, x):
+        return F.dropout(super().forward_features(x), 0.3, training=self.training)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+class WrongParts(SplitBackbone):
+    def forward_head(self, z):
+        return self.head(2 * z)  # not what forward computes
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"strategy": "vmap"}, {"strategy": "loop"}, {"strategy": "loop", "workers": 2},
+     {"strategy": "vmap", "workers": 2, "_thread_vmap": True}, {"grad_checkpointing": True},
+     {"strategy": "vmap", "meta_sgd": True}, {"strategy": "loop", "first_order": True}],
+)
+def test_features_computed_once_give_the_reference_meta_gradient(options):
+    """A model that splits, its head alone adapted: the body runs once per task and set (counted), and
+    the meta-gradient of every parameter matches the independent reference under every strategy."""
+    torch.manual_seed(0)
+    model = SplitBackbone().double()
+    batch = regression_batch()
+    options = dict(options)
+    thread_vmap = options.pop("_thread_vmap", False)
+    maml = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=3, inner_params=["head"], **options)
+    maml._thread_vmap = maml._thread_vmap or thread_vmap
+    calls = []
+    model.body.register_forward_hook(lambda *_: calls.append(1))
+    got = meta_grads(maml, batch, "meta_backward") + [p.grad for p in maml.outer_params().values()]
+    assert maml._split
+    count = len(calls)
+    names = [*maml.params(), *maml.outer_params()]
+    want = dict(zip([n for n, _ in model.named_parameters()],
+                    reference_meta_grads(model, F.mse_loss, batch, lr=0.1, steps=3, adapted={"head.weight", "head.bias"},
+                                         first_order=options.get("first_order", False))))
+    if options.get("meta_sgd"):  # Meta-SGD's rates start at inner_lr: the same first meta-gradient
+        got = got[: len(maml.params())] + got[-len(maml.outer_params()):]
+    assert relative(got, [want[n] for n in names]) < 1e-10
+    # deciding the split runs the body 3 times (twice for the features, once in the whole model), then
+    # each task's support and query sets once (vmap: once for all tasks, or for each worker's share;
+    # gradient checkpointing recomputes none: the features stay outside the checkpointed steps)
+    vmapped = options.get("strategy") == "vmap"
+    groups = (options.get("workers", 1) if vmapped else batch.num_tasks)
+    assert count == 3 + 2 * groups < 3 + 4 * batch.num_tasks  # the whole model: 4 runs per task
+
+
+def test_features_once_match_the_whole_model_in_evaluation_and_adapt():
+    """adaptation_curve and adapt on a conv net with batch norm: the same numbers as running the
+    whole model at every step, and the body runs on each set once instead of at every step."""
+    from fastmaml.models.conv import ConvNet
+
+    torch.manual_seed(0)
+    model = ConvNet(1, 3, hidden=4, blocks=2, image_size=8).double()
+    g = torch.Generator().manual_seed(0)
+    x = lambda: torch.randn(2, 6, 1, 8, 8, generator=g, dtype=torch.float64)  # noqa: E731
+    y = lambda: torch.randint(0, 3, (2, 6), generator=g)  # noqa: E731
+    batch = TaskBatch(x(), y(), x(), y())
+    once = MAML(model, F.cross_entropy, inner_lr=0.4, inner_params=["head"], strategy="loop")
+    whole = MAML(model, F.cross_entropy, inner_lr=0.4, inner_params=["head"], strategy="loop", reuse_features=False)
+    calls = []
+    model.features.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        curve_once = once.adaptation_curve(batch, steps=4)
+        runs, calls[:] = len(calls), []
+        curve_whole = whole.adaptation_curve(batch, steps=4)
+    assert once._split and not whole._split
+    assert runs == 3 + 2 * 2  # deciding the split (3 runs), then each task's support and query set once
+    assert torch.allclose(curve_once, curve_whole, rtol=1e-12, atol=1e-12)
+    assert len(calls) == 2 * (4 + 4 + 1)  # whole: 4 support steps and 5 query evaluations per task
+    a, b = once.adapt(batch.support_x[0], batch.support_y[0], steps=3), whole.adapt(
+        batch.support_x[0], batch.support_y[0], steps=3)
+    assert all(torch.allclose(a[n], b[n], rtol=1e-12, atol=1e-12) for n in a)
+
+
+@pytest.mark.parametrize("name", ["ConvNet", "NoConvMLP", "MLP"])
+def test_fastmaml_models_split_for_their_last_layer(name):
+    from fastmaml.models.conv import ConvNet, NoConvMLP
+    from fastmaml.models.mlp import MLP
+
+    model = {"ConvNet": lambda: ConvNet(1, 5, hidden=4, image_size=28), "NoConvMLP": lambda: NoConvMLP(784, 5, (16, 8)),
+             "MLP": lambda: MLP(784, 5, (16, 8))}[name]()
+    inner = ["head"] if name == "ConvNet" else [f"net.{len(model.net) - 1}"]
+    x = torch.randn(5, 1, 28, 28) if name == "ConvNet" else torch.randn(5, 784)
+    maml = MAML(model, F.cross_entropy, inner_lr=0.1, inner_steps=2, inner_params=inner)
+    maml.adapt(x, torch.arange(5), first_order=True)
+    assert maml._split and torch.equal(model(x), model.forward_head(model.forward_features(x)))
+
+
+@pytest.mark.parametrize("case", ["body adapted", "one step", "no split methods", "dropout in the body", "wrong parts"])
+def test_the_whole_model_runs_where_features_cannot_be_reused(case, caplog):
+    """Each case keeps the whole model at every inner step, with the reference meta-gradient."""
+    torch.manual_seed(0)
+    model = {"no split methods": Backbone, "dropout in the body": DropoutInBody, "wrong parts": WrongParts}.get(
+        case, SplitBackbone)().double()
+    inner = ["body.2", "head"] if case == "body adapted" else ["head"]
+    steps = 1 if case == "one step" else 2
+    batch = regression_batch()
+    maml = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=steps, inner_params=inner, strategy="loop")
+    adapted = set(maml.params())
+    torch.manual_seed(3)
+    with caplog.at_level("WARNING"):
+        got = meta_grads(maml, batch) + [p.grad for p in maml.outer_params().values()]
+    assert not maml._split
+    assert ("differs from forward(x)" in caplog.text) == (case == "wrong parts")
+    if case == "dropout in the body":
+        model.eval()  # no dropout: the features are deterministic, and the split is used
+        maml.meta_loss(batch)
+        assert maml._split
+        return
+    names = [*maml.params(), *maml.outer_params()]
+    want = dict(zip([n for n, _ in model.named_parameters()],
+                    reference_meta_grads(model, F.mse_loss, batch, lr=0.1, steps=steps, adapted=adapted)))
+    assert relative(got, [want[n] for n in names]) < 1e-10
+
+
+def test_dropout_in_the_head_draws_what_the_whole_model_draws():
+    """Dropout in the head draws once per head call either way, and deciding the split draws nothing:
+    the same meta-gradient, and the same random stream afterwards, with and without reuse_features."""
+    results = []
+    for reuse in (True, False):
+        torch.manual_seed(0)
+        model = DropoutInHead().double()
+        maml = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=3, inner_params=["head"], strategy="loop",
+                    reuse_features=reuse)
+        torch.manual_seed(7)
+        grads = meta_grads(maml, regression_batch()) + [p.grad for p in maml.outer_params().values()]
+        results.append((maml._split, grads, torch.rand(3)))
+    assert results[0][0] and not results[1][0]
+    assert relative(results[0][1], results[1][1]) < 1e-12 and torch.equal(results[0][2], results[1][2])
