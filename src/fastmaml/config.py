@@ -38,6 +38,8 @@ class TrainConfig:
     # the parameters the inner loop adapts, names or name prefixes (empty: all); the others are
     # meta-learned only, e.g. inner_params=head adapts the conv net's last layer alone (ANIL)
     inner_params: tuple[str, ...] = ()
+    # with inner_params leaving the body out: compute its features once per task (MAML(reuse_features))
+    reuse_features: bool = True
     outer_lr: float = 0.001
     meta_batch_size: int = 25
     iterations: int = 70_000
@@ -109,6 +111,7 @@ class TrainConfig:
 # What may change on --resume: the schedule and how (not what) is computed, and where the data lives.
 RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "snapshot_every", "device", "threads", "sim_threads",
                "workers", "micro_batch_size", "chunk_size", "grad_checkpointing", "cuda_graph", "tf32", "compile",
+               "reuse_features",
                "root", "cache_dir"}
 
 

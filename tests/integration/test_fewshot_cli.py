@@ -516,6 +516,45 @@ def test_original_batch_norm_and_inner_params_train_from_the_cli(tiny_omniglot, 
     assert "picks only parameters this model meta-learns without adapting (features.3.bias" in err, err
 
 
+def test_anil_reuses_the_features_from_the_cli_and_trains_as_without(tiny_omniglot, tmp_path, capsys):
+    """--set inner_params=head with 2 inner steps: the trainer's MAML computes the conv body's features
+    once per task (reuse_features, the default), and 4 iterations end with the weights that
+    --set reuse_features=false (the whole net at every inner step) ends with, up to float32 rounding."""
+    from safetensors.torch import load_file
+
+    common = ["--root", tiny_omniglot, "--ways", 5, "--shots", 1, "--iterations", 4, "--set", "meta_batch_size=4",
+              "--set", "val_every=0", "--set", "inner_params=head", "--set", "inner_steps=2", *QUIET]
+    weights = {}
+    for reuse in ("true", "false"):
+        run = tmp_path / reuse
+        code, _, err = cli(["train", "omniglot", "--out", run, "--set", f"reuse_features={reuse}", *common], capsys)
+        assert code == 0, err
+        weights[reuse] = load_file(run / "checkpoint.safetensors")
+    assert weights["true"].keys() == weights["false"].keys()
+    # the conv biases before batch norm have a meta-gradient of zero, which float32 computes as noise
+    # (1e-8 to 1e-4) that differs between the two; Adam turns noise into steps of +-lr: left out
+    noise = {f"maml/model.features.{i}.bias" for i in (1, 5, 9, 13)}
+    compared = [k for k, v in weights["true"].items() if k.startswith("maml/") and v.is_floating_point()
+                and k not in noise]
+    assert len(compared) == 14
+    for key in compared:
+        torch.testing.assert_close(weights["true"][key], weights["false"][key], rtol=1e-4, atol=1e-5)
+
+    from fastmaml.engine.experiment import get_preset, make_maml
+    from fastmaml.experiments import fewshot
+
+    grads = []
+    for reuse in (True, False):
+        torch.manual_seed(0)
+        experiment = fewshot.build(get_preset("omniglot").make_config(
+            root=str(tiny_omniglot), inner_params=("head",), inner_steps=2, reuse_features=reuse))
+        maml = make_maml(experiment)
+        maml.meta_backward(experiment.sample(torch.Generator().manual_seed(0), "train", 2))
+        assert maml._split == reuse
+        grads.append(torch.cat([p.grad.reshape(-1) for p in maml.parameters()]))
+    assert float((grads[0] - grads[1]).norm() / grads[1].norm()) < 1e-5
+
+
 def test_the_conv_net_on_worker_threads_resumes_bit_for_bit(tiny_omniglot, tmp_path, capsys):
     """The long Omniglot runs' settings (2 worker threads of one torch thread each, the original's
     batch norm): 6 iterations in one go and 3 + 3 with a resume between end with the same weights,

@@ -218,10 +218,13 @@ class MAML(nn.Module):
     no adapted parameter reaches ``forward_features``, as with ``inner_params=["head"]``, every task's
     support and query features are computed once, with θ, and the inner steps and query loss run the
     head alone on them: the same meta-loss and meta-gradient, without running the unadapted body again
-    at each inner step (Omniglot 20-way 1-shot, 5 steps: benchmarks/results/inner_params_cpu.md).
-    MAML checks both conditions on its first call (which parameters ``forward_features`` reaches,
-    and that the two parts give ``forward``'s output) and otherwise runs the whole model, warning if
-    the parts disagree. Not under ``strategy="hybrid"``.
+    at each inner step (second-order meta-step 1.6x faster on Omniglot 20-way 1-shot's 5 steps,
+    evaluation over 10 steps 7-11x; benchmarks/results/inner_params_cpu.md). MAML checks on its first
+    call, once for each value of the model's training flag, which parameters ``forward_features``
+    reaches, that its features are deterministic (dropout in the body draws a mask at every inner
+    step without the split) and that the two parts give ``forward``'s output, and otherwise runs the
+    whole model (warning where the parts disagree). Used for more than one inner step only (with one
+    the body runs once per set either way), and not under ``strategy="hybrid"``.
     Layers whose fused kernels vmap gets wrong (batch, layer and instance norm, padded embeddings)
     run as primitive ops under vmap (:mod:`fastmaml.core.norm`).
     ``"hybrid"`` vectorises only the first inner step, where every task still has the shared
@@ -360,7 +363,8 @@ class MAML(nn.Module):
                              "a model)")
         self._resolved: str | None = None if strategy == "auto" else strategy
         # whether the inner loop runs the head alone on features computed once per task (see
-        # reuse_features): None until checked on the first call; _parts: the model's two parts as modules
+        # reuse_features), for the call in progress; _splits: whether the model splits, by training flag;
+        # _parts: the model's two parts as modules, for functional_call
         self.reuse_features = bool(reuse_features)
         self._split = False
         self._splits: dict[bool, bool] = {}  # the decision by the model's training flag (dropout may be on in one)
@@ -722,6 +726,9 @@ class MAML(nn.Module):
         work, and its extra calls of the head cost 7% on the sinusoid MLP,
         benchmarks/results/inner_params_cpu.md). Draws nothing from the caller's random state."""
         training = self.model.training
+        if not self.reuse_features or self.strategy == "hybrid":
+            self._split = False
+            return
         if training not in self._splits:
             rng = _rng_state(x.device)
             try:
@@ -735,8 +742,7 @@ class MAML(nn.Module):
         the features, the features are deterministic (dropout in the body would draw one mask per task
         instead of one per inner step), and ``forward_head(forward_features(x))`` gives ``forward(x)``."""
         model = self.model
-        if (not self.reuse_features or self.strategy == "hybrid"
-                or not all(callable(getattr(model, m, None)) for m in ("forward_features", "forward_head"))):
+        if not all(callable(getattr(model, m, None)) for m in ("forward_features", "forward_head")):
             return False
         self._parts = {m: _Method(model, m) for m in ("forward_features", "forward_head")}
         rng = _rng_state(x.device)
@@ -756,15 +762,16 @@ class MAML(nn.Module):
                 _set_rng_state(rng)
                 parts = self.functional_forward(params, z.detach(), part="forward_head")
         except Exception as error:  # noqa: BLE001 - a model whose parts cannot run alone: run it whole
-            log.warning("reuse_features: the model's forward_features/forward_head could not run (%s: %s); the inner "
-                        "loop runs the whole model", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            log.warning("reuse_features: the model's forward_features/forward_head could not run (%s: %s); the "
+                        "inner loop runs the whole model", type(error).__name__,
+                        str(error).splitlines()[0] if str(error) else "")
             return False
         why = (f"shapes {tuple(parts.shape)} and {tuple(whole.shape)}" if parts.shape != whole.shape else
                f"relative difference {relative_difference(parts.double(), whole.double()):.3g}"
                if relative_difference(parts.double(), whole.double()) > SPLIT_TOLERANCE else None)
         if why:
-            log.warning("reuse_features: forward_head(forward_features(x)) differs from forward(x) (%s); the inner loop "
-                        "runs the whole model", why)
+            log.warning("reuse_features: forward_head(forward_features(x)) differs from forward(x) (%s); the inner "
+                        "loop runs the whole model", why)
             return False
         return True
 

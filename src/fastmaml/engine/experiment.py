@@ -101,6 +101,7 @@ def make_maml(experiment: Experiment) -> MAML:
         workers=c.workers or auto_workers(c.threads),
         compile=c.use_compile(),
         inner_params=inner_params,
+        reuse_features=c.reuse_features,
     )
 
 

@@ -428,7 +428,8 @@ def test_features_computed_once_give_the_reference_meta_gradient(options):
     count = len(calls)
     names = [*maml.params(), *maml.outer_params()]
     want = dict(zip([n for n, _ in model.named_parameters()],
-                    reference_meta_grads(model, F.mse_loss, batch, lr=0.1, steps=3, adapted={"head.weight", "head.bias"},
+                    reference_meta_grads(model, F.mse_loss, batch, lr=0.1, steps=3,
+                                         adapted={"head.weight", "head.bias"},
                                          first_order=options.get("first_order", False))))
     if options.get("meta_sgd"):  # Meta-SGD's rates start at inner_lr: the same first meta-gradient
         got = got[: len(maml.params())] + got[-len(maml.outer_params()):]
@@ -467,6 +468,9 @@ def test_features_once_match_the_whole_model_in_evaluation_and_adapt():
     a, b = once.adapt(batch.support_x[0], batch.support_y[0], steps=3), whole.adapt(
         batch.support_x[0], batch.support_y[0], steps=3)
     assert all(torch.allclose(a[n], b[n], rtol=1e-12, atol=1e-12) for n in a)
+    once.reuse_features = False  # turned off later: the next call runs the whole model
+    once.adapt(batch.support_x[0], batch.support_y[0], steps=3)
+    assert not once._split
 
 
 @pytest.mark.parametrize("name", ["ConvNet", "NoConvMLP", "MLP"])
@@ -483,7 +487,8 @@ def test_fastmaml_models_split_for_their_last_layer(name):
     assert maml._split and torch.equal(model(x), model.forward_head(model.forward_features(x)))
 
 
-@pytest.mark.parametrize("case", ["body adapted", "one step", "no split methods", "dropout in the body", "wrong parts"])
+@pytest.mark.parametrize("case", ["body adapted", "one step", "no split methods", "dropout in the body", "wrong parts",
+                                  "hybrid"])
 def test_the_whole_model_runs_where_features_cannot_be_reused(case, caplog):
     """Each case keeps the whole model at every inner step, with the reference meta-gradient."""
     torch.manual_seed(0)
@@ -492,7 +497,8 @@ def test_the_whole_model_runs_where_features_cannot_be_reused(case, caplog):
     inner = ["body.2", "head"] if case == "body adapted" else ["head"]
     steps = 1 if case == "one step" else 2
     batch = regression_batch()
-    maml = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=steps, inner_params=inner, strategy="loop")
+    maml = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=steps, inner_params=inner,
+                strategy="hybrid" if case == "hybrid" else "loop")
     adapted = set(maml.params())
     torch.manual_seed(3)
     with caplog.at_level("WARNING"):
