@@ -530,3 +530,18 @@ def test_dropout_in_the_head_draws_what_the_whole_model_draws():
         results.append((maml._split, grads, torch.rand(3)))
     assert results[0][0] and not results[1][0]
     assert relative(results[0][1], results[1][1]) < 1e-12 and torch.equal(results[0][2], results[1][2])
+
+
+def test_a_frozen_body_is_run_once_per_task_without_inner_params():
+    """A frozen body (requires_grad=False: constants) with every trainable parameter adapted: the body
+    is never adapted, so its features are computed once per task here too, and the head's
+    meta-gradient is the reference's."""
+    torch.manual_seed(0)
+    model = SplitBackbone().double()
+    model.body.requires_grad_(False)
+    batch = regression_batch()
+    maml = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=2, strategy="loop")
+    got = meta_grads(maml, batch)
+    assert maml._split and set(maml.params()) == {"head.weight", "head.bias"}
+    want = reference_meta_grads(model, F.mse_loss, batch, lr=0.1, steps=2)
+    assert relative(got, list(want)) < 1e-10
