@@ -218,7 +218,7 @@ class MAML(nn.Module):
     no adapted parameter reaches ``forward_features``, as with ``inner_params=["head"]``, every task's
     support and query features are computed once, with θ, and the inner steps and query loss run the
     head alone on them: the same meta-loss and meta-gradient, without running the unadapted body again
-    at each inner step (second-order meta-step 1.6x faster on Omniglot 20-way 1-shot's 5 steps,
+    at each inner step (second-order meta-step 1.5x faster on Omniglot 20-way 1-shot's 5 steps,
     evaluation over 10 steps 7-11x; benchmarks/results/inner_params_cpu.md). MAML checks on its first
     call, once for each value of the model's training flag, which parameters ``forward_features``
     reaches, that its features are deterministic (dropout in the body draws a mask at every inner
