@@ -732,20 +732,20 @@ class MAML(nn.Module):
         if training not in self._splits:
             rng = _rng_state(x.device)
             try:
-                self._splits[training] = self._splits_here(x)
+                self._splits[training] = self._splits_here(x, rng)
             finally:  # a resumed run, whose new MAML checks again, draws what an uninterrupted one draws
                 _set_rng_state(rng)
         self._split = self._splits[training] and steps > 1
 
-    def _splits_here(self, x: Tensor) -> bool:
+    def _splits_here(self, x: Tensor, rng: tuple) -> bool:
         """Whether the model has ``forward_features`` and ``forward_head``, no adapted parameter reaches
         the features, the features are deterministic (dropout in the body would draw one mask per task
-        instead of one per inner step), and ``forward_head(forward_features(x))`` gives ``forward(x)``."""
+        instead of one per inner step), and ``forward_head(forward_features(x))`` gives ``forward(x)``
+        (both drawn from the caller's random state ``rng``, which the caller restores afterwards)."""
         model = self.model
         if not all(callable(getattr(model, m, None)) for m in ("forward_features", "forward_head")):
             return False
         self._parts = {m: _Method(model, m) for m in ("forward_features", "forward_head")}
-        rng = _rng_state(x.device)
         try:
             params = {n: p.detach().requires_grad_() for n, p in self.params().items()}
             with torch.enable_grad():
@@ -766,9 +766,11 @@ class MAML(nn.Module):
                         "inner loop runs the whole model", type(error).__name__,
                         str(error).splitlines()[0] if str(error) else "")
             return False
-        why = (f"shapes {tuple(parts.shape)} and {tuple(whole.shape)}" if parts.shape != whole.shape else
-               f"relative difference {relative_difference(parts.double(), whole.double()):.3g}"
-               if relative_difference(parts.double(), whole.double()) > SPLIT_TOLERANCE else None)
+        if parts.shape != whole.shape:
+            why = f"shapes {tuple(parts.shape)} and {tuple(whole.shape)}"
+        else:
+            difference = relative_difference(parts.double(), whole.double())
+            why = f"relative difference {difference:.3g}" if difference > SPLIT_TOLERANCE else None
         if why:
             log.warning("reuse_features: forward_head(forward_features(x)) differs from forward(x) (%s); the inner "
                         "loop runs the whole model", why)
