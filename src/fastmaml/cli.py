@@ -299,7 +299,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fastmaml.engine.evaluate import EVAL_SEED, evaluate
     from fastmaml.engine.run_dir import eval_path, read_config
 
-    preset, _ = read_config(args.run_dir)
+    preset, _ = read_config(args.run_dir, data=False)  # evaluate() checks the data
     saved = eval_path(args.run_dir, which_checkpoint(args))
     before = saved.stat().st_mtime_ns if saved.is_file() else None
     if args.split != "test" and preset.evaluate is not None:
@@ -368,7 +368,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if args.tasks is not None:
         check_task_count(args.tasks)
     for run_dir in args.run_dirs:
-        preset, _ = read_config(run_dir)
+        preset, _ = read_config(run_dir, data=False)  # a learning curve needs no data: plot runs anywhere
         for path in (preset.plot or plot_run)(run_dir, **({} if args.tasks is None else {"tasks": args.tasks})):
             print(path)
     return 0
@@ -489,7 +489,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from fastmaml.experiments.fewshot import FewShotConfig
 
     which = which_checkpoint(args)
-    preset, config = read_config(args.run_dir)
+    preset, config = read_config(args.run_dir, data=False)  # a table run's CSV is checked where adapt reads it
     check_adapt_overrides(config, args.set)
     if preset.name == "rl":
         return adapt_rl(args)

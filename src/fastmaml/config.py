@@ -66,7 +66,10 @@ class TrainConfig:
     EVAL_KEYS: ClassVar[tuple[str, ...]] = ("inner_lr", "strategy", "chunk_size", "device", "threads", "workers",
                                            "tf32")
 
-    def validate(self) -> None:
+    def validate(self, data: bool = True) -> None:
+        """ConfigError for a value out of range. ``data=False`` leaves out the checks that read the data
+        set (a few-shot preset's images, a table's CSV): what ``plot`` and ``adapt`` need of a run's
+        config does not depend on the data it was meta-trained on."""
         check_finite(self)
         positive = ("inner_lr", "outer_lr")
         at_least_one = ("inner_steps", "meta_batch_size", "iterations", "log_every", "checkpoint_every", "val_tasks")
@@ -221,7 +224,7 @@ def protocol_overrides(overrides: list[str] | tuple[str, ...], config: Any = Non
     return [item for item in overrides if item.partition("=")[0].strip() not in execution]
 
 
-def apply_eval_overrides(config: Any, overrides: list[str]) -> Any:
+def apply_eval_overrides(config: Any, overrides: list[str], data: bool = True) -> Any:
     """``config`` with ``key=value`` strings applied to meta-test a trained run (``fastmaml eval --set``).
 
     Only the config class's ``EVAL_KEYS`` may change: the others shape the trained weights (a
@@ -237,7 +240,7 @@ def apply_eval_overrides(config: Any, overrides: list[str]) -> Any:
         if key == "inner_lr" and getattr(config, "meta_sgd", False):
             raise ConfigError("--set inner_lr: this Meta-SGD run learned its inner learning rates; they are used")
     config = apply_overrides(config, overrides)
-    config.validate()
+    config.validate(data=data)
     return config
 
 

@@ -266,6 +266,40 @@ def test_adapt_an_omniglot_run_to_new_characters(tiny_omniglot, tmp_path, capsys
     assert not (support / "p.csv").exists()
 
 
+def test_plot_and_adapt_read_no_data_set_and_eval_says_it_needs_one(tiny_omniglot, tmp_path, capsys, monkeypatch):
+    """A run meta-trained on Omniglot is plotted and adapted to new images on a machine without
+    Omniglot (found by $FASTMAML_DATA at training, so its config names no folder); eval, which
+    samples meta-test tasks from it, still stops with its one-line error. Before, plot and adapt
+    checked the training data first and failed the same way."""
+    monkeypatch.setenv("FASTMAML_DATA", str(tiny_omniglot.parent))
+    run = tmp_path / "run"
+    code, _, err = cli(["train", "omniglot", "--iterations", 20, "--out", run, "--set", "meta_batch_size=8", *QUIET],
+                       capsys)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["config"]["root"] == ""
+    code, _, err = cli(["eval", run, "--tasks", 20, "--no-progress"], capsys)
+    assert code == 0 and (run / "eval.json").is_file(), err
+    support, predict = tmp_path / "support", tmp_path / "predict"
+    for character in sorted((tiny_omniglot / "images_evaluation" / "Gamma").iterdir())[:5]:
+        pngs = sorted(character.iterdir())
+        for folder, files in ((support, pngs[:1]), (predict, pngs[1:3])):
+            (folder / character.name).mkdir(parents=True)
+            for png in files:
+                (folder / character.name / png.name).write_bytes(png.read_bytes())
+
+    monkeypatch.delenv("FASTMAML_DATA")  # the data set is gone (another machine)
+    code, out, err = cli(["plot", run], capsys)
+    assert code == 0, err
+    assert {Path(line).name for line in out.split()} >= {"learning_curve.png", "metric_vs_steps.png"}
+    code, out, err = cli(["adapt", run, "--support", support, "--predict", predict, "--out", tmp_path / "p.csv"],
+                         capsys)
+    assert code == 0, err
+    assert "adapted to 5 support images of 5 classes" in out and "accuracy on the 10 images" in out
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 11
+    code, out, err = cli(["eval", run, "--tasks", 20, "--no-progress"], capsys)
+    assert code == 2 and "no data folder for omniglot" in err and "FASTMAML_DATA" in err and "Traceback" not in err
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="needs a CUDA GPU: CUDA graphs exist only there (CI has none; "
                            "benchmarks/gpu_check.sh runs this test on the GPU machine)")

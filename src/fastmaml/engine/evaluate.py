@@ -160,13 +160,14 @@ def load_trained(
     which: str | int = "checkpoint",
     overrides: list[str] | tuple[str, ...] = (),
     device: str | torch.device = "cpu",
+    data: bool = True,
 ) -> tuple[Experiment, MAML, dict[str, Any]]:
     """Rebuild a run's experiment and MAML wrapper with the weights of its latest (or best) checkpoint,
     or of the snapshot it kept at iteration ``which``
     (``overrides``: meta-test settings changed, as ``fastmaml eval --set``), the model and baseline on
     ``device`` (the CPU unless asked: ``adapt`` feeds them CPU tensors; ``evaluate`` passes
-    :func:`eval_device`)."""
-    experiment = build_experiment(run_dir, overrides)
+    :func:`eval_device`; ``data=False``: without checking the data set, as ``adapt`` needs none of it)."""
+    experiment = build_experiment(run_dir, overrides, data)
     tensors, meta, path = checkpoint.load_latest(checkpoint_file(run_dir, which))
     maml = make_maml(experiment)
     checkpoint.load_weights(maml, checkpoint.part(tensors, "maml/"), path)

@@ -33,7 +33,7 @@ def plot_run(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     eval_path = run_dir / EVAL
     report = saved_report(run_dir, rows) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
     paths.append(plotting.metric_vs_steps(report, out / "metric_vs_steps.png"))
-    experiment, maml, _ = load_trained(run_dir)
+    experiment, maml, _ = load_trained(run_dir, data=False)  # with eval.json, plotting reads no data set
     figures = experiment.extras.get("figures")
     if figures is not None:
         paths.extend(figures(experiment, methods_for(experiment, maml), out))

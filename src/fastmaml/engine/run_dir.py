@@ -136,14 +136,17 @@ def write_config(run_dir: Path, experiment: str, config: Any) -> None:
     checkpoint.replace_atomically(Path(run_dir) / CONFIG, text.encode())
 
 
-def read_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()):
+def read_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = (), data: bool = True):
     """(preset, config) saved in ``run_dir``; CheckpointError if it is not a run folder. ``overrides``
-    (``key=value``) change keys that only affect meta-testing (:func:`fastmaml.config.apply_eval_overrides`)."""
+    (``key=value``) change keys that only affect meta-testing (:func:`fastmaml.config.apply_eval_overrides`).
+    ``data=False`` skips the checks that read the data set the run was meta-trained on (``plot``,
+    ``adapt`` and the CLI's look at a run's preset need none of it: a run is plotted or adapted on a
+    machine without that data); ``eval`` keeps them, for its clear error before meta-testing."""
     preset, config = parse_config(read_config_text(run_dir), Path(run_dir) / CONFIG)
     if overrides:
-        return preset, apply_eval_overrides(config, list(overrides))  # validates the changed config
+        return preset, apply_eval_overrides(config, list(overrides), data)  # validates the changed config
     try:
-        config.validate()  # a hand-edited value (shots=-4): the error train --resume gives, not a crash later
+        config.validate(data)  # a hand-edited value (shots=-4): the error train --resume gives, not a crash later
     except DataError:  # the data it names (a table's CSV) is checked where it is loaded: adapt --csv may relocate it
         pass
     return preset, config
@@ -198,8 +201,8 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     checkpoint.replace_atomically(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
-def build_experiment(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
-    preset, config = read_config(run_dir, overrides)
+def build_experiment(run_dir: Path, overrides: list[str] | tuple[str, ...] = (), data: bool = True) -> Experiment:
+    preset, config = read_config(run_dir, overrides, data)
     return preset.build(config)
 
 

@@ -95,7 +95,7 @@ def adapt_images(
     from fastmaml.experiments.table import check_adapted, write_csv
 
     run_dir, support, predict, out = Path(run_dir), Path(support), Path(predict), Path(out)
-    experiment, maml, _ = load_trained(run_dir, which, overrides)
+    experiment, maml, _ = load_trained(run_dir, which, overrides, data=False)  # the support images are the data
     config = experiment.config
     steps = config.eval_steps if steps is None else steps
     if steps < 0:

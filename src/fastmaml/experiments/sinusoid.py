@@ -40,8 +40,8 @@ class SinusoidConfig(TrainConfig):
 
     EVAL_KEYS: ClassVar[tuple[str, ...]] = TrainConfig.EVAL_KEYS + ("eval_queries", "baseline_lr")
 
-    def validate(self) -> None:
-        super().validate()
+    def validate(self, data: bool = True) -> None:
+        super().validate(data)
         check_hidden(self.hidden)
         check_activation(self.activation)
         for key in ("shots", "queries", "eval_queries"):

@@ -75,8 +75,8 @@ class TableConfig(TrainConfig):
 
     EVAL_KEYS: ClassVar[tuple[str, ...]] = TrainConfig.EVAL_KEYS + ("eval_queries", "baseline_lr", "scratch_lr")
 
-    def validate(self) -> None:
-        super().validate()
+    def validate(self, data: bool = True) -> None:
+        super().validate(data)
         check_hidden(self.hidden)
         check_activation(self.activation)
         if not (self.csv and self.task_column and self.target):
@@ -93,7 +93,8 @@ class TableConfig(TrainConfig):
         for key in ("baseline_lr", "scratch_lr"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
-        load_split(self)  # a bad CSV fails here, before a run folder is created
+        if data:
+            load_split(self)  # a bad CSV fails here, before a run folder is created
 
 
 def _names(value) -> tuple[str, ...]:

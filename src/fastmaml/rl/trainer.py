@@ -165,7 +165,7 @@ class RLConfig:
         it computes: a report made with them is the run's own and is saved."""
         return ("sim_threads",)
 
-    def validate(self) -> None:
+    def validate(self, data: bool = True) -> None:  # data: the interface of TrainConfig.validate (none to read)
         check_finite(self)
         if self.env not in ENV_NAMES:
             raise ConfigError(f"unknown environment {self.env!r}; choose one of {', '.join(ENV_NAMES)}")
