@@ -93,6 +93,14 @@ def test_adapt_writes_predictions_for_a_new_task(table_run, tmp_path, capsys):
     parts = line.split("MSE on those rows ")[1].split(" (", 1)
     tiny_after, tiny_before = (float(s.split()[0].rstrip(")")) for s in parts)
     assert tiny_before == before and tiny_after == pytest.approx(before, rel=1e-6) and after < tiny_after
+    # one support row, one step, one prediction: counted in the singular
+    with open(support, "w", newline="") as f:
+        csv.writer(f).writerows(rows[:2])
+    with open(predict, "w", newline="") as f:
+        csv.writer(f).writerows([rows[0], rows[6]])
+    assert main(["adapt", str(run), "--support", str(support), "--predict", str(predict), "--steps", "1",
+                 "--out", str(out)]) == 0
+    assert "adapted to 1 support row with 1 step; wrote 1 prediction to" in capsys.readouterr().out
 
 
 BAD = {

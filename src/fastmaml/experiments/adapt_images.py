@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from fastmaml.errors import ConfigError, DataError
+from fastmaml.experiments.table import counted
 from fastmaml.tasks.folders import IMAGE_EXTENSIONS, MODES, scan_class_folders
 from fastmaml.tasks.images import decode_image
 from fastmaml.tasks.omniglot import decode_drawing
@@ -137,7 +138,7 @@ def adapt_images(
     write_csv(out, ["file", "prediction", *(f"p_{name}" for name in names)], rows)
     shots = f"{per_class:g}" if per_class == int(per_class) else f"{per_class:.1f} on average"
     summary = (f"adapted to {len(support_files)} support images of {len(names)} classes ({shots} per class) "
-               f"with {steps} steps; wrote {len(files)} predictions to {out}")
+               f"with {counted(steps, 'step')}; wrote {counted(len(files), 'prediction')} to {out}")
     known = [i for i, t in enumerate(truth) if t is not None]
     if known:
         labels = torch.tensor([truth[i] for i in known])

@@ -139,7 +139,7 @@ def adapt_points(
     ``overrides``: meta-test settings changed (``key=value``, e.g. ``inner_lr=0.005``).
     """
     from fastmaml.engine.evaluate import load_trained
-    from fastmaml.experiments.table import check_adapted, output_column, write_csv
+    from fastmaml.experiments.table import check_adapted, counted, output_column, write_csv
     from fastmaml.tasks.table import read_csv
 
     experiment, maml, _ = load_trained(Path(run_dir), which, overrides)
@@ -171,8 +171,8 @@ def adapt_points(
     column = output_column(predict_table, "y", "prediction")
     write_csv(Path(out), [*predict_table.header, column],
               [[*row, f"{value:.6g}"] for row, value in zip(predict_table.rows, after.tolist())])
-    summary = (f"adapted to {len(support_table.rows)} support points with {steps} steps; wrote "
-               f"{len(predict_table.rows)} predictions to {out}")
+    summary = (f"adapted to {counted(len(support_table.rows), 'support point')} with {counted(steps, 'step')}; wrote "
+               f"{counted(len(predict_table.rows), 'prediction')} to {out}")
     if "y" in predict_table.header:
         truth = numbers(predict_table, "y").view(-1)
         summary += (f"; MSE on those points {F.mse_loss(after, truth).item():.4g} "

@@ -283,8 +283,8 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     check_adapted(adapted, steps, maml)
     with torch.no_grad():
         after, before = maml(px, adapted), maml(px)
-    summary = (f"adapted to {len(support_table.rows)} support rows with {steps} steps; wrote "
-               f"{len(predict_table.rows)} predictions to {out}")
+    summary = (f"adapted to {counted(len(support_table.rows), 'support row')} with {counted(steps, 'step')}; wrote "
+               f"{counted(len(predict_table.rows), 'prediction')} to {out}")
     if encoder.classification:
         probabilities = after.softmax(-1)
         labels = encoder.decode_labels(probabilities.argmax(-1))
@@ -336,6 +336,11 @@ def check_adapted(adapted: dict[str, torch.Tensor], steps: int, maml: Any) -> No
     lr = "its learned inner learning rates" if maml.meta_sgd else f"inner_lr {maml.inner_lr:g}"
     raise NonFiniteLossError(f"adapting for {steps} steps at {lr} made the weights inf or NaN; lower --set inner_lr "
                              "or --steps (nothing was written)")
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 support row``, ``3 support rows``: the summaries' counts (the noun's plural takes an s)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def write_csv(out: Path, header: list[str], rows: list[list[str]]) -> None:
