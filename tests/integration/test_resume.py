@@ -245,3 +245,74 @@ def test_ctrl_c_during_validation_stops_at_that_iteration(tmp_path, capsys):
     assert code == 130 and sent
     assert f"stopped by SIGINT at iteration 10, with a checkpoint there in {run}" in capsys.readouterr().err
     assert weights(run)[1] == 10
+
+
+def _fake_validation(monkeypatch, values):
+    """Trainer.validate returns ``values`` in turn (a diverging adaptation gives NaN)."""
+    from fastmaml.engine.trainer import Trainer
+
+    stream = iter(values)
+    monkeypatch.setattr(Trainer, "validate", lambda self: next(stream))
+
+
+def test_a_nan_validation_is_never_the_best(tmp_path, monkeypatch, capsys):
+    """Before, a NaN at the first validation stayed the best for good (nothing compares below a NaN)."""
+    _fake_validation(monkeypatch, [float("nan"), 3.0, 2.0, float("nan")])
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--iterations", "40", *FAST, "--set", "val_every=10", "--out", str(run)]) == 0
+    assert "best validation mse 2;" in capsys.readouterr().out
+    _, meta = checkpoint.load(run / "best.safetensors")
+    assert meta["best"] == {"step": 30, "metric": "mse", "value": 2.0} and meta["step"] == 30
+
+
+def test_the_best_checkpoint_keeps_its_own_row_so_a_resume_from_it_does_too(tmp_path, monkeypatch):
+    """Before, the best checkpoint was written before its iteration's row was added to the rows it
+    holds: copied to checkpoint.safetensors (as the messages advise), a resume lost that row."""
+    _fake_validation(monkeypatch, [3.0, 1.0, 2.0, 2.5, 2.5])
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--iterations", "30", *FAST, "--set", "val_every=10", "--out", str(run)]) == 0
+    _, meta = checkpoint.load(run / "best.safetensors")
+    assert [row["step"] for row in meta["metrics"]] == [10, 20] and meta["metrics"][-1]["val_mse"] == 1.0
+    (run / "best.safetensors").replace(run / "checkpoint.safetensors")
+    (run / "checkpoint.prev.safetensors").unlink(missing_ok=True)
+    assert main(["train", "--resume", str(run), "--iterations", "40", "--no-progress"]) == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30, 40]
+
+
+def test_a_start_stopped_before_its_first_checkpoint_with_a_best_one_starts_again(tmp_path, monkeypatch, capsys):
+    """val_every below checkpoint_every: a start killed before its first checkpoint also leaves a best
+    checkpoint; `train --out` the same folder starts it again (before: refused, "checkpoints deleted")."""
+    run = tmp_path / "run"
+    args = ["train", "sinusoid", "--iterations", "30", *FAST, "--set", "val_every=10", "--set", "val_tasks=5",
+            "--out", str(run)]
+    assert main(args) == 0
+    # what a kill at iteration 25 leaves: the config, the rows of 10 and 20, the best checkpoint, no checkpoint
+    for path in run.glob("checkpoint*.safetensors"):
+        path.unlink()
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("".join(line + "\n" for line in rows if json.loads(line)["step"] < 30))
+    assert (run / "best.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert "it stopped before its first checkpoint" in capsys.readouterr().err
+    assert main(args) == 0
+    _, meta = checkpoint.load(run / "checkpoint.safetensors")
+    assert meta["step"] == 30 and [r["step"] for r in meta["metrics"]] == [10, 20, 30]
+
+
+def test_a_snapshot_missed_by_a_stop_is_kept_when_the_run_resumes(tmp_path):
+    """Stopped after the checkpoint of a snapshot iteration but before its copy to snapshots/, a run
+    lost that snapshot for good; the resume now copies the checkpoint it starts from."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = ["train", "sinusoid", *FAST, "--set", "snapshot_every=20", "--set", "checkpoint_every=20"]
+    assert main([*common, "--iterations", "40", "--out", str(full)]) == 0
+    assert main([*common, "--iterations", "20", "--out", str(part)]) == 0
+    (part / "snapshots" / "iteration_000020.safetensors").unlink()  # the copy a kill would have prevented
+    assert main(["train", "--resume", str(part), "--iterations", "40", "--no-progress"]) == 0
+    for step in (20, 40):
+        name = f"snapshots/iteration_{step:06d}.safetensors"
+        kept, reference = checkpoint.load(part / name), checkpoint.load(full / name)
+        assert kept[1]["step"] == step
+        assert_bit_identical({k: v for k, v in kept[0].items() if k.startswith("maml/")},
+                             {k: v for k, v in reference[0].items() if k.startswith("maml/")})

@@ -98,13 +98,14 @@ def snapshot_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / SNAPSHOTS / f"iteration_{step:06d}.safetensors"
 
 
-def keep_snapshot(run_dir: Path, step: int) -> None:
-    """Copy the checkpoint just written at iteration ``step`` to ``snapshots/`` (temporary file, then
-    rename: a killed copy leaves no partial snapshot)."""
+def keep_snapshot(run_dir: Path, step: int, source: Path | None = None) -> None:
+    """Copy the checkpoint just written at iteration ``step`` (``source``: the checkpoint file of that
+    iteration, by default the run's latest) to ``snapshots/`` (temporary file, then rename: a killed
+    copy leaves no partial snapshot)."""
     path = snapshot_path(run_dir, step)
     check_snapshots_folder(run_dir)  # a file named snapshots appeared while training
     path.parent.mkdir(exist_ok=True)
-    checkpoint.replace_atomically(path, (Path(run_dir) / CHECKPOINT).read_bytes())
+    checkpoint.replace_atomically(path, Path(source or Path(run_dir) / CHECKPOINT).read_bytes())
 
 
 def snapshot_due(step: int, snapshot_every: int) -> bool:
@@ -235,7 +236,8 @@ def first_save(config: Any) -> int:
 def failed_start(run_dir: Path) -> bool:
     """True for a folder that holds at most what a new run writes before its first checkpoint: its
     config, the rows it logged before that checkpoint was due, the lock, temporary files of a write
-    that was killed, plots of those rows. A start that failed or was killed there (a setting the model
+    that was killed, plots of those rows, the best checkpoint of a validation before it (``val_every``
+    below ``checkpoint_every``). A start that failed or was killed there (a setting the model
     refused, a NaN loss, a kill within checkpoint_every iterations) may start again in the same folder,
     since without a checkpoint it cannot be resumed. A folder without a run's config.json qualifies
     only when empty but for the lock and an empty metrics file; a run whose rows go past its first
@@ -249,7 +251,7 @@ def failed_start(run_dir: Path) -> bool:
     if not is_run_folder(run_dir):
         return False
     for path in entries:
-        if path.name in (LOCK, CONFIG, METRICS) and path.is_file() and not path.is_symlink():
+        if path.name in (LOCK, CONFIG, METRICS, BEST) and path.is_file() and not path.is_symlink():
             continue
         if _own_temporary(path):
             continue
@@ -267,14 +269,14 @@ def failed_start(run_dir: Path) -> bool:
 
 
 def clear_failed_start(run_dir: Path) -> None:
-    """Remove what a failed start left (its logged rows, plots, temporary files) before a new start;
-    the caller holds the training lock (a run still starting there keeps its files)."""
+    """Remove what a failed start left (its logged rows, best checkpoint, plots, temporary files) before
+    a new start; the caller holds the training lock (a run still starting there keeps its files)."""
     for path in run_dir.iterdir():
         if path.name == PLOTS and path.is_dir() and not path.is_symlink():
             for png in path.iterdir():
                 png.unlink()
             path.rmdir()
-        elif path.name == METRICS and path.is_file():
+        elif path.name in (METRICS, BEST) and path.is_file():
             path.unlink()
     remove_temporaries(run_dir)
 

@@ -51,6 +51,7 @@ from fastmaml.engine.run_dir import (
     read_metrics,
     remove_temporaries,
     snapshot_due,
+    snapshot_path,
     training_lock,
     write_config,
     write_metrics,
@@ -330,13 +331,15 @@ class Trainer:
                 row: dict[str, Any] = {"step": self.step, "meta_loss": means[0], "elapsed_s": round(self.elapsed, 3)}
                 if self.baseline is not None:
                     row["baseline_loss"] = means[1]
+                self.rows.append(row)  # before a best checkpoint is saved: its rows end with its own
                 if val_now and main:
                     bar.set_postfix_str(f"validating on {c.val_tasks} tasks", refresh=True)
                     value = self.validate()
                     row[f"val_{metric_name}"] = value
-                    better = self.best is None or (
+                    # a NaN or inf validation (adapting diverged) is never the best: nothing compares above a NaN
+                    better = math.isfinite(value) and (self.best is None or not math.isfinite(self.best["value"]) or (
                         value > self.best["value"] if self.experiment.higher_is_better else value < self.best["value"]
-                    )
+                    ))
                     if better:
                         self.best = {"step": self.step, "metric": metric_name, "value": value}
                         self.save(BEST)
@@ -345,7 +348,6 @@ class Trainer:
                     if not stopping and not self.cluster.active and stop is not None and stop.requested:
                         # a Ctrl-C during validation (seconds to a minute): stop here, not after another iteration
                         stopping = save_now = True
-                self.rows.append(row)
                 if main:
                     metrics_file.write(json.dumps(row) + "\n")
                     metrics_file.flush()
@@ -452,6 +454,9 @@ def fit_in_run_dir(
             if cluster.is_main:
                 write_metrics(run_dir, trainer.rows)  # drops rows logged after the checkpoint, before a crash
                 write_config(run_dir, preset_name, config)  # iterations may have been extended
+                kept = snapshot_path(run_dir, trainer.step)
+                if snapshot_due(trainer.step, config.snapshot_every) and not kept.is_file():
+                    keep_snapshot(run_dir, trainer.step, loaded)  # stopped after that checkpoint, before its copy
             log.info("resuming %s at iteration %d", run_dir, trainer.step)
         start = trainer.step
         try:
