@@ -2,7 +2,8 @@
 
 The new task comes as class folders, ``SUPPORT/<class>/<image>``, one folder per class and as many
 classes as the run was meta-trained for (its ``ways``); the images to classify are an image file or
-a folder of them (searched recursively). Each image is read exactly as the run's training images
+a folder of them (searched recursively, symlinked folders followed; files without an image
+extension are named in a warning and left out). Each image is read exactly as the run's training images
 were: resized to the run's ``image_size`` (aspect ratio not kept), grayscale or RGB, and for
 Omniglot runs inverted (ink = 1) and resized with the run's ``antialias`` choice.
 
@@ -20,6 +21,7 @@ step as in training whatever the number of shots.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,10 +30,11 @@ import torch
 
 from fastmaml.errors import ConfigError, DataError
 from fastmaml.experiments.table import counted
-from fastmaml.tasks.folders import IMAGE_EXTENSIONS, MODES, scan_class_folders
-from fastmaml.tasks.images import decode_image
+from fastmaml.tasks.folders import IMAGE_EXTENSIONS, MODES, SYSTEM_FILES, scan_class_folders
+from fastmaml.tasks.images import decode_image, walk_files
 from fastmaml.tasks.omniglot import decode_drawing
 
+log = logging.getLogger(__name__)
 BATCH = 256  # images classified together at most (batch statistics; memory)
 
 
@@ -59,11 +62,14 @@ def _images_to_predict(predict: Path) -> list[Path]:
         return [predict]
     if not predict.is_dir():
         raise DataError(f"--predict {predict} not found; give a folder of images")
-    found = sorted(
-        p for p in predict.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(predict).parts)
-    )
+    entries = list(walk_files(predict))  # follows symlinked folders; hidden files left out
+    found = sorted(p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    skipped = sorted(p.relative_to(predict).as_posix() for p in set(entries) - set(found)
+                     if p.name.lower() not in SYSTEM_FILES)
+    if skipped:
+        log.warning("%d file(s) in --predict %s are not classified: only files with an image extension (%s) "
+                    "are; e.g. %s", len(skipped), predict, ", ".join(IMAGE_EXTENSIONS),
+                    ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else ""))
     if not found:
         raise DataError(f"--predict {predict} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return found

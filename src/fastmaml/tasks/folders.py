@@ -3,11 +3,15 @@
 Meta-learning splits classes, not images: a split's classes never appear in another split, so
 meta-test tasks hold classes the learner has never seen (Finn et al. 2017, Sec. 5.2). Images are
 resized to ``image_size x image_size`` (the aspect ratio is not kept) and decoded once; with a
-``cache_dir`` the decoded tree is cached and reused while the files stay the same.
+``cache_dir`` the decoded tree is cached and reused while the files stay the same (names, sizes and
+modification times) and the tree is the same folder (its resolved path is part of the cache's name
+and key, so two trees that share a folder name never share a cache). Symlinked class folders are
+followed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import accumulate
@@ -29,13 +33,14 @@ MODES = {1: "L", 3: "RGB"}
 Splits = Mapping[str, float] | Mapping[str, Sequence[str]]
 
 
-def scan_class_folders(root: Path) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """class -> its image files (relative paths, sorted) under ``root/<class>/``, and their sizes."""
+def scan_class_folders(root: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """class -> its image files (relative paths, sorted) under ``root/<class>/``, and their stamps
+    (size and modification time, :meth:`FileSource.stamps`). Symlinked folders are followed."""
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "not found"
         raise DataError(f"image folder {root} {what}; expected {root}/<class>/<image>")
     with FileSource(root) as source:
-        files = source.sizes()
+        files = source.stamps()
     classes: dict[str, list[str]] = {p.name: [] for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
     skipped = []
     for name in sorted(files):
@@ -101,12 +106,14 @@ def load_image_folder(
     """Few-shot tasks per split from ``root/<class>/<image>``, images ``channels x image_size x image_size``.
 
     ``splits`` maps split names to fractions of the classes (shuffled with ``seed``) or to lists of
-    class names. ``cache_dir`` keeps the decoded images (one file per tree, size and channels).
+    class names. ``cache_dir`` keeps the decoded images (one file per tree, size and channels, named
+    ``<folder name>_<hash of its resolved path>_<size>_<channels>ch``); it is rebuilt when a file is
+    added, removed or changed (size or modification time).
     """
     if channels not in MODES:
         raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     root = Path(root)
-    classes, sizes = scan_class_folders(root)
+    classes, stamps = scan_class_folders(root)
     chosen = split_classes(list(classes), splits, seed)  # before decoding: bad splits fail fast
 
     def images() -> Iterator[np.ndarray]:
@@ -115,13 +122,16 @@ def load_image_folder(
                 for name in files:
                     yield decode_image(source.read(name), source.describe(name), image_size, MODES[channels])
 
+    resolved = root.resolve()
     meta = {
         "dataset": "folder",
+        "root": str(resolved),  # another tree with the same folder name and files is another cache
         "image_size": image_size,
         "channels": channels,
-        "files": fingerprint(sizes),
+        "files": fingerprint(stamps),
     }
-    path = None if cache_dir is None else Path(cache_dir) / f"{root.resolve().name}_{image_size}_{channels}ch"
+    tree = f"{resolved.name}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+    path = None if cache_dir is None else Path(cache_dir) / f"{tree}_{image_size}_{channels}ch"
     everything = cached_images(
         path, meta, list(classes), [len(f) for f in classes.values()], (channels, image_size, image_size), images
     )

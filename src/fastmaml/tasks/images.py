@@ -17,9 +17,11 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,8 @@ from fastmaml.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: JPEG orientation applied, transparency onto white
+CACHE_VERSION = 3  # 2: JPEG orientation applied, transparency onto white; 3: 16-bit, 32-bit and float
+# images rescaled to 8 bits (were clipped to white), file stamps with mtime (folders) or CRC-32 (zips)
 QUARTER_TURNS = (0, 1, 2, 3)
 
 
@@ -171,6 +174,43 @@ class FewShotImages:
 
 
 # --------------------------------------------------------------------------------- reading images
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every entry under ``root`` that is not a folder (files, broken links), as ``root / relative``
+    paths in sorted order, hidden files and folders (``.xxx``) left out.
+
+    Symlinked folders are followed (``Path.rglob`` does not follow them before Python 3.13, so a
+    class folder that is a link was empty), except a link to a folder it is inside: a loop, skipped
+    with a warning. A sub-folder that cannot be listed is skipped with a warning.
+    """
+    def walk(folder: Path, inside: frozenset[tuple[int, int]]) -> Iterator[Path]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as error:
+            log.warning("cannot list %s (%s); the files in it are left out", folder, error.strerror or error)
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = folder / entry.name
+            try:
+                is_dir = entry.is_dir()  # follows a symlink
+                info = entry.stat() if is_dir else None
+            except OSError:  # a broken link
+                is_dir = False
+            if not is_dir:
+                yield path
+            elif (info.st_dev, info.st_ino) in inside:
+                log.warning("%s links to %s, a folder it is inside; not followed (a loop)", path, path.resolve())
+            else:
+                yield from walk(path, inside | {(info.st_dev, info.st_ino)})
+
+    try:
+        top = root.stat()
+    except OSError:  # no such folder: nothing in it
+        return
+    yield from walk(root, frozenset({(top.st_dev, top.st_ino)}))
+
+
 class FileSource:
     """The files under a folder or inside a zip, read by their relative posix path."""
 
@@ -188,31 +228,52 @@ class FileSource:
         if self._zip is not None:
             self._zip.close()
 
-    def sizes(self) -> dict[str, int]:
-        """Relative path -> size in bytes of every file (folders and hidden files left out)."""
+    def stamps(self) -> dict[str, str]:
+        """Relative path -> a stamp of every file that changes when the file does, for :func:`fingerprint`:
+        ``"<size> <mtime in ns>"`` in a folder (an edit that keeps the size changes the mtime), and
+        ``"<size> crc=<CRC-32>"`` in a zip (a member has no mtime of its own; its CRC-32 is of its
+        content, and reading it from the zip's index decodes nothing). Folders and hidden files are
+        left out; symlinked folders are followed (see :func:`walk_files`)."""
         if self._zip is not None:
-            files = {i.filename: i.file_size for i in self._zip.infolist() if not i.is_dir()}
-        else:
-            files = {
-                p.relative_to(self.location).as_posix(): p.stat().st_size
-                for p in self.location.rglob("*")
-                if p.is_file()
-            }
-        return {n: s for n, s in files.items() if not any(part.startswith(".") for part in n.split("/"))}
+            files = {i.filename: f"{i.file_size} crc={i.CRC:08x}" for i in self._zip.infolist() if not i.is_dir()}
+            return {n: s for n, s in files.items() if not any(part.startswith(".") for part in n.split("/"))}
+        files = {}
+        for path in walk_files(self.location):
+            try:
+                info = path.stat()
+            except OSError:  # a broken link
+                continue
+            if stat.S_ISREG(info.st_mode):
+                files[path.relative_to(self.location).as_posix()] = f"{info.st_size} {info.st_mtime_ns}"
+        return files
+
+    sizes = stamps  # the former name, still used by omniglot.py and miniimagenet.py
 
     def read(self, name: str) -> bytes:
+        """The bytes of ``name``; a damaged zip member or an unreadable file is a DataError naming it."""
         if self._zip is not None:
-            return self._zip.read(name)
-        return (self.location / name).read_bytes()
+            try:
+                return self._zip.read(name)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as error:
+                raise DataError(
+                    f"{self.location} is damaged: its member {name} cannot be read ({error}); download the zip "
+                    "again or replace it with an intact copy"
+                ) from None
+        try:
+            return (self.location / name).read_bytes()
+        except OSError as error:
+            raise DataError(f"cannot read {self.location / name} ({error.strerror or error}); check the file and "
+                            "its permissions") from None
 
     def describe(self, name: str) -> str:
         """Where ``name`` is, for error messages."""
         return f"{self.location}:{name}" if self._zip is not None else str(self.location / name)
 
 
-def fingerprint(sizes: dict[str, int]) -> str:
-    """A short hash of file names and sizes: tells whether a cache still matches its source."""
-    lines = "\n".join(f"{name}\t{size}" for name, size in sorted(sizes.items()))
+def fingerprint(stamps: Mapping[str, object]) -> str:
+    """A short hash of file names and their stamps (:meth:`FileSource.stamps`; sizes in older callers):
+    tells whether a cache still matches its source."""
+    lines = "\n".join(f"{name}\t{stamp}" for name, stamp in sorted(stamps.items()))
     return hashlib.sha1(lines.encode()).hexdigest()[:16]
 
 
@@ -223,13 +284,14 @@ def decode_image(
 
     The aspect ratio is not kept. A JPEG's orientation tag is applied (a phone photo stored sideways
     comes out upright), and transparent pixels are composited onto white (PIL's plain conversion
-    keeps whatever colour a transparent pixel happens to store). A file PIL cannot read raises one
-    error naming it.
+    keeps whatever colour a transparent pixel happens to store). Grayscale images of more than 8 bits
+    are rescaled to 8 (PIL's conversion clips them to 0..255, so they came out white): see
+    :func:`to_8_bits`. A file PIL cannot read raises one error naming it.
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.draft(mode, (size, size))  # JPEG: decode at a reduced scale when that is enough
-            image = ImageOps.exif_transpose(image)
+            image = to_8_bits(ImageOps.exif_transpose(image))
             if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
                 rgba = image.convert("RGBA")
                 image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
@@ -241,6 +303,28 @@ def decode_image(
         reason = "not an image format PIL can read" if isinstance(error, Image.UnidentifiedImageError) else error
         raise DataError(f"cannot read image {where}: {reason}; replace or delete the file") from error
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def to_8_bits(image: Image.Image) -> Image.Image:
+    """A grayscale image of more than 8 bits as an 8-bit "L" image, its full range mapped onto 0..255;
+    other images unchanged.
+
+    The range is the mode's, not the image's (so a dark image stays dark, and every image of a
+    dataset is scaled alike): 0..65535 for 16-bit modes ("I;16", "I;16B", ...) and for "I" (PIL opens
+    16-bit PGM/PPM, and 16-bit PNG in older versions, as "I" with that range; values outside it are
+    clipped), and 0..1 for float "F" images (the usual convention for float images; outside clipped,
+    NaN taken as 0). 16-bit ``v`` becomes ``round(v / 257)``: 0 -> 0, 65535 -> 255. A transparent
+    gray value (PNG's tRNS) becomes white, as transparency does in :func:`decode_image`.
+    """
+    if image.mode != "I" and image.mode != "F" and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    top = 1.0 if image.mode == "F" else 65535.0
+    eight = np.rint(np.clip(np.nan_to_num(values) / top, 0.0, 1.0) * 255).astype(np.uint8)
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, (int, float)):
+        eight[values == transparent] = 255
+    return Image.fromarray(eight, "L")
 
 
 # --------------------------------------------------------------------------------- the cache

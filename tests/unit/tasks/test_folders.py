@@ -1,5 +1,7 @@
 """Class-per-folder trees: scanning, seeded class splits, channels and size, cache, clear errors."""
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -95,7 +97,7 @@ def test_bad_trees_and_arguments(tmp_path, tree):
 
 def test_cache_is_reused_until_the_tree_changes(tree, tmp_path, monkeypatch):
     first = load_image_folder(tree, image_size=8, cache_dir=tmp_path / "cache")
-    assert (tmp_path / "cache" / "tree_8_3ch.npy").is_file()
+    assert [p.name for p in (tmp_path / "cache").glob("tree_*_8_3ch.npy")] != []
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache is valid")
@@ -150,3 +152,65 @@ def test_files_outside_class_folders_are_named_in_a_warning(tree, caplog):
     # the tree's 10 notes.txt files and the two images; the images are the examples named
     assert "12 file(s) in" in caplog.text and "e.g. class_0/more/nested.png, stray.png" in caplog.text
     assert "Thumbs.db" not in caplog.text and "DS_Store" not in caplog.text
+
+
+def test_cache_is_rebuilt_when_an_image_changes_at_the_same_size(tree, tmp_path):
+    """A BMP edited in place keeps its byte size: the cache (keyed on names and sizes) kept the old pixels."""
+    image = tree / "class_0" / "img2.bmp"
+    first = load_image_folder(tree, image_size=8, cache_dir=tmp_path / "cache", splits={"all": 1.0})["all"]
+    size, mtime = image.stat().st_size, image.stat().st_mtime_ns
+    Image.new("RGB", (32, 20), (255, 255, 255)).save(image)
+    os.utime(image, ns=(mtime + 2 * 10**9, mtime + 2 * 10**9))  # a later edit (coarse clocks: 2 s later)
+    assert image.stat().st_size == size
+    again = load_image_folder(tree, image_size=8, cache_dir=tmp_path / "cache", splits={"all": 1.0})["all"]
+    i = int(again.offsets[again.class_names.index("class_0")]) + 2
+    assert first.images[i].float().mean() < 100 and again.images[i].min() == 255
+
+
+def test_trees_with_the_same_folder_name_do_not_share_a_cache(tmp_path):
+    """Two trees named alike, with the same file names, sizes and times, shared one cache file."""
+    trees = []
+    for where, colour in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+        root = tmp_path / where / "faces"
+        for c in ("x", "y"):
+            (root / c).mkdir(parents=True)
+            for j in range(2):
+                Image.new("RGB", (6, 6), colour).save(root / c / f"{j}.bmp")
+                os.utime(root / c / f"{j}.bmp", ns=(10**18, 10**18))
+        trees.append(root)
+    red, blue = (load_image_folder(t, image_size=4, cache_dir=tmp_path / "cache", splits={"all": 1.0})["all"]
+                 for t in trees)
+    assert red.images[:, 0].min() == 255 and blue.images[:, 2].min() == 255 and blue.images[:, 0].max() == 0
+    assert len(list((tmp_path / "cache").glob("faces_*_4_3ch.npy"))) == 2  # one each: no rebuild when alternating
+
+
+def test_symlinked_class_folders_are_read(tree, tmp_path, caplog):
+    """rglob does not follow folder symlinks: a linked class folder was said to hold no images."""
+    shutil.move(tree / "class_3", tmp_path / "class_3")
+    (tree / "class_3").symlink_to(tmp_path / "class_3", target_is_directory=True)
+    (tree / "class_1" / "loop").symlink_to(tree, target_is_directory=True)
+    with caplog.at_level("WARNING"):
+        data = load_image_folder(tree, image_size=4, splits={"all": 1.0})["all"]
+    assert data.class_sizes.tolist() == [3] * 10 and "class_3" in data.class_names
+    assert "a folder it is inside; not followed" in caplog.text
+
+
+def test_predict_follows_symlinked_folders_and_names_the_files_it_skips(tmp_path, caplog):
+    """fastmaml adapt --predict: images in a symlinked sub-folder, and files of other extensions, were
+    left out without a word."""
+    from fastmaml.experiments.adapt_images import _images_to_predict
+
+    predict = tmp_path / "predict"
+    (predict / "cat").mkdir(parents=True)
+    (tmp_path / "dogs").mkdir()
+    for path in (predict / "cat" / "a.png", tmp_path / "dogs" / "b.png"):
+        Image.new("RGB", (4, 4)).save(path)
+    (predict / "dog").symlink_to(tmp_path / "dogs", target_is_directory=True)
+    (predict / "cat" / "c.heic").write_bytes(b"x")
+    (predict / "cat" / "Thumbs.db").write_bytes(b"x")
+    (predict / ".notes.txt").write_text("hidden")
+    with caplog.at_level("WARNING"):
+        found = _images_to_predict(predict)
+    assert [p.relative_to(predict).as_posix() for p in found] == ["cat/a.png", "dog/b.png"]
+    assert "1 file(s) in --predict" in caplog.text and "cat/c.heic" in caplog.text
+    assert "Thumbs.db" not in caplog.text and "notes" not in caplog.text

@@ -1,5 +1,8 @@
 """FewShotImages: task shapes and labels, seeding, rotations as classes, clear errors, the cache."""
 
+import os
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -192,3 +195,103 @@ def test_images_that_cannot_fit_in_memory_or_on_the_cache_disk_are_refused_befor
     monkeypatch.setattr(images_module.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
     with pytest.raises(DataError, match="would need .* GiB and its disk has 0.0 GiB free; lower image_size or set"):
         check_fits(60, (3, 28, 28), tmp_path / "cache.npy")
+
+
+# ------------------------------------------------------------------------------ reading image files
+def test_file_stamps_change_when_a_file_changes_at_the_same_size(tmp_path):
+    """An edited BMP keeps its byte size: a fingerprint of names and sizes kept the stale cache."""
+    from PIL import Image
+
+    from fastmaml.tasks.images import FileSource, fingerprint
+
+    (tmp_path / "a").mkdir()
+    image = tmp_path / "a" / "x.bmp"
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(image)
+    with FileSource(tmp_path) as source:  # sizes(): the name omniglot.py and miniimagenet.py call
+        before = fingerprint(source.sizes())
+    size, mtime = image.stat().st_size, image.stat().st_mtime_ns
+    Image.new("RGB", (4, 4), (0, 0, 0)).save(image)
+    os.utime(image, ns=(mtime + 2 * 10**9, mtime + 2 * 10**9))  # a later edit (coarse clocks: 2 s later)
+    assert image.stat().st_size == size
+    with FileSource(tmp_path) as source:
+        assert fingerprint(source.sizes()) != before
+        assert source.stamps() == source.sizes()
+
+
+def test_zip_stamps_are_stable_and_follow_member_content(tmp_path):
+    """A zip member has no mtime of its own: its CRC-32 tells a changed member of the same size, and an
+    unchanged zip keeps its fingerprint (no rebuild on every run)."""
+    from fastmaml.tasks.images import FileSource, fingerprint
+
+    def zipped(name: str, data: bytes) -> str:
+        with zipfile.ZipFile(tmp_path / name, "w") as archive:
+            archive.writestr("images/x.bmp", data)
+        with FileSource(tmp_path / name) as source:  # as omniglot.py and miniimagenet.py key their caches
+            return fingerprint(source.sizes())
+
+    same = zipped("a.zip", b"0123456789")
+    assert zipped("b.zip", b"0123456789") == same  # rewritten (a new zip timestamp): same content, same key
+    assert zipped("c.zip", b"9876543210") != same  # same name and size, other bytes
+
+
+def test_symlinked_folders_are_followed_and_loops_are_not(tmp_path, caplog):
+    """rglob does not follow folder symlinks (Python < 3.13): a linked class folder 'held no images'."""
+    from fastmaml.tasks import images
+
+    (tmp_path / "elsewhere" / "cat").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "cat" / "c.png").write_bytes(b"x")
+    root = tmp_path / "root"
+    (root / "dog").mkdir(parents=True)
+    (root / "dog" / "d.png").write_bytes(b"y")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "h.png").write_bytes(b"z")
+    (root / "cat").symlink_to(tmp_path / "elsewhere" / "cat", target_is_directory=True)
+    (root / "dog" / "loop").symlink_to(root, target_is_directory=True)
+    with caplog.at_level("WARNING"), images.FileSource(root) as source:
+        assert sorted(source.sizes()) == ["cat/c.png", "dog/d.png"]
+    assert "dog/loop links to" in caplog.text and "not followed (a loop)" in caplog.text
+    assert [p.relative_to(root).as_posix() for p in images.walk_files(root)] == ["cat/c.png", "dog/d.png"]
+
+
+def test_a_damaged_zip_member_is_a_data_error_naming_the_zip_and_the_member(tmp_path):
+    """A bad CRC or a broken deflate stream came out as a zipfile/zlib traceback."""
+    from fastmaml.tasks.images import FileSource
+
+    for compression in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        path = tmp_path / f"images{compression}.zip"
+        payload = bytes(range(256)) * 8
+        with zipfile.ZipFile(path, "w", compression) as archive:
+            archive.writestr("images/x.jpg", payload)
+        raw = bytearray(path.read_bytes())
+        start = raw.index(b"images/x.jpg") + len("images/x.jpg")  # the member's data follows its local header
+        for i in range(start + 10, start + 60):
+            raw[i] ^= 0x5A
+        path.write_bytes(bytes(raw))
+        with FileSource(path) as source, pytest.raises(
+            DataError, match=rf"{path.name} is damaged: its member images/x.jpg cannot be read .*download the zip again"
+        ):
+            source.read("images/x.jpg")
+
+
+def test_16_bit_and_float_images_are_rescaled_not_clipped_to_white():
+    """PIL's convert clips 16-bit ("I;16"), "I" and "F" images to 0..255: a 0..65535 gradient came out white."""
+    import io
+
+    from PIL import Image
+
+    from fastmaml.tasks.images import decode_image
+
+    ramp = np.arange(256).reshape(16, 16)
+    sixteen = (ramp * 257).astype(np.uint16)  # 0..65535
+    for fmt in ("PNG", "TIFF", "PPM"):  # PIL opens these as "I;16", "I;16" and "I"
+        buffer = io.BytesIO()
+        Image.fromarray(sixteen).save(buffer, fmt)
+        for mode, channels in (("L", 1), ("RGB", 3)):
+            decoded = decode_image(buffer.getvalue(), f"ramp.{fmt}", 16, mode, resample=Image.Resampling.NEAREST)
+            assert decoded.shape == (channels, 16, 16) and np.array_equal(decoded[0], ramp), (fmt, mode)
+    for values in (ramp / 255, ramp * 257):  # "F" (taken as 0..1) and "I" (taken as 0..65535), as TIFF
+        buffer = io.BytesIO()
+        Image.fromarray(values.astype(np.float32 if values.max() <= 1 else np.int32)).save(buffer, "TIFF")
+        assert Image.open(io.BytesIO(buffer.getvalue())).mode in ("F", "I")
+        decoded = decode_image(buffer.getvalue(), "ramp.tif", 16, "L", resample=Image.Resampling.NEAREST)
+        assert np.array_equal(decoded[0], ramp)
