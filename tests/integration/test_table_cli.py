@@ -103,6 +103,34 @@ def test_adapt_writes_predictions_for_a_new_task(table_run, tmp_path, capsys):
     assert "adapted to 1 support row with 1 step; wrote 1 prediction to" in capsys.readouterr().out
 
 
+def test_adapt_scores_only_predict_rows_with_a_known_target(table_run, tmp_path, capsys):
+    """A predict file's target column left empty (the rows to predict) was refused as missing values."""
+    _, run = table_run
+    with open(write_tasks(tmp_path / "new.csv", tasks=1, rows=10, seed=7), newline="") as f:
+        rows = list(csv.reader(f))
+    support, predict, out = tmp_path / "support.csv", tmp_path / "predict.csv", tmp_path / "out.csv"
+    with open(support, "w", newline="") as f:
+        csv.writer(f).writerows(rows[:6])
+    adapt = ["adapt", str(run), "--support", str(support), "--predict", str(predict), "--steps", "5", "--out", str(out)]
+    with open(predict, "w", newline="") as f:  # the target column there, empty in every row: nothing to score
+        csv.writer(f).writerows([rows[0], *([*r[:3], ""] for r in rows[6:])])
+    assert main(adapt) == 0
+    line = capsys.readouterr().out.strip()
+    assert "wrote 5 predictions" in line and "MSE" not in line, line
+    with open(out, newline="") as f:
+        predicted = [float(r[-1]) for r in list(csv.reader(f))[1:]]
+    assert len(predicted) == 5
+    truth = [float(r[3]) for r in rows[6:]]
+    with open(predict, "w", newline="") as f:  # two rows with their target, three without (one spelled NA)
+        csv.writer(f).writerows([rows[0], rows[6], [*rows[7][:3], ""], rows[8], [*rows[9][:3], "NA"],
+                                 [*rows[10][:3], ""]])
+    assert main(adapt) == 0
+    line = capsys.readouterr().out.strip()
+    assert "wrote 5 predictions" in line and "; MSE on the 2 of 5 rows with a known 'price' " in line, line
+    mse = ((predicted[0] - truth[0]) ** 2 + (predicted[2] - truth[2]) ** 2) / 2
+    assert float(line.split("rows with a known 'price' ")[1].split()[0]) == pytest.approx(mse, rel=1e-3)
+
+
 BAD = {
     "missing column": ("shop,size,kind,cost\nshop0,1,new,2\n", []),
     "non-numeric value": ("shop,size,kind,price\nshop0,1,new,2\nshop0,2,used,cheap\n", []),
@@ -263,10 +291,24 @@ def test_adapt_refuses_labels_unseen_in_meta_training(grades_run, tmp_path, caps
         assert "'high', 'low', 'mid'" in err[0]
 
 
+def test_classification_adapt_scores_only_predict_rows_with_a_label(grades_run, tmp_path, capsys):
+    _, run = grades_run
+    support, predict = tmp_path / "support.csv", tmp_path / "predict.csv"
+    support.write_text("shop,size,kind,grade\nx,1.5,new,high\nx,-1.5,new,low\n")
+    adapt = ["adapt", str(run), "--support", str(support), "--predict", str(predict), "--out", str(tmp_path / "o.csv")]
+    predict.write_text("shop,size,kind,grade\nx,1.0,used,\nx,-1.0,new,\n")
+    assert main(adapt) == 0
+    line = capsys.readouterr().out.strip()
+    assert "wrote 2 predictions" in line and "accuracy" not in line, line
+    predict.write_text("shop,size,kind,grade\nx,1.0,used,\nx,-1.0,new,low\nx,0.0,new,\n")
+    assert main(adapt) == 0
+    assert "; accuracy on the 1 of 3 rows with a known 'grade' " in capsys.readouterr().out
+
+
 BAD_LABELS = {
     "missing target column": ("shop,size,kind,label\nshop0,1,new,low\n", []),
     "non-numeric feature value": ("shop,size,kind,grade\nshop0,1,new,low\nshop0,big,used,high\n", []),
-    "NaN target": ("shop,size,kind,grade\nshop0,1,new,low\nshop0,2,used,NaN\n", []),
+    "empty target": ("shop,size,kind,grade\nshop0,1,new,low\nshop0,2,used,\n", []),
     "empty task": ("shop,size,kind,grade\nshop0,1,new,low\n,2,used,high\n", []),
     "one label": ("shop,size,kind,grade\n" + "".join(f"s{i},{i},new,low\n" for i in range(9)), ["--shots", "1"]),
 }

@@ -243,7 +243,7 @@ def test_one_label_in_meta_training_is_an_error(tmp_path):
     "body, message",
     [
         ("group,x,y\ng1,1,a\ng1,2,\n", r"1 missing value\(s\) in 1 row\(s\): line 3, column 'y' \(''\)"),
-        ("group,x,y\ng1,1,a\ng1,2,NaN\n", "missing value"),
+        ("group,x,y\ng1,1,a\ng1,2, \n", r"line 3, column 'y' \(''\)"),  # a blank cell: a text column's missing value
         ("group,x,y\ng1,1,a\ng1,abc,b\n", "'abc' is not a number while other values"),
         ("group,x,y\ng1,1,a\ng1,nan,b\n", "missing value.*column 'x' \\('nan'\\)"),
         ("group,x,y\ng1,1,a\n,2,b\n", "empty task"),
@@ -262,3 +262,69 @@ def test_the_task_column_cannot_be_the_target(tmp_path):
     header = path.read_text().splitlines()[0].split(",")
     with pytest.raises(DataError, match="--task-column and --target are both"):
         load_table(path, header[0], header[0], shots=1, test_fraction=0.5)
+
+
+# ------------------------------------------------------------------------------------------ line numbers
+# blank lines (2, 6) and a quoted cell spanning lines 3-4: the bad row is line 7 of the file, the
+# table's third row (reported as line 4 when the numbering skipped blank lines and counted records)
+LINES = 'group,x,kind,y\n\ng1,1,"two\nlines",2\ng1,2,a,3\n\n{bad}\ng2,1,a,2\ng2,2,b,3\ng3,1,a,2\ng3,2,b,3\n'
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("g1,abc,a,4", "line 7, column 'x': 'abc' is not a number while other values"),
+        ("g1,,a,4", r"1 missing value\(s\) in 1 row\(s\): line 7, column 'x' \(''\)"),
+        ("g1,2,,4", r"line 7, column 'kind' \(''\)"),
+        ("g1,2,a,NA", r"line 7, column 'y' \('NA'\)"),
+        ("g1,2,a,many", "line 7, column 'y': 'many' is not a number while other values of the target"),
+        ("g1,2,a,1e299", "line 7, column 'y': '1e299' is too large to standardise"),
+        ("g1,2,a", "line 7: 3 values for 4 columns"),
+        (",2,a,4", "line 7: empty task"),
+    ],
+)
+def test_errors_name_the_line_of_the_file_after_blank_lines_and_multi_line_cells(tmp_path, bad, message):
+    path = tmp_path / "lines.csv"
+    path.write_text(LINES.format(bad=bad))
+    with pytest.raises(DataError, match=message):
+        load_table(path, "group", "y", shots=1, test_fraction=0.3)
+
+
+def test_rows_keep_their_line_in_the_file(tmp_path, caplog):
+    path = tmp_path / "lines.csv"
+    path.write_text(LINES.format(bad="g1,3,b,4"))
+    table = read_csv(path)
+    assert table.lines == (3, 5, 7, 8, 9, 10, 11) and table.rows[0][2] == "two\nlines"
+    assert table.subset([2, 4]).lines == (7, 9)
+    encoder = Encoder.fit(table, rows=range(7), features=["kind"], categorical=[], target="kind",
+                          task_type="classification")
+    new = tmp_path / "new.csv"
+    new.write_text("group,x,kind,y\n\ng1,1,a,2\n\n\ng1,2,green,3\n")  # 'green' is on line 6
+    with caplog.at_level("WARNING", logger="fastmaml.tasks.table"):
+        encoder.encode_x(read_csv(new))
+    assert "'green' never occur(s) in the meta-training rows (first at line 6)" in caplog.text
+    with pytest.raises(DataError, match="line 6, column 'kind': label 'green' never occurs"):
+        encoder.encode_y(read_csv(new))
+    new.write_text("group,x,kind,y\n\ng1,1,a,2\n\n\ng1,2,,3\n")
+    with pytest.raises(DataError, match=r"line 6, column 'kind' \(''\)"):
+        encoder.encode_x(read_csv(new))
+
+
+# ------------------------------------------------------------------------------------------ missing-value spellings
+def test_names_spelled_like_missing_values_are_tasks_categories_and_labels(tmp_path, caplog):
+    """Namibia's code NA is a task; a "None" category or label is one; in a numeric column NA is missing."""
+    path = tmp_path / "countries.csv"
+    path.write_text("country,x,pets,y\n" + "".join(f"{c},{j},{p},{(j * 7) % 5}\n" for c in ("NA", "None", "FR", "DE",
+                    "IT", "ES") for j, p in enumerate(("None", "cat", "dog", "None"))))
+    with caplog.at_level("WARNING", logger="fastmaml.tasks.table"):
+        data = load_table(path, "country", "y", shots=2, test_fraction=0.2, seed=0)
+    names = {n for split in data.tasks.values() for n in split.names}
+    assert names == {"NA", "None", "FR", "DE", "IT", "ES"} and not data.dropped
+    assert data.encoder.features[1].categories == ("None", "cat", "dog")
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "column 'pets': 'None' (first at line 2) taken as a category" in warned[0], warned
+    labels = load_table(path, "country", "pets", shots=2, test_fraction=0.2, seed=0).encoder
+    assert labels.classes == ("None", "cat", "dog")  # a label too
+    path.write_text(path.read_text().replace("FR,1,cat,2", "FR,NA,cat,2"))  # x is numeric: NA there is missing
+    with pytest.raises(DataError, match=r"line 11, column 'x' \('NA'\)"):
+        load_table(path, "country", "y", shots=2, test_fraction=0.2, seed=0)

@@ -247,8 +247,10 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
 
     ``out`` gets the predict rows plus, for regression, a ``prediction`` column (the target's units);
     for classification, a ``prediction`` column (the label) and a ``p_LABEL`` column per label
-    (probabilities). Returns a one-line summary; with the target present in ``predict`` it includes
-    the MSE (or accuracy) before and after. ``csv_path``: the training CSV's new location, accepted
+    (probabilities). Returns a one-line summary; where ``predict`` has target values it includes the
+    MSE (or accuracy) before and after, on the rows that have one (a target column left empty, the
+    usual file of rows to predict, gives no score; one filled in part scores the filled rows and says
+    how many). ``csv_path``: the training CSV's new location, accepted
     only when its sha256 is the one recorded at training time. ``which``: "checkpoint" (the latest),
     "best" (the best validation checkpoint) or an iteration whose snapshot the run kept.
     ``overrides``: meta-test settings changed (``key=value``, e.g. ``inner_lr=0.005``).
@@ -278,13 +280,17 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     support_table, predict_table = read_csv(support), read_csv(predict)
     support_table.require([encoder.target])
     sx, sy, px = encoder.encode_x(support_table), encoder.encode_y(support_table), encoder.encode_x(predict_table)
-    truth = encoder.encode_y(predict_table) if encoder.target in predict_table.header else None
+    # rows to predict usually have the target column empty (or absent): only rows with a target are scored
+    known = encoder.known_target(predict_table) if encoder.target in predict_table.header else []
+    truth = encoder.encode_y(predict_table.subset(known)) if known else None
     adapted = maml.adapt(sx, sy, steps=steps, first_order=True)
     check_adapted(adapted, steps, maml)
     with torch.no_grad():
         after, before = maml(px, adapted), maml(px)
     summary = (f"adapted to {counted(len(support_table.rows), 'support row')} with {counted(steps, 'step')}; wrote "
                f"{counted(len(predict_table.rows), 'prediction')} to {out}")
+    scored = ("those rows" if len(known) == len(predict_table.rows) else
+              f"the {len(known)} of {len(predict_table.rows)} rows with a known {encoder.target!r}")
     if encoder.classification:
         probabilities = after.softmax(-1)
         labels = encoder.decode_labels(probabilities.argmax(-1))
@@ -292,16 +298,16 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
                  *(output_column(predict_table, encoder.target, f"p_{c}") for c in encoder.classes)]
         cells = [[label, *(f"{p:.4f}" for p in row)] for label, row in zip(labels, probabilities.tolist())]
         if truth is not None:
-            accuracy_of = lambda logits: accuracy(logits, truth).item()  # noqa: E731
-            summary += f"; accuracy on those rows {accuracy_of(after):.4g} ({accuracy_of(before):.4g} before adapting)"
+            accuracy_of = lambda logits: accuracy(logits[known], truth).item()  # noqa: E731
+            summary += f"; accuracy on {scored} {accuracy_of(after):.4g} ({accuracy_of(before):.4g} before adapting)"
     else:
         prediction = encoder.decode_y(after).view(-1)
         names = [output_column(predict_table, encoder.target, "prediction")]
         cells = [[f"{value:.6g}"] for value in prediction.tolist()]
         if truth is not None:
             truth = encoder.decode_y(truth).view(-1)
-            mse = lambda p: ((p - truth) ** 2).mean().item()  # noqa: E731
-            summary += (f"; MSE on those rows {mse(prediction):.4g} "
+            mse = lambda p: ((p[known] - truth) ** 2).mean().item()  # noqa: E731
+            summary += (f"; MSE on {scored} {mse(prediction):.4g} "
                         f"({mse(encoder.decode_y(before).view(-1)):.4g} before adapting; in {encoder.target!r}'s own "
                         "units squared, where fastmaml eval reports the standardised target's)")
     write_csv(Path(out), [*predict_table.header, *names], [[*row, *c] for row, c in zip(predict_table.rows, cells)])

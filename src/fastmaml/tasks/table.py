@@ -16,7 +16,13 @@ label indices. Rows are drawn UNIFORMLY from the task's rows, without replacemen
 classification (not stratified by label): a support set may miss a label, as the K labelled rows a
 user has of a new task may. A task with fewer than K + Q rows fills its query set by drawing its
 remaining rows with replacement. Reading uses the standard library only; every problem with the
-file is one :class:`~fastmaml.errors.DataError` that names the row and column and says what to do.
+file is one :class:`~fastmaml.errors.DataError` that names the row (by its line in the file, as a text
+editor numbers it: blank lines and quoted cells spanning lines count) and column and says what to do.
+
+Missing values: in a numeric column (a numeric feature, a regression target) an empty cell or one of
+``MISSING`` (NA, nan, N/A, null, None, ?, any case); in a text column (task names, categorical
+features, class labels) only an empty cell: there "NA" or "None" is a name like any other (Namibia's
+country code, a "None" category), with a warning for features and labels in case it marks a gap.
 """
 
 from __future__ import annotations
@@ -45,11 +51,20 @@ MAX_MAGNITUDE = 1e100  # numbers in a table column: squares and sums of squares 
 
 @dataclass(frozen=True)
 class Table:
-    """A CSV as text: its header and its rows (lists of stripped cells)."""
+    """A CSV as text: its header and its rows (lists of stripped cells), with the file line each row starts on."""
 
     path: str
     header: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
+    lines: tuple[int, ...] = ()  # per row; empty: rows are lines 2, 3, ... (no blank lines, no multi-line cells)
+
+    def line(self, row: int) -> int:
+        """The line of the file where row ``row`` (0-based) starts: the number to show the user."""
+        return self.lines[row] if self.lines else row + 2
+
+    def subset(self, rows: Sequence[int]) -> Table:
+        """The table with only ``rows`` (0-based), each keeping its line in the file."""
+        return Table(self.path, self.header, tuple(self.rows[i] for i in rows), tuple(self.line(i) for i in rows))
 
     def column(self, name: str) -> list[str]:
         self.require([name])
@@ -77,34 +92,46 @@ def read_csv(path: str | Path) -> Table:
     path = Path(path)
     if not path.is_file():
         raise DataError(missing_csv(path))
+    lines: list[tuple[int, list[str]]] = []  # (the file line a record starts on, its cells), blank lines left out
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            lines = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+            reader = csv.reader(f)
+            end = 0  # a record spans lines end + 1 .. reader.line_num (a quoted cell may hold line breaks)
+            for row in reader:
+                start, end = end + 1, reader.line_num
+                if any(cell.strip() for cell in row):
+                    lines.append((start, row))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"cannot read {path} as a UTF-8 CSV file ({error})") from None
     if not lines:
         raise DataError(f"{path} is empty; it needs a header line and at least one row")
-    header = tuple(cell.strip() for cell in lines[0])
+    header = tuple(cell.strip() for cell in lines[0][1])
     if len(set(header)) != len(header) or "" in header:
         raise DataError(f"{path}: the header needs distinct, non-empty column names; got {', '.join(header)}")
     rows = []
-    for number, row in enumerate(lines[1:], start=2):
+    for number, row in lines[1:]:
         if len(row) != len(header):
             raise DataError(f"{path}, line {number}: {len(row)} values for {len(header)} columns; fix that line")
         rows.append(tuple(cell.strip() for cell in row))
     if not rows:
         raise DataError(f"{path} has a header but no rows")
-    return Table(str(path), header, tuple(rows))
+    return Table(str(path), header, tuple(rows), tuple(number for number, _ in lines[1:]))
 
 
-def check_missing(table: Table, columns: Sequence[str], shown: int = 5) -> None:
-    """One DataError naming the missing values (``MISSING``) of ``columns``, all of them counted, the
-    first ``shown`` located, rather than one per run."""
-    found = [(i, name, text) for name in columns for i, text in enumerate(table.column(name)) if text.lower() in MISSING]
+def is_missing(text: str, numeric: bool) -> bool:
+    """An empty cell; in a numeric column also a spelling in ``MISSING`` (in a text column "NA" is a name)."""
+    return text == "" or (numeric and text.lower() in MISSING)
+
+
+def check_missing(table: Table, columns: dict[str, bool], shown: int = 5) -> None:
+    """One DataError naming the missing values of ``columns`` (name -> numeric, see :func:`is_missing`),
+    all of them counted, the first ``shown`` located, rather than one per run."""
+    found = [(i, name, text) for name, numeric in columns.items() for i, text in enumerate(table.column(name))
+             if is_missing(text, numeric)]
     if not found:
         return
     found.sort()
-    where = "; ".join(f"line {i + 2}, column {name!r} ({text!r})" for i, name, text in found[:shown])
+    where = "; ".join(f"line {table.line(i)}, column {name!r} ({text!r})" for i, name, text in found[:shown])
     rows = len({i for i, _, _ in found})
     raise DataError(
         f"{table.path}: {len(found)} missing value(s) in {rows} row(s): {where}{' ...' if len(found) > shown else ''}; "
@@ -113,22 +140,23 @@ def check_missing(table: Table, columns: Sequence[str], shown: int = 5) -> None:
 
 
 def _number(table: Table, row: int, column: str, text: str) -> float:
-    if text.lower() in MISSING:
+    if is_missing(text, numeric=True):
         raise DataError(
-            f"{table.path}, line {row + 2}, column {column!r}: missing value ({text!r}); drop or fill such rows"
+            f"{table.path}, line {table.line(row)}, column {column!r}: missing value ({text!r}); drop or fill such rows"
         )
     try:
         value = float(text)
     except ValueError:
         raise DataError(
-            f"{table.path}, line {row + 2}, column {column!r}: {text!r} is not a number; fix it, or list "
+            f"{table.path}, line {table.line(row)}, column {column!r}: {text!r} is not a number; fix it, or list "
             f"{column!r} as categorical (categorical={column})"
         ) from None
     if not math.isfinite(value):
-        raise DataError(f"{table.path}, line {row + 2}, column {column!r}: {text!r} is not a finite number")
+        raise DataError(f"{table.path}, line {table.line(row)}, column {column!r}: {text!r} is not a finite number")
     if abs(value) > MAX_MAGNITUDE:  # its square overflows float64: the standardisation would be inf or 0
-        raise DataError(f"{table.path}, line {row + 2}, column {column!r}: {text!r} is too large to standardise "
-                        f"(|value| above {MAX_MAGNITUDE:g}); rescale the column, e.g. divide it by a power of ten")
+        raise DataError(f"{table.path}, line {table.line(row)}, column {column!r}: {text!r} is too large to "
+                        f"standardise (|value| above {MAX_MAGNITUDE:g}); rescale the column, e.g. divide it by a "
+                        "power of ten")
     return value
 
 
@@ -143,56 +171,65 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def feature_kind(table: Table, name: str, categorical: Sequence[str] = ()) -> str:
-    """"numeric" if every value is a number, "categorical" if listed or none is; DataError otherwise."""
+def _present(table: Table, name: str) -> tuple[list[int], list[bool]]:
+    """The rows of column ``name`` that are not missing as numbers, and whether each of them is a number."""
     values = table.column(name)
-    for i, text in enumerate(values):
-        if text.lower() in MISSING:
-            raise DataError(
-                f"{table.path}, line {i + 2}, column {name!r}: missing value ({text!r}); drop or fill such rows"
-            )
+    rows = [i for i, text in enumerate(values) if not is_missing(text, numeric=True)]
+    return rows, [_is_number(values[i]) for i in rows]
+
+
+def _feature_kind(table: Table, name: str, categorical: Sequence[str]) -> str:
     if name in categorical:
         return "categorical"
-    numeric = [_is_number(v) for v in values]
-    if all(numeric):
+    rows, numeric = _present(table, name)
+    if numeric and all(numeric):
         return "numeric"
     if any(numeric):
-        bad = numeric.index(False)
+        bad = rows[numeric.index(False)]
         raise DataError(
-            f"{table.path}, line {bad + 2}, column {name!r}: {values[bad]!r} is not a number while other values of "
-            f"{name!r} are; fix it, or list {name!r} as categorical (categorical={name})"
+            f"{table.path}, line {table.line(bad)}, column {name!r}: {table.column(name)[bad]!r} is not a number "
+            f"while other values of {name!r} are; fix it, or list {name!r} as categorical (categorical={name})"
         )
     return "categorical"
 
 
-def target_kind(table: Table, name: str, task_type: str = "auto") -> str:
-    """"regression" or "classification": forced by ``task_type``, else numbers vs labels; DataError if mixed."""
+def feature_kind(table: Table, name: str, categorical: Sequence[str] = ()) -> str:
+    """"numeric" if every present value is a number, "categorical" if listed or none is; DataError otherwise,
+    or for a missing value (see :func:`is_missing`)."""
+    kind = _feature_kind(table, name, categorical)
+    check_missing(table, {name: kind == "numeric"})
+    return kind
+
+
+def _target_kind(table: Table, name: str, task_type: str) -> str:
     if task_type not in TASK_TYPES:
         raise DataError(f"task_type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
-    values = table.column(name)
-    for i, text in enumerate(values):
-        if text.lower() in MISSING:
-            raise DataError(
-                f"{table.path}, line {i + 2}, column {name!r}: missing value ({text!r}); drop or fill such rows"
-            )
     if task_type == "classification":
         return task_type
-    numeric = [_is_number(v) for v in values]
-    if task_type == "regression" and not all(numeric):
-        bad = numeric.index(False)
+    rows, numeric = _present(table, name)
+    bad = rows[numeric.index(False)] if not all(numeric) else -1
+    if task_type == "regression" and bad >= 0:
         raise DataError(
-            f"{table.path}, line {bad + 2}, column {name!r}: {values[bad]!r} is not a number, and task_type=regression "
-            "needs a numeric target; fix it, or set task_type=classification"
+            f"{table.path}, line {table.line(bad)}, column {name!r}: {table.column(name)[bad]!r} is not a number, and "
+            "task_type=regression needs a numeric target; fix it, or set task_type=classification"
         )
-    if all(numeric):
+    if task_type == "regression" or (numeric and all(numeric)):
         return "regression"
     if any(numeric):
-        bad = numeric.index(False)
         raise DataError(
-            f"{table.path}, line {bad + 2}, column {name!r}: {values[bad]!r} is not a number while other values of "
-            f"the target {name!r} are; fix it, or set task_type=classification to treat every value as a label"
+            f"{table.path}, line {table.line(bad)}, column {name!r}: {table.column(name)[bad]!r} is not a number while "
+            f"other values of the target {name!r} are; fix it, or set task_type=classification to treat every value "
+            "as a label"
         )
     return "classification"
+
+
+def target_kind(table: Table, name: str, task_type: str = "auto") -> str:
+    """"regression" or "classification": forced by ``task_type``, else numbers vs labels; DataError if mixed,
+    or for a missing value (see :func:`is_missing`)."""
+    kind = _target_kind(table, name, task_type)
+    check_missing(table, {name: kind == "regression"})
+    return kind
 
 
 def _label_order(labels: set[str]) -> tuple[str, ...]:
@@ -273,6 +310,7 @@ class Encoder:
     def encode_x(self, table: Table) -> Tensor:
         """Features of every row: (N, width), float32; unseen categories are all-zero."""
         table.require([f.name for f in self.features])
+        check_missing(table, {f.name: f.kind == "numeric" for f in self.features})
         blocks = []
         for f in self.features:
             if f.kind == "numeric":
@@ -283,13 +321,10 @@ class Encoder:
                 onehot = torch.zeros(len(table.rows), len(f.categories), dtype=torch.float64)
                 unseen: dict[str, int] = {}
                 for r, text in enumerate(table.column(f.name)):
-                    if text.lower() in MISSING:
-                        raise DataError(f"{table.path}, line {r + 2}, column {f.name!r}: missing value ({text!r}); "
-                                        "drop or fill such rows")
                     if text in index:
                         onehot[r, index[text]] = 1.0
                     else:
-                        unseen.setdefault(text, r + 2)
+                        unseen.setdefault(text, table.line(r))
                 if unseen:
                     known = ", ".join(f.categories[:8]) + (", ..." if len(f.categories) > 8 else "")
                     log.warning("%s, column %r: %s never occur(s) in the meta-training rows (first at line %d); "
@@ -304,12 +339,12 @@ class Encoder:
     def label_indices(self, table: Table) -> list[int]:
         """Classification: each row's class index, -1 for a label not seen in meta-training; DataError if missing."""
         index = {c: i for i, c in enumerate(self.classes)}
-        labels = table.column(self.target)
-        for r, text in enumerate(labels):
-            if text.lower() in MISSING:
-                raise DataError(f"{table.path}, line {r + 2}, column {self.target!r}: missing value ({text!r}); "
-                                "drop or fill such rows")
-        return [index.get(text, -1) for text in labels]
+        check_missing(table, {self.target: False})
+        return [index.get(text, -1) for text in table.column(self.target)]
+
+    def known_target(self, table: Table) -> list[int]:
+        """The rows (0-based) of ``table`` whose target is present, not a missing value (see :func:`is_missing`)."""
+        return [i for i, text in enumerate(table.column(self.target)) if not is_missing(text, not self.classification)]
 
     def encode_y(self, table: Table) -> Tensor:
         """The target of every row: regression (N, 1) float32, standardised; classification (N,) int64 indices.
@@ -324,7 +359,7 @@ class Encoder:
             r = indices.index(-1)
             unseen = sorted({table.rows[i][table.header.index(self.target)] for i, k in enumerate(indices) if k < 0})
             raise DataError(
-                f"{table.path}, line {r + 2}, column {self.target!r}: label {unseen[0]!r} never occurs in the "
+                f"{table.path}, line {table.line(r)}, column {self.target!r}: label {unseen[0]!r} never occurs in the "
                 f"meta-training tasks ({len(unseen)} such label(s): {', '.join(map(repr, unseen[:5]))}); this run "
                 f"can only learn and predict {', '.join(map(repr, self.classes))}: drop those rows"
             )
@@ -425,18 +460,19 @@ def load_table(
             raise DataError(f"column {name!r} is the task or target column and cannot also be a feature")
     groups: dict[str, list[int]] = {}
     for i, name in enumerate(table.column(task_column)):
-        if name.lower() in MISSING:
+        if name == "":  # a task name is an identifier: "NA" (Namibia) or "None" names a task
             raise DataError(
-                f"{table.path}, line {i + 2}: empty task (column {task_column!r} is {name!r}); every row needs "
+                f"{table.path}, line {table.line(i)}: empty task (column {task_column!r} is empty); every row needs "
                 "the name of its task"
             )
         groups.setdefault(name, []).append(i)
     # every value must be usable: fail before any work, naming every missing value at once
-    check_missing(table, [target, *features])
-    if target_kind(table, target, task_type) == "regression":
+    numeric = {target: _target_kind(table, target, task_type) == "regression"}
+    numeric.update((name, _feature_kind(table, name, categorical) == "numeric") for name in features)
+    check_missing(table, numeric)
+    if numeric[target]:
         _numbers(table, target)
-    for name in features:
-        feature_kind(table, name, categorical)
+    _warn_missing_spellings(table, [name for name, is_numeric in numeric.items() if not is_numeric])
     dropped = sorted(n for n, rows in groups.items() if len(rows) < shots + 1)
     if dropped:
         log.warning("%d of %d tasks have fewer than K + 1 = %d rows and are left out: %s", len(dropped), len(groups),
@@ -461,6 +497,19 @@ def load_table(
         for split in SPLITS
     }
     return TableSplit(encoder, tasks, dropped, unseen)
+
+
+def _warn_missing_spellings(table: Table, columns: Sequence[str]) -> None:
+    """Warn where a text column holds values such as "NA" or "None": names there, but maybe gaps in the data."""
+    for name in columns:
+        found: dict[str, int] = {}
+        for i, text in enumerate(table.column(name)):
+            if text.lower() in MISSING:
+                found.setdefault(text, table.line(i))
+        if found:
+            log.warning("%s, column %r: %s (first at line %d) taken as a category or label of its own: in a text "
+                        "column only an empty cell is a missing value; if it marks one, empty those cells or drop "
+                        "those rows", table.path, name, ", ".join(map(repr, found)), next(iter(found.values())))
 
 
 def _without_unseen_labels(names: dict[str, list[str]], groups: dict[str, list[int]], labels: list[int],
