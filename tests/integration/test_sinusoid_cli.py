@@ -244,6 +244,17 @@ def test_adapt_fits_a_new_sine_from_ten_points(trained_run, tmp_path, capsys):
     support.write_text("x,y\n1,2\nnan,3\n")
     assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict), "--out", str(out)]) == 2
     assert "line 3, column 'x': 'nan' is not a finite number" in capsys.readouterr().err
+    support.write_text("x,y\n1,2\n\n\n3,oops\n")  # blank lines count: the line a text editor shows
+    assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict), "--out", str(out)]) == 2
+    assert "line 5, column 'y': 'oops' is not a finite number" in capsys.readouterr().err
+    # points to predict with y left empty are predicted, not refused; those with a y are scored
+    support.write_text("x,y\n" + "".join(f"{x},{sine(x)}\n" for x in xs[:10]))
+    predict.write_text("x,y\n0.5,\n1.5,\n2.5,1.0\n")
+    assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict), "--out", str(out)]) == 0
+    assert "wrote 3 predictions" in (summary := capsys.readouterr().out) and "MSE on the 1 of 3 points with" in summary
+    predict.write_text("x,y\n0.5,\n1.5,NA\n")
+    assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict), "--out", str(out)]) == 0
+    assert "MSE" not in capsys.readouterr().out and len(out.read_text().splitlines()) == 3
     # the rl flags, and a missing support set, get one line each
     assert main(["adapt", str(trained_run), "--goal", "1", "--out", str(out)]) == 2
     assert "--goal applies to rl runs; a sinusoid run adapts to --support" in capsys.readouterr().err

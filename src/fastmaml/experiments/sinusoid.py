@@ -134,13 +134,14 @@ def adapt_points(
 ) -> str:
     """``fastmaml adapt`` for a sinusoid run: adapt to the ``x,y`` rows of ``support``, predict ``predict``'s x.
 
-    ``out`` gets ``predict``'s rows plus a ``prediction`` column; where ``predict`` has a ``y``
-    column the summary gives the MSE before and after adapting. Returns that summary.
+    ``out`` gets ``predict``'s rows plus a ``prediction`` column; where ``predict`` has ``y`` values
+    the summary gives the MSE before and after adapting on the rows that have one (a ``y`` column
+    left empty scores nothing). Returns that summary.
     ``overrides``: meta-test settings changed (``key=value``, e.g. ``inner_lr=0.005``).
     """
     from fastmaml.engine.evaluate import load_trained
     from fastmaml.experiments.table import check_adapted, counted, output_column, write_csv
-    from fastmaml.tasks.table import read_csv
+    from fastmaml.tasks.table import is_missing, read_csv
 
     experiment, maml, _ = load_trained(Path(run_dir), which, overrides)
     steps = experiment.config.eval_steps if steps is None else int(steps)
@@ -152,7 +153,8 @@ def adapt_points(
 
     def numbers(table, column: str):
         values = []
-        for line, text in enumerate(table.column(column), start=2):
+        for row, text in enumerate(table.column(column)):
+            line = table.line(row)
             try:
                 value = float(text)
             except ValueError:
@@ -173,8 +175,13 @@ def adapt_points(
               [[*row, f"{value:.6g}"] for row, value in zip(predict_table.rows, after.tolist())])
     summary = (f"adapted to {counted(len(support_table.rows), 'support point')} with {counted(steps, 'step')}; wrote "
                f"{counted(len(predict_table.rows), 'prediction')} to {out}")
-    if "y" in predict_table.header:
-        truth = numbers(predict_table, "y").view(-1)
-        summary += (f"; MSE on those points {F.mse_loss(after, truth).item():.4g} "
-                    f"({F.mse_loss(before, truth).item():.4g} before adapting)")
+    # points to predict usually have y empty (or no y column): only the points with a y are scored
+    known = [i for i, text in enumerate(predict_table.column("y")) if not is_missing(text, numeric=True)] \
+        if "y" in predict_table.header else []
+    if known:
+        truth = numbers(predict_table.subset(known), "y").view(-1)
+        scored = ("those points" if len(known) == len(predict_table.rows) else
+                  f"the {len(known)} of {len(predict_table.rows)} points with a known y")
+        summary += (f"; MSE on {scored} {F.mse_loss(after[known], truth).item():.4g} "
+                    f"({F.mse_loss(before[known], truth).item():.4g} before adapting)")
     return summary
