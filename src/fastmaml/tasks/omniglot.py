@@ -140,8 +140,9 @@ def check_omniglot(root: str | Path) -> None:
     _scan(Path(root))
 
 
-def _scan(root: Path) -> list[tuple[Path, dict[str, list[str]], dict[str, int]]]:
-    """Per part: where it is, character -> its PNGs, and the PNG sizes (for the cache key)."""
+def _scan(root: Path) -> list[tuple[Path, dict[str, list[str]], dict[str, str]]]:
+    """Per part: where it is, character -> its PNGs, and the PNGs' stamps (:meth:`FileSource.stamps`,
+    for the cache key)."""
     parts = []
     for part, (alphabets, characters) in PARTS.items():
         folder, archive = root / part, root / f"{part}.zip"
@@ -153,14 +154,14 @@ def _scan(root: Path) -> list[tuple[Path, dict[str, list[str]], dict[str, int]]]
                 f"download them: fastmaml data omniglot --root {root} --download (download=True in Python)"
             )
         with FileSource(location) as source:
-            sizes = {n: s for n, s in source.sizes().items() if n.endswith(".png")}
+            stamps = {n: s for n, s in source.stamps().items() if n.endswith(".png")}
         pattern = re.compile(rf"(?:{re.escape(part)}/)?(([^/]+)/[^/]+)/([^/]+\.png)")
         chars: dict[str, list[str]] = {}
-        keyed: dict[str, int] = {}  # the same key for a folder and a zip of the same PNGs
-        for name in sorted(sizes):
+        keyed: dict[str, str] = {}  # keyed by part/alphabet/character/png, whether in a folder or a zip
+        for name in sorted(stamps):
             if match := pattern.fullmatch(name):
                 chars.setdefault(match[1], []).append(name)
-                keyed[f"{part}/{match[1]}/{match[3]}"] = sizes[name]
+                keyed[f"{part}/{match[1]}/{match[3]}"] = stamps[name]
         found_alphabets = len({c.split("/")[0] for c in chars})
         wrong = [c for c, pngs in chars.items() if len(pngs) != IMAGES_PER_CHARACTER]
         if (found_alphabets, len(chars)) != (alphabets, characters) or wrong:
@@ -194,7 +195,7 @@ def _omniglot_images(
         download_omniglot(root)
     parts = _scan(root)
     names = [c for _, chars, _ in parts for c in chars]
-    all_sizes = {n: s for _, _, sizes in parts for n, s in sizes.items()}
+    all_stamps = {n: s for _, _, stamps in parts for n, s in stamps.items()}
 
     def images() -> Iterator[np.ndarray]:
         for location, chars, _ in parts:
@@ -206,7 +207,7 @@ def _omniglot_images(
     path = Path(cache_dir or default_cache_dir() / "omniglot") / (
         f"omniglot_{image_size}" + ("" if antialias else "_nearest")
     )
-    meta = {"dataset": "omniglot", "image_size": image_size, "antialias": antialias, "files": fingerprint(all_sizes)}
+    meta = {"dataset": "omniglot", "image_size": image_size, "antialias": antialias, "files": fingerprint(all_stamps)}
     sizes = [IMAGES_PER_CHARACTER] * len(names)
     return cached_images(path, meta, names, sizes, (1, image_size, image_size), images), path.with_suffix(".npy")
 
