@@ -495,6 +495,122 @@ def test_data_miniimagenet_prepares_the_splits_it_finds(tmp_path, capsys):
     assert code == 2 and "no mini-ImageNet split could be prepared" in err and len(err.splitlines()) == 1
 
 
+def test_an_image_folder_run_keeps_its_split_when_class_folders_come_and_go(tmp_path, capsys, monkeypatch, caplog):
+    """Eval and resume reuse the split a run recorded when it started: a class folder added later joins
+    no split (before, the tree was split again and meta-training classes moved into the meta-test
+    split, scored without a word); a removed one is one clear error. Runs that recorded no split
+    (older ones) still load; plot and adapt need no data set."""
+    from fastmaml.experiments import fewshot
+
+    monkeypatch.setenv("FASTMAML_CACHE", str(tmp_path / "cache"))
+    tree, run = write_tree(tmp_path / "tree", classes=12), tmp_path / "run"
+    code, _, err = cli(
+        ["train", "images", "--root", tree, "--ways", 2, "--shots", 1, "--queries", 1, "--iterations", 4, "--out", run,
+         "--set", "image_size=16", "--set", "val_every=2", "--set", "val_tasks=2", "--set", "eval_steps=1", *QUIET],
+        capsys,
+    )
+    assert code == 0, err
+    config = json.loads((run / "config.json").read_text())["config"]
+    split = {s: config[f"{s}_classes"] for s in ("train", "val", "test")}
+    assert sorted(sum(split.values(), [])) == sorted(p.name for p in tree.iterdir())  # 0.64 + 0.16 + 0.2 = all
+    assert [len(c) for c in split.values()] == [8, 2, 2]
+
+    def fresh_process():  # another fastmaml command: nothing loaded yet
+        fewshot._load_split.cache_clear()
+        fewshot._folder_splits.cache_clear()
+
+    for c in range(12, 15):  # new class folders: a new split of the tree would move old classes around
+        (tree / f"class_{c:02d}").mkdir()
+        for i in range(6):
+            Image.new("RGB", (24, 24), (10 * c, 5 * i, 90)).save(tree / f"class_{c:02d}" / f"{i}.png")
+    fresh_process()
+    code, out, err = cli(["eval", run, "--tasks", 2, "--json"], capsys)
+    assert code == 0, err
+    assert "3 class folder(s) in" in caplog.text and "class_12, class_13, class_14" in caplog.text
+    _, loaded = read_config(run)
+    for name, classes in split.items():
+        assert list(fewshot.load_split(loaded, name).class_names) == classes
+    code, out, err = cli(["train", "--resume", run, "--iterations", 6, *QUIET], capsys)
+    assert code == 0 and "from iteration 4 to 6" in out, err
+    assert json.loads((run / "config.json").read_text())["config"]["test_classes"] == split["test"]
+
+    shutil.rmtree(tree / split["test"][0])
+    shutil.rmtree(tree / split["train"][-1])
+    fresh_process()
+    code, _, err = cli(["eval", run, "--tasks", 2, "--no-progress"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    gone = ", ".join(sorted([split["test"][0], split["train"][-1]]))
+    assert f"2 of the 12 class folders in this run's split are gone from {tree}: {gone}; restore them" in err
+    code, _, err = cli(["train", "--resume", run, "--iterations", 8, *QUIET], capsys)
+    assert code == 2 and "are gone from" in err, err
+
+    code, out, err = cli(["plot", run], capsys)  # plot reads no data set (the run's eval.json is there)
+    assert code == 0, err
+
+    # a run that recorded no split (before this was recorded) loads and splits the tree as it is
+    text = json.loads((run / "config.json").read_text())
+    for name in ("train", "val", "test"):
+        del text["config"][f"{name}_classes"]
+    (run / "config.json").write_text(json.dumps(text))
+    fresh_process()
+    code, _, err = cli(["eval", run, "--tasks", 2, "--no-progress"], capsys)
+    assert code == 0, err
+
+    # the recorded lists belong to image-folder runs, all three together
+    code, _, err = cli(["train", "images", "--root", tree, "--out", tmp_path / "r2", "--set", "train_classes=class_00"],
+                       capsys)
+    assert code == 2 and "recorded together" in err and "val_classes, test_classes is empty" in err, err
+
+
+def write_miniimagenet(root: Path, classes: int = 2, per_class: int = 3, corrupt: str = "") -> dict[str, list[str]]:
+    """train.csv and train.zip (images/<filename>) of ``classes`` x ``per_class`` 84x84 JPEGs; ``corrupt``
+    names one image whose bytes are no image. val.csv and test.csv list images that are not there."""
+    import io
+    import zipfile
+
+    root.mkdir(exist_ok=True)
+    names = {f"n{c}": [f"n{c}{i:04d}.jpg" for i in range(per_class)] for c in range(classes)}
+    with zipfile.ZipFile(root / "train.zip", "w") as z:
+        for files in names.values():
+            for name in files:
+                data = io.BytesIO()
+                Image.new("RGB", (84, 84), (100, 0, 0)).save(data, "JPEG")
+                z.writestr(f"images/{name}", b"not a jpeg" if name == corrupt else data.getvalue())
+    for split, rows in (("train", [[n, label] for label, ns in names.items() for n in ns]),
+                        ("val", [["v0.jpg", "n8"], ["v1.jpg", "n8"]]), ("test", [["t0.jpg", "n9"], ["t1.jpg", "n9"]])):
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([["filename", "label"], *rows])
+    return names
+
+
+def test_data_miniimagenet_skips_only_splits_whose_images_are_absent(tmp_path, capsys):
+    """Splits whose images are not there yet (the meta-test images here) are skipped, exit 0; a corrupt
+    image or a malformed split file fails with its error (before, both were 'skipped' and exit 0)."""
+    root, cache = tmp_path / "mini", tmp_path / "c"
+    names = write_miniimagenet(root)
+    code, out, err = cli(["data", "miniimagenet", "--root", root, "--cache-dir", cache], capsys)
+    assert code == 0, err
+    assert "train: 2 classes, 6 images" in out and "val: skipped: mini-ImageNet val images not found" in out
+    assert "test: skipped: mini-ImageNet test images not found" in out
+
+    write_miniimagenet(root, corrupt=names["n1"][1])
+    code, out, err = cli(["data", "miniimagenet", "--root", root, "--cache-dir", cache], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "cannot read image" in err and names["n1"][1] in err
+
+    write_miniimagenet(root)
+    with open(root / "train.csv", "a") as f:
+        f.write(f"{names['n0'][0]},n1\n")  # one image in two classes
+    code, out, err = cli(["data", "miniimagenet", "--root", root, "--cache-dir", cache], capsys)
+    assert code == 2 and f"lists {names['n0'][0]} twice, on lines 2 and 8" in err, err
+
+    write_miniimagenet(root)
+    (root / "images").mkdir()  # the val images in a folder, one of them missing: not 'absent', an error
+    (root / "images" / "v0.jpg").write_bytes(b"x")
+    code, out, err = cli(["data", "miniimagenet", "--root", root, "--cache-dir", cache], capsys)
+    assert code == 2 and "1 of the 2 images listed in" in err and "v1.jpg" in err, err
+
+
 # ------------------------------------------------------------------------------------------ real Omniglot
 REAL_ITERATIONS = 600  # x 8 tasks: about 2 minutes on 2 shared CPU cores; measured 0.69 +- 0.04 (100 tasks)
 

@@ -20,7 +20,10 @@ Presets (settings from the paper and cbfinn/maml ``main.py``'s usage lines, chec
   and ``update_batch_size*2``), meta-gradient clipped at 10.
 - ``images`` -- any ``root/<class>/<image>`` tree, classes split 64/16/20 % (``splits``, seeded by
   ``split_seed``) into meta-train/validation/meta-test; MiniImagenet's network and settings by
-  default, ``image_size``, ``channels``, ``filters``, ``max_pool``, ``rotations`` configurable.
+  default, ``image_size``, ``channels``, ``filters``, ``max_pool``, ``rotations`` configurable. A new
+  run records each split's class folders in its config (``train_classes``, ``val_classes``,
+  ``test_classes``); eval and resume reuse them, so a class folder added to the tree later joins no
+  split (meta-training classes never become meta-test ones) and a removed one is an error.
 
 All: Adam β = 0.001, 60,000 meta-iterations (``--metatrain_iterations=60000`` in every usage line
 of the original), 10 inner steps at meta-test, validation every ``val_every`` iterations on the
@@ -57,7 +60,9 @@ the 64 meta-training classes for validation instead (or ``val_every=0`` turns va
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -79,12 +84,16 @@ from fastmaml.tasks import (
     load_image_folder,
     load_miniimagenet,
     load_omniglot,
+    split_classes,
 )
+from fastmaml.tasks.folders import scan_class_folders
 
 DATASETS = ("omniglot", "miniimagenet", "folder")
 NETWORKS = ("conv", "mlp")
 SPLITS = ("train", "val", "test")
 DATA_ENV = "FASTMAML_DATA"
+RECORDED = tuple(f"{split}_classes" for split in SPLITS)  # an image-folder run's split, recorded at its start
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,6 +120,11 @@ class FewShotConfig(TrainConfig):
     splits: tuple[float, float, float] = (0.64, 0.16, 0.2)  # folder: class fractions train/val/test
     split_seed: int = 0  # folder and val_from_train: which classes go where
     val_from_train: int = 0  # miniimagenet: hold out this many training classes for validation
+    # folder: each split's class folders, recorded when a run starts (from splits and split_seed); eval
+    # and resume reuse them, whatever class folders the tree holds by then (empty: not recorded, older runs)
+    train_classes: tuple[str, ...] = ()
+    val_classes: tuple[str, ...] = ()
+    test_classes: tuple[str, ...] = ()
     inner_lr: float = 0.4
     meta_batch_size: int = 32
     iterations: int = 60_000
@@ -158,6 +172,13 @@ class FewShotConfig(TrainConfig):
         if self.dataset != "folder" and tuple(self.splits) != type(self).splits:
             raise ConfigError(f"splits applies to the images preset (a tree of class folders); {self.dataset} has "
                               "its own fixed split (README), so leave splits out")
+        recorded = [key for key in RECORDED if getattr(self, key)]
+        if recorded and self.dataset != "folder":
+            raise ConfigError(f"{recorded[0]} is an image-folder run's split (the images preset); {self.dataset} has "
+                              "its own fixed split, so leave it out")
+        if recorded and len(recorded) != len(RECORDED):
+            raise ConfigError(f"{', '.join(RECORDED)} are recorded together when a run starts; "
+                              f"{', '.join(k for k in RECORDED if k not in recorded)} is empty: set all three or none")
         make_model(self)  # e.g. an image too small for 4 max-pooled blocks
         if data:
             check_data(self)
@@ -204,6 +225,7 @@ class DataSpec:
     splits: tuple[float, ...]
     split_seed: int
     val_from_train: int
+    classes: tuple[tuple[str, ...], ...] = ()  # folder: each split's recorded class folders (empty: not recorded)
 
     @property
     def turns(self) -> tuple[int, ...]:
@@ -218,16 +240,38 @@ def data_spec(config: FewShotConfig) -> DataSpec:
     return DataSpec(
         config.dataset, str(data_root(config).resolve()), config.cache_dir, config.image_size, config.channels,
         config.rotations, config.antialias, tuple(config.splits), config.split_seed, config.val_from_train,
+        tuple(tuple(getattr(config, key)) for key in RECORDED) if config.train_classes else (),
     )
+
+
+def _recorded_split(root: Path, classes: tuple[tuple[str, ...], ...]) -> dict[str, list[str]]:
+    """A run's recorded split; DataError if one of its class folders is gone from ``root``. Class
+    folders added since join no split (a warning names them): the split is the one the run trained with."""
+    recorded = {name for names in classes for name in names}
+    if root.is_dir():  # else load_image_folder says the folder is not found
+        gone = sorted(name for name in recorded if not (root / name).is_dir())
+        if gone:
+            raise DataError(
+                f"{len(gone)} of the {len(recorded)} class folders in this run's split are gone from {root}: "
+                f"{', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}; restore them (the run's config.json lists "
+                f"each split's classes: {', '.join(RECORDED)}), or start a new run on the tree as it is now"
+            )
+        added = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in
+                       recorded)
+        if added:
+            log.warning("%d class folder(s) in %s are in none of this run's splits (added after it started), so left "
+                        "out: %s", len(added), root, ", ".join(added[:3]) + (", ..." if len(added) > 3 else ""))
+    return {split: list(names) for split, names in zip(SPLITS, classes)}
 
 
 @functools.lru_cache(maxsize=8)
 def _folder_splits(spec: DataSpec) -> dict[str, FewShotImages]:
+    recorded = spec.classes and _recorded_split(Path(spec.root), spec.classes)
     loaded = load_image_folder(
         spec.root,
         image_size=spec.image_size,
         channels=spec.channels,
-        splits=dict(zip(SPLITS, spec.splits)),
+        splits=recorded or dict(zip(SPLITS, spec.splits)),
         seed=spec.split_seed,
         cache_dir=spec.cache("folders"),
     )
@@ -418,13 +462,29 @@ def images_config(ways: int = 5, shots: int = 1, **changes) -> FewShotConfig:
     return _with(changes, dataset="folder", **_natural_image_settings(ways, shots))
 
 
+def train(preset: Preset, config: FewShotConfig, run_dir: str | Path, *, resume: bool = False,
+          progress: bool = True) -> dict:
+    """The engine's training loop, after recording a new image-folder run's split (each split's class
+    folders) in its config: eval and resume reuse it rather than split the tree again as it is then."""
+    from fastmaml.engine.trainer import train as engine_train
+
+    if not resume and config.dataset == "folder" and not config.train_classes:
+        # the split load_image_folder draws, from the class folders alone (decoding the images here would
+        # hold them twice: the build below reads them under the recorded split, another cache key)
+        classes, _ = scan_class_folders(data_root(config))
+        drawn = split_classes(list(classes), dict(zip(SPLITS, config.splits)), config.split_seed)
+        config = dataclasses.replace(config, **{key: tuple(drawn[split]) for key, split in zip(RECORDED, SPLITS)})
+    return engine_train(preset, config, run_dir, resume=resume, progress=progress)
+
+
 for _name, _make, _description in (
     ("omniglot", omniglot_config, "Omniglot N-way K-shot, 4-block strided conv (paper Sec. 5.2); --root DIR"),
     ("omniglot-noconv", omniglot_noconv_config, "Omniglot N-way K-shot, MLP 256-128-64-64 (paper's no-conv row)"),
     ("miniimagenet", miniimagenet_config, "MiniImagenet 5-way K-shot, 4-block conv 32 + max-pool; --root DIR"),
     ("images", images_config, "any class-per-folder image tree (--root DIR), split by class"),
 ):
-    register(Preset(name=_name, config_cls=FewShotConfig, make_config=_make, build=build, description=_description))
+    register(Preset(name=_name, config_cls=FewShotConfig, make_config=_make, build=build, description=_description,
+                    train=train))
 
 
 def prepare(
@@ -433,6 +493,8 @@ def prepare(
     """``fastmaml data``: check a dataset (Omniglot: download it first if asked) and cache it; says what it did.
 
     ``cache_dir`` has the meaning of the config key: the cache goes to ``<cache_dir>/<dataset>``.
+    A mini-ImageNet split without its split file or images (not there yet) is skipped and said so;
+    any other problem (a malformed split file, a corrupt or missing image) is an error.
     """
     from fastmaml.tasks import miniimagenet, omniglot
 
@@ -466,7 +528,7 @@ def prepare(
             continue
         try:
             cache = miniimagenet.prepare_miniimagenet(root, split, cache_dir=cache_base / "miniimagenet")
-        except DataError as error:
+        except miniimagenet.ImagesNotFound as error:  # not there yet (as the meta-test images here); other errors fail
             lines.append(f"{split}: skipped: {error}")
             continue
         classes = miniimagenet.read_split_csv(root / f"{split}.csv")

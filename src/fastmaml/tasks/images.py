@@ -247,8 +247,6 @@ class FileSource:
                 files[path.relative_to(self.location).as_posix()] = f"{info.st_size} {info.st_mtime_ns}"
         return files
 
-    sizes = stamps  # the former name, still used by omniglot.py and miniimagenet.py
-
     def read(self, name: str) -> bytes:
         """The bytes of ``name``; a damaged zip member or an unreadable file is a DataError naming it."""
         if self._zip is not None:

@@ -27,23 +27,41 @@ from fastmaml.tasks.images import FewShotImages, FileSource, cached_images, deco
 SPLITS = ("train", "val", "test")
 
 
+class ImagesNotFound(DataError):
+    """None of a split's images are there (yet): ``fastmaml data`` skips such a split, and fails on any other error."""
+
+
 def read_split_csv(path: str | Path) -> dict[str, list[str]]:
-    """label -> its image filenames in file order, from a split file with header ``filename,label``."""
+    """label -> its image filenames in file order, from a split file with header ``filename,label``.
+
+    Each image may be listed once: one listed twice would be loaded twice, and a task could hold it
+    as both a support and a query image (or in two classes). Line numbers in errors are the file's own.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(
             f"mini-ImageNet split file {path} not found; put the Ravi & Larochelle train.csv, val.csv "
             f"and test.csv in {path.parent}"
         )
-    with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f) if row]
-    if not rows or [c.strip() for c in rows[0]] != ["filename", "label"]:
-        raise DataError(f"{path} must start with the header 'filename,label', got {rows[0] if rows else 'nothing'}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark is fine
+            reader = csv.reader(f)
+            rows = [(reader.line_num, row) for row in reader if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"cannot read {path} as a UTF-8 CSV file ({error}); save it as UTF-8 text") from None
+    if not rows or [c.strip() for c in rows[0][1]] != ["filename", "label"]:
+        raise DataError(f"{path} must start with the header 'filename,label', got {rows[0][1] if rows else 'nothing'}")
     classes: dict[str, list[str]] = {}
-    for line, row in enumerate(rows[1:], start=2):
+    listed: dict[str, int] = {}  # filename -> the line that lists it
+    for line, row in rows[1:]:
         if len(row) != 2 or not all(c.strip() for c in row):
             raise DataError(f"{path} line {line}: expected 'filename,label', got {','.join(row)!r}")
-        classes.setdefault(row[1].strip(), []).append(row[0].strip())
+        filename, label = row[0].strip(), row[1].strip()
+        first = listed.setdefault(filename, line)
+        if first != line:
+            raise DataError(f"{path} lists {filename} twice, on lines {first} and {line}; each image may be listed "
+                            "once (in one class): delete one of those lines")
+        classes.setdefault(label, []).append(filename)
     if not classes:
         raise DataError(f"{path} lists no images")
     return dict(sorted(classes.items()))
@@ -59,7 +77,7 @@ def _image_location(root: Path, split: str) -> Path:
         "test": "; until then a trained run can be scored on its validation classes: fastmaml eval RUN --split val "
                 "(printed, not saved; plot and compare need the meta-test report)",
     }.get(split, "")
-    raise DataError(
+    raise ImagesNotFound(
         f"mini-ImageNet {split} images not found: none of {', '.join(map(str, candidates))} exists; put "
         f"the {split} images there (a zip or folder with images/<filename> as listed in {split}.csv){instead}"
     )
@@ -74,12 +92,12 @@ def _miniimagenet_images(
     classes = read_split_csv(root / f"{split}.csv")
     location = _image_location(root, split)
     with FileSource(location) as source:
-        sizes = source.sizes()
-    by_filename = {name.rsplit("/", 1)[-1]: name for name in sizes}
+        stamps = source.stamps()
+    by_filename = {name.rsplit("/", 1)[-1]: name for name in stamps}
     listed = [f for filenames in classes.values() for f in filenames]
     missing = [f for f in listed if f not in by_filename]
     if missing:
-        raise DataError(
+        raise (ImagesNotFound if len(missing) == len(listed) else DataError)(
             f"{len(missing)} of the {len(listed)} images listed in {root / f'{split}.csv'} are not in "
             f"{location}, e.g. {missing[0]}; add them there, or put the {split} images in {root / f'{split}.zip'}"
         )
@@ -90,7 +108,7 @@ def _miniimagenet_images(
                 member = by_filename[filename]
                 yield decode_image(source.read(member), source.describe(member), image_size, "RGB")
 
-    files = {f"{label}/{f}": sizes[by_filename[f]] for label, filenames in classes.items() for f in filenames}
+    files = {f"{label}/{f}": stamps[by_filename[f]] for label, filenames in classes.items() for f in filenames}
     meta = {"dataset": "miniimagenet", "split": split, "image_size": image_size, "files": fingerprint(files)}
     path = Path(cache_dir or default_cache_dir() / "miniimagenet") / f"miniimagenet_{split}_{image_size}"
     class_sizes = [len(f) for f in classes.values()]

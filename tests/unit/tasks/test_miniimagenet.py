@@ -143,3 +143,27 @@ def test_real_train_images_decode(tmp_path):
     assert data.images.shape == (6, 3, 84, 84)
     assert 20 < data.images.float().mean() < 235 and data.images.float().std() > 10
     assert len({tuple(np.asarray(i).ravel()[:500]) for i in data.images}) == 6  # six different photos
+
+
+def test_an_image_listed_twice_is_refused_naming_both_lines(root, tmp_path):
+    """One image listed twice would be loaded twice: a task could hold it as a support and a query image."""
+    first = "n0100000000.jpg"
+    (root / "train.csv").write_text(f"filename,label\n{first},n01\nn0100000001.jpg,n01\n\n{first},n02\n")
+    with pytest.raises(DataError, match=rf"lists {first} twice, on lines 2 and 5; .* delete one of those lines"):
+        read_split_csv(root / "train.csv")
+    (root / "train.csv").write_text(f"filename,label\n{first},n01\n{first} , n01\n")  # same class, spaces
+    with pytest.raises(DataError, match=rf"lists {first} twice, on lines 2 and 3"):
+        load_miniimagenet(root, "train", cache_dir=tmp_path)
+
+
+def test_split_file_encoding_bom_and_line_numbers(root):
+    """A byte-order mark (as spreadsheets save UTF-8) is read; another encoding is one clear error; line
+    numbers are the file's own, blank lines counted."""
+    (root / "val.csv").write_bytes("\ufefffilename,label\r\na.jpg,n04\r\n".encode())
+    assert read_split_csv(root / "val.csv") == {"n04": ["a.jpg"]}
+    (root / "val.csv").write_bytes("filename,label\nd\xe9j\xe0.jpg,n04\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"cannot read .*val\.csv as a UTF-8 CSV file .*save it as UTF-8"):
+        read_split_csv(root / "val.csv")
+    (root / "val.csv").write_text("filename,label\n\na.jpg,n04\n\n\nb.jpg\n")
+    with pytest.raises(DataError, match=r"val\.csv line 6: expected 'filename,label', got 'b\.jpg'"):
+        read_split_csv(root / "val.csv")
