@@ -58,10 +58,18 @@ def primitive_batch_norm(
     momentum: float = 0.1,
     eps: float = 1e-5,
 ) -> Tensor:
-    """Batch norm over all dims but the channel dim (dim 1), with batch statistics."""
-    del running_mean, running_var, training, momentum  # batch statistics only; see module docstring
+    """Batch norm over all dims but the channel dim (dim 1), as ``F.batch_norm``: batch statistics,
+    or with ``training=False`` the running statistics given. MAML passes none for ``nn.BatchNorm*``
+    layers (batch statistics, see the module docstring); a user's own layer calling
+    ``F.batch_norm(x, mean, var, training=False)`` (fixed statistics) gets them, as in the loop."""
+    del momentum  # running statistics are never updated here (see the module docstring)
     shape = [1, -1] + [1] * (input.dim() - 2)
-    return _normalise(input, (0, *range(2, input.dim())), weight, bias, eps, shape)
+    stats = None
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean and running_var must be defined when training is False")
+        stats = (running_mean.view(shape), running_var.view(shape))
+    return _normalise(input, (0, *range(2, input.dim())), weight, bias, eps, shape, stats)
 
 
 def primitive_layer_norm(

@@ -66,6 +66,22 @@ class DirectLayerNorm(nn.Module):
         return self.out(F.layer_norm(self.inp(x), (16,), self.scale))
 
 
+class FixedStatsBatchNorm(nn.Module):
+    """A user's own batch norm with fixed statistics (e.g. a frozen backbone's): F.batch_norm with
+    training=False. Under vmap the rerouted batch norm used batch statistics (loss off by 0.2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(8, 6), nn.Linear(6, 1)
+        self.weight, self.bias = nn.Parameter(torch.linspace(0.5, 1.5, 6)), nn.Parameter(torch.zeros(6))
+        self.register_buffer("mean", torch.linspace(-1, 1, 6))
+        self.register_buffer("var", torch.linspace(0.5, 2, 6))
+
+    def forward(self, x):
+        h = F.batch_norm(self.inp(x), self.mean, self.var, self.weight, self.bias, training=False)
+        return self.out(torch.tanh(h))
+
+
 def token_batch(tasks=3, support=5, query=7, length=4, vocab=10, generator_seed=0):
     g = torch.Generator().manual_seed(generator_seed)
     ids = lambda n: torch.randint(0, vocab, (tasks, n, length), generator=g)  # noqa: E731 - 0 is the padding id
@@ -92,6 +108,7 @@ MODELS = {
     "instance_norm": (lambda: nn.Sequential(nn.Linear(8, 8), Channels(), nn.InstanceNorm1d(2, affine=True),
                                             nn.Flatten(), nn.Linear(8, 1)), regression_batch),
     "direct_layer_norm": (DirectLayerNorm, regression_batch),
+    "fixed_stats_batch_norm": (FixedStatsBatchNorm, regression_batch),
     "embedding_padding": (lambda: nn.Sequential(nn.Embedding(10, 6, padding_idx=0), Pool(), nn.Linear(6, 1)),
                           token_batch),
 }
