@@ -244,7 +244,9 @@ class MAML(nn.Module):
     meta-batch; under vmap (models of ``THREADED_VMAP_MIN_PARAMS`` parameters or more: smaller ones
     run faster in one thread) it vectorises one contiguous share of the meta-batch. The result
     equals the one-thread one up to float summation order and is deterministic, except that with
-    dropout the threads draw from the one global generator in an order that depends on timing. The threads compute gradients with ``torch.autograd.grad`` and
+    dropout the threads draw from the one global generator in an order that depends on timing (with
+    ``grad_checkpointing`` too, a model with dropout runs in one thread: a checkpointed step must
+    redraw its forward's mask in backward, which other threads drawing in between would change). The threads compute gradients with ``torch.autograd.grad`` and
     add their sum to ``.grad``, so hooks registered with ``register_post_accumulate_grad_hook`` do not
     fire there (``register_hook`` hooks fire in the threads, for every gradient taken with respect
     to the weights, inner steps included, as they do in the one-thread loop).
@@ -461,6 +463,23 @@ class MAML(nn.Module):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         return losses.mean()
 
+    def _recomputes_dropout(self) -> bool:
+        """Whether grad_checkpointing must recompute dropout (the model training, a dropout with p > 0):
+        checkpointing restores the global generator's state to draw a step's mask again in backward,
+        and with worker threads the others draw from that generator in between, so the recomputed
+        mask differed from the forward's and the meta-gradient was wrong. Such a model's tasks run in
+        one thread (warned once)."""
+        if not (self.grad_checkpointing and self.workers > 1 and self.model.training):
+            return False
+        dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules())
+        if dropout and not getattr(self, "_warned_dropout", False):
+            self._warned_dropout = True
+            log.warning("grad_checkpointing with dropout: the tasks' meta-gradients are computed in one thread, not "
+                        "%d (recomputing a checkpointed step must draw the dropout mask its forward drew, which "
+                        "threads sharing the random generator break); put the model in eval mode or turn "
+                        "grad_checkpointing off to use the workers", self.workers)
+        return dropout
+
     def meta_backward(self, batch: TaskBatch, *, scale: float = 1.0) -> Tensor:
         """Accumulate ``scale`` x the meta-gradient of :meth:`meta_loss` into ``.grad``, as
         ``(maml.meta_loss(batch) * scale).backward()`` would; returns that loss, detached.
@@ -472,7 +491,7 @@ class MAML(nn.Module):
         batch = TaskBatch(*batch).validate()
         self._resolve_split(batch.support_x[0], self.inner_steps)
         device = batch.support_x.device
-        threads = self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1
+        threads = self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1 and not self._recomputes_dropout()
         strategy = self.resolved_strategy(device)
         if strategy == "hybrid" and threads:
             return self._threaded_backward(batch, scale, hybrid=True)
