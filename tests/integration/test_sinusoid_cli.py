@@ -438,3 +438,20 @@ def test_a_diverging_meta_sgd_meta_test_suggests_fewer_steps_not_another_inner_l
     report["metrics"]["maml"]["mse"]["mean"] = [1.0, math.nan]
     with pytest.raises(NonFiniteLossError, match="diverge in one step: meta-test an earlier snapshot"):
         check_finite_report(report, learned_lr=True)
+
+
+def test_compare_refuses_sinusoid_runs_of_other_tasks(tmp_path, capsys):
+    """Two sinusoid runs with other amplitude ranges were compared 'paired over the same tasks' (every
+    sinusoid report is experiment 'sinusoid'); eval.json now says what drew its tasks (task_set)."""
+    runs = {}
+    for name, extra in (("a", []), ("b", []), ("small", ["--set", "amplitude=0.1,0.5"])):
+        runs[name] = tmp_path / name
+        assert main(["train", "sinusoid", "--iterations", "5", *extra, "--out", str(runs[name]), "--no-progress"]) == 0
+        assert main(["eval", str(runs[name]), "--tasks", "5", "--steps", "1", "--no-progress"]) == 0
+    assert json.loads((runs["small"] / "eval.json").read_text())["task_set"]["amplitude"] == [0.1, 0.5]
+    capsys.readouterr()
+    assert main(["compare", str(runs["a"]), str(runs["b"])]) == 0
+    assert main(["compare", str(runs["a"]), str(runs["small"])]) == 2
+    err = capsys.readouterr().err
+    assert "were meta-tested on different tasks (amplitude [0.1, 0.5] against [0.1, 5.0])" in err
+    assert len(err.strip().splitlines()) == 1

@@ -63,6 +63,27 @@ def test_runs_evaluated_differently_or_not_at_all_are_refused(tmp_path):
         compare.merge([a, tmp_path / "broken"])
 
 
+def test_runs_meta_tested_on_different_tasks_are_refused(tmp_path):
+    """The same eval seed draws other tasks when what draws them differs (a sinusoid's amplitude range,
+    a table's CSV, an image run's tree): before, compare paired them "over the same tasks"."""
+    tasks = {"shots": 10, "eval_queries": 100, "amplitude": [0.1, 5.0]}
+    a = write_eval(tmp_path / "a", {"maml": 1.0}, task_set=tasks)
+    b = write_eval(tmp_path / "b", {"maml": 2.0}, task_set={**tasks, "amplitude": [0.1, 0.5]})
+    with pytest.raises(ConfigError, match=r"b and .*a were meta-tested on different tasks \(amplitude \[0.1, 0.5\] "
+                                          r"against \[0.1, 5.0\]\)"):
+        compare.merge([a, b])
+    same = write_eval(tmp_path / "same", {"maml": 3.0}, task_set=dict(tasks))
+    older = write_eval(tmp_path / "older", {"maml": 4.0})  # a report written before task_set: not checked
+    assert list(compare.merge([a, same, older])["metrics"]) == ["maml [a]", "maml [same]", "maml [older]"]
+    # seed groups: each place (one training seed) is checked against the first group's run at that place
+    runs = [[write_eval(tmp_path / f"{g}{i}", {"maml": 1.0 + i}, seed=i, task_set={**tasks, "seed": i})
+             for i in range(2)] for g in ("x", "y")]
+    compare.merge_seeds(runs)  # a table's held-out tasks follow the training seed: alike at each place
+    runs[1][1] = write_eval(tmp_path / "z1", {"maml": 2.0}, seed=1, task_set={**tasks, "seed": 1, "shots": 5})
+    with pytest.raises(ConfigError, match="z1 and .*x1 were meta-tested on different tasks"):
+        compare.merge_seeds(runs)
+
+
 def test_paired_differences_are_taken_task_by_task(tmp_path):
     a = write_eval(tmp_path / "a", {"maml": 1.0})
     b = write_eval(tmp_path / "b", {"pretrained": 0.0, "oracle": 0.0})

@@ -41,6 +41,22 @@ from fastmaml.errors import ConfigError
 SAME = ("experiment", "tasks", "steps", "seed", "trajectories", "split")
 
 
+def check_same_tasks(run: Path, report: dict[str, Any], first_run: Path, first: dict[str, Any]) -> None:
+    """ConfigError where two reports say their tasks were drawn differently (``task_set``: a sinusoid's
+    K and ranges, a table's CSV and split, an image run's tree): the same seed then draws other tasks,
+    and differences paired task by task would mean nothing. Reports of older versions lack it: not checked."""
+    ours, theirs = report.get("task_set"), first.get("task_set")
+    if not isinstance(ours, dict) or not isinstance(theirs, dict):
+        return
+    differ = [key for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
+    if differ:
+        shown = "; ".join(f"{key} {json.dumps(ours.get(key))} against {json.dumps(theirs.get(key))}"
+                          for key in differ[:3])
+        more = "; ..." if len(differ) > 3 else ""
+        raise ConfigError(f"{run} and {first_run} were meta-tested on different tasks ({shown}{more}): their "
+                          "differences cannot be paired task by task; compare runs of one task distribution")
+
+
 def read_report(run: Path, iteration: int | None = None) -> dict[str, Any]:
     """``run``'s eval report: of its checkpoint, or of the snapshot kept at ``iteration``."""
     path = eval_path(run, "checkpoint" if iteration is None else iteration)
@@ -69,6 +85,7 @@ def merge(runs: list[Path], iteration: int | None = None) -> dict[str, Any]:
             if report.get(key) != first.get(key):
                 raise ConfigError(f"{run}'s eval has {key}={report.get(key)!r}, {first_run}'s {first.get(key)!r}: "
                                   f"evaluate every run alike (fastmaml eval RUN with the same --tasks, --steps, --seed)")
+        check_same_tasks(run, report, first_run, first)
     names = [run.name for run, _ in reports]
     label = {run: run.name if names.count(run.name) == 1 else str(run) for run, _ in reports}
     found: dict[str, list[tuple[Path, dict, int]]] = {}
@@ -135,6 +152,8 @@ def _check_seed_groups(groups: list[list[Path]], reports: list[list[dict[str, An
                 if key != "seed" and report.get(key) != first.get(key):
                     raise ConfigError(f"{run}'s eval has {key}={report.get(key)!r}, {first_run}'s {first.get(key)!r}: "
                                       "evaluate every run alike (fastmaml eval RUN with the same --tasks, --steps)")
+        for place, (run, report) in enumerate(zip(group, group_reports)):  # a place: one seed in every group
+            check_same_tasks(run, report, groups[0][place], reports[0][place])
         trained = [(run, seeds[run]) for run in group if run in seeds]
         if len({seed for _, seed in trained}) < len(trained):
             found = ", ".join(f"{run} seed {seed}" for run, seed in trained)

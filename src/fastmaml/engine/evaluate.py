@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -252,6 +253,8 @@ def evaluate(
         **({"overrides": changed} if (changed := protocol_overrides(overrides, config)) else {}),
         **({"split": split} if split != "test" else {}),
         **({"source": text} if (text := experiment.extras.get("source", lambda _: "")(split)) else {}),
+        # what draws the tasks (tuples as JSON lists): compare pairs only runs whose reports agree on it
+        **({"task_set": json.loads(json.dumps(drawn))} if (drawn := experiment.extras.get("task_set")) else {}),
         "metrics": results,
     }
     if finite:

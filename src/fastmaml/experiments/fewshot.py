@@ -323,6 +323,18 @@ def load_split(config: FewShotConfig, split: str) -> FewShotImages:
     return _load_split(data_spec(config), split, _device(config))
 
 
+def task_set(config: FewShotConfig) -> dict:
+    """What draws a run's meta-test tasks, for ``compare`` (runs that differ here are not paired):
+    the data set, ways, shots, queries and rotations; an image-folder run's tree and split too. The
+    network, image size and the other training settings may differ: they change the learner, not the tasks."""
+    found = {"dataset": config.dataset, "ways": config.ways, "shots": config.shots,
+             "queries": query_count(config, "test"), "rotations": config.rotations}
+    if config.dataset == "folder":
+        found.update(root=config.root, test_classes=config.test_classes, splits=config.splits,
+                     split_seed=config.split_seed)
+    return found
+
+
 def query_count(config: FewShotConfig, split: str) -> int:
     return config.queries if split == "train" else config.eval_queries or config.queries
 
@@ -380,7 +392,8 @@ def build(config: FewShotConfig) -> Experiment:
         metrics={"accuracy": accuracy, "loss": F.cross_entropy},
         higher_is_better=True,
         outer_only=tuple(norm_offsets(model)),  # norm=original: batch-norm offsets meta-learned, not adapted
-        extras={"model": model_label(config, model)},  # eval reports name the network: conv and MLP runs share tasks
+        # eval reports name the network (conv and MLP runs share tasks) and what draws the meta-test tasks
+        extras={"model": model_label(config, model), "task_set": task_set(config)},
     )
 
 

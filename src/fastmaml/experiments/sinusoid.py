@@ -78,7 +78,10 @@ def build(config: SinusoidConfig) -> Experiment:
         metrics={"mse": F.mse_loss},
         baseline=baseline,
         baseline_lr=config.baseline_lr,
-        extras={"tasks": tasks, "figures": adaptation_figure},
+        extras={"tasks": tasks, "figures": adaptation_figure,
+                # what draws the meta-test tasks: compare pairs only runs that agree on it
+                "task_set": {"shots": config.shots, "eval_queries": config.eval_queries,
+                             "amplitude": config.amplitude, "phase": config.phase, "x_range": config.x_range}},
     )
 
 

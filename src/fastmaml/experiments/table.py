@@ -210,7 +210,13 @@ def build(config: TableConfig) -> Experiment:
         higher_is_better=split.encoder.classification,
         baseline=MLP(width, outputs, config.hidden, config.activation) if config.baseline else None,
         baseline_lr=config.baseline_lr,
-        extras={"table": split, "methods": scratch, "source": source},
+        extras={"table": split, "methods": scratch, "source": source,
+                # what draws the meta-test tasks (the held-out tasks come from the training seed): compare
+                # pairs only runs that agree on it; the features may differ (same tasks, other inputs)
+                "task_set": {"csv_sha256": config.csv_sha256, "task_column": config.task_column,
+                             "target": config.target, "shots": config.shots, "eval_queries": config.eval_queries,
+                             "test_fraction": config.test_fraction, "val_fraction": config.val_fraction,
+                             "seed": config.seed}},
     )
 
 
