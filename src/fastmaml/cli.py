@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fastmaml.config import RESUME_KEYS, apply_overrides, check_task_count, dumps
+from fastmaml.config import RESUME_KEYS, apply_overrides, check_seed, check_task_count, dumps
 from fastmaml.errors import ConfigError, FastMAMLError, TrainingStopped
 
 # CLI shorthand -> config key; each applies only to presets whose config has that key.
@@ -300,6 +300,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fastmaml.engine.run_dir import eval_path, read_config
 
     preset, _ = read_config(args.run_dir, data=False)  # evaluate() checks the data
+    if args.seed is not None:
+        check_seed(args.seed)  # torch's generators take [0, 2^63): a larger one overflowed with a traceback
     saved = eval_path(args.run_dir, which_checkpoint(args))
     before = saved.stat().st_mtime_ns if saved.is_file() else None
     if args.split != "test" and preset.evaluate is not None:

@@ -336,3 +336,12 @@ def test_a_ctrl_c_while_the_command_imports_is_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         _entry.run()
     assert stop.value.code == 130 and capsys.readouterr().err == "fastmaml: interrupted\n"
+
+
+def test_eval_seed_out_of_range_is_one_line(tmp_path, capsys):
+    """eval --seed past 2^63 overflowed inside torch with a traceback; -1 was taken silently."""
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--out", str(run), "--iterations", "2", "--no-progress"]) == 0
+    for seed in ("99999999999999999999", "-1"):
+        code, err = run_cli(["eval", str(run), "--tasks", "5", "--seed", seed], capsys)
+        assert code == 2 and err.strip() == f"fastmaml: error: seed must be in [0, 2^63), got {seed}"

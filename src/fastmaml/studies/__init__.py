@@ -14,7 +14,8 @@ headlines of every seed with their mean and 95% interval over seeds (Student's t
 tasks' spread, not the training seed's, and the seed's can be as large. A headline that is NaN or
 inf at some seed (a diverged adaptation) gets no mean: its row says at how many seeds it was not
 finite (``"not_finite"`` in the JSON, whose mean and interval are then null and values "nan" / "inf",
-so the file stays strict JSON).
+so the file stays strict JSON). ``OUT/NAME.json`` writes a NaN or infinite number as the string
+"nan", "inf" or "-inf" too (:func:`strict_json`).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def run_study(name: str, out: str | Path, *, quick: bool = False, seed: int = 0,
         "headlines": module.headlines(report.results),
         "options": {key: str(value) for key, value in options.items()},
     }
-    (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
+    (out / f"{name}.json").write_text(json.dumps(strict_json(summary), indent=2, allow_nan=False))
     summary["text"] = render(summary, report) + f"\nnumbers: {out / f'{name}.json'}"
     (out / f"{name}.txt").write_text(summary["text"] + "\n", encoding="utf-8")  # what it printed, beside the numbers
     return summary
@@ -181,6 +182,22 @@ def run_seeds(name: str, out: str | Path, seeds: list[int], *, quick: bool = Fal
     return summary
 
 
+NOT_FINITE = ("nan", "inf", "-inf")  # how NAME.json writes a diverged number: strict JSON has no NaN or Infinity
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with each NaN or infinite float written as the string "nan", "inf" or "-inf" (a
+    divergence a study measures, e.g. Meta-SGD after 10 steps): json.dumps wrote bare NaN and
+    Infinity tokens, which strict parsers (jq, JavaScript) refuse. ``float()`` reads them back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: strict_json(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def _finished(path: Path, quick: bool, seed: int, options: dict[str, Any]) -> dict[str, Any] | None:
     """The summary an earlier run wrote at ``path``, if it is one of this budget, seed and options;
     None if there is none. Another budget, seed or options there is an error (mixing them would be
@@ -191,7 +208,7 @@ def _finished(path: Path, quick: bool, seed: int, options: dict[str, Any]) -> di
         summary = json.loads(path.read_text())
         found = (summary["quick"], summary["seed"])
         numbers = summary["headlines"].values()
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) or v in NOT_FINITE for v in numbers):
             raise TypeError("a headline that is not a number")
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ConfigError(f"{path} is not a finished study of this fastmaml version; delete its folder "

@@ -1,6 +1,10 @@
 """meta-sgd: Meta-SGD learns its per-weight α away from the initial value; MAML has none."""
 
-from fastmaml.studies import run_study
+import json
+
+import pytest
+
+from fastmaml.studies import run_study, strict_json
 
 
 def test_quick_study(tmp_path):
@@ -21,3 +25,15 @@ def test_quick_study(tmp_path):
     assert headlines["K=10: Meta-SGD MSE after 1 step"] == results["k10-meta-sgd"]["mse_1"]
     steps = results["k5-maml"]["maml_steps_to_meta_sgd_1"]
     assert headlines["K=5: MAML steps to Meta-SGD's one-step MSE"] == (float("inf") if steps is None else steps)
+    # NAME.json is strict JSON: a diverged number (Meta-SGD's MSE after 10 steps at this budget) was a bare
+    # NaN token, which jq and JavaScript refuse; it is now the string "nan", which float() reads back
+    text = (tmp_path / "meta-sgd.json").read_text()
+    strict = json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in meta-sgd.json"))
+    assert strict["headlines"].keys() == headlines.keys()
+    assert [float(v) for v in strict["headlines"].values()] == pytest.approx(list(headlines.values()), nan_ok=True)
+
+
+def test_strict_json_writes_non_finite_numbers_as_strings_the_seeds_summary_reads():
+    value = {"a": [1.0, float("nan")], "b": (float("inf"), -float("inf")), "c": {"d": 2, "e": "x"}}
+    assert strict_json(value) == {"a": [1.0, "nan"], "b": ["inf", "-inf"], "c": {"d": 2, "e": "x"}}
+    assert [float(v) for v in strict_json(value)["b"]] == [float("inf"), -float("inf")]
