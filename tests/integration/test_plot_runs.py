@@ -121,3 +121,24 @@ def test_an_unwritable_figure_folder_gets_one_line(runs, tmp_path, capsys):
     err = one_error_line(["plot", *map(str, runs), "--figure", str(blocker / "c.png")], capsys)
     assert f"cannot write --figure {blocker / 'c.png'}" in err
     plt.close("all")
+
+
+def test_plot_after_eval_best_draws_the_best_checkpoint_without_advising_a_new_eval(tmp_path, capsys, caplog,
+                                                                                      monkeypatch):
+    """README says to make eval.json with --best; plot then warned that the report was behind the run
+    and advised `fastmaml eval RUN` (which replaces the best report), and drew the adaptation figure
+    from the latest checkpoint while the steps figure showed the best one."""
+    from fastmaml.engine import plots
+
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--iterations", "40", "--set", "val_every=10", "--set", "val_tasks=5",
+                 "--set", "log_every=10", "--out", str(run), "--no-progress"]) == 0
+    assert main(["eval", str(run), "--best", "--tasks", "5", "--steps", "1", "--no-progress"]) == 0
+    assert json.loads((run / "eval.json").read_text())["checkpoint"] == "best"
+    loaded, load = [], plots.load_trained
+    monkeypatch.setattr(plots, "load_trained", lambda run_dir, which="checkpoint", **kw: (
+        loaded.append(which), load(run_dir, which, **kw))[1])
+    with caplog.at_level("WARNING"):
+        assert main(["plot", str(run)]) == 0
+    assert "brings it up to date" not in caplog.text + capsys.readouterr().err
+    assert loaded == ["best"]

@@ -33,7 +33,9 @@ def plot_run(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     eval_path = run_dir / EVAL
     report = saved_report(run_dir, rows) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
     paths.append(plotting.metric_vs_steps(report, out / "metric_vs_steps.png"))
-    experiment, maml, _ = load_trained(run_dir, data=False)  # with eval.json, plotting reads no data set
+    # the checkpoint the steps figure meta-tested (eval --best: the best one); with eval.json, no data set is read
+    which = "best" if report.get("checkpoint") == "best" else "checkpoint"
+    experiment, maml, _ = load_trained(run_dir, which, data=False)
     figures = experiment.extras.get("figures")
     if figures is not None:
         paths.extend(figures(experiment, methods_for(experiment, maml), out))
@@ -107,7 +109,8 @@ def saved_report(run_dir: Path, rows: list[dict]) -> dict:
     the iteration it meta-tested (an eval during training; the figure shows that iteration)."""
     report = read_report(run_dir)
     trained = rows[-1].get("step") if rows else None
-    if isinstance(trained, int) and isinstance(report.get("step"), int) and report["step"] < trained:
+    best = report.get("checkpoint") == "best"  # eval --best: the best validation checkpoint's, as meant
+    if not best and isinstance(trained, int) and isinstance(report.get("step"), int) and report["step"] < trained:
         log.warning("%s meta-tests iteration %d and the run has trained to %d; the steps figure shows %d "
                     "(fastmaml eval %s brings it up to date)", run_dir / EVAL, report["step"], trained,
                     report["step"], run_dir)
