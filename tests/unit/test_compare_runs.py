@@ -55,8 +55,14 @@ def test_runs_evaluated_differently_or_not_at_all_are_refused(tmp_path):
     b = write_eval(tmp_path / "b", {"oracle": 1.0}, seed=8)
     with pytest.raises(ConfigError, match="seed=8"):
         compare.merge([a, b])
-    with pytest.raises(ConfigError, match="no eval.json; run `fastmaml eval"):
+    with pytest.raises(ConfigError, match="is not a fastmaml run folder"):  # was: "run `fastmaml eval` first"
         compare.merge([a, tmp_path])
+    with pytest.raises(ConfigError, match="nope does not exist; name the folders of trained runs"):
+        compare.merge([a, tmp_path / "nope"])
+    (tmp_path / "trained").mkdir()
+    (tmp_path / "trained" / "config.json").write_text(json.dumps({"experiment": "sinusoid", "config": {}}))
+    with pytest.raises(ConfigError, match="no eval.json; run `fastmaml eval"):
+        compare.merge([a, tmp_path / "trained"])
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "eval.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not a readable eval report"):
@@ -115,7 +121,8 @@ def test_cli_compares_two_supervised_runs_of_the_same_method(tmp_path, capsys):
 
     assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
     captured = capsys.readouterr()
-    assert "has no eval.json" in captured.err and "Traceback" not in captured.err
+    assert "missing does not exist; name the folders of trained runs" in captured.err
+    assert "Traceback" not in captured.err
     assert main(["compare", str(a), "--figure", str(tmp_path / "x.jpg")]) == 2
     capsys.readouterr()
     (tmp_path / "afile").write_text("")  # a file where the figure's folder should be: before, a traceback

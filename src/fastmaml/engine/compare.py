@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from fastmaml.engine.evaluate import mean_ci95_t, metric_names, paired_by_metric, shown_steps
-from fastmaml.engine.run_dir import CONFIG, eval_path
+from fastmaml.engine.run_dir import CONFIG, eval_path, is_run_folder
 from fastmaml.errors import ConfigError
 
 SAME = ("experiment", "tasks", "steps", "seed", "trajectories", "split")
@@ -62,6 +62,11 @@ def read_report(run: Path, iteration: int | None = None) -> dict[str, Any]:
     path = eval_path(run, "checkpoint" if iteration is None else iteration)
     command = f"fastmaml eval {run}" + ("" if iteration is None else f" --iteration {iteration}")
     if not path.is_file():
+        if not Path(run).is_dir() or not (is_run_folder(run) or eval_path(run, "checkpoint").is_file()):
+            # a typo or another folder: `fastmaml eval` there would not help
+            what = ("does not exist" if not Path(run).exists() else
+                    "is not a fastmaml run folder (no config.json of a run)")
+            raise ConfigError(f"{run} {what}; name the folders of trained runs")
         raise ConfigError(f"{run} has no {path.relative_to(run)}; run `{command}` first")
     try:
         report = json.loads(path.read_text())
