@@ -251,7 +251,8 @@ def test_adapt_fits_a_new_sine_from_ten_points(trained_run, tmp_path, capsys):
     support.write_text("x,y\n" + "".join(f"{x},{sine(x)}\n" for x in xs[:10]))
     predict.write_text("x,y\n0.5,\n1.5,\n2.5,1.0\n")
     assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict), "--out", str(out)]) == 0
-    assert "wrote 3 predictions" in (summary := capsys.readouterr().out) and "MSE on the 1 of 3 points with" in summary
+    summary = capsys.readouterr().out
+    assert "wrote 3 predictions" in summary and "MSE on the 1 of 3 points with" in summary
     predict.write_text("x,y\n0.5,\n1.5,NA\n")
     assert main(["adapt", str(trained_run), "--support", str(support), "--predict", str(predict), "--out", str(out)]) == 0
     assert "MSE" not in capsys.readouterr().out and len(out.read_text().splitlines()) == 3
