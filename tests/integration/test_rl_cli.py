@@ -313,6 +313,9 @@ def test_adapt_takes_the_policy_to_a_new_goal_and_saves_it_for_gymnasium(nav2d_r
         (["--goal", "0.1,0.1", "--method", "oracle"], "the oracle observes its goal and is not adapted"),
         (["--goal", "0.1,0.1", "--method", "context"], "this run can adapt maml, pretrained, random"),
         (["--goal", "0.1,0.1", "--trajectories", "1"], "--trajectories must be >= 2"),
+        # the seed was passed to torch unchecked: a traceback past 2^64, and -1 taken as 2^64 - 1
+        (["--goal", "0.1,0.1", "--seed", "99999999999999999999999"], "seed must be in [0, 2^63)"),
+        (["--goal", "0.1,0.1", "--seed", "-1"], "seed must be in [0, 2^63), got -1"),
         (["--support", "x"], "an rl run adapts to a new --goal by sampling it"),
         ([], "adapt needs --goal for an rl run"),
         (["--goal", "0.1,0.1", "--best"], "keep no best checkpoint"),
@@ -473,3 +476,14 @@ def test_adapt_of_an_oracle_only_run_asks_for_method_random(tmp_path, capsys):
     from fastmaml.rl.adapt import load_adapted
 
     assert load_adapted(out)[2]["method"] == "random"
+
+
+def test_adapt_of_a_run_meta_tested_with_one_trajectory_names_that_setting(tmp_path, capsys):
+    """The error named --trajectories, which the user had not given: the run's eval_trajectories was 1."""
+    run = tmp_path / "one"
+    assert main(["train", "rl", "--env", "nav2d", "--iterations", "1", "--set", "eval_trajectories=1", "--out",
+                 str(run), *SMALL]) == 0
+    assert main(["adapt", str(run), "--goal", "0.1,0.1", "--out", str(tmp_path / "p.safetensors")]) == 2
+    assert "this run meta-tests with eval_trajectories=1; adapting needs 2 or more" in capsys.readouterr().err
+    assert main(["adapt", str(run), "--goal", "0.1,0.1", "--trajectories", "2", "--steps", "1",
+                 "--out", str(tmp_path / "p.safetensors")]) == 0

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastmaml.config import from_dict, to_dict
+from fastmaml.config import check_seed, from_dict, to_dict
 from fastmaml.engine import checkpoint
 from fastmaml.engine.run_dir import read_config
 from fastmaml.errors import CheckpointError, ConfigError
@@ -139,6 +139,10 @@ def adapt_policy(
     if method not in choices:
         why = " (the oracle observes its goal and is not adapted)" if method == "oracle" else ""
         raise ConfigError(f"--method {method!r}: this run can adapt {', '.join(choices)}{why}")
+    check_seed(seed)  # torch's generators take [0, 2^63): a larger seed overflowed with a traceback
+    if trajectories is None and config.eval_trajectories < 2:
+        raise ConfigError(f"this run meta-tests with eval_trajectories={config.eval_trajectories}; adapting needs 2 "
+                          "or more trajectories (the step standardises advantages): give --trajectories N")
     trajectories = config.eval_trajectories if trajectories is None else trajectories
     if trajectories < 2:
         raise ConfigError(f"--trajectories must be >= 2 (the step standardises advantages), got {trajectories}")
