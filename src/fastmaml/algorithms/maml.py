@@ -323,6 +323,7 @@ class MAML(nn.Module):
         # First order keeps no graph through the inner steps: nothing to checkpoint.
         self.grad_checkpointing = bool(grad_checkpointing) and not self.first_order
         self.workers = int(workers)
+        self._warned_dropout = False  # grad_checkpointing with dropout runs one thread: said once
         self.compile = bool(compile)
         self._compiled: dict[str, Callable[..., Tensor]] = {}  # torch.compile'd meta-losses by kind
         self._compiled_ran: set[str] = set()  # kinds whose compiled function has run once
@@ -472,7 +473,7 @@ class MAML(nn.Module):
         if not (self.grad_checkpointing and self.workers > 1 and self.model.training):
             return False
         dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules())
-        if dropout and not getattr(self, "_warned_dropout", False):
+        if dropout and not self._warned_dropout:
             self._warned_dropout = True
             log.warning("grad_checkpointing with dropout: the tasks' meta-gradients are computed in one thread, not "
                         "%d (recomputing a checkpointed step must draw the dropout mask its forward drew, which "

@@ -143,7 +143,7 @@ def adapt_points(
     ``overrides``: meta-test settings changed (``key=value``, e.g. ``inner_lr=0.005``).
     """
     from fastmaml.engine.evaluate import load_trained
-    from fastmaml.experiments.table import check_adapted, counted, output_column, write_csv
+    from fastmaml.experiments.table import check_adapted, counted, output_column, scored, write_csv
     from fastmaml.tasks.table import is_missing, read_csv
 
     experiment, maml, _ = load_trained(Path(run_dir), which, overrides)
@@ -183,8 +183,7 @@ def adapt_points(
         if "y" in predict_table.header else []
     if known:
         truth = numbers(predict_table.subset(known), "y").view(-1)
-        scored = ("those points" if len(known) == len(predict_table.rows) else
-                  f"the {len(known)} of {len(predict_table.rows)} points with a known y")
-        summary += (f"; MSE on {scored} {F.mse_loss(after[known], truth).item():.4g} "
+        on = scored(known, len(predict_table.rows), "point", "y")
+        summary += (f"; MSE on {on} {F.mse_loss(after[known], truth).item():.4g} "
                     f"({F.mse_loss(before[known], truth).item():.4g} before adapting)")
     return summary

@@ -295,8 +295,7 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
         after, before = maml(px, adapted), maml(px)
     summary = (f"adapted to {counted(len(support_table.rows), 'support row')} with {counted(steps, 'step')}; wrote "
                f"{counted(len(predict_table.rows), 'prediction')} to {out}")
-    scored = ("those rows" if len(known) == len(predict_table.rows) else
-              f"the {len(known)} of {len(predict_table.rows)} rows with a known {encoder.target!r}")
+    on = scored(known, len(predict_table.rows), "row", repr(encoder.target))
     if encoder.classification:
         probabilities = after.softmax(-1)
         labels = encoder.decode_labels(probabilities.argmax(-1))
@@ -305,7 +304,7 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
         cells = [[label, *(f"{p:.4f}" for p in row)] for label, row in zip(labels, probabilities.tolist())]
         if truth is not None:
             accuracy_of = lambda logits: accuracy(logits[known], truth).item()  # noqa: E731
-            summary += f"; accuracy on {scored} {accuracy_of(after):.4g} ({accuracy_of(before):.4g} before adapting)"
+            summary += f"; accuracy on {on} {accuracy_of(after):.4g} ({accuracy_of(before):.4g} before adapting)"
     else:
         prediction = encoder.decode_y(after).view(-1)
         names = [output_column(predict_table, encoder.target, "prediction")]
@@ -313,7 +312,7 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
         if truth is not None:
             truth = encoder.decode_y(truth).view(-1)
             mse = lambda p: ((p[known] - truth) ** 2).mean().item()  # noqa: E731
-            summary += (f"; MSE on {scored} {mse(prediction):.4g} "
+            summary += (f"; MSE on {on} {mse(prediction):.4g} "
                         f"({mse(encoder.decode_y(before).view(-1)):.4g} before adapting; in {encoder.target!r}'s own "
                         "units squared, where fastmaml eval reports the standardised target's)")
     write_csv(Path(out), [*predict_table.header, *names], [[*row, *c] for row, c in zip(predict_table.rows, cells)])
@@ -353,6 +352,11 @@ def check_adapted(adapted: dict[str, torch.Tensor], steps: int, maml: Any) -> No
 def counted(n: int, noun: str) -> str:
     """``1 support row``, ``3 support rows``: the summaries' counts (the noun's plural takes an s)."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def scored(known: list[int], total: int, noun: str, target: str) -> str:
+    """Which rows an adapt summary's score is on: all of them, or the ``known`` ones with a target."""
+    return f"those {noun}s" if len(known) == total else f"the {len(known)} of {total} {noun}s with a known {target}"
 
 
 def write_csv(out: Path, header: list[str], rows: list[list[str]]) -> None:
