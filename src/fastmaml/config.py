@@ -123,15 +123,17 @@ RESUME_KEYS = {"iterations", "log_every", "checkpoint_every", "snapshot_every", 
 RELOCATABLE_KEYS = {"csv"}
 
 
-def changed_since_checkpoint(config: Any, saved: dict[str, Any] | None) -> list[str]:
+def changed_since_checkpoint(config: Any, saved: dict[str, Any] | None, written: Any = None) -> list[str]:
     """The keys outside RESUME_KEYS whose value in ``config`` (read from config.json) differs from
     ``saved``, the config stored in the checkpoint a run resumes from (keys it lacks, from an older
-    version, are not compared): a config.json edited by hand."""
+    version, are not compared; nor are keys missing from ``written``, the config as config.json holds
+    it, where given): a config.json edited by hand."""
     if not isinstance(saved, dict):
         return []
     now = json.loads(json.dumps(to_dict(config)))  # tuples as lists, as the checkpoint's JSON holds them
     return [f"{key} = {json.dumps(now[key])} in config.json, {json.dumps(saved[key])} in the checkpoint"
-            for key in now if key not in RESUME_KEYS | RELOCATABLE_KEYS and key in saved and now[key] != saved[key]]
+            for key in now if key not in RESUME_KEYS | RELOCATABLE_KEYS and key in saved and now[key] != saved[key]
+            and (not isinstance(written, dict) or key in written)]
 
 
 def check_finite(config: Any) -> None:

@@ -122,7 +122,9 @@ def test_a_hand_edited_config_is_one_clear_line_and_keeps_the_checkpoint(tmp_pat
     edited(hidden=[10])  # before: torch's state_dict size-mismatch traceback
     code, err = run_cli(["eval", str(run), "--tasks", "5"], capsys)
     assert code == 2 and len(err.splitlines()) == 1
-    assert "do not fit the model that its config.json describes" in err and "edited after training" in err
+    # before: "do not fit the model that its config.json describes"; now the config is compared first
+    assert "config.json no longer matches the checkpoint checkpoint.safetensors (hidden = [10] in config.json, " \
+        "[40, 40] in the checkpoint)" in err
     # train --resume compares config.json with the config the checkpoint holds; before, a changed
     # value that left the shapes alone (inner_lr) trained on silently with it
     for change, shown in (({"hidden": [10]}, "hidden = [10] in config.json, [40, 40] in the checkpoint"),
@@ -140,7 +142,7 @@ def test_a_hand_edited_config_is_one_clear_line_and_keeps_the_checkpoint(tmp_pat
     edited(iterations=2.5, hidden=[40, 40])
     code, err = run_cli(["eval", str(run), "--tasks", "5"], capsys)
     assert code == 2 and "iterations = 2.5 is not a int" in err
-    edited(inner_lr=1, hidden=[40, 40])  # an int where a float is due is fine (JSON writes 1.0 as 1.0, people 1)
+    edited(x_range=[-5, 5], hidden=[40, 40])  # an int where a float is due is fine (JSON writes 5.0, people 5)
     assert main(["eval", str(run), "--tasks", "5", "--steps", "1", "--no-progress"]) == 0
 
 

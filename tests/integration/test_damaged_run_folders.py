@@ -344,3 +344,56 @@ def test_a_resume_removes_a_killed_writes_leftover_beside_a_linked_metrics_file_
     assert sorted(p.name for p in kept.iterdir()) == [f".sin.jsonl.{alive.pid}.tmp", "sin.jsonl"]
     assert (run / "metrics.jsonl").is_symlink()
     assert [json.loads(line)["step"] for line in (kept / "sin.jsonl").read_text().splitlines()][-1] == 4
+
+
+@pytest.mark.parametrize("command", [["eval", "--tasks", "5"], ["plot"], ["adapt"]])
+def test_a_config_edited_since_the_checkpoint_is_refused_by_eval_plot_and_adapt(run, command, tmp_path, capsys):
+    """eval built the meta-test from a hand-edited config.json (inner_lr 0.05 for the run's 0.01) and
+    saved the report as the run's own; resume refused such an edit, eval, plot and adapt did not."""
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["inner_lr"] = 0.05
+    (run / "config.json").write_text(json.dumps(saved))
+    (run / "eval.json").unlink()
+    if command == ["adapt"]:
+        points = tmp_path / "points.csv"
+        points.write_text("x,y\n0.5,1.0\n")
+        command = ["adapt", "--support", str(points), "--predict", str(points), "--out", str(tmp_path / "out.csv")]
+    err = one_error_line([command[0], str(run), *command[1:]], capsys)
+    assert f"{run}/config.json no longer matches the checkpoint checkpoint.safetensors" in err
+    assert "inner_lr = 0.05 in config.json, 0.01 in the checkpoint" in err and "restore config.json" in err
+    assert not (run / "eval.json").exists()
+    saved["config"]["inner_lr"] = 0.01  # restored: a meta-test setting changes with --set, as the error says
+    (run / "config.json").write_text(json.dumps(saved))
+    assert main(["eval", str(run), "--tasks", "5", "--no-progress", "--set", "inner_lr=0.05"]) == 0
+
+
+def test_a_snapshot_from_before_a_resume_that_extended_the_run_still_meta_tests(run, capsys):
+    # iterations may change on resume: the snapshot's config says 4, config.json 6, and that is no edit
+    assert main(["train", "--resume", str(run), "--iterations", "6", "--no-progress"]) == 0
+    assert main(["eval", str(run), "--iteration", "2", "--tasks", "5", "--no-progress"]) == 0
+
+
+def test_plot_without_a_checkpoint_draws_what_needs_no_model(run, capsys, caplog):
+    """plot wrote learning_curve.png, then failed on the missing checkpoint (exit 2): now it draws the
+    figures that need no model and says why the others are missing."""
+    shutil.rmtree(run / "plots", ignore_errors=True)
+    for name in ("checkpoint.safetensors", "checkpoint.prev.safetensors"):
+        (run / name).unlink(missing_ok=True)
+    assert main(["plot", str(run)]) == 0  # a run whose checkpoint went: eval.json still gives the steps figure
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["learning_curve.png", "metric_vs_steps.png"]
+    assert "has no checkpoint (deleted or moved?): drew the learning curve and the steps figure of its eval.json" \
+        in caplog.text and "restore its checkpoint.safetensors" in caplog.text
+    # a start before its first checkpoint (due at 2): one row, nothing else; plot leaves it reusable
+    caplog.clear()
+    shutil.rmtree(run / "plots")
+    shutil.rmtree(run / "snapshots")
+    (run / "eval.json").unlink()
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["log_every"] = 1
+    (run / "config.json").write_text(json.dumps(saved))
+    (run / "metrics.jsonl").write_text('{"step": 1, "meta_loss": 3.0, "elapsed_s": 0.1}\n')
+    assert main(["plot", str(run)]) == 0
+    assert [p.name for p in (run / "plots").iterdir()] == ["learning_curve.png"]
+    assert "has no checkpoint yet (the first is due at iteration 2): drew the learning curve;" in caplog.text
+    assert main(["train", "sinusoid", "--out", str(run), "--iterations", "2", "--no-progress"]) == 0

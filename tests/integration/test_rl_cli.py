@@ -201,12 +201,9 @@ def test_random_initialisation_is_fine_tuned_at_random_lr(tmp_path, capsys):
     assert main(["train", "rl", "--env", "nav2d", *TINY, "--iterations", "1", "--set", "baselines=",
                  "--set", "random_lr=0", "--out", str(run)]) == 0
     reports = []
-    for random_lr in (0.0, 5.0):
-        config = json.loads((run / "config.json").read_text())
-        config["config"]["random_lr"] = random_lr
-        (run / "config.json").write_text(json.dumps(config))
+    for random_lr in (0.0, 5.0):  # a meta-test setting: --set (an edited config.json is refused)
         capsys.readouterr()
-        assert main(["eval", str(run), "--tasks", "4", "--steps", "1", "--json"]) == 0
+        assert main(["eval", str(run), "--tasks", "4", "--steps", "1", "--json", "--set", f"random_lr={random_lr}"]) == 0
         reports.append(json.loads(capsys.readouterr().out)["metrics"])
     (at_inner, maml), (at_5, maml_again) = ((r["random"]["return"]["mean"], r["maml"]) for r in reports)
     assert maml == maml_again and at_inner[0] == at_5[0]
@@ -401,7 +398,7 @@ def test_snapshots_of_an_rl_run_are_meta_tested_on_their_own(tmp_path, capsys):
     assert "no snapshot of iteration 3; it kept iterations 1, 2" in capsys.readouterr().err
 
 
-def test_a_policy_that_does_not_fit_the_edited_config_is_one_clear_line(tmp_path, capsys):
+def test_a_policy_size_edited_in_the_config_is_one_clear_line(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "rl", "--env", "nav2d", "--iterations", "1", "--set", "baselines=", "--out", str(run),
                  *TINY]) == 0
@@ -410,7 +407,8 @@ def test_a_policy_that_does_not_fit_the_edited_config_is_one_clear_line(tmp_path
     (run / "config.json").write_text(json.dumps(saved))
     assert main(["eval", str(run), "--tasks", "2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "the maml policy in" in err and "(50, 2) expected" in err, err
+    # before the config was compared with the checkpoint's: "the maml policy in ... (50, 2) expected"
+    assert len(err.splitlines()) == 1 and "no longer matches the checkpoint" in err and "hidden = [50, 50]" in err, err
 
 
 def test_sigterm_saves_where_it_stopped_and_resume_is_bit_identical(tmp_path, monkeypatch, capsys):
@@ -487,3 +485,21 @@ def test_adapt_of_a_run_meta_tested_with_one_trajectory_names_that_setting(tmp_p
     assert "this run meta-tests with eval_trajectories=1; adapting needs 2 or more" in capsys.readouterr().err
     assert main(["adapt", str(run), "--goal", "0.1,0.1", "--trajectories", "2", "--steps", "1",
                  "--out", str(tmp_path / "p.safetensors")]) == 0
+
+
+def test_eval_refuses_a_config_edited_since_the_checkpoint(nav2d_run, tmp_path, capsys):
+    """eval meta-tested with a hand-edited config.json's inner_lr and saved it as the run's report."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(nav2d_run, run)
+    (run / "eval.json").unlink(missing_ok=True)
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["inner_lr"] = 2.0
+    (run / "config.json").write_text(json.dumps(saved))
+    capsys.readouterr()
+    assert main(["eval", str(run), "--tasks", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "config.json no longer matches the checkpoint checkpoint.safetensors (inner_lr = 2.0 in config.json, " \
+        "0.5 in the checkpoint)" in err and len(err.splitlines()) == 1
+    assert not (run / "eval.json").exists()

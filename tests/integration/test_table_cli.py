@@ -441,3 +441,22 @@ def test_adapt_refuses_to_write_over_the_training_csv(table_run, tmp_path, capsy
     assert main(["adapt", str(run), "--support", str(support), "--predict", str(predict),
                  "--out", str(training_csv)]) == 2
     assert "would overwrite" in capsys.readouterr().err and training_csv.read_bytes() == before
+
+
+def test_adapt_refuses_a_config_edited_since_the_checkpoint(table_run, tmp_path, capsys):
+    """adapt built the model from a hand-edited config.json (inner_lr) without a word; resume refused it."""
+    import shutil
+
+    _, run = table_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    saved = json.loads((copy / "config.json").read_text())
+    saved["config"]["inner_lr"] = saved["config"]["inner_lr"] * 5
+    (copy / "config.json").write_text(json.dumps(saved))
+    support = write_tasks(tmp_path / "new.csv", tasks=1, rows=8, seed=99)
+    capsys.readouterr()
+    assert main(["adapt", str(copy), "--support", str(support), "--predict", str(support),
+                 "--out", str(tmp_path / "out.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "config.json no longer matches the checkpoint checkpoint.safetensors (inner_lr = " in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out.csv").exists()

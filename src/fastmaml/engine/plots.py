@@ -8,7 +8,9 @@ from pathlib import Path
 from fastmaml import plotting
 from fastmaml.engine.compare import read_report
 from fastmaml.engine.evaluate import evaluate, load_trained, methods_for
-from fastmaml.engine.run_dir import EVAL, PLOTS, read_metrics
+from fastmaml.engine.run_dir import (
+    CHECKPOINT, EVAL, PLOTS, failed_start, first_checkpoint_due, has_checkpoint, read_metrics,
+)
 from fastmaml.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,11 @@ def plot_run(run_dir: str | Path, tasks: int = 100) -> list[Path]:
                     "(below the iterations) for a curve", run_dir, rows[0]["step"])
     paths.append(plotting.learning_curve(rows, out / "learning_curve.png"))
     eval_path = run_dir / EVAL
+    if not has_checkpoint(run_dir):
+        warn_no_checkpoint(run_dir)
+        if eval_path.is_file():  # the meta-test saved before the checkpoint went: it needs no model
+            paths.append(plotting.metric_vs_steps(saved_report(run_dir, rows), out / "metric_vs_steps.png"))
+        return paths
     report = saved_report(run_dir, rows) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
     paths.append(plotting.metric_vs_steps(report, out / "metric_vs_steps.png"))
     # the checkpoint the steps figure meta-tested (eval --best: the best one); with eval.json, no data set is read
@@ -92,6 +99,18 @@ def plot_runs(run_dirs: list[Path], figure: Path, metrics: list[str] | None = No
         return plotting.runs_curves(runs, keys, figure, x=x)
     except OSError as error:
         raise ConfigError(f"cannot write --figure {figure} ({error.strerror}); choose a writable folder") from None
+
+
+def warn_no_checkpoint(run_dir: Path) -> None:
+    """The warning of ``plot`` on a run without a checkpoint: it drew the figures that need no model."""
+    drew = "the learning curve" + (" and the steps figure of its eval.json" if (run_dir / EVAL).is_file() else "")
+    if failed_start(run_dir):  # a run still before its first checkpoint (or one killed there)
+        due = first_checkpoint_due(run_dir)
+        log.warning("%s has no checkpoint yet%s: drew %s; the figures that meta-test the model come with it", run_dir,
+                    f" (the first is due at iteration {due})" if due else "", drew)
+    else:
+        log.warning("%s has no checkpoint (deleted or moved?): drew %s; restore its %s for the figures that "
+                    "meta-test the model", run_dir, drew, CHECKPOINT)
 
 
 def plots_folder(run_dir: Path) -> Path:

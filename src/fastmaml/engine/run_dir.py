@@ -16,7 +16,7 @@ try:
 except ImportError:  # Windows: no lock (see training_lock)
     fcntl = None  # type: ignore[assignment]
 
-from fastmaml.config import apply_eval_overrides, from_dict, to_dict
+from fastmaml.config import apply_eval_overrides, changed_since_checkpoint, from_dict, to_dict
 from fastmaml.engine import checkpoint
 from fastmaml.engine.experiment import Experiment, get_preset
 from fastmaml.errors import CheckpointError, DataError
@@ -175,6 +175,21 @@ def parse_config(text: str, path: Path):
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path} is unreadable ({error}); restore it or start a new run") from None
     return preset, config
+
+
+def check_config_matches(run_dir: Path, meta: dict[str, Any], path: Path) -> None:
+    """CheckpointError if ``RUN_DIR/config.json`` was edited by hand since the checkpoint ``path``
+    (metadata ``meta``) was saved: eval, plot and adapt build the model and the meta-test from
+    config.json, so an edited ``inner_lr`` or ``eval_steps`` would be reported as the run's own. The
+    keys a resume may change are not compared, nor keys that one of the two lacks (written by an older
+    version; :func:`fastmaml.config.changed_since_checkpoint`)."""
+    text = read_config_text(run_dir)
+    _, config = parse_config(text, Path(run_dir) / CONFIG)
+    edited = changed_since_checkpoint(config, meta.get("config"), json.loads(text)["config"])
+    if edited:
+        raise CheckpointError(
+            f"{run_dir}/{CONFIG} no longer matches the checkpoint {path.name} ({'; '.join(edited)}): "
+            "restore config.json (a meta-test setting such as inner_lr changes for one command with --set KEY=VALUE)")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -86,9 +86,11 @@ from fastmaml.engine.run_dir import (
     CHECKPOINT,
     EVAL,
     METRICS,
+    check_config_matches,
     checkpoint_file,
     checkpoint_label,
     first_save,
+    has_checkpoint,
     keep_snapshot,
     read_config,
     read_metrics,
@@ -461,7 +463,8 @@ def load_policies(
     """{method: (env, policy, params)} for the trained learners of a run (its latest checkpoint, or
     the snapshot of iteration ``which``) and the random initialisation (the plain policy, every
     parameter fine-tuned, also in a context-vector run)."""
-    tensors, meta, _ = checkpoint.load_latest(checkpoint_file(run_dir, which))
+    tensors, meta, path = checkpoint.load_latest(checkpoint_file(run_dir, which))
+    check_config_matches(run_dir, meta, path)
     trainer = RLTrainer(config, run_dir)
     trainer.restore(tensors, meta)
     methods = {name: (trainer.envs[name], trainer.policies[name], trainer.params[name]) for name in trainer.learners}
@@ -590,7 +593,7 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from fastmaml import plotting
-    from fastmaml.engine.plots import plots_folder, saved_report
+    from fastmaml.engine.plots import plots_folder, saved_report, warn_no_checkpoint
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
@@ -639,6 +642,9 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     fig.savefig(out / "learning_curve.png", dpi=120)
     plt.close(fig)
     eval_path = run_dir / EVAL
+    if not eval_path.is_file() and not has_checkpoint(run_dir):
+        warn_no_checkpoint(run_dir)
+        return [out / "learning_curve.png"]
     # a damaged eval.json: one error saying to rewrite it (fastmaml compare's reader)
     report = saved_report(run_dir, rows) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
     return [out / "learning_curve.png", plotting.metric_vs_steps(report, out / "return_vs_steps.png")]
