@@ -2,6 +2,7 @@
 one line saying what is wrong and what to do, exit code 2, no traceback."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -63,8 +64,21 @@ def test_eval_where_eval_json_is_a_folder_keeps_the_report(run, capsys):
     (run / "eval.json").unlink()
     (run / "eval.json").mkdir()
     err = one_error_line(["eval", str(run), "--tasks", "5", "--no-progress"], capsys)
-    assert f"{run / 'eval.json'} is a folder" in err and "rename eval.json.tmp to eval.json" in err
-    assert json.loads((run / "eval.json.tmp").read_text())["tasks"] == 5  # the report is not lost
+    tmp = f"eval.json.{os.getpid()}.tmp"
+    assert f"{run / 'eval.json'} is a folder" in err and f"rename {tmp} to eval.json" in err
+    assert json.loads((run / tmp).read_text())["tasks"] == 5  # the report is not lost
+
+
+def test_an_eval_does_not_take_the_temporary_file_of_another_eval_of_the_run(run, capsys):
+    """Two evals of one run at once wrote the same eval.json.tmp: one could rename the other's
+    half-written file into place, or find it gone. Each writes its own now."""
+    (run / "eval.json").unlink()
+    other = run / "eval.json.tmp"  # another eval's report, being written under the name every eval used
+    other.write_text('{"tasks": 7, "half')
+    assert main(["eval", str(run), "--tasks", "5", "--no-progress"]) == 0
+    assert json.loads((run / "eval.json").read_text())["tasks"] == 5
+    assert other.read_text() == '{"tasks": 7, "half'
+    assert sorted(p.name for p in run.glob("*.tmp")) == [other.name]
 
 
 def test_resume_where_snapshots_is_a_file_fails_before_training(run, capsys):

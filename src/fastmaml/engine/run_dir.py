@@ -52,12 +52,14 @@ def write_eval(run_dir: Path, report: dict[str, Any], which: str | int = "checkp
     text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r",\s*", m.group(1))) + "]",
                             json.dumps(report, indent=2))
     path = checkpoint.followed(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # its own: two evals of a run at once wrote one name
     try:
         tmp.write_text(text + "\n")
     except OSError as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         raise CheckpointError(f"cannot save the eval report to {path} ({error.strerror} writing {tmp.name}); make "
-                              f"{path.parent} writable (or move {tmp.name} away), then run the eval again") from None
+                              f"{path.parent} writable, then run the eval again") from None
     try:
         os.replace(tmp, path)
     except OSError as error:  # e.g. eval.json is a folder: the report is kept in the temporary file, not lost
