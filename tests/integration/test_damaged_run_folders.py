@@ -47,6 +47,31 @@ def test_plot_with_an_eval_json_without_metrics(run, capsys):
     assert "is not an eval report (no metrics)" in err and f"run `fastmaml eval {run}` again" in err
 
 
+@pytest.mark.parametrize("damage, said", [
+    (lambda m: m.pop("mean"), "maml mse lacks a list of numbers under 'mean' or 'ci95'"),
+    (lambda m: m.update(ci95="wide"), "maml mse lacks a list of numbers under 'mean' or 'ci95'"),
+    (lambda m: m.update(ci95=m["ci95"][:1]), "maml mse has 11 means and 1 intervals"),
+])
+@pytest.mark.parametrize("command", ["plot", "compare"])
+def test_an_eval_json_edited_into_another_shape_is_one_line(run, command, damage, said, capsys):
+    """A method's metric without "mean" (or a "ci95" that is not numbers) was a KeyError or
+    TypeError traceback in compare and plot."""
+    report = json.loads((run / "eval.json").read_text())
+    assert len(report["metrics"]["maml"]["mse"]["mean"]) == 11  # 0 ... 10 steps
+    damage(report["metrics"]["maml"]["mse"])
+    (run / "eval.json").write_text(json.dumps(report))
+    err = one_error_line([command, str(run)], capsys)
+    assert f"{run / 'eval.json'} is not a readable eval report ({said}); run `fastmaml eval {run}` again" in err
+
+
+def test_an_eval_json_without_its_iteration_is_one_line(run, capsys):
+    report = json.loads((run / "eval.json").read_text())
+    del report["step"]
+    (run / "eval.json").write_text(json.dumps(report))
+    err = one_error_line(["compare", str(run)], capsys)
+    assert "not a readable eval report (no iteration: 'step' is missing or not a whole number)" in err
+
+
 def test_metric_vs_steps_figure_of_a_report_without_metrics():
     for report in ({"metrics": {}}, {"metrics": {"maml": {}}}, {}):
         with pytest.raises(ConfigError, match="no metrics to plot; run `fastmaml eval RUN_DIR` again"):

@@ -74,7 +74,30 @@ def read_report(run: Path, iteration: int | None = None) -> dict[str, Any]:
         raise ConfigError(f"{path} is not a readable eval report ({error}); run `{command}` again") from None
     if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict) or not report["metrics"]:
         raise ConfigError(f"{path} is not an eval report (no metrics); run `{command}` again")
+    damage = report_damage(report)
+    if damage:  # an edit by hand: a KeyError traceback in compare and plot before
+        raise ConfigError(f"{path} is not a readable eval report ({damage}); run `{command}` again")
     return report
+
+
+def report_damage(report: dict[str, Any]) -> str | None:
+    """What is missing from an eval report's metrics (each method: metric -> {"mean": [numbers],
+    "ci95": [as many numbers]}) and its ``step``, or None for a whole report."""
+    def numbers(value: Any) -> bool:
+        return isinstance(value, list) and bool(value) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+    if not isinstance(report.get("step"), int) or isinstance(report.get("step"), bool):
+        return "no iteration: 'step' is missing or not a whole number"
+    for method, values in report["metrics"].items():
+        if not isinstance(values, dict) or not values:
+            return f"method {method!r} has no metrics"
+        for name, value in values.items():
+            if not isinstance(value, dict) or not numbers(value.get("mean")) or not numbers(value.get("ci95")):
+                return f"{method} {name} lacks a list of numbers under 'mean' or 'ci95'"
+            if len(value["mean"]) != len(value["ci95"]):
+                return f"{method} {name} has {len(value['mean'])} means and {len(value['ci95'])} intervals"
+    return None
 
 
 def merge(runs: list[Path], iteration: int | None = None) -> dict[str, Any]:
