@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import typing
 from typing import Any, ClassVar
 
@@ -136,16 +137,34 @@ def changed_since_checkpoint(config: Any, saved: dict[str, Any] | None, written:
             and (not isinstance(written, dict) or key in written)]
 
 
+# The largest magnitude a float setting may have: float32 holds 3.4e38, and a learning rate of 1e38
+# overflowed inside Adam (lr / (1 - beta1)) or Meta-SGD's rates, a traceback instead of an error.
+MAX_SETTING = 1e30
+# The most threads (torch's, a worker pool's, the simulators') a setting may ask for: torch segfaulted
+# (exit 139, no message) on set_num_threads(100000); 1024 is far above any CPU's cores.
+MAX_THREADS = 1024
+THREAD_KEYS = ("threads", "workers", "sim_threads")
+
+
 def check_finite(config: Any) -> None:
-    """ConfigError for a float setting (or a float in a tuple setting) that is NaN or infinite: checks
-    written as ``x > 0`` let inf through, and nan through ``x < 0`` (max_kl=inf or cg_damping=nan trained
-    a policy that never moved)."""
+    """ConfigError for a float setting (or a float in a tuple setting) that is NaN, infinite or beyond
+    ``MAX_SETTING`` in magnitude (a float setting): checks written as ``x > 0`` let inf through, and nan through ``x < 0``
+    (max_kl=inf or cg_damping=nan trained a policy that never moved). Also for a thread count above
+    ``MAX_THREADS``."""
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         values = value if isinstance(value, tuple) else (value,)
+        shown = value if isinstance(value, tuple) else None
         bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
         if bad:
-            raise ConfigError(f"{field.name} must be a finite number, got {value if isinstance(value, tuple) else bad[0]}")
+            raise ConfigError(f"{field.name} must be a finite number, got {shown or bad[0]}")
+        huge = [v for v in values if isinstance(v, float) and abs(v) > MAX_SETTING]
+        if huge:
+            raise ConfigError(f"{field.name} = {shown or huge[0]} is beyond what float32 training can hold; "
+                              f"give a value of at most {MAX_SETTING:g} in magnitude")
+        if field.name in THREAD_KEYS and isinstance(value, int) and value > MAX_THREADS:
+            raise ConfigError(f"{field.name} = {value} is more threads than fastmaml starts (at most {MAX_THREADS}); "
+                              f"give at most this machine's cores ({os.cpu_count()})")
 
 
 def check_seed(seed: int) -> None:

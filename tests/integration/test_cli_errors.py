@@ -50,6 +50,14 @@ def run_cli(args, capsys):
         (["train", "rl", "--set", "env=cheetah-vel", "--out", "X"], "choose the environment with --env"),
         (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "baselines=oracle,oracle"], "names oracle twice"),
         (["train", "rl", "--env", "nav2d", "--out", "X", "--set", "eval_tasks=1"], "eval_tasks must be >= 2"),
+        # finite, but beyond float32 once Adam divides by 1 - beta1: a RuntimeError traceback (exit 1)
+        (["train", "sinusoid", "--out", "X", "--set", "outer_lr=1e38"], "outer_lr = 1e+38 is beyond what float32"),
+        (["train", "sinusoid", "--out", "X", "--meta-sgd", "--set", "inner_lr=1e39"], "inner_lr = 1e+39 is beyond"),
+        (["train", "sinusoid", "--out", "X", "--set", "amplitude=0.1,1e31"], "amplitude = (0.1, 1e+31) is beyond"),
+        # torch segfaulted (exit 139, no message) asked for 100,000 threads
+        (["train", "sinusoid", "--out", "X", "--set", "threads=100000"], "threads = 100000 is more threads than"),
+        (["train", "sinusoid", "--out", "X", "--set", "workers=5000"], "workers = 5000 is more threads than"),
+        (["train", "rl", "--env", "cheetah-vel", "--out", "X", "--set", "sim_threads=2000"], "sim_threads = 2000 is"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, capsys, tmp_path, monkeypatch):

@@ -436,3 +436,9 @@ def test_plot_without_a_checkpoint_draws_what_needs_no_model(run, capsys, caplog
     assert [p.name for p in (run / "plots").iterdir()] == ["learning_curve.png"]
     assert "has no checkpoint yet (the first is due at iteration 2): drew the learning curve;" in caplog.text
     assert main(["train", "sinusoid", "--out", str(run), "--iterations", "2", "--no-progress"]) == 0
+
+
+def test_eval_refuses_more_threads_than_it_can_start(run, capsys):
+    # torch.set_num_threads(100000) segfaulted: exit 139 and no message
+    err = one_error_line(["eval", str(run), "--tasks", "5", "--set", "threads=100000"], capsys)
+    assert "threads = 100000 is more threads than fastmaml starts (at most 1024)" in err
