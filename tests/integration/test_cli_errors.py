@@ -131,7 +131,7 @@ def test_a_hand_edited_config_is_one_clear_line_and_keeps_the_checkpoint(tmp_pat
     code, err = run_cli(["eval", str(run), "--tasks", "5"], capsys)
     assert code == 2 and len(err.splitlines()) == 1
     # before: "do not fit the model that its config.json describes"; now the config is compared first
-    assert "config.json no longer matches the checkpoint checkpoint.safetensors (hidden = [10] in config.json, " \
+    assert "config.json does not match the checkpoint checkpoint.safetensors (hidden = [10] in config.json, " \
         "[40, 40] in the checkpoint)" in err
     # train --resume compares config.json with the config the checkpoint holds; before, a changed
     # value that left the shapes alone (inner_lr) trained on silently with it
@@ -140,7 +140,7 @@ def test_a_hand_edited_config_is_one_clear_line_and_keeps_the_checkpoint(tmp_pat
         edited(**change)
         code, err = run_cli(["train", "--resume", str(run), "--iterations", "4", "--no-progress"], capsys)
         assert code == 2 and len(err.splitlines()) == 1
-        assert f"config.json no longer matches the checkpoint it resumes from ({shown})" in err
+        assert f"config.json does not match the checkpoint it resumes from ({shown})" in err
     edited(iterations=3, log_every=1)  # the schedule may change
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     weights = (run / "checkpoint.safetensors").read_bytes()

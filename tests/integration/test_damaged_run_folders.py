@@ -398,8 +398,9 @@ def test_a_config_edited_since_the_checkpoint_is_refused_by_eval_plot_and_adapt(
         points.write_text("x,y\n0.5,1.0\n")
         command = ["adapt", "--support", str(points), "--predict", str(points), "--out", str(tmp_path / "out.csv")]
     err = one_error_line([command[0], str(run), *command[1:]], capsys)
-    assert f"{run}/config.json no longer matches the checkpoint checkpoint.safetensors" in err
-    assert "inner_lr = 0.05 in config.json, 0.01 in the checkpoint" in err and "restore config.json" in err
+    assert f"{run}/config.json does not match the checkpoint checkpoint.safetensors" in err
+    assert "inner_lr = 0.05 in config.json, 0.01 in the checkpoint" in err
+    assert "edited by hand or the checkpoint is another run's; restore the one that changed" in err
     assert not (run / "eval.json").exists()
     saved["config"]["inner_lr"] = 0.01  # restored: a meta-test setting changes with --set, as the error says
     (run / "config.json").write_text(json.dumps(saved))
@@ -442,3 +443,28 @@ def test_eval_refuses_more_threads_than_it_can_start(run, capsys):
     # torch.set_num_threads(100000) segfaulted: exit 139 and no message
     err = one_error_line(["eval", str(run), "--tasks", "5", "--set", "threads=100000"], capsys)
     assert "threads = 100000 is more threads than fastmaml starts (at most 1024)" in err
+
+
+@pytest.mark.parametrize("edit, said", [
+    ({"step": "4"}, 'step = "4", not an iteration count'),  # a TypeError traceback on resume
+    ({"step": 4.0}, "step = 4.0, not an iteration count"),  # a ValueError traceback ({step:06d})
+    ({"step": -5}, "step = -5, not an iteration count"),  # trained "from iteration -5", exit 0
+    ({"elapsed_s": None}, "elapsed_s = null, not a time in seconds"),
+    ({"metrics": {}}, "metrics is not a list of rows with an iteration each"),  # AttributeError traceback
+    ({"best": 5}, "best = 5, not a validation result"),  # trained, then a TypeError traceback
+    ({"experiment": "table"}, 'it holds a "table" run, this one is "sinusoid"'),  # resumed silently
+    ({"config": None}, "its config is not a mapping of settings"),
+])
+@pytest.mark.parametrize("command", ["resume", "eval"])
+def test_a_checkpoint_whose_metadata_was_edited_is_one_line(run, edit, said, command, capsys):
+    """A readable checkpoint whose metadata holds values of other types than a run writes gave
+    tracebacks later (or trained on, or saved a report "at iteration x"); now one line at load."""
+    from fastmaml.engine import checkpoint
+
+    for name in ("checkpoint.safetensors", "checkpoint.prev.safetensors"):
+        tensors, meta = checkpoint.load(run / name)
+        checkpoint.save(run / name, tensors, {**meta, **edit}, keep_previous=False)
+    args = (["train", "--resume", str(run), "--iterations", "6", "--no-progress"] if command == "resume"
+            else ["eval", str(run), "--tasks", "5", "--no-progress"])
+    err = one_error_line(args, capsys)
+    assert "checkpoint.safetensors does not hold a run's full state" in err and said in err, err

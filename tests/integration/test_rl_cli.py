@@ -408,7 +408,7 @@ def test_a_policy_size_edited_in_the_config_is_one_clear_line(tmp_path, capsys):
     assert main(["eval", str(run), "--tasks", "2"]) == 2
     err = capsys.readouterr().err.strip()
     # before the config was compared with the checkpoint's: "the maml policy in ... (50, 2) expected"
-    assert len(err.splitlines()) == 1 and "no longer matches the checkpoint" in err and "hidden = [50, 50]" in err, err
+    assert len(err.splitlines()) == 1 and "does not match the checkpoint" in err and "hidden = [50, 50]" in err, err
 
 
 def test_sigterm_saves_where_it_stopped_and_resume_is_bit_identical(tmp_path, monkeypatch, capsys):
@@ -500,6 +500,24 @@ def test_eval_refuses_a_config_edited_since_the_checkpoint(nav2d_run, tmp_path, 
     capsys.readouterr()
     assert main(["eval", str(run), "--tasks", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "config.json no longer matches the checkpoint checkpoint.safetensors (inner_lr = 2.0 in config.json, " \
+    assert "config.json does not match the checkpoint checkpoint.safetensors (inner_lr = 2.0 in config.json, " \
         "0.5 in the checkpoint)" in err and len(err.splitlines()) == 1
     assert not (run / "eval.json").exists()
+
+
+@pytest.mark.parametrize("command", ["resume", "eval"])
+def test_an_rl_checkpoint_whose_metadata_was_edited_is_one_line(nav2d_run, tmp_path, command, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(nav2d_run, run)
+    for path in run.glob("checkpoint*.safetensors"):
+        tensors, meta = checkpoint.load(path)
+        checkpoint.save(path, tensors, {**meta, "step": "8"}, keep_previous=False)
+    args = (["train", "--resume", str(run), "--iterations", "9", "--no-progress"] if command == "resume"
+            else ["eval", str(run), "--tasks", "2", "--no-progress"])
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not hold a run's full state" in err and 'step = "8", not an iteration count' in err, err
+    assert len(err.splitlines()) == 1

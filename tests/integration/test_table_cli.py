@@ -458,5 +458,5 @@ def test_adapt_refuses_a_config_edited_since_the_checkpoint(table_run, tmp_path,
     assert main(["adapt", str(copy), "--support", str(support), "--predict", str(support),
                  "--out", str(tmp_path / "out.csv")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "config.json no longer matches the checkpoint checkpoint.safetensors (inner_lr = " in err
+    assert "config.json does not match the checkpoint checkpoint.safetensors (inner_lr = " in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "out.csv").exists()

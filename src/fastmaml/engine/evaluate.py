@@ -17,7 +17,7 @@ from fastmaml.config import check_task_count, protocol_overrides
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import check_device, cuda_or_cpu
 from fastmaml.engine.run_dir import (
-    build_experiment, check_config_matches, checkpoint_file, checkpoint_label, read_config, write_eval,
+    build_experiment, check_checkpoint, checkpoint_file, checkpoint_label, read_config, write_eval,
 )
 from fastmaml.engine.experiment import Experiment, make_maml
 from fastmaml.errors import ConfigError, NonFiniteLossError
@@ -172,7 +172,7 @@ def load_trained(
     :func:`eval_device`; ``data=False``: without checking the data set, as ``adapt`` needs none of it)."""
     experiment = build_experiment(run_dir, overrides, data)
     tensors, meta, path = checkpoint.load_latest(checkpoint_file(run_dir, which))
-    check_config_matches(run_dir, meta, path)
+    check_checkpoint(run_dir, meta, path, experiment.name)
     maml = make_maml(experiment)
     checkpoint.load_weights(maml, checkpoint.part(tensors, "maml/"), path)
     maml.to(device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -179,19 +180,51 @@ def parse_config(text: str, path: Path):
     return preset, config
 
 
-def check_config_matches(run_dir: Path, meta: dict[str, Any], path: Path) -> None:
-    """CheckpointError if ``RUN_DIR/config.json`` was edited by hand since the checkpoint ``path``
-    (metadata ``meta``) was saved: eval, plot and adapt build the model and the meta-test from
+def state_problem(meta: dict[str, Any], experiment: str) -> str | None:
+    """What is wrong with the metadata of a run's checkpoint (a file edited, or another program's),
+    or None: its iteration, time, rows and best entry of the types a run writes, its experiment
+    ``experiment``. A bad one gave tracebacks later (``step`` "10"), or trained on ("from iteration -5")."""
+    def finite(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"step = {json.dumps(step)}, not an iteration count"
+    if not finite(meta.get("elapsed_s")) or meta["elapsed_s"] < 0:
+        return f"elapsed_s = {json.dumps(meta.get('elapsed_s'))}, not a time in seconds"
+    rows = meta.get("metrics")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in rows):
+        return "metrics is not a list of rows with an iteration each"
+    best = meta.get("best")
+    if best is not None and not (isinstance(best, dict) and isinstance(best.get("step"), int)
+                                 and isinstance(best.get("metric"), str) and finite(best.get("value"))):
+        return f"best = {json.dumps(best)}, not a validation result"
+    if meta.get("experiment") != experiment:
+        return f"it holds a {json.dumps(meta.get('experiment'))} run, this one is {json.dumps(experiment)}"
+    if "config" in meta and not isinstance(meta["config"], dict):
+        return "its config is not a mapping of settings"
+    return None
+
+
+def check_checkpoint(run_dir: Path, meta: dict[str, Any], path: Path, experiment: str) -> None:
+    """CheckpointError if the metadata ``meta`` of the checkpoint ``path`` is not a run's of
+    ``experiment`` (:func:`state_problem`), or if ``RUN_DIR/config.json`` was edited by hand since it
+    was saved: eval, plot and adapt build the model and the meta-test from
     config.json, so an edited ``inner_lr`` or ``eval_steps`` would be reported as the run's own. The
     keys a resume may change are not compared, nor keys that one of the two lacks (written by an older
     version; :func:`fastmaml.config.changed_since_checkpoint`)."""
+    problem = state_problem(meta, experiment)
+    if problem:
+        raise CheckpointError(f"{path} does not hold a run's full state ({problem}); restore a good checkpoint "
+                              "from a copy")
     text = read_config_text(run_dir)
     _, config = parse_config(text, Path(run_dir) / CONFIG)
     edited = changed_since_checkpoint(config, meta.get("config"), json.loads(text)["config"])
     if edited:
         raise CheckpointError(
-            f"{run_dir}/{CONFIG} no longer matches the checkpoint {path.name} ({'; '.join(edited)}): "
-            "restore config.json (a meta-test setting such as inner_lr changes for one command with --set KEY=VALUE)")
+            f"{run_dir}/{CONFIG} does not match the checkpoint {path.name} ({'; '.join(edited)}): config.json was "
+            "edited by hand or the checkpoint is another run's; restore the one that changed (a meta-test setting "
+            "such as inner_lr changes for one command with --set KEY=VALUE)")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -52,6 +52,7 @@ from fastmaml.engine.run_dir import (
     remove_temporaries,
     snapshot_due,
     snapshot_path,
+    state_problem,
     training_lock,
     write_config,
     write_metrics,
@@ -147,6 +148,9 @@ class Trainer:
         return tensors, meta
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        problem = state_problem(meta, self.experiment.name)
+        if problem:  # fit_in_run_dir says the checkpoint does not hold a run's full state, and what to do
+            raise ValueError(problem)
         part = functools.partial(checkpoint.part, tensors)
         checkpoint.load_weights(self.maml, part("maml/"), self.run_dir)
         self.opt.load_state_dict(checkpoint.unpack(meta["optimizers"]["maml"], tensors))
@@ -424,10 +428,11 @@ def fit_in_run_dir(
             edited = changed_since_checkpoint(config, meta.get("config"))
             if edited:  # the same on every rank: all read the same checkpoint and config
                 cluster.close(clean=False)
-                raise ConfigError(f"{run_dir}/config.json no longer matches the checkpoint it resumes from "
-                                  f"({'; '.join(edited)}): a resumed run keeps its config (only "
-                                  f"{', '.join(sorted(RESUME_KEYS))} may change); restore config.json, or start a "
-                                  "new run with the new setting")
+                raise ConfigError(f"{run_dir}/config.json does not match the checkpoint it resumes from "
+                                  f"({'; '.join(edited)}): config.json was edited by hand or the checkpoint is "
+                                  f"another run's; a resumed run keeps its config (only "
+                                  f"{', '.join(sorted(RESUME_KEYS))} may change): restore the one that changed, or "
+                                  "start a new run with the new setting")
         else:
             cluster.from_main(make_new_run)
         trainer = make_trainer()

@@ -263,7 +263,7 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     """
     from fastmaml.engine import checkpoint
     from fastmaml.engine.experiment import make_maml
-    from fastmaml.engine.run_dir import check_config_matches, checkpoint_file, read_config
+    from fastmaml.engine.run_dir import check_checkpoint, checkpoint_file, read_config
 
     run_dir = Path(run_dir)
     preset, config = read_config(run_dir)
@@ -280,7 +280,7 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
         config = apply_eval_overrides(config, list(overrides))
     experiment = build(config)
     tensors, meta, path = checkpoint.load_latest(checkpoint_file(run_dir, which))
-    check_config_matches(run_dir, meta, path)
+    check_checkpoint(run_dir, meta, path, experiment.name)
     maml = make_maml(experiment)
     checkpoint.load_weights(maml, checkpoint.part(tensors, "maml/"), path)
     encoder: Encoder = experiment.extras["table"].encoder

@@ -86,7 +86,7 @@ from fastmaml.engine.run_dir import (
     CHECKPOINT,
     EVAL,
     METRICS,
-    check_config_matches,
+    check_checkpoint,
     checkpoint_file,
     checkpoint_label,
     first_save,
@@ -95,6 +95,7 @@ from fastmaml.engine.run_dir import (
     read_config,
     read_metrics,
     snapshot_due,
+    state_problem,
     write_eval,
 )
 from fastmaml.engine.stopping import StopRequest, stop_now, stopped
@@ -309,6 +310,9 @@ class RLTrainer:
         return tensors, meta
 
     def restore(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        problem = state_problem(meta, "rl")
+        if problem:  # fit_in_run_dir says the checkpoint does not hold a run's full state, and what to do
+            raise ValueError(problem)
         for name in self.learners:
             missing = [k for k in self.params[name] if f"{name}/{k}" not in tensors]
             if missing:
@@ -464,7 +468,7 @@ def load_policies(
     the snapshot of iteration ``which``) and the random initialisation (the plain policy, every
     parameter fine-tuned, also in a context-vector run)."""
     tensors, meta, path = checkpoint.load_latest(checkpoint_file(run_dir, which))
-    check_config_matches(run_dir, meta, path)
+    check_checkpoint(run_dir, meta, path, "rl")
     trainer = RLTrainer(config, run_dir)
     trainer.restore(tensors, meta)
     methods = {name: (trainer.envs[name], trainer.policies[name], trainer.params[name]) for name in trainer.learners}
