@@ -26,6 +26,7 @@ import inspect
 import json
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import torch
 
 from fastmaml.config import check_seed
 from fastmaml.engine.evaluate import mean_ci95_t
-from fastmaml.errors import ConfigError
+from fastmaml.errors import CheckpointError, ConfigError, TrainingStopped
 from fastmaml.studies.common import Budget, Report, Table, fmt, machine, pm
 
 
@@ -82,18 +83,37 @@ def _make_out(out: Path) -> None:
         raise ConfigError(f"cannot make --out {out} ({error.strerror}); choose a writable folder") from None
 
 
+def _check_unused(out: Path, name: str) -> None:
+    """CheckpointError if ``out/NAME``, the folder of the study's runs, holds files already: a study
+    that finished there, or one that stopped (its runs are not resumed one by one). Checked before
+    the first run trains; each run's own folder check came only when that run was due."""
+    folder = out / name
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        held = ("a finished run of this study" if (out / f"{name}.json").is_file() else
+                "the runs of a study that stopped before it finished (a study is not resumed)")
+        raise CheckpointError(f"{folder} holds {held}; delete {folder} to run the study there again, or choose "
+                              "another --out folder")
+
+
 def run_study(name: str, out: str | Path, *, quick: bool = False, seed: int = 0, **options: Any) -> dict[str, Any]:
     """Run study ``name`` with training seed ``seed`` into ``out``; returns (and writes to
-    ``out/NAME.json``) its report."""
+    ``out/NAME.json``) its report. A study stopped by a signal raises TrainingStopped with a message
+    of its own: its runs' checkpoints are not a way to continue it."""
     options = {k: v for k, v in options.items() if v is not None}
     module = _module(name, options)
     check_seed(seed)
     budget: Budget = module.QUICK if quick else module.FULL
     out = Path(out)
     _make_out(out)
+    _check_unused(out, name)
     start = time.perf_counter()
-    with _quick_figures(budget) if quick else contextlib.nullcontext():
-        report: Report = module.run(out, budget, seed=seed, **options)
+    try:
+        with _quick_figures(budget) if quick else contextlib.nullcontext():
+            report: Report = module.run(out, budget, seed=seed, **options)
+    except TrainingStopped as stop:  # the run's own message offered `fastmaml train --resume RUN`: no study
+        stop.args = (f"study {name} stopped by {signal.Signals(stop.exit_code - 128).name}; a study is not "
+                     f"resumed: delete {out / name} and run it again",)
+        raise
     summary = {
         "study": name,
         "description": STUDIES[name].description,
@@ -123,7 +143,7 @@ def run_seeds(name: str, out: str | Path, seeds: list[int], *, quick: bool = Fal
     ``progress`` receives a line as each seed starts (default: the module's logger, at INFO)."""
     announce = progress or log.info
     options = {k: v for k, v in options.items() if v is not None}
-    _module(name, options)  # a wrong name or option fails before the first seed trains
+    module = _module(name, options)  # a wrong name or option fails before the first seed trains
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds needs two or more different seeds, got {','.join(map(str, seeds))}")
     for seed in seeds:
@@ -134,11 +154,26 @@ def run_seeds(name: str, out: str | Path, seeds: list[int], *, quick: bool = Fal
     path = lambda seed: out / f"seed-{seed}" / f"{name}.json"  # noqa: E731
     finished = {seed: _finished(path(seed), quick, seed, options) for seed in seeds}  # all checked before training
     _same_headlines({seed: done for seed, done in finished.items() if done is not None}, path)
+    if hasattr(module, "planned_parts") and None in finished.values():  # seeds to train: will they match?
+        planned = module.planned_parts(**options)
+        for seed, done in finished.items():
+            if done is not None and list(done["results"]) != planned:
+                raise ConfigError(f"{path(seed)} holds the parts {', '.join(done['results'])}; the seeds to train "
+                                  f"would make {', '.join(planned)} (the data this call finds differs: --data, "
+                                  "$FASTMAML_OMNIGLOT, $FASTMAML_DATA); run with the same data, or delete "
+                                  f"{path(seed).parent} to train that seed again")
+    for seed, done in finished.items():
+        if done is None:  # a stopped seed's runs: said before any seed trains
+            _check_unused(path(seed).parent, name)
     for seed, done in finished.items():
         if done is None:
             announce(f"study {name}: training seed {seed} ({seeds.index(seed) + 1} of {len(seeds)}) into "
                      f"{path(seed).parent}")
-            finished[seed] = run_study(name, path(seed).parent, quick=quick, seed=seed, **options)
+            try:
+                finished[seed] = run_study(name, path(seed).parent, quick=quick, seed=seed, **options)
+            except TrainingStopped as stop:
+                stop.args = (f"{stop}; the seeds that finished are reused",)
+                raise
         else:
             announce(f"study {name}: training seed {seed}: reusing {path(seed)}")
     _same_headlines(finished, path)

@@ -20,6 +20,7 @@ MSE of the task's query examples after 0, 1 and 5 steps.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -161,6 +162,12 @@ def omniglot_folder(data: str | Path | None) -> str | Path | None:
     return None
 
 
+def planned_parts(data: str | Path | None = None) -> list[str]:
+    """The parts (``results`` keys) a run with ``--data`` ``data`` makes: the Omniglot one where a
+    data folder is given or set (``--seeds`` checks the finished seeds against it before training)."""
+    return ["sinusoid families", *(["Omniglot alphabets"] if omniglot_folder(data) else [])]
+
+
 def run(out: Path, budget: Budget, data: str | Path | None = None, seed: int = 0) -> Report:
     root = out / "autoencoder"
     quick = budget.iterations < FULL.iterations
@@ -186,7 +193,9 @@ def run(out: Path, budget: Budget, data: str | Path | None = None, seed: int = 0
             notes.append(f"Omniglot part skipped: {error}")
         else:
             trainer, wall = fit(experiment, root / "omniglot")
-            results["Omniglot alphabets"] = _evaluate(experiment, trainer, omni_budget) | {"train_s": wall}
+            # its own budget, recorded: the summary's "budget" is the sinusoid part's
+            results["Omniglot alphabets"] = (_evaluate(experiment, trainer, omni_budget)
+                                             | {"train_s": wall, "budget": dataclasses.asdict(omni_budget)})
     table = Table(
         "Reconstruction MSE on the query examples of meta-test tasks (mean ± 95% CI) after N SGD steps on the "
         f"support examples; training seed {seed}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import platform
 import time
@@ -168,8 +169,10 @@ def score(
     metrics: dict[str, Callable[[Tensor, Tensor], Tensor]] | None = None,
     seed: int = SCORE_SEED,
     split: str = "test",
-) -> dict[str, dict[str, list[float]]]:
-    """Each metric after 0..steps inner steps on ``tasks`` meta-test tasks: {metric: {mean, ci95}}.
+    per_task: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Each metric after 0..steps inner steps on ``tasks`` meta-test tasks: {metric: {mean, ci95}}
+    (``per_task``: also "per_task", a (tasks, steps + 1) tensor, for intervals of other statistics).
 
     ``sample`` and ``metrics`` replace the experiment's own (e.g. tasks outside the training range).
     """
@@ -177,7 +180,19 @@ def score(
     scored = dataclasses.replace(experiment, **changes)
     curves = adaptation_curves(maml, scored, split, tasks, steps, torch.Generator().manual_seed(seed))
     mean, ci = mean_ci95(curves)
-    return {name: {"mean": mean[:, i].tolist(), "ci95": ci[:, i].tolist()} for i, name in enumerate(scored.metrics)}
+    return {name: {"mean": mean[:, i].tolist(), "ci95": ci[:, i].tolist(),
+                   **({"per_task": curves[:, :, i].double()} if per_task else {})}
+            for i, name in enumerate(scored.metrics)}
+
+
+def ratio_ci95(numerator: Tensor, denominator: Tensor) -> tuple[float, float]:
+    """The ratio of two means over the same tasks, mean(N) / mean(D), and the half-width of its 95%
+    interval by the delta method: 1.96·std(N_i − R·D_i) / (√n·mean(D)). Dividing the interval of
+    mean(N) by mean(D) ignores that mean(D) is estimated too and that N and D move together."""
+    n = numerator.shape[0]
+    ratio = numerator.mean() / denominator.mean()
+    spread = (numerator - ratio * denominator).std(unbiased=True) if n > 1 else torch.zeros(())
+    return ratio.item(), (1.96 * spread / (math.sqrt(n) * denominator.mean())).item()
 
 
 def time_meta_steps(run_dirs: dict[str, Path], iterations: int, rounds: int) -> dict[str, float]:

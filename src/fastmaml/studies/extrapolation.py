@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from fastmaml.core import TaskBatch
 from fastmaml.engine.evaluate import methods_for
 from fastmaml.engine.experiment import get_preset
-from fastmaml.studies.common import Budget, Report, Table, bins, fit, load, pm, score, sinusoid_config, train_sinusoid
+from fastmaml.studies.common import (
+    Budget, Report, Table, bins, fit, load, pm, ratio_ci95, score, sinusoid_config, train_sinusoid,
+)
 from fastmaml.tasks.sinusoid import SinusoidTasks
 
 FULL = Budget(iterations=15_000, tasks=600)
@@ -100,16 +102,18 @@ def run(out: Path, budget: Budget, seed: int = 0) -> Report:
         sample = _sampler(tasks, config.shots, config.eval_queries)
         row = {"axis": axis, "amplitude": amplitude, "phase": phase, "distance": distance}
         for method, wrapper in methods.items():
-            scores = score(wrapper, experiment, budget.tasks, max(STEPS), sample=sample, metrics=METRICS)
-            mse, power = scores["mse"], scores["power"]["mean"][0]
+            scores = score(wrapper, experiment, budget.tasks, max(STEPS), sample=sample, metrics=METRICS,
+                           per_task=True)
+            mse, power = scores["mse"], scores["power"]["per_task"][:, 0]
             for s in STEPS:
                 row[f"{method}_mse_{s}"], row[f"{method}_mse_{s}_ci"] = mse["mean"][s], mse["ci95"][s]
-                row[f"{method}_nmse_{s}"], row[f"{method}_nmse_{s}_ci"] = mse["mean"][s] / power, mse["ci95"][s] / power
+                # normalised MSE, mean(MSE) / mean(y²), a ratio of two means over the same tasks
+                row[f"{method}_nmse_{s}"], row[f"{method}_nmse_{s}_ci"] = ratio_ci95(mse["per_task"][:, s], power)
         scores = score(scaled_trainer.maml, scaled_experiment, budget.tasks, max(STEPS), sample=scale_targets(sample),
-                       metrics=SCALED_METRICS)  # the same tasks, each divided by its support targets' std
-        mse, power = scores["mse"], scores["power"]["mean"][0]
+                       metrics=SCALED_METRICS, per_task=True)  # the same tasks, each divided by its support targets' std
+        mse, power = scores["mse"], scores["power"]["per_task"][:, 0]
         for s in STEPS:
-            row[f"scaled_nmse_{s}"], row[f"scaled_nmse_{s}_ci"] = mse["mean"][s] / power, mse["ci95"][s] / power
+            row[f"scaled_nmse_{s}"], row[f"scaled_nmse_{s}_ci"] = ratio_ci95(mse["per_task"][:, s], power)
         rows.append(row)
     table = Table(
         f"Meta-trained on A ∈ [0.1, 5], φ ∈ [0, π], K=10, {budget.iterations} iterations, training seed {seed}; "

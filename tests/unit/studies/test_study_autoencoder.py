@@ -53,3 +53,38 @@ def test_the_omniglot_folder_comes_from_data_then_the_environment(tmp_path, monk
     monkeypatch.setenv("FASTMAML_OMNIGLOT", str(tmp_path / "own"))
     assert omniglot_folder(None) == tmp_path / "own"
     assert omniglot_folder(tmp_path / "given") == tmp_path / "given"
+
+
+def test_the_omniglot_part_records_its_own_budget(tmp_path, monkeypatch):
+    """NAME.json's "budget" is the sinusoid part's; the Omniglot part's (another iteration count,
+    task count and meta-batch) was only in a table cell."""
+    import fastmaml.studies.autoencoder as autoencoder
+
+    monkeypatch.setattr(autoencoder, "omniglot_folder", lambda data: tmp_path)
+    # the sinusoid family stands in for Omniglot: the bookkeeping is what is tested, not the data
+    monkeypatch.setattr(autoencoder, "omniglot_experiment",
+                        lambda root, budget, seed=0: autoencoder.sinusoid_family_experiment(budget, seed=seed))
+    summary = run_study("autoencoder", tmp_path / "out", quick=True)
+    assert summary["budget"]["iterations"] == QUICK.iterations
+    recorded = summary["results"]["Omniglot alphabets"]["budget"]
+    assert (recorded["iterations"], recorded["tasks"], recorded["meta_batch_size"]) == (100, 50, 10)
+
+
+def test_seeds_that_would_differ_in_their_omniglot_part_are_refused_before_training(tmp_path, monkeypatch):
+    """A seed recorded with Omniglot data and one to train without it: the mismatch was found only after
+    training the new seed (minutes at the full budget)."""
+    import json
+
+    from fastmaml.errors import ConfigError
+    from fastmaml.studies import run_seeds
+
+    monkeypatch.delenv("FASTMAML_OMNIGLOT", raising=False)
+    monkeypatch.delenv("FASTMAML_DATA", raising=False)
+    done = tmp_path / "seed-0" / "autoencoder.json"
+    done.parent.mkdir()
+    done.write_text(json.dumps({"quick": True, "seed": 0, "options": {}, "headlines": {"a": 1.0},
+                                "results": {"sinusoid families": {}, "Omniglot alphabets": {}}}))
+    monkeypatch.setattr("fastmaml.studies.run_study", lambda *a, **k: pytest.fail("a seed trained"))
+    with pytest.raises(ConfigError, match="holds the parts sinusoid families, Omniglot alphabets; the seeds to "
+                                          "train would make sinusoid families "):
+        run_seeds("autoencoder", tmp_path, [0, 1], quick=True)

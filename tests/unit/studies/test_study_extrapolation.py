@@ -38,3 +38,24 @@ def test_scaled_targets_divide_every_target_of_a_task_by_its_support_std():
     assert SCALED_METRICS["mse"](y + 1, scaled.query_y).item() == pytest.approx((2 + 200) / 2)
     assert SCALED_METRICS["power"](y, scaled.query_y).item() == pytest.approx((4 + 400) / 2)
     assert scaled_mse(y + 1, scaled.query_y).item() == pytest.approx(1.0)
+
+
+def test_the_normalised_mse_interval_is_that_of_a_ratio_of_two_means():
+    """The NMSE's interval was ci95(MSE) / mean(y²): 1.2-3.2x too wide (a review's bootstrap), since
+    each task's MSE moves with its power. The delta method gives the ratio's own interval."""
+    from fastmaml.studies.common import ratio_ci95
+
+    generator = torch.Generator().manual_seed(0)
+    power = 1 + 10 * torch.rand(600, generator=generator, dtype=torch.float64)
+    mse = 0.3 * power  # exactly proportional: the ratio is 0.3 on every task, no uncertainty at all
+    ratio, half = ratio_ci95(mse, power)
+    assert ratio == pytest.approx(0.3) and half == pytest.approx(0.0, abs=1e-12)
+    old = 1.96 * mse.std() / 600**0.5 / power.mean()  # the study's interval before: far from zero
+    assert old > 0.01
+    # and it agrees with a bootstrap of the ratio where the tasks do scatter
+    mse = mse * (0.5 + torch.rand(600, generator=generator, dtype=torch.float64))
+    ratio, half = ratio_ci95(mse, power)
+    picks = torch.randint(0, 600, (2000, 600), generator=generator)
+    boot = mse[picks].mean(1) / power[picks].mean(1)
+    assert half == pytest.approx(1.96 * boot.std().item(), rel=0.1)
+    assert ratio == pytest.approx((mse.mean() / power.mean()).item())

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastmaml.cli import main
-from fastmaml.errors import ConfigError
+from fastmaml.errors import CheckpointError, ConfigError
 from fastmaml.studies import run_seeds, run_study
 from fastmaml.engine.evaluate import mean_ci95_t
 
@@ -105,3 +105,35 @@ def test_t_quantiles_beyond_the_table():
     for df, exact in ((31, 2.0395), (40, 2.0211), (60, 2.0003), (120, 1.9799)):
         assert t975(df) == pytest.approx(exact, abs=2e-4)
     assert t975(10**6) == pytest.approx(1.96, abs=1e-4)
+
+
+def test_a_stopped_study_says_so_and_a_rerun_names_its_folder_before_training(tmp_path, monkeypatch, capsys):
+    """A study stopped by SIGTERM printed the run's own "continue with: fastmaml train --resume RUN",
+    which finished that run alone; run again, the study then failed on that run's folder only when it
+    was due (with --seeds: one folder at a time, and after other seeds had trained)."""
+    from fastmaml.errors import TrainingStopped
+    from fastmaml.studies import linear
+
+    def stopped_in_its_second_run(out, budget, seed=0, **options):
+        (out / "linear" / "setting-0").mkdir(parents=True)
+        (out / "linear" / "setting-0" / "config.json").write_text("{}")
+        raise TrainingStopped(f"stopped by SIGTERM at iteration 3, with a checkpoint there in {out}/linear/setting-1; "
+                              f"continue with: fastmaml train --resume {out}/linear/setting-1", 15)
+
+    monkeypatch.setattr(linear, "run", stopped_in_its_second_run)
+    assert main(["study", "linear", "--quick", "--out", str(tmp_path / "one")]) == 143
+    err = capsys.readouterr().err.strip()
+    assert err == f"fastmaml: study linear stopped by SIGTERM; a study is not resumed: delete {tmp_path}/one/linear " \
+                  "and run it again"
+    monkeypatch.undo()
+    assert main(["study", "linear", "--quick", "--out", str(tmp_path / "one")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{tmp_path}/one/linear holds the runs of a study that stopped before it finished" in err
+    # --seeds: seed 0 finished, seed 1 stopped; seed 2 must not train before seed 1's folder is named
+    run_study("linear", tmp_path / "seeds" / "seed-0", quick=True, seed=0)
+    (tmp_path / "seeds" / "seed-1" / "linear" / "setting-0").mkdir(parents=True)
+    trained = []
+    monkeypatch.setattr("fastmaml.studies.run_study", lambda *a, **k: trained.append(k["seed"]))
+    with pytest.raises(CheckpointError, match="seed-1/linear holds the runs of a study that stopped"):
+        run_seeds("linear", tmp_path / "seeds", [0, 2, 1], quick=True)
+    assert trained == []
