@@ -161,8 +161,10 @@ def inner_param_names(model: nn.Module, inner_params: Callable[[str], bool] | It
     """The names of ``model``'s parameters that MAML's inner loop adapts, in ``named_parameters()`` order:
     of those that require grad, all (``inner_params=None``), those a predicate on the name accepts, or
     those named by an entry of ``inner_params`` or under one (``"head"`` takes ``head.weight`` and
-    ``head.bias``; ``"features.1"`` does not take ``features.10.weight``). ValueError, listing the
-    names, for an entry that names none of them or a choice that leaves nothing to adapt."""
+    ``head.bias``; ``"features.1"`` does not take ``features.10.weight``). A model without parameters
+    under ``head`` may name its last layer in ``head_name`` (fastmaml's MLP: ``"net.4"`` for two hidden
+    layers), which ``"head"`` then means. ValueError, listing the names, for an entry that names none
+    of them or a choice that leaves nothing to adapt."""
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if inner_params is None:
         return trainable
@@ -173,6 +175,9 @@ def inner_param_names(model: nn.Module, inner_params: Callable[[str], bool] | It
         if not all(isinstance(e, str) and e for e in entries):
             raise ValueError(f"inner_params holds parameter names or name prefixes (strings), got {entries!r}")
         under = lambda name, entry: name == entry or name.startswith(entry + ".")  # noqa: E731
+        head = getattr(model, "head_name", None)  # "head" on a model whose last layer has another name (an MLP's)
+        if isinstance(head, str) and not any(under(n, "head") for n in trainable):
+            entries = [head if e == "head" else e for e in entries]
         unknown = [e for e in entries if not any(under(n, e) for n in trainable)]
         if unknown:
             raise ValueError(f"inner_params {unknown} name no parameter of the model that requires grad; "

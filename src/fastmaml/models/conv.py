@@ -167,3 +167,8 @@ class NoConvMLP(nn.Module):
 
     def forward_head(self, z: Tensor) -> Tensor:  # the last linear layer
         return self.net[-1](z)
+
+    @property
+    def head_name(self) -> str:
+        """The last layer's name, which ``inner_params="head"`` means (as ConvNet's ``head``)."""
+        return f"net.{len(self.net) - 1}"

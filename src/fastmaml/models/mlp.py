@@ -50,3 +50,8 @@ class MLP(nn.Module):
 
     def forward_head(self, z: Tensor) -> Tensor:
         return self.net[-1](z)
+
+    @property
+    def head_name(self) -> str:
+        """The last layer's name, which ``inner_params="head"`` means (the conv nets call theirs ``head``)."""
+        return f"net.{len(self.net) - 1}"

@@ -390,6 +390,22 @@ def test_frozen_parameters_stay_out_of_inner_params():
     assert list(maml.outer_params()) == ["body.0.weight", "body.0.bias"]
 
 
+def test_head_means_the_last_layer_of_fastmamls_mlps():
+    """`--set inner_params=head`, as README gives it, was refused on the MLP presets (sinusoid, table,
+    omniglot-noconv): their last layer is net.N. "head" now means it there; names work as before."""
+    from fastmaml.models.conv import NoConvMLP
+    from fastmaml.models.mlp import MLP
+
+    for model, last in ((MLP(1, 1), "net.4"), (MLP(3, 2, hidden=(8,)), "net.2"), (NoConvMLP(784, 5), "net.12")):
+        maml = MAML(model, F.mse_loss, inner_lr=0.1, inner_params=["head"])
+        assert list(maml.params()) == [f"{last}.weight", f"{last}.bias"]
+        assert list(MAML(model, F.mse_loss, inner_lr=0.1, inner_params=[last]).params()) == list(maml.params())
+    # a model with parameters under "head" keeps them; one without head_name still gets the error
+    assert list(MAML(Backbone(), F.mse_loss, inner_lr=0.1, inner_params="head").params()) == ["head.weight", "head.bias"]
+    with pytest.raises(ValueError, match=r"\['head'\] name no parameter"):
+        MAML(nn.Sequential(nn.Linear(1, 1)), F.mse_loss, inner_lr=0.1, inner_params=["head"])
+
+
 # ----------------------------------------------------------------------------- reuse_features
 class SplitBackbone(Backbone):
     """Backbone with timm's split: forward(x) = forward_head(forward_features(x))."""
