@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fastmaml.config import RESUME_KEYS, apply_overrides, check_seed, check_task_count, dumps
+from fastmaml.config import RESUME_KEYS, apply_overrides, check_seed, check_task_count, dumps, parse_overrides
 from fastmaml.errors import ConfigError, FastMAMLError, TrainingStopped
 
 # CLI shorthand -> config key; each applies only to presets whose config has that key.
@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--method", help="rl run: which trained policy to adapt (default: the run's own; also "
                        "pretrained or random where the run has them)")
     adapt.add_argument("--trajectories", type=int, help="rl run: trajectories per step (default: the run's eval_trajectories)")
-    adapt.add_argument("--seed", type=int, default=0, help="rl run: seed of the action noise (default 0)")
+    adapt.add_argument("--seed", type=int, help="rl run: seed of the action noise (default 0)")
     adapt.add_argument("--steps", type=int, help="inner steps (default: the run's eval_steps)")
     adapt.add_argument("--out", type=Path, required=True, help="CSV to write: the predict rows plus a prediction "
                        "column; rl run: a .safetensors file for the adapted policy")
@@ -221,14 +221,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         unknown = [k for k in shorthand if k not in fields]
         if unknown:
             raise ConfigError(f"preset {preset.name!r} has no option --{unknown[0].replace('_', '-')}")
-        try:
-            config = preset.make_config(**shorthand)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
         if preset.name == "rl" and any(item.partition("=")[0].strip() == "env" for item in args.set):
             raise ConfigError("choose the environment with --env ENV, not --set env=...: its preset values "
                               "(inner_lr, meta_batch_size, ...) come with it")
-        config = apply_overrides(config, args.set)
+        # --set values go into the preset's make_config with the flags: the settings it derives from
+        # them (sinusoid K's query points and baseline step, Omniglot 20-way's meta-batch and α) follow
+        # --set shots=5 or ways=20 as they follow --shots 5 or --ways 20; a derived key set too wins
+        try:
+            config = preset.make_config(**{**shorthand, **parse_overrides(preset.config_cls, args.set)})
+        except (ValueError, TypeError) as error:
+            raise ConfigError(str(error)) from None
         run_dir = args.out
     config.validate()
     logging.getLogger(__name__).info("config:\n%s", dumps(config))
@@ -495,7 +497,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     check_adapt_overrides(config, args.set)
     if preset.name == "rl":
         return adapt_rl(args)
-    rl_only = [f"--{name}" for name in ("goal", "method", "trajectories") if getattr(args, name) is not None]
+    rl_only = [f"--{name}" for name in ("goal", "method", "trajectories", "seed") if getattr(args, name) is not None]
     if rl_only:
         verb = "applies" if len(rl_only) == 1 else "apply"
         raise ConfigError(f"{' and '.join(rl_only)} {verb} to rl runs; a {preset.name} run adapts to --support")
@@ -539,7 +541,7 @@ def adapt_rl(args: argparse.Namespace) -> int:
     check_out_path(args.out)
     refuse_overwriting(args.out, args.run_dir, None, [])
     adapted, note = adapt_policy(args.run_dir, args.goal, method=args.method, steps=args.steps,
-                                 trajectories=args.trajectories, seed=args.seed,
+                                 trajectories=args.trajectories, seed=0 if args.seed is None else args.seed,
                                  which=which_checkpoint(args), overrides=args.set)
     save_adapted(args.out, adapted)
     print(report(adapted, note))

@@ -216,9 +216,10 @@ def _parse(key: str, text: str, kind: Any) -> Any:
     raise ConfigError(f"bad value for {key}: {text!r} is not a {getattr(kind, '__name__', kind)}")
 
 
-def apply_overrides(config: Any, overrides: list[str]) -> Any:
-    """Return ``config`` with ``key=value`` strings applied; unknown keys are an error."""
-    types = field_types(type(config))
+def parse_overrides(config_cls: type, overrides: list[str]) -> dict[str, Any]:
+    """The ``key=value`` strings as {key: value of the key's type} for ``config_cls``; unknown keys
+    are an error."""
+    types = field_types(config_cls)
     changes = {}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -228,7 +229,12 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
         if key not in types:
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(types))}")
         changes[key] = _parse(key, value.strip(), types[key])
-    return dataclasses.replace(config, **changes)
+    return changes
+
+
+def apply_overrides(config: Any, overrides: list[str]) -> Any:
+    """Return ``config`` with ``key=value`` strings applied; unknown keys are an error."""
+    return dataclasses.replace(config, **parse_overrides(type(config), overrides))
 
 
 # ``fastmaml eval --set`` keys that change how or where meta-testing runs, not what it computes (up

@@ -179,7 +179,7 @@ def sinusoid_adaptation(curves: dict[str, dict[str, Any]], path: Path) -> Path:
             ax.plot(c["x"], values, styles.get(steps, "-"), label=label, linewidth=1.8)
         ax.plot(c["support_x"], c["support_y"], "k^", markersize=8, label="used for grad")
         ax.set_title(f"{LABELS.get(method, method)}, K={len(c['support_x'])}")
-        ax.set_xlim(-5, 5)
+        ax.set_xlim(float(min(c["x"])), float(max(c["x"])))  # the grid spans the run's x_range
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

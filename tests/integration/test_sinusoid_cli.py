@@ -456,3 +456,69 @@ def test_compare_refuses_sinusoid_runs_of_other_tasks(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "were meta-tested on different tasks (amplitude [0.1, 0.5] against [0.1, 5.0])" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, shots, queries, baseline_lr", [
+    (["--shots", "5"], 5, 5, 0.01),
+    (["--set", "shots=5"], 5, 5, 0.01),  # before: 10 query points and the K=10 baseline step, without a word
+    (["--queries", "5"], 10, 5, 0.02),  # before: a TypeError traceback ("multiple values for 'queries'")
+    (["--shots", "5", "--set", "queries=7"], 5, 7, 0.01),  # a derived key given too wins
+    (["--set", "shots=20", "--set", "baseline_lr=0.005"], 20, 20, 0.005),
+])
+def test_set_shots_derives_the_same_settings_as_the_shots_flag(tmp_path, args, shots, queries, baseline_lr):
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", *args, "--out", str(run), "--iterations", "1", "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert (config["shots"], config["queries"], config["baseline_lr"]) == (shots, queries, baseline_lr)
+
+
+def test_set_ways_takes_the_20_way_omniglot_settings_as_the_ways_flag_does():
+    """What cmd_train does with --set: its values go into make_config with the flags."""
+    from fastmaml.config import parse_overrides
+    from fastmaml.engine.experiment import get_preset
+
+    preset = get_preset("omniglot")
+    by_flag = preset.make_config(ways=20)
+    by_set = preset.make_config(**parse_overrides(preset.config_cls, ["ways=20"]))
+    assert by_set == by_flag and (by_set.meta_batch_size, by_set.inner_lr, by_set.inner_steps) == (16, 0.1, 5)
+
+
+@pytest.mark.parametrize("which, text", [("predict", "x\n1\n1e39\n"), ("support", "x,y\n1,2\n3,1e39\n")])
+def test_adapt_refuses_numbers_too_large_for_float32(trained_run, tmp_path, capsys, which, text):
+    """1e39 is finite as a Python float and inf in float32: the prediction was NaN with exit 0 (or the
+    error blamed the step size)."""
+    files = {"support": tmp_path / "support.csv", "predict": tmp_path / "predict.csv"}
+    files["support"].write_text("x,y\n1,2\n2,1\n")
+    files["predict"].write_text("x\n1\n")
+    files[which].write_text(text)
+    capsys.readouterr()
+    assert main(["adapt", str(trained_run), "--support", str(files["support"]), "--predict", str(files["predict"]),
+                 "--out", str(tmp_path / "out.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{files[which]}, line 3, column " in err and "'1e39' is too large for float32" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out.csv").exists()
+
+
+def test_adapt_refuses_seed_for_a_run_that_is_not_rl(trained_run, tmp_path, capsys):
+    """--seed (the action noise of an rl adapt) was taken and ignored; --goal, --method, --trajectories were refused."""
+    points = tmp_path / "points.csv"
+    points.write_text("x,y\n1,2\n")
+    capsys.readouterr()
+    assert main(["adapt", str(trained_run), "--support", str(points), "--predict", str(points), "--out",
+                 str(tmp_path / "out.csv"), "--seed", "123"]) == 2
+    assert "--seed applies to rl runs; a sinusoid run adapts to --support" in capsys.readouterr().err
+
+
+def test_the_adaptation_figure_spans_the_runs_x_range(tmp_path, monkeypatch):
+    """The axis was fixed at [-5, 5]: with x_range=0,20 most of the curve and support points fell outside."""
+    import matplotlib.figure
+
+    from fastmaml import plotting
+
+    seen = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: seen.append(fig.axes[0].get_xlim()))
+    x = torch.linspace(0, 20, 50)
+    curves = {"maml": {"x": x, "truth": torch.sin(x), "support_x": x[::5], "support_y": torch.sin(x[::5]),
+                       "predictions": {0: x * 0, 1: x * 0}}}
+    plotting.sinusoid_adaptation(curves, tmp_path / "a.png")
+    assert seen == [(0.0, 20.0)]

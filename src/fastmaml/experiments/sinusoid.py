@@ -55,9 +55,15 @@ class SinusoidConfig(TrainConfig):
             raise ConfigError(f"baseline_lr must be > 0, got {self.baseline_lr}")
 
 
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
 def make_config(shots: int = 10, **changes) -> SinusoidConfig:
-    """The paper's settings for K = ``shots`` (the baseline's fine-tuning step depends on K)."""
-    return SinusoidConfig(shots=shots, queries=shots, baseline_lr=0.02 if shots >= 10 else 0.01, **changes)
+    """The paper's settings for K = ``shots``: K query points, the baseline's fine-tuning step 0.02
+    (K >= 10) or 0.01; ``changes`` (``queries`` too) on top."""
+    changes.setdefault("queries", shots)
+    changes.setdefault("baseline_lr", 0.02 if shots >= 10 else 0.01)
+    return SinusoidConfig(shots=shots, **changes)
 
 
 def build(config: SinusoidConfig) -> Experiment:
@@ -165,6 +171,9 @@ def adapt_points(
             if not math.isfinite(value):
                 raise DataError(f"{table.path}, line {line}, column {column!r}: {text!r} is not a finite number; "
                                 "fix or drop that row")
+            if abs(value) > FLOAT32_MAX:  # inf in the float32 tensor: a NaN prediction with exit 0 before
+                raise DataError(f"{table.path}, line {line}, column {column!r}: {text!r} is too large for float32 "
+                                f"(|value| above {FLOAT32_MAX:.3g}); fix or drop that row")
             values.append(value)
         return torch.tensor(values).view(-1, 1)
 
