@@ -82,16 +82,25 @@ def download_omniglot(
     """
     check_download_url(base_url, "base_url")
     root = Path(root)
+    made = [folder for folder in (root, *root.absolute().parents) if not folder.exists()]  # deepest first
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DataError(f"cannot make {root} for the download ({error.strerror}); choose a writable --root") from None
     fetched = []
-    for part in PARTS:
-        target = root / f"{part}.zip"
-        if not target.is_file():
-            _download(f"{base_url.rstrip('/')}/{target.name}", target, (md5 or {}).get(target.name), timeout)
-            fetched.append(target)
+    try:
+        for part in PARTS:
+            target = root / f"{part}.zip"
+            if not target.is_file():
+                _download(f"{base_url.rstrip('/')}/{target.name}", target, (md5 or {}).get(target.name), timeout)
+                fetched.append(target)
+    except BaseException:
+        for folder in made:  # a download that failed leaves no empty folders it made (a fetched zip stays)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     return fetched
 
 

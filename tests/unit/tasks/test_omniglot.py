@@ -195,6 +195,10 @@ def test_download_with_wrong_md5_fails_and_leaves_nothing(server, tmp_path):
     root = tmp_path / "downloaded"
     with pytest.raises(ValueError, match=r"arrived with md5 [0-9a-f]{32}, expected 68d2efa1.*md5=None"):
         download_omniglot(root, base_url=server)  # the official md5 cannot match the tiny zips
+    assert not root.exists()  # before: an empty folder it had made stayed behind
+    root.mkdir()  # a folder that was there before the download stays
+    with pytest.raises(ValueError, match="arrived with md5"):
+        download_omniglot(root, base_url=server)
     assert list(root.iterdir()) == []
 
 
@@ -202,8 +206,8 @@ def test_download_network_failure_is_a_clear_error(server, tmp_path):
     with pytest.raises(DataError, match=r"could not download http://127\.0\.0\.1:\d+/missing/images_background"):
         download_omniglot(tmp_path / "d", base_url=server + "missing", md5=None)
     with pytest.raises(DataError, match="check the network"):
-        download_omniglot(tmp_path / "d", base_url="http://127.0.0.1:9/", md5=None, timeout=5)
-    assert list((tmp_path / "d").iterdir()) == []
+        download_omniglot(tmp_path / "d" / "deeper", base_url="http://127.0.0.1:9/", md5=None, timeout=5)
+    assert not (tmp_path / "d").exists()  # neither folder it made is left
     (tmp_path / "afile").write_text("")
     with pytest.raises(DataError, match="cannot make .*afile.* for the download"):  # before: FileExistsError
         download_omniglot(tmp_path / "afile" / "omniglot", base_url=server, md5=None)
