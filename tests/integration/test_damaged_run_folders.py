@@ -468,3 +468,14 @@ def test_a_checkpoint_whose_metadata_was_edited_is_one_line(run, edit, said, com
             else ["eval", str(run), "--tasks", "5", "--no-progress"])
     err = one_error_line(args, capsys)
     assert "checkpoint.safetensors does not hold a run's full state" in err and said in err, err
+
+
+def test_eval_best_of_a_run_whose_validation_was_never_finite_says_so(run, capsys):
+    """It said "only runs that validate keep one (train with --set val_every=N ...)" to a run that had
+    validated: a NaN or inf validation is never the best, so none was kept."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({**r, "val_mse": float("nan")}) + "\n" for r in rows))
+    assert not (run / "best.safetensors").exists()
+    err = one_error_line(["eval", str(run), "--best", "--tasks", "5"], capsys)
+    assert f"kept no best checkpoint: its validation was never a finite number ({len(rows)} checks, the last at " \
+           f"iteration {rows[-1]['step']}); drop --best" in err

@@ -121,6 +121,11 @@ def checkpoint_file(run_dir: Path, which: str | int = "checkpoint") -> Path:
     if isinstance(which, str):
         path = Path(run_dir) / {"checkpoint": CHECKPOINT, "best": BEST}[which]
         if which == "best" and not path.is_file():  # written without a .prev copy (keep_previous=False)
+            validated = [r for r in read_metrics(run_dir) if any(k.startswith("val_") for k in r)]
+            if validated:  # it validated, and no value was finite: a NaN or inf is never the best
+                raise CheckpointError(f"{run_dir} kept no best checkpoint: its validation was never a finite number "
+                                      f"({len(validated)} checks, the last at iteration {validated[-1]['step']}); "
+                                      "drop --best")
             raise CheckpointError(f"{run_dir} kept no best checkpoint: only runs that validate keep one (train "
                                   "with --set val_every=N; a table run also with --set val_fraction=F, e.g. 0.15); "
                                   "drop --best")
