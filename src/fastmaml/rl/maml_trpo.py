@@ -47,8 +47,13 @@ Different:
   same previous-task order where rllab's joint TRPO predicted all tasks with the previous
   iteration's fit. Measured on half-cheetah direction, it made MAML worse (46 against 86 after one
   meta-test step, ``benchmarks/results/rl_cpu.md``).
-- Exactly K trajectories per task. The original sampled until K x horizon steps per task were
-  collected, so in 2D navigation (episodes end at the goal) a task could get more than K.
+- Exactly K trajectories per task. The original's sampler stepped every task's environment in
+  lockstep until K x horizon x meta-batch completed steps were collected in all, resetting an
+  environment whose episode ended and dropping unfinished paths, so a task whose episodes end early
+  got more, shorter ones: in 2D navigation (episodes end at the goal) and the ant (it ends when the
+  torso leaves [0.2, 1.0]; with N(0, 1) actions, the initial policy's noise, 8 of 16 episodes ended
+  early, mean length 160 of 200: about 20% fewer steps per task here at initialisation; a review's
+  measurement, 2026-12-07). The half-cheetah's episodes never end early.
 - Tasks are batched (``torch.vmap`` for sampling, a loop in the meta-objective: measured faster, see
   :func:`split_strategy`) and H v is exact double backprop by default; the original used
   ``FiniteDifferenceHvp`` (``hvp="finite_difference"`` here) with ε = 1 / ‖θ‖: its optimizer passed

@@ -49,7 +49,8 @@ pre-update surrogate; the paper describes it as trained on all tasks jointly, wh
 here. Its oracles were trained by separate TRPO scripts (``trpo_point.py``: 10 trajectories of one
 random goal per iteration); here they get MAML's budget of tasks and trajectories per iteration.
 The meta-test follows ``test_maml_point.py`` / ``test_maml_cheetah.py``: 40 held-out tasks, a fresh
-batch of trajectories per step (4,000 steps: 40 trajectories in 2D navigation, 20 in locomotion), the
+batch of trajectories per step (4,000 steps: 40 trajectories in 2D navigation, 20 in locomotion;
+ant direction 8,000 steps, 40 trajectories), the
 first step at the training lr and later ones at half of it; the original evaluated each task in its
 own process with its own seed, here all tasks and methods share one seeded batch.
 """
