@@ -188,8 +188,8 @@ def moved_data(config: object, trained_on: str | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fastmaml.engine.experiment import get_preset
     from fastmaml.engine.distributed import from_rank0_before_group, launched_rank
+    from fastmaml.engine.experiment import get_preset
     from fastmaml.engine.run_dir import CONFIG, parse_config, read_config_text
     from fastmaml.engine.trainer import train
 

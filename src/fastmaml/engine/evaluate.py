@@ -16,10 +16,15 @@ from fastmaml.algorithms import MAML
 from fastmaml.config import check_task_count, protocol_overrides
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import check_device, cuda_or_cpu
-from fastmaml.engine.run_dir import (
-    build_experiment, check_checkpoint, checkpoint_file, checkpoint_label, read_config, write_eval,
-)
 from fastmaml.engine.experiment import Experiment, make_maml
+from fastmaml.engine.run_dir import (
+    build_experiment,
+    check_checkpoint,
+    checkpoint_file,
+    checkpoint_label,
+    read_config,
+    write_eval,
+)
 from fastmaml.errors import ConfigError, NonFiniteLossError
 
 EVAL_SEED = 20_170_703  # fixed, so every run of an experiment is scored on the same meta-test tasks

@@ -9,7 +9,13 @@ from fastmaml import plotting
 from fastmaml.engine.compare import read_report
 from fastmaml.engine.evaluate import evaluate, load_trained, methods_for
 from fastmaml.engine.run_dir import (
-    CHECKPOINT, EVAL, PLOTS, failed_start, first_checkpoint_due, has_checkpoint, read_metrics,
+    CHECKPOINT,
+    EVAL,
+    PLOTS,
+    failed_start,
+    first_checkpoint_due,
+    has_checkpoint,
+    read_metrics,
 )
 from fastmaml.errors import CheckpointError, ConfigError
 

@@ -38,6 +38,7 @@ from fastmaml.core import TaskBatch
 from fastmaml.engine import checkpoint
 from fastmaml.engine.distributed import Cluster, check_device, device_for, init_from_env, set_tf32
 from fastmaml.engine.evaluate import adaptation_curves
+from fastmaml.engine.experiment import Experiment, Preset, make_maml
 from fastmaml.engine.run_dir import (
     BEST,
     CHECKPOINT,
@@ -57,7 +58,6 @@ from fastmaml.engine.run_dir import (
     write_config,
     write_metrics,
 )
-from fastmaml.engine.experiment import Experiment, Preset, make_maml
 from fastmaml.engine.stopping import StopRequest, stop_now, stop_on_signals, stopped
 from fastmaml.errors import (
     CheckpointError,

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from fastmaml.config import TrainConfig, check_hidden
-from fastmaml.errors import ConfigError, DataError
 from fastmaml.engine.experiment import Experiment, Preset, register
+from fastmaml.errors import ConfigError, DataError
 from fastmaml.models.mlp import MLP, check_activation
 from fastmaml.tasks.sinusoid import SinusoidTasks, evaluate
 

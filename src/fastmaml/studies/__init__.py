@@ -40,7 +40,6 @@ from fastmaml.engine.evaluate import mean_ci95_t
 from fastmaml.errors import CheckpointError, ConfigError, TrainingStopped
 from fastmaml.studies.common import Budget, Report, Table, fmt, machine, pm
 
-
 log = logging.getLogger(__name__)
 
 
@@ -111,8 +110,8 @@ def run_study(name: str, out: str | Path, *, quick: bool = False, seed: int = 0,
         with _quick_figures(budget) if quick else contextlib.nullcontext():
             report: Report = module.run(out, budget, seed=seed, **options)
     except TrainingStopped as stop:  # the run's own message offered `fastmaml train --resume RUN`: no study
-        stop.args = (f"study {name} stopped by {signal.Signals(stop.exit_code - 128).name}; a study is not "
-                     f"resumed: delete {out / name} and run it again",)
+        stop.args = ((f"study {name} stopped by {signal.Signals(stop.exit_code - 128).name}; a study is not "
+                      f"resumed: delete {out / name} and run it again"),)
         raise
     summary = {
         "study": name,

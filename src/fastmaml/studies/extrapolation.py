@@ -31,7 +31,17 @@ from fastmaml.core import TaskBatch
 from fastmaml.engine.evaluate import methods_for
 from fastmaml.engine.experiment import get_preset
 from fastmaml.studies.common import (
-    Budget, Report, Table, bins, fit, load, pm, ratio_ci95, score, sinusoid_config, train_sinusoid,
+    Budget,
+    Report,
+    Table,
+    bins,
+    fit,
+    load,
+    pm,
+    ratio_ci95,
+    score,
+    sinusoid_config,
+    train_sinusoid,
 )
 from fastmaml.tasks.sinusoid import SinusoidTasks
 

@@ -58,7 +58,7 @@ def test_the_omniglot_folder_comes_from_data_then_the_environment(tmp_path, monk
 def test_the_omniglot_part_records_its_own_budget(tmp_path, monkeypatch):
     """NAME.json's "budget" is the sinusoid part's; the Omniglot part's (another iteration count,
     task count and meta-batch) was only in a table cell."""
-    import fastmaml.studies.autoencoder as autoencoder
+    from fastmaml.studies import autoencoder
 
     monkeypatch.setattr(autoencoder, "omniglot_folder", lambda data: tmp_path)
     # the sinusoid family stands in for Omniglot: the bookkeeping is what is tested, not the data
