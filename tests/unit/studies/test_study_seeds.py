@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from fastmaml.cli import main
+from fastmaml.engine.evaluate import mean_ci95_t
 from fastmaml.errors import CheckpointError, ConfigError
 from fastmaml.studies import run_seeds, run_study
-from fastmaml.engine.evaluate import mean_ci95_t
 
 
 def test_the_interval_over_seeds_uses_students_t():
@@ -137,3 +137,17 @@ def test_a_stopped_study_says_so_and_a_rerun_names_its_folder_before_training(tm
     with pytest.raises(CheckpointError, match="seed-1/linear holds the runs of a study that stopped"):
         run_seeds("linear", tmp_path / "seeds", [0, 2, 1], quick=True)
     assert trained == []
+
+
+def test_the_recorded_study_reports_are_strict_json():
+    """docs/studies held bare NaN and Infinity tokens (written before strict_json), which jq's and
+    JavaScript's parsers refuse; NAME.json promises the strings "nan", "inf", "-inf" instead."""
+    from pathlib import Path
+
+    def refuse(token):
+        raise ValueError(f"bare {token}")
+
+    recorded = sorted((Path(__file__).parents[3] / "docs" / "studies").rglob("*.json"))
+    assert len(recorded) >= 30  # six studies at five seeds, and their summaries
+    for path in recorded:
+        json.loads(path.read_text(), parse_constant=refuse)
