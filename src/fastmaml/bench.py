@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from fastmaml.algorithms import MAML
 from fastmaml.core import TaskBatch
+from fastmaml.config import MAX_THREADS
 from fastmaml.engine.distributed import check_device
 from fastmaml.engine.trainer import GRAPH_WARMUP, side_stream
 from fastmaml.errors import ConfigError, FastMAMLError
@@ -206,24 +207,6 @@ def cuda_graph_step(model: nn.Module, w: Workload, first_order: bool) -> MetaSte
     return step
 
 
-def fused_batch_norm_loop_step(model: nn.Module, w: Workload, first_order: bool) -> MetaStep:
-    """A lever, not a fastmaml option: the loop strategy with PyTorch's fused batch norm.
-
-    fastmaml reroutes batch norm to primitive ops whenever the model has it, because the fused
-    kernel's second-order gradient is wrong under vmap; in a per-task loop (no vmap) the fused
-    kernel is exact. This switches the reroute off through a private attribute, to measure
-    what making it vmap-only would gain.
-    """
-    maml = MAML(model, w.loss_fn, inner_lr=w.inner_lr, inner_steps=w.inner_steps, first_order=first_order,
-                strategy="loop")
-    maml._exact_vmap_ops = False
-
-    def step(batch: TaskBatch) -> None:
-        maml.meta_loss(batch).backward()
-
-    return step
-
-
 def with_threads(build: Callable[[nn.Module, Workload, bool], MetaStep], threads: int):
     """A lever: the same meta-step with ``threads`` torch threads during it (others keep theirs)."""
 
@@ -322,13 +305,12 @@ def higher_step(model: nn.Module, w: Workload, first_order: bool) -> MetaStep:
 def implementations(
     chunk_size: int | None = None,
     micro_batch_size: int | None = None,
-    levers: bool = False,
     lever_threads: int | None = None,
     workers: int | None = None,
     cuda: bool = False,
     compiled: bool = False,
 ) -> dict[str, Implementation]:
-    """Every implementation by name; the chunked-vmap, micro-batched, lever and compiled rows only
+    """Every implementation by name; the chunked-vmap, micro-batched, extra-threads and compiled rows only
     when asked, the CUDA-graph row only with ``cuda``."""
     impls = [
         Implementation("fastmaml", fastmaml_step("auto")),
@@ -343,8 +325,6 @@ def implementations(
     if micro_batch_size:
         impls.append(Implementation(f"fastmaml micro-batch {micro_batch_size}",
                                     fastmaml_step("auto", micro_batch_size=micro_batch_size)))
-    if levers:
-        impls.append(Implementation("fastmaml loop fused-bn (lever)", fused_batch_norm_loop_step))
     if lever_threads:
         impls.append(Implementation(f"fastmaml {lever_threads} threads (lever)",
                                     with_threads(fastmaml_step("auto"), lever_threads)))
@@ -394,7 +374,6 @@ class BenchConfig:
     threads: int | None = None
     chunk_size: int | None = None
     micro_batch_size: int | None = None
-    levers: bool = False  # also time the lever rows (fastmaml loop with fused batch norm)
     lever_threads: int | None = None  # also time fastmaml and the peers with this many torch threads
     workers: int | None = None  # also time fastmaml with this many worker threads (MAML(workers=...))
     compiled: bool = False  # also time fastmaml with compile=True (torch.compile; compiles in the warm-up)
@@ -572,7 +551,7 @@ def measure_peak_here(spec: dict) -> dict:
     if spec.get("variant"):
         build = fastmaml_step(*variant_args(spec["variant"]))
     else:
-        build = implementations(spec.get("chunk_size"), spec.get("micro_batch_size"), True,
+        build = implementations(spec.get("chunk_size"), spec.get("micro_batch_size"),
                                 spec.get("lever_threads"), spec.get("workers"),
                                 cuda=device.type == "cuda", compiled=True)[spec["implementation"]].build
     w = with_steps(WORKLOADS[spec["workload"]], spec.get("inner_steps"))
@@ -582,7 +561,9 @@ def measure_peak_here(spec: dict) -> dict:
     meta_step = build(model, w, spec["first_order"])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     load_lazy_modules()
-    for _ in range(spec.get("warmup", 0)):  # compiled rows: compile first, the compiler's memory is not the step's
+    for _ in range(spec.get("warmup", 0)):  # a step of the same kind first: compiling, Adam's state and the
+        # allocator's first growth are one-time costs, not the step's (compiled rows alone had it: their peak
+        # was compared with other rows' first-iteration peaks)
         opt.zero_grad(set_to_none=True)
         meta_step(batch)
         opt.step()
@@ -633,7 +614,7 @@ def measure_peak(spec: dict, cfg: BenchConfig) -> int | None:
 def memory_spec(cfg: BenchConfig, workload: str, impl: str, first_order: bool, **extra) -> dict:
     return dict(workload=workload, implementation=impl, first_order=first_order, device=cfg.device,
                 threads=cfg.threads, chunk_size=cfg.chunk_size, micro_batch_size=cfg.micro_batch_size,
-                lever_threads=cfg.lever_threads, workers=cfg.workers, seed=cfg.seed, iterations=1, **extra)
+                lever_threads=cfg.lever_threads, workers=cfg.workers, seed=cfg.seed, iterations=1, warmup=1, **extra)
 
 
 # ----------------------------------------------------------------------------------------- runs
@@ -644,7 +625,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda line: N
     unknown = [w for w in cfg.workloads if w not in WORKLOADS]
     if unknown:
         raise ConfigError(f"unknown workload {unknown[0]!r}; choose from {', '.join(WORKLOADS)}")
-    available = implementations(cfg.chunk_size, cfg.micro_batch_size, cfg.levers, cfg.lever_threads, cfg.workers,
+    available = implementations(cfg.chunk_size, cfg.micro_batch_size, cfg.lever_threads, cfg.workers,
                                 cuda=cfg.device.startswith("cuda"), compiled=cfg.compiled)
     names = list(available) if cfg.implementations is None else list(cfg.implementations)
     names = ["fastmaml", *(n for n in names if n != "fastmaml")]  # first: the reference for gradients and ratios
@@ -659,8 +640,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda line: N
             if cfg.memory:
                 for row in group:
                     if row.tasks_per_s is not None and row.implementation in available:
-                        warmup = int("compiled" in row.implementation)
-                        spec = memory_spec(cfg, name, row.implementation, order == "first", warmup=warmup)
+                        spec = memory_spec(cfg, name, row.implementation, order == "first")
                         row.peak_bytes = measure_peak(spec, cfg)
             for row in group:
                 progress(format_row(row))
@@ -819,8 +799,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--chunk-size", type=int, help="also time fastmaml vmap with this chunk_size")
     parser.add_argument("--micro-batch-size", type=int, help="also time fastmaml with micro-batches of this many tasks")
-    parser.add_argument("--levers", action="store_true",
-                        help="also time 'fastmaml loop fused-bn (lever)': the loop without the batch-norm reroute")
     parser.add_argument("--lever-threads", type=int, metavar="N",
                         help="also time fastmaml with N torch threads, interleaved with the rest at --threads")
     parser.add_argument("--workers", type=int, metavar="N",
@@ -855,6 +833,11 @@ def config_from_args(args: argparse.Namespace, child_command: Sequence[str]) -> 
     for option, value, low, meaning in at_least:
         if value is not None and not value >= low:  # `not >=` also catches nan
             raise ConfigError(f"{option} must be >= {low} ({meaning}), got {value}")
+    for option, value in (("--threads", args.threads), ("--lever-threads", args.lever_threads),
+                          ("--workers", args.workers)):
+        if value is not None and value > MAX_THREADS:  # torch segfaulted asked for 100,000
+            raise ConfigError(f"{option} must be at most {MAX_THREADS}, got {value}; give at most this machine's "
+                              f"cores ({os.cpu_count()})")
     if args.out:  # found out before the benchmark runs, not after
         existed = os.path.exists(args.out)
         try:
@@ -869,7 +852,7 @@ def config_from_args(args: argparse.Namespace, child_command: Sequence[str]) -> 
         workloads=args.workloads, orders=args.orders, implementations=args.impls, repeats=args.repeats,
         warmup=0 if args.quick else args.warmup, time_limit=args.time_limit,
         memory=not (args.quick or args.no_memory), device=args.device, threads=args.threads,
-        chunk_size=args.chunk_size, micro_batch_size=args.micro_batch_size, levers=args.levers,
+        chunk_size=args.chunk_size, micro_batch_size=args.micro_batch_size,
         lever_threads=args.lever_threads, workers=args.workers, compiled=args.compile,
         grad_tolerance=args.grad_tolerance, grad_check_tasks=args.grad_check_tasks, child_command=tuple(child_command),
     )
@@ -880,7 +863,7 @@ def throughput_legend(cfg: BenchConfig) -> str:
         "tasks/s = meta-batch / median seconds of one meta-iteration (meta-loss, backward, Adam step), "
         "implementations timed interleaved; fastmaml/peer = fastmaml's (strategy auto) tasks/s over the row's; "
         "peak memory = peak resident (CPU) or allocated (GPU) memory of one meta-iteration above what was in "
-        "use before it; max rel. grad diff = max|g - g_fastmaml| / max|g_fastmaml| over all meta-gradient "
+        "use before it, measured in a fresh process after one untimed meta-iteration; max rel. grad diff = max|g - g_fastmaml| / max|g_fastmaml| over all meta-gradient "
         f"entries at the same initial weights, in float64 on the first {cfg.grad_check_tasks} tasks (timing "
         "is float32). A fastmaml strategy row equal to what auto picks is not timed twice."
     )
@@ -928,7 +911,7 @@ def run(args: argparse.Namespace, child_command: Sequence[str], prog: str = "fas
         sweep = memory_sweep(cfg, progress=say)
         report += ["## Peak memory vs inner steps (Omniglot 20-way 1-shot, second order)", "",
                    ("Peak memory of one meta-iteration as the trainer runs it (see above; in parentheses its "
-                    "seconds, one run, 1 worker): vmap over the whole meta-batch; vmap over micro-batches of 4 "
+                    "seconds, one run after one untimed meta-iteration, 1 worker): vmap over the whole meta-batch; vmap over micro-batches of 4 "
                     "tasks, each backpropagated before the next (micro_batch_size); the per-task loop, which "
                     "backpropagates task by task; the loop with gradient checkpointing across the inner steps "
                     "(grad_checkpointing). The last column checks that a variant's meta-gradient equals that of "
