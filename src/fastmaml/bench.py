@@ -162,6 +162,7 @@ def fastmaml_step(
                 chunk = batch.slice(start, start + size)
                 maml.meta_backward(chunk, scale=chunk.num_tasks / batch.num_tasks)
 
+        step.refused_compile = lambda: compile and not maml.compile  # its check ran it eagerly after all
         return step
 
     return build
@@ -358,6 +359,7 @@ class Row:
     peak_bytes: int | None = None
     grad_diff: float | None = None
     repeats: int = 0
+    eager_fallback: bool = False  # a compiled row whose compile check refused it: it ran eagerly
     note: str = ""  # "not installed", "wrong meta-gradient", ...
 
 
@@ -435,7 +437,7 @@ def bench_group(w: Workload, first_order: bool, impls: Sequence[Implementation],
     batch = w.batch(cfg.seed, device)
     base64, check_batch = copy.deepcopy(base).double(), to_float64(batch.slice(0, cfg.grad_check_tasks))
     auto = MAML(base, w.loss_fn, inner_lr=w.inner_lr).resolved_strategy(device)
-    rows, runners, reference = {}, {}, None
+    rows, runners, steps, reference = {}, {}, {}, None
     for impl in impls:
         row = rows[impl.name] = Row(w.name, order, impl.name)
         if impl.strategy == auto:
@@ -463,7 +465,11 @@ def bench_group(w: Workload, first_order: bool, impls: Sequence[Implementation],
             opt.step()
 
         runners[impl.name] = iteration
+        steps[impl.name] = meta_step
     times = time_interleaved(runners, cfg, device)
+    for name, meta_step in steps.items():
+        if getattr(meta_step, "refused_compile", lambda: False)():  # a "compiled" row that ran eagerly
+            rows[name].eager_fallback = True
     for name, seconds in times.items():
         rows[name].tasks_per_s = w.meta_batch_size / statistics.median(seconds)
         rows[name].repeats = len(seconds)
@@ -584,7 +590,8 @@ def measure_peak_here(spec: dict) -> dict:
     if device.type == "cuda":
         return {"peak_bytes": torch.cuda.max_memory_allocated(device) - before, "seconds": seconds}
     peak = peak_rss_bytes()
-    return {"peak_bytes": None if peak is None or before == 0 else max(peak - before, 0), "seconds": seconds}
+    return {"peak_bytes": None if peak is None or before == 0 else max(peak - before, 0), "seconds": seconds,
+            "refused_compile": getattr(meta_step, "refused_compile", lambda: False)()}
 
 
 # glibc raises its mmap threshold after freeing a large block, then keeps later large blocks in the
@@ -640,8 +647,9 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = lambda line: N
             if cfg.memory:
                 for row in group:
                     if row.tasks_per_s is not None and row.implementation in available:
-                        spec = memory_spec(cfg, name, row.implementation, order == "first")
-                        row.peak_bytes = measure_peak(spec, cfg)
+                        result = measure_child(memory_spec(cfg, name, row.implementation, order == "first"), cfg)
+                        row.peak_bytes = None if result is None else result["peak_bytes"]
+                        row.eager_fallback |= bool(result and result.get("refused_compile"))
             for row in group:
                 progress(format_row(row))
             rows += group
@@ -727,7 +735,8 @@ def fmt_rate(x: float) -> str:
 
 def format_row(row: Row) -> str:
     tasks = row.note if row.tasks_per_s is None else fmt_rate(row.tasks_per_s)
-    cells = [row.workload, row.order, row.implementation, tasks,
+    name = row.implementation + (" (ran eagerly: its compile check refused it)" if row.eager_fallback else "")
+    cells = [row.workload, row.order, name, tasks,
              "-" if row.ratio is None else f"{row.ratio:.2f}",
              fmt_mem(row.peak_bytes),
              "-" if row.grad_diff is None else f"{row.grad_diff:.1e}",

@@ -266,3 +266,25 @@ def test_eval_speed_script_times_every_strategy_and_chunk(tmp_path, monkeypatch)
     rows = [line for line in out.read_text().splitlines() if line.startswith("| omniglot")]
     assert [row.split(" | ")[1:3] for row in rows] == [["vmap", "2"], ["vmap", "4"], ["loop", "2"]]
     assert all(float(row.split(" | ")[4]) > 0 for row in rows)
+
+
+def test_a_compiled_row_whose_compile_check_refused_it_says_it_ran_eagerly(monkeypatch):
+    """MAML falls back to eager when its first compiled meta-gradient fails the check (a warning in
+    the log); the row was still labelled "fastmaml compiled", its rate and memory an eager step's."""
+    real = bench.fastmaml_step
+
+    def refused(*args, **kwargs):
+        build = real("auto")
+
+        def wrapped(model, w, first_order):
+            step = build(model, w, first_order)
+            step.refused_compile = lambda: True  # as MAML(compile=True) leaves it after a refusal
+            return step
+
+        return wrapped
+
+    impl = Implementation("fastmaml compiled", refused())
+    rows = bench.run_bench(BenchConfig(**{**FAST, "implementations": ["fastmaml"]}, extra=[impl]))
+    assert [r.eager_fallback for r in rows] == [False, True]
+    assert "| fastmaml compiled (ran eagerly: its compile check refused it) |" in bench.format_row(rows[1])
+    assert bench.format_row(rows[0]).startswith("| sinusoid | first | fastmaml |")
