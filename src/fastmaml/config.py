@@ -148,7 +148,7 @@ THREAD_KEYS = ("threads", "workers", "sim_threads")
 
 def check_finite(config: Any) -> None:
     """ConfigError for a float setting (or a float in a tuple setting) that is NaN, infinite or beyond
-    ``MAX_SETTING`` in magnitude (a float setting): checks written as ``x > 0`` let inf through, and nan through ``x < 0``
+    ``MAX_SETTING`` in magnitude: checks written as ``x > 0`` let inf through, and nan through ``x < 0``
     (max_kl=inf or cg_damping=nan trained a policy that never moved). Also for a thread count above
     ``MAX_THREADS``."""
     for field in dataclasses.fields(config):

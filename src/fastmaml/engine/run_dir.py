@@ -189,20 +189,21 @@ def state_problem(meta: dict[str, Any], experiment: str) -> str | None:
     """What is wrong with the metadata of a run's checkpoint (a file edited, or another program's),
     or None: its iteration, time, rows and best entry of the types a run writes, its experiment
     ``experiment``. A bad one gave tracebacks later (``step`` "10"), or trained on ("from iteration -5")."""
-    def finite(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
 
     step = meta.get("step")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         return f"step = {json.dumps(step)}, not an iteration count"
-    if not finite(meta.get("elapsed_s")) or meta["elapsed_s"] < 0:
-        return f"elapsed_s = {json.dumps(meta.get('elapsed_s'))}, not a time in seconds"
+    elapsed = meta.get("elapsed_s")
+    if not number(elapsed) or not math.isfinite(elapsed) or elapsed < 0:
+        return f"elapsed_s = {json.dumps(elapsed)}, not a time in seconds"
     rows = meta.get("metrics")
     if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in rows):
         return "metrics is not a list of rows with an iteration each"
-    best = meta.get("best")
+    best = meta.get("best")  # its value may be NaN in a checkpoint of a version that let a NaN be the best
     if best is not None and not (isinstance(best, dict) and isinstance(best.get("step"), int)
-                                 and isinstance(best.get("metric"), str) and finite(best.get("value"))):
+                                 and isinstance(best.get("metric"), str) and number(best.get("value"))):
         return f"best = {json.dumps(best)}, not a validation result"
     if meta.get("experiment") != experiment:
         return f"it holds a {json.dumps(meta.get('experiment'))} run, this one is {json.dumps(experiment)}"

@@ -42,3 +42,17 @@ def test_write_eval_through_a_symbolic_link_replaces_the_file_it_links_to(tmp_pa
     write_eval(run, {"tasks": 3, "steps": 1})
     assert (run / EVAL).is_symlink() and json.loads((kept / "run.eval.json").read_text())["tasks"] == 3
     assert sorted(p.name for p in kept.iterdir()) == ["run.eval.json"]  # no temporary file left
+
+
+def test_state_problem_accepts_what_runs_wrote_and_names_what_they_did_not():
+    from fastmaml.engine.run_dir import state_problem
+
+    meta = {"experiment": "sinusoid", "config": {}, "step": 4, "elapsed_s": 0.5, "metrics": [{"step": 4}],
+            "best": {"step": 2, "metric": "val_mse", "value": 0.3}}
+    assert state_problem(meta, "sinusoid") is None
+    # a version before 2026-12-07 could keep a NaN validation as the best: such a run still resumes
+    assert state_problem({**meta, "best": {**meta["best"], "value": float("nan")}}, "sinusoid") is None
+    assert state_problem({**meta, "best": None}, "sinusoid") is None
+    assert state_problem({**meta, "step": True}, "sinusoid") == "step = true, not an iteration count"
+    assert state_problem({**meta, "elapsed_s": float("inf")}, "sinusoid") == "elapsed_s = Infinity, not a time in seconds"
+    assert state_problem(meta, "table") == 'it holds a "sinusoid" run, this one is "table"'
