@@ -728,3 +728,24 @@ def test_the_conv_net_on_worker_threads_resumes_bit_for_bit(tiny_omniglot, tmp_p
         return row["step"], row["meta_loss"]
 
     assert last_row(full) == last_row(part) and last_row(full)[0] == 6
+
+
+def test_meta_test_tasks_are_the_same_whatever_device_holds_the_images(tiny_omniglot, monkeypatch):
+    """On a GPU, sample drew every split's tasks from a CUDA generator, so `fastmaml eval` met other
+    tasks than on the CPU while reports and compare took them for the same ones (0 of 100 alike). A
+    second CPU device ("cpu:0", which takes the GPU branch) stands in for the GPU here."""
+    from fastmaml.engine.experiment import get_preset
+    from fastmaml.experiments import fewshot
+
+    config = get_preset("omniglot").make_config(root=str(tiny_omniglot), ways=3)
+    drawn = {}
+    for device in ("cpu", "cpu:0"):
+        monkeypatch.setattr(fewshot, "_device", lambda config, device=device: device)
+        experiment = fewshot.build(config)
+        drawn[device] = {split: experiment.sample(torch.Generator().manual_seed(7), split, 20)
+                         for split in ("train", "val", "test")}
+    for split in ("val", "test"):
+        assert torch.equal(drawn["cpu"][split].support_x, drawn["cpu:0"][split].support_x)
+        assert torch.equal(drawn["cpu"][split].query_x, drawn["cpu:0"][split].query_x)
+    # meta-training keeps the device's own generator (seeded from the CPU stream): other tasks
+    assert not torch.equal(drawn["cpu"]["train"].support_x, drawn["cpu:0"]["train"].support_x)

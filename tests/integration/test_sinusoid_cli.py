@@ -522,3 +522,20 @@ def test_the_adaptation_figure_spans_the_runs_x_range(tmp_path, monkeypatch):
                        "predictions": {0: x * 0, 1: x * 0}}}
     plotting.sinusoid_adaptation(curves, tmp_path / "a.png")
     assert seen == [(0.0, 20.0)]
+
+
+def test_a_quick_look_at_another_checkpoint_does_not_replace_the_full_report(tmp_path, capsys, caplog):
+    """The guard kept only a report of the same iteration and kind: `eval --best --tasks 5` replaced a
+    40-task report of the latest checkpoint, and a quick look at the latest then replaced that."""
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--iterations", "20", "--set", "val_every=10", "--set", "val_tasks=5",
+                 "--set", "log_every=10", "--out", str(run), "--no-progress"]) == 0
+    assert main(["eval", str(run), "--tasks", "40", "--no-progress"]) == 0
+    with caplog.at_level("WARNING"):
+        assert main(["eval", str(run), "--best", "--tasks", "5", "--no-progress"]) == 0
+        assert main(["eval", str(run), "--tasks", "5", "--no-progress"]) == 0
+    assert caplog.text.count("holds a report of 40 tasks and 10 steps (checkpoint at iteration 20)") == 2
+    report = json.loads((run / "eval.json").read_text())
+    assert (report["tasks"], report["checkpoint"], report["step"]) == (40, "checkpoint", 20)
+    assert main(["eval", str(run), "--best", "--tasks", "40", "--no-progress"]) == 0  # as large: --best's becomes it
+    assert json.loads((run / "eval.json").read_text())["checkpoint"] == "best"

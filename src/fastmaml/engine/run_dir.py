@@ -47,7 +47,7 @@ def write_eval(run_dir: Path, report: dict[str, Any], which: str | int = "checkp
     path = eval_path(run_dir, which)
     larger = _larger_report(path, report)
     if larger:  # a quick look (--tasks 10) must not replace the run's full meta-test, which compare reads
-        log.warning("%s not saved: %s holds a report of the same checkpoint with %s; delete it first to replace it",
+        log.warning("%s not saved: %s holds a report of %s; delete it first to replace it",
                     _protocol(report), path, larger)
         return
     text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r",\s*", m.group(1))) + "]",
@@ -74,16 +74,18 @@ def _protocol(report: dict[str, Any]) -> str:
 
 
 def _larger_report(path: Path, report: dict[str, Any]) -> str | None:
-    """The protocol of the report already at ``path`` when it scores the same checkpoint (iteration and
-    kind) on at least as many tasks and steps as ``report`` and on more of one; else None."""
+    """The protocol of the report already at ``path`` when it scores at least as many tasks and steps
+    as ``report`` and more of one, whatever checkpoint it scored; else None. (Only a report of the
+    same iteration and kind was kept: `eval --best --tasks 5` then `eval --tasks 5` replaced a
+    600-task meta-test of the latest checkpoint, the one compare and plot read.)"""
     try:
         old = json.loads(path.read_text())
-        same = old.get("step") == report.get("step") and old.get("checkpoint") == report.get("checkpoint")
         more = (old["tasks"] >= report["tasks"] and old["steps"] >= report["steps"]
                 and (old["tasks"], old["steps"]) != (report["tasks"], report["steps"]))
+        scored = f"{old.get('checkpoint', 'checkpoint')} at iteration {old.get('step')}"
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # none, or unreadable: the new report replaces it
-    return f"{old['tasks']} tasks and {old['steps']} steps" if same and more else None
+    return f"{old['tasks']} tasks and {old['steps']} steps ({scored})" if more else None
 
 
 def eval_path(run_dir: Path, which: str | int = "checkpoint") -> Path:

@@ -17,7 +17,9 @@ Presets (settings from the paper and cbfinn/maml ``main.py``'s usage lines, chec
 - ``miniimagenet`` -- 4 x [3x3 conv 32, batch norm, ReLU, 2x2 max-pool], 84x84 RGB; meta-batch 4
   (1-shot) or 2 (5-shot, the paper; the code's usage line says 4), α 0.01, 5 inner steps,
   15 query images per class at meta-train and K at meta-test (the original's ``update_batch_size+15``
-  and ``update_batch_size*2``), meta-gradient clipped at 10.
+  and ``update_batch_size*2``), meta-gradient clipped at 10. Validation (and ``eval --split val``)
+  takes K query images like the meta-test; the original validated with 15, from its training-time
+  generator (``--set eval_queries=15`` does that, for validation and meta-test alike).
 - ``images`` -- any ``root/<class>/<image>`` tree, classes split 64/16/20 % (``splits``, seeded by
   ``split_seed``) into meta-train/validation/meta-test; MiniImagenet's network and settings by
   default, ``image_size``, ``channels``, ``filters``, ``max_pool``, ``rotations`` configurable. A new
@@ -377,9 +379,11 @@ def build(config: FewShotConfig) -> Experiment:
 
     def sample(generator: torch.Generator, split: str, num_tasks: int):
         images = load_split(config, split)
-        if device_generator is not None:  # the CPU stream seeds the GPU one: reproducible and resumable
-            device_generator.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        if device_generator is not None and split == "train":  # the CPU stream seeds the GPU one: reproducible
+            device_generator.manual_seed(int(torch.randint(2**62, (), generator=generator)))  # and resumable
             generator = device_generator
+        # validation and meta-test tasks are drawn from the CPU stream on any device: a run meta-tested
+        # on a GPU meets the tasks it meets on the CPU, which compare pairs task by task
         return images.sample(generator, num_tasks, config.ways, config.shots, query_count(config, split))
 
     model = make_model(config)

@@ -121,9 +121,10 @@ class FewShotImages:
         """The classes of the next ``meta_batch_size`` tasks that :meth:`sample` draws from the same
         ``generator`` state, as (turn index into ``rotations``, character index), each (T, ways) in
         label order. Every rotated copy is a class of its own, so a task may hold one character in two
-        turns (the original MAML code drew distinct characters and then a turn for each)."""
+        turns (the original MAML code drew distinct characters and then a turn for each). Drawn on the
+        generator's device (a CPU generator draws the same tasks whatever device the images are on)."""
         # the order of topk is the order of the random keys: a random class-to-label assignment
-        classes = torch.rand(meta_batch_size, self.num_classes, generator=generator, device=self.images.device)
+        classes = torch.rand(meta_batch_size, self.num_classes, generator=generator, device=generator.device)
         classes = classes.topk(ways, dim=1).indices  # (T, ways); class = turn * base classes + base
         return classes.div(len(self.class_names), rounding_mode="floor"), classes % len(self.class_names)
 
@@ -134,15 +135,18 @@ class FewShotImages:
 
         Each task draws ``ways`` distinct classes, assigns them labels 0..ways-1 in random order,
         and draws ``shots + queries`` distinct images of each. Examples are ordered by label;
-        ``x`` is float32 in [0, 1]. The same ``generator`` state gives the same tasks.
+        ``x`` is float32 in [0, 1]. The same ``generator`` state gives the same tasks; the draws are
+        made on the generator's device, so a CPU generator gives the same tasks with the images on a
+        GPU as on the CPU (a CUDA generator, faster for training there, draws other ones).
         """
         self._check_task_shape(meta_batch_size, ways, shots, queries)
-        device, per_class = self.images.device, shots + queries
+        device, draw, per_class = self.images.device, generator.device, shots + queries
         turn, base = self.draw_classes(generator, meta_batch_size, ways)
-        keys = torch.rand(meta_batch_size, ways, self._largest, generator=generator, device=device)
-        past_end = torch.arange(self._largest, device=device) >= self.class_sizes[base][..., None]
+        keys = torch.rand(meta_batch_size, ways, self._largest, generator=generator, device=draw)
+        sizes, offsets = self.class_sizes.to(draw), self.offsets.to(draw)  # no copy on the images' device
+        past_end = torch.arange(self._largest, device=draw) >= sizes[base][..., None]
         within = keys.masked_fill(past_end, -1.0).topk(per_class, dim=-1).indices  # distinct images per class
-        index = (turn * len(self.images) + self.offsets[base])[..., None] + within  # (T, ways, shots + queries)
+        index = ((turn * len(self.images) + offsets[base])[..., None] + within).to(device)  # (T, ways, shots + queries)
         x = self._pool[index].to(torch.float32).div_(255)  # (T, ways, shots + queries, C, H, W)
         labels = torch.arange(ways, device=device)
         shape = x.shape[3:]
