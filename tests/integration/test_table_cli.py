@@ -3,7 +3,10 @@
 import csv
 import hashlib
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -460,3 +463,74 @@ def test_adapt_refuses_a_config_edited_since_the_checkpoint(table_run, tmp_path,
     err = capsys.readouterr().err.strip()
     assert "config.json does not match the checkpoint checkpoint.safetensors (inner_lr = " in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "out.csv").exists()
+
+
+def test_adapt_output_keeps_precision_names_new_columns_and_is_utf8(tmp_path, capsys):
+    """From a review: predictions were written to 6 digits (1000112.276 as 1.00011e+06, the printed
+    MSE from values the file did not hold); adapt on its own output wrote two columns of one name; the
+    output took the locale's encoding (a traceback and a half-written file on a non-ASCII cell)."""
+    rows = [["shop", "size", "kind", "price"]]
+    rng = random.Random(1)
+    for s in range(12):
+        for _ in range(8):
+            size = rng.uniform(-2, 2)
+            rows.append([f"shop{s}", f"{size:.4f}", rng.choice(["new", "used"]), f"{1_000_000 + 3 * size + s:.3f}"])
+    data = tmp_path / "big.csv"
+    with open(data, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    run = tmp_path / "run"
+    assert main(["train", "table", "--csv", str(data), "--task-column", "shop", "--target", "price", "--shots", "3",
+                 "--out", str(run), "--iterations", "5", "--no-progress"]) == 0
+    support = tmp_path / "support.csv"
+    with open(support, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([rows[0], ["neu", "0.5", "new", "1000001.5"], ["neu", "1.0", "used", "1000003.0"]])
+    predict = tmp_path / "predict.csv"
+    predict.write_text("shop,size,kind,price,prediction\nneu,0.7,new,,grün\n", encoding="utf-8")
+    outs = [tmp_path / "o1.csv", tmp_path / "o2.csv", tmp_path / "o3.csv"]
+    # the first in an ASCII locale, where the locale's encoding could not write "ü"
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "fastmaml", "adapt", str(run), "--support", str(support),
+                           "--predict", str(predict), "--out", str(outs[0])], env=env, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    for source, out in zip(outs, outs[1:]):
+        capsys.readouterr()
+        assert main(["adapt", str(run), "--support", str(support), "--predict", str(source), "--out", str(out)]) == 0
+    header = outs[-1].read_text(encoding="utf-8").splitlines()[0].split(",")
+    assert header == ["shop", "size", "kind", "price", "prediction", "price_prediction", "price_prediction_2",
+                      "price_prediction_3"]
+    row = next(csv.DictReader(outs[0].open(encoding="utf-8")))
+    assert row["prediction"] == "grün" and len(row["price_prediction"].replace(".", "")) >= 8  # 9 digits, not 6
+    assert abs(float(row["price_prediction"]) - 1_000_000) < 100
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_too_many_shots_for_every_task_says_to_lower_shots(tmp_path, capsys):
+    """30 tasks of 10 rows with --shots 10: every task was left out and the error said to use a table
+    with more groups."""
+    data = write_tasks(tmp_path / "shops.csv", tasks=30, rows=10)
+    assert main(["train", "table", "--csv", str(data), "--task-column", "shop", "--target", "price", "--shots", "10",
+                 "--out", str(tmp_path / "run"), "--iterations", "2", "--no-progress"]) == 2
+    err = one_line_error(capsys)
+    assert "30 of the table's 30 tasks were left out for having fewer than K + 1 = 11 rows (the largest has 10): " \
+           "lower --shots to 9 or less, or add rows to the tasks" in err
+
+
+def test_adapt_errors_about_a_cell_advise_only_what_adapt_can_do(table_run, tmp_path, capsys):
+    """adapt said to list a column as categorical (categorical=price), which adapt refuses to change."""
+    _, run = table_run
+    bad = tmp_path / "bad.csv"
+    bad.write_text("shop,size,kind,price\nx,1.0,new,abc\nx,0.5,used,2\n")
+    good = tmp_path / "good.csv"
+    good.write_text("shop,size,kind,price\nx,1.0,new,1\n")
+    capsys.readouterr()
+    assert main(["adapt", str(run), "--support", str(bad), "--predict", str(good), "--out",
+                 str(tmp_path / "o.csv")]) == 2
+    err = one_line_error(capsys)
+    assert err.endswith(f"{bad}, line 2, column 'price': 'abc' is not a number; fix or drop that row")
+    missing = tmp_path / "missing.csv"
+    missing.write_text("shop,size,kind,price\nx,,new,1\n")
+    assert main(["adapt", str(run), "--support", str(good), "--predict", str(missing), "--out",
+                 str(tmp_path / "o.csv")]) == 2
+    err = one_line_error(capsys)
+    assert err.endswith("drop or fill such rows") and "--features" not in err

@@ -149,7 +149,7 @@ def adapt_points(
     ``overrides``: meta-test settings changed (``key=value``, e.g. ``inner_lr=0.005``).
     """
     from fastmaml.engine.evaluate import load_trained
-    from fastmaml.experiments.table import check_adapted, counted, output_column, scored, write_csv
+    from fastmaml.experiments.table import check_adapted, counted, number_text, output_columns, scored, write_csv
     from fastmaml.tasks.table import is_missing, read_csv
 
     experiment, maml, _ = load_trained(Path(run_dir), which, overrides)
@@ -182,9 +182,9 @@ def adapt_points(
     check_adapted(adapted, steps, maml)
     with torch.no_grad():
         after, before = maml(px, adapted).view(-1), maml(px).view(-1)
-    column = output_column(predict_table, "y", "prediction")
+    [column] = output_columns(predict_table, "y", ["prediction"])
     write_csv(Path(out), [*predict_table.header, column],
-              [[*row, f"{value:.6g}"] for row, value in zip(predict_table.rows, after.tolist())])
+              [[*row, number_text(value)] for row, value in zip(predict_table.rows, after.tolist())])
     summary = (f"adapted to {counted(len(support_table.rows), 'support point')} with {counted(steps, 'step')}; wrote "
                f"{counted(len(predict_table.rows), 'prediction')} to {out}")
     # points to predict usually have y empty (or no y column): only the points with a y are scored

@@ -28,6 +28,7 @@ file is a DataError. ``fastmaml adapt --csv NEW_PATH`` accepts a moved copy whos
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -286,10 +287,11 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     encoder: Encoder = experiment.extras["table"].encoder
     support_table, predict_table = read_csv(support), read_csv(predict)
     support_table.require([encoder.target])
-    sx, sy, px = encoder.encode_x(support_table), encoder.encode_y(support_table), encoder.encode_x(predict_table)
+    sx, sy = encoder.encode_x(support_table, new=True), encoder.encode_y(support_table, new=True)
+    px = encoder.encode_x(predict_table, new=True)
     # rows to predict usually have the target column empty (or absent): only rows with a target are scored
     known = encoder.known_target(predict_table) if encoder.target in predict_table.header else []
-    truth = encoder.encode_y(predict_table.subset(known)) if known else None
+    truth = encoder.encode_y(predict_table.subset(known), new=True) if known else None
     adapted = maml.adapt(sx, sy, steps=steps, first_order=True)
     check_adapted(adapted, steps, maml)
     with torch.no_grad():
@@ -300,16 +302,15 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     if encoder.classification:
         probabilities = after.softmax(-1)
         labels = encoder.decode_labels(probabilities.argmax(-1))
-        names = [output_column(predict_table, encoder.target, "prediction"),
-                 *(output_column(predict_table, encoder.target, f"p_{c}") for c in encoder.classes)]
-        cells = [[label, *(f"{p:.4f}" for p in row)] for label, row in zip(labels, probabilities.tolist())]
+        names = output_columns(predict_table, encoder.target, ["prediction", *(f"p_{c}" for c in encoder.classes)])
+        cells = [[label, *(f"{p:.6g}" for p in row)] for label, row in zip(labels, probabilities.tolist())]
         if truth is not None:
             accuracy_of = lambda logits: accuracy(logits[known], truth).item()  # noqa: E731
             summary += f"; accuracy on {on} {accuracy_of(after):.4g} ({accuracy_of(before):.4g} before adapting)"
     else:
         prediction = encoder.decode_y(after).view(-1)
-        names = [output_column(predict_table, encoder.target, "prediction")]
-        cells = [[f"{value:.6g}"] for value in prediction.tolist()]
+        names = output_columns(predict_table, encoder.target, ["prediction"])
+        cells = [[number_text(value)] for value in prediction.tolist()]
         if truth is not None:
             truth = encoder.decode_y(truth).view(-1)
             mse = lambda p: ((p[known] - truth) ** 2).mean().item()  # noqa: E731
@@ -335,9 +336,25 @@ def relocated(config: TableConfig, csv_path: str | Path) -> str:
     return os.path.abspath(path)
 
 
-def output_column(table: Table, target: str, name: str) -> str:
-    """``name``, or ``TARGET_name`` if the predict file already has a column called ``name``."""
-    return name if name not in table.header else f"{target}_{name}"
+def output_columns(table: Table, target: str, names: list[str]) -> list[str]:
+    """The columns adapt adds to the predict file: each of ``names``, or ``TARGET_name`` where the file
+    has a column called ``name``, then ``TARGET_name_2``, ``_3``, ... until the name is new (adapt run
+    on its own output wrote two columns of one name, which the next read refused)."""
+    taken, chosen = set(table.header), []
+    for name in names:
+        pick, n = name if name not in taken else f"{target}_{name}", 1
+        while pick in taken:
+            n += 1
+            pick = f"{target}_{name}_{n}"
+        taken.add(pick)
+        chosen.append(pick)
+    return chosen
+
+
+def number_text(value: float) -> str:
+    """A prediction as written to a CSV: 9 significant digits, float32's round trip (6 wrote
+    1000112.276 as 1.00011e+06)."""
+    return f"{value:.9g}"
 
 
 def check_adapted(adapted: dict[str, torch.Tensor], steps: int, maml: Any) -> None:
@@ -361,11 +378,18 @@ def scored(known: list[int], total: int, noun: str, target: str) -> str:
 
 
 def write_csv(out: Path, header: list[str], rows: list[list[str]]) -> None:
+    """Write ``out`` as UTF-8 (as every CSV is read; the locale's encoding failed on a non-ASCII cell
+    after writing part of the file) through a temporary file, so a failure leaves no partial file."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(header)
             writer.writerows(rows)
+        os.replace(tmp, out)
     except OSError as error:
         raise DataError(f"cannot write {out} ({error.strerror}); choose a writable --out") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()

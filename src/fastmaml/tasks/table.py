@@ -123,9 +123,15 @@ def is_missing(text: str, numeric: bool) -> bool:
     return text == "" or (numeric and text.lower() in MISSING)
 
 
-def check_missing(table: Table, columns: dict[str, bool], shown: int = 5) -> None:
+# What a DataError about a cell advises: in the training CSV a feature may also be left out or made
+# categorical, and a target made a class label; in a file adapt reads, only the row can change.
+FIX_FEATURE, FIX_TARGET, FIX_ROW = "feature", "target", "row"
+
+
+def check_missing(table: Table, columns: dict[str, bool], shown: int = 5, fix: str = FIX_FEATURE) -> None:
     """One DataError naming the missing values of ``columns`` (name -> numeric, see :func:`is_missing`),
-    all of them counted, the first ``shown`` located, rather than one per run."""
+    all of them counted, the first ``shown`` located, rather than one per run. ``fix``: FIX_FEATURE
+    also advises leaving the feature out (training), FIX_ROW only the rows (adapt's files)."""
     found = [(i, name, text) for name, numeric in columns.items() for i, text in enumerate(table.column(name))
              if is_missing(text, numeric)]
     if not found:
@@ -135,11 +141,11 @@ def check_missing(table: Table, columns: dict[str, bool], shown: int = 5) -> Non
     rows = len({i for i, _, _ in found})
     raise DataError(
         f"{table.path}: {len(found)} missing value(s) in {rows} row(s): {where}{' ...' if len(found) > shown else ''}; "
-        "drop or fill such rows, or leave such a feature out (--features)"
+        "drop or fill such rows" + (", or leave such a feature out (--features)" if fix == FIX_FEATURE else "")
     )
 
 
-def _number(table: Table, row: int, column: str, text: str) -> float:
+def _number(table: Table, row: int, column: str, text: str, fix: str = FIX_FEATURE) -> float:
     if is_missing(text, numeric=True):
         raise DataError(
             f"{table.path}, line {table.line(row)}, column {column!r}: missing value ({text!r}); drop or fill such rows"
@@ -147,9 +153,11 @@ def _number(table: Table, row: int, column: str, text: str) -> float:
     try:
         value = float(text)
     except ValueError:
+        advice = {FIX_FEATURE: f"fix it, or list {column!r} as categorical (categorical={column})",
+                  FIX_TARGET: "fix it, or set task_type=classification if the column names classes",
+                  FIX_ROW: "fix or drop that row"}[fix]
         raise DataError(
-            f"{table.path}, line {table.line(row)}, column {column!r}: {text!r} is not a number; fix it, or list "
-            f"{column!r} as categorical (categorical={column})"
+            f"{table.path}, line {table.line(row)}, column {column!r}: {text!r} is not a number; {advice}"
         ) from None
     if not math.isfinite(value):
         raise DataError(f"{table.path}, line {table.line(row)}, column {column!r}: {text!r} is not a finite number")
@@ -160,8 +168,8 @@ def _number(table: Table, row: int, column: str, text: str) -> float:
     return value
 
 
-def _numbers(table: Table, column: str) -> list[float]:
-    return [_number(table, i, column, text) for i, text in enumerate(table.column(column))]
+def _numbers(table: Table, column: str, fix: str = FIX_FEATURE) -> list[float]:
+    return [_number(table, i, column, text, fix) for i, text in enumerate(table.column(column))]
 
 
 def _is_number(text: str) -> bool:
@@ -228,7 +236,7 @@ def target_kind(table: Table, name: str, task_type: str = "auto") -> str:
     """"regression" or "classification": forced by ``task_type``, else numbers vs labels; DataError if mixed,
     or for a missing value (see :func:`is_missing`)."""
     kind = _target_kind(table, name, task_type)
-    check_missing(table, {name: kind == "regression"})
+    check_missing(table, {name: kind == "regression"}, fix=FIX_TARGET)
     return kind
 
 
@@ -303,18 +311,20 @@ class Encoder:
                     "tasks; classification needs at least 2 labels (for a numeric target: task_type=regression)"
                 )
             return cls(tuple(specs), target, 0.0, 1.0, classes)
-        y = torch.tensor(_numbers(table, target), dtype=torch.float64)[list(rows)]
+        y = torch.tensor(_numbers(table, target, FIX_TARGET), dtype=torch.float64)[list(rows)]
         std = y.std().item() if len(y) > 1 else 0.0
         return cls(tuple(specs), target, y.mean().item(), std if std > 0 else 1.0)
 
-    def encode_x(self, table: Table) -> Tensor:
-        """Features of every row: (N, width), float32; unseen categories are all-zero."""
+    def encode_x(self, table: Table, new: bool = False) -> Tensor:
+        """Features of every row: (N, width), float32; unseen categories are all-zero. ``new``: a
+        file adapt reads, whose errors advise fixing the rows only (the features are the run's)."""
+        fix = FIX_ROW if new else FIX_FEATURE
         table.require([f.name for f in self.features])
-        check_missing(table, {f.name: f.kind == "numeric" for f in self.features})
+        check_missing(table, {f.name: f.kind == "numeric" for f in self.features}, fix=fix)
         blocks = []
         for f in self.features:
             if f.kind == "numeric":
-                values = torch.tensor(_numbers(table, f.name), dtype=torch.float64)
+                values = torch.tensor(_numbers(table, f.name, fix), dtype=torch.float64)
                 blocks.append(((values - f.mean) / f.std).unsqueeze(1))
             else:
                 index = {c: i for i, c in enumerate(f.categories)}
@@ -339,20 +349,20 @@ class Encoder:
     def label_indices(self, table: Table) -> list[int]:
         """Classification: each row's class index, -1 for a label not seen in meta-training; DataError if missing."""
         index = {c: i for i, c in enumerate(self.classes)}
-        check_missing(table, {self.target: False})
+        check_missing(table, {self.target: False}, fix=FIX_ROW)
         return [index.get(text, -1) for text in table.column(self.target)]
 
     def known_target(self, table: Table) -> list[int]:
         """The rows (0-based) of ``table`` whose target is present, not a missing value (see :func:`is_missing`)."""
         return [i for i, text in enumerate(table.column(self.target)) if not is_missing(text, not self.classification)]
 
-    def encode_y(self, table: Table) -> Tensor:
+    def encode_y(self, table: Table, new: bool = False) -> Tensor:
         """The target of every row: regression (N, 1) float32, standardised; classification (N,) int64 indices.
 
         A label never seen in meta-training is a DataError: the model has no output for it.
         """
         if not self.classification:
-            y = torch.tensor(_numbers(table, self.target), dtype=torch.float64)
+            y = torch.tensor(_numbers(table, self.target, FIX_ROW if new else FIX_TARGET), dtype=torch.float64)
             return ((y - self.target_mean) / self.target_std).float().unsqueeze(1)
         indices = self.label_indices(table)
         if -1 in indices:
@@ -471,14 +481,23 @@ def load_table(
     numeric.update((name, _feature_kind(table, name, categorical) == "numeric") for name in features)
     check_missing(table, numeric)
     if numeric[target]:
-        _numbers(table, target)
+        _numbers(table, target, FIX_TARGET)
     _warn_missing_spellings(table, [name for name, is_numeric in numeric.items() if not is_numeric])
     dropped = sorted(n for n, rows in groups.items() if len(rows) < shots + 1)
     if dropped:
         log.warning("%d of %d tasks have fewer than K + 1 = %d rows and are left out: %s", len(dropped), len(groups),
                     shots + 1, ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))
     usable = [n for n in groups if n not in dropped]
-    names = split_tasks(usable, test_fraction, val_fraction, seed)
+    try:
+        names = split_tasks(usable, test_fraction, val_fraction, seed)
+    except DataError as error:
+        if not dropped:
+            raise
+        # the groups are there, their rows are not: "use a table with more groups" misled
+        largest = max(len(rows) for rows in groups.values())
+        raise DataError(f"{error}; {len(dropped)} of the table's {len(groups)} tasks were left out for having "
+                        f"fewer than K + 1 = {shots + 1} rows (the largest has {largest}): lower --shots to "
+                        f"{max(largest - 1, 1)} or less, or add rows to the tasks") from None
     train_rows = [i for n in names["train"] for i in groups[n]]
     encoder = Encoder.fit(table, train_rows, features, categorical, target, task_type)
     x = encoder.encode_x(table)
