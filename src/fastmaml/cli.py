@@ -188,7 +188,7 @@ def moved_data(config: object, trained_on: str | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fastmaml.engine.distributed import from_rank0_before_group, launched_rank
+    from fastmaml.engine.distributed import agree_before_group, from_rank0_before_group, launched_rank, launched_world_size
     from fastmaml.engine.experiment import get_preset
     from fastmaml.engine.run_dir import CONFIG, parse_config, read_config_text
     from fastmaml.engine.trainer import train
@@ -211,7 +211,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         trained_on = getattr(config, "root", None)
         config = apply_overrides(config, [f"{k}={v}" for k, v in shorthand.items()] + args.set)
-        moved_data(config, trained_on)
+        # each node looks at its own folders: a refusal on one node stops every node (none waits for it)
+        agree_before_group("moved_data", lambda: moved_data(config, trained_on))
         run_dir = args.resume
     else:
         if not args.preset:
@@ -232,7 +233,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         except (ValueError, TypeError) as error:
             raise ConfigError(str(error)) from None
         run_dir = args.out
-    config.validate()
+    # the data set's checks run in the trainer, every node's agreed (agree_before_group); under torchrun
+    # a node whose data failed here would have left the others waiting in the rendezvous
+    config.validate(data=launched_world_size() <= 1)
     logging.getLogger(__name__).info("config:\n%s", dumps(config))
     summary = (preset.train or train)(preset, config, run_dir, resume=args.resume is not None,
                                       progress=not args.no_progress)

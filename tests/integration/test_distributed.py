@@ -378,3 +378,30 @@ def test_a_rank_that_loses_another_says_so_in_one_line(tmp_path):
     assert len(lines) == 1, stderr[-3000:]
     assert lines[0].startswith("fastmaml: error: another process of this torchrun job stopped; rank 1 lost it (")
     assert lines[0].endswith("continues from its last checkpoint with fastmaml train --resume RUN_DIR")
+
+
+def test_data_that_fails_on_one_node_stops_every_node_with_its_error(tmp_path):
+    """Each node checks its own copy of the data set before the process group forms; a node whose
+    copy held an unreadable image stopped with its error while the other waited in the rendezvous
+    until killed (a review's reproduction). Now every node stops with that node's error."""
+    import numpy as np
+    from PIL import Image
+
+    cwds = [tmp_path / "node0", tmp_path / "node1"]
+    rng = np.random.default_rng(0)
+    for cwd in cwds:
+        for c in range(12):
+            folder = cwd / "data" / f"c{c:02d}"
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray((rng.random((16, 16)) * 255).astype("uint8"), "L").save(folder / f"{i}.png")
+    (cwds[1] / "data" / "c03" / "1.png").write_bytes(b"not a png")  # node 1's copy only
+    nodes = torchrun_nodes("train", "images", "--root", "data", "--out", "run", "--ways", "2", "--shots", "1",
+                           "--queries", "1", "--iterations", "4", "--set", "image_size=16", "--set", "filters=4",
+                           "--set", "meta_batch_size=2", "--set", "channels=1", "--no-progress",
+                           cwds=cwds, check=False, timeout=150,
+                           envs=[{"FASTMAML_CACHE": str(cwd / "cache")} for cwd in cwds])
+    for node, (returncode, _, stderr) in enumerate(nodes):
+        said = [line for line in stderr.splitlines() if line.startswith("fastmaml: error")]
+        assert returncode != 0 and len(said) == 1 and "c03/1.png" in said[0], stderr[-3000:]
+        assert ("rank 1 of 2: " in said[0]) == (node == 0), said  # node 0 names the node whose data failed

@@ -190,6 +190,35 @@ def from_rank0_before_group(key: str, make: Callable[[], Any]) -> Any:
     return box["value"]
 
 
+def agree_before_group(key: str, check: Callable[[], None]) -> None:
+    """``check()`` run in every process of the torchrun job before the process group exists (each
+    node checks its own copy of the data set), and the error of the first process whose check failed
+    raised in every process: a node whose data was bad stopped with its error while the others waited
+    in the rendezvous for it until killed. Without torchrun, just ``check()``."""
+    world = launched_world_size()
+    if world == 1:
+        check()
+        return
+    store, rank = dist.PrefixStore("fastmaml", job_store()), launched_rank()
+    try:
+        check()
+        outcome: dict[str, Any] = {"ok": True}
+    except (FastMAMLError, OSError) as error:  # an OSError too (a file it could not read): the others would wait
+        kind = type(error).__name__ if isinstance(error, FastMAMLError) else "DataError"
+        outcome = {"error": kind, "message": str(error), "rank": rank}
+    store.set(f"{key}/{rank}", json.dumps(outcome))
+    failed = [box for box in (json.loads(store.get(f"{key}/{r}")) for r in range(world)) if "error" in box]
+    if not failed:
+        return
+    store.set(f"{key}/read/{rank}", "1")
+    if rank == 0:  # the store lives in rank 0's agent: leave once every rank has read the outcome
+        with contextlib.suppress(Exception):
+            store.wait([f"{key}/read/{r}" for r in range(1, world)], timedelta(seconds=READ_TIMEOUT_S))
+    first = failed[0]
+    message = first["message"] if first["rank"] == rank else f"rank {first['rank']} of {world}: {first['message']}"
+    raise getattr(errors, first["error"], FastMAMLError)(message)
+
+
 # what gloo (and the store) raise in a process whose peer has gone: it failed or was killed, and said why
 # on its own node
 _LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")

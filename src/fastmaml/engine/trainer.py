@@ -36,7 +36,16 @@ from tqdm.auto import tqdm
 from fastmaml.config import RESUME_KEYS, TrainConfig, changed_since_checkpoint, to_dict
 from fastmaml.core import TaskBatch
 from fastmaml.engine import checkpoint
-from fastmaml.engine.distributed import Cluster, check_device, device_for, init_from_env, set_tf32
+from fastmaml.engine.distributed import (
+    Cluster,
+    agree_before_group,
+    check_device,
+    check_one_gpu_per_process,
+    device_for,
+    init_from_env,
+    launched_world_size,
+    set_tf32,
+)
 from fastmaml.engine.evaluate import adaptation_curves
 from fastmaml.engine.experiment import Experiment, Preset, make_maml
 from fastmaml.engine.run_dir import (
@@ -378,11 +387,15 @@ def train(
 ) -> dict[str, Any]:
     """Meta-train ``preset`` with ``config`` into ``run_dir`` (or continue it with ``resume``)."""
     run_dir = Path(run_dir)
-    config.validate()
+    launched = launched_world_size() > 1
+    config.validate(data=not launched)  # the settings: the same in every process
     check_device(config.device)
     set_tf32(config.device, config.tf32)
     if config.threads:
         torch.set_num_threads(config.threads)
+    if launched:  # each node's copy of the data, one outcome for all: none waits for a node that failed
+        check_one_gpu_per_process(config.device)
+        agree_before_group("validate", config.validate)
     cluster = init_from_env(config.device, config.meta_batch_size)
 
     def make_trainer() -> Trainer:

@@ -483,14 +483,20 @@ def train(preset: Preset, config: FewShotConfig, run_dir: str | Path, *, resume:
           progress: bool = True) -> dict:
     """The engine's training loop, after recording a new image-folder run's split (each split's class
     folders) in its config: eval and resume reuse it rather than split the tree again as it is then."""
+    from fastmaml.engine.distributed import from_rank0_before_group
     from fastmaml.engine.trainer import train as engine_train
 
     if not resume and config.dataset == "folder" and not config.train_classes:
         # the split load_image_folder draws, from the class folders alone (decoding the images here would
         # hold them twice: the build below reads them under the recorded split, another cache key)
-        classes, _ = scan_class_folders(data_root(config))
-        drawn = split_classes(list(classes), dict(zip(SPLITS, config.splits)), config.split_seed)
-        config = dataclasses.replace(config, **{key: tuple(drawn[split]) for key, split in zip(RECORDED, SPLITS)})
+        def drawn_split() -> dict[str, list[str]]:
+            classes, _ = scan_class_folders(data_root(config))
+            drawn = split_classes(list(classes), dict(zip(SPLITS, config.splits)), config.split_seed)
+            return {key: list(drawn[split]) for key, split in zip(RECORDED, SPLITS)}
+
+        # under torchrun rank 0's split for every node (its error too); each node's data is then checked
+        split = from_rank0_before_group("folder_split", drawn_split)
+        config = dataclasses.replace(config, **{key: tuple(names) for key, names in split.items()})
     return engine_train(preset, config, run_dir, resume=resume, progress=progress)
 
 
