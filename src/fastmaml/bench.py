@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastmaml.algorithms import MAML
-from fastmaml.core import TaskBatch
 from fastmaml.config import MAX_THREADS
+from fastmaml.core import TaskBatch
 from fastmaml.engine.distributed import check_device
 from fastmaml.engine.trainer import GRAPH_WARMUP, side_stream
 from fastmaml.errors import ConfigError, FastMAMLError

@@ -188,7 +188,12 @@ def moved_data(config: object, trained_on: str | None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fastmaml.engine.distributed import agree_before_group, from_rank0_before_group, launched_rank, launched_world_size
+    from fastmaml.engine.distributed import (
+        agree_before_group,
+        from_rank0_before_group,
+        launched_rank,
+        launched_world_size,
+    )
     from fastmaml.engine.experiment import get_preset
     from fastmaml.engine.run_dir import CONFIG, parse_config, read_config_text
     from fastmaml.engine.trainer import train

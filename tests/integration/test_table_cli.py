@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -493,7 +494,7 @@ def test_adapt_output_keeps_precision_names_new_columns_and_is_utf8(tmp_path, ca
                            "--predict", str(predict), "--out", str(outs[0])], env=env, capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0, done.stderr
-    for source, out in zip(outs, outs[1:]):
+    for source, out in itertools.pairwise(outs):
         capsys.readouterr()
         assert main(["adapt", str(run), "--support", str(support), "--predict", str(source), "--out", str(out)]) == 0
     header = outs[-1].read_text(encoding="utf-8").splitlines()[0].split(",")
