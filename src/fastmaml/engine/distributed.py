@@ -174,20 +174,30 @@ def from_rank0_before_group(key: str, make: Callable[[], Any]) -> Any:
             value = make()
         except FastMAMLError as error:
             store.set(key, json.dumps({"error": type(error).__name__, "message": str(error)}))
-            # the store lives in rank 0's torchrun agent, which shuts it down as soon as rank 0 exits:
-            # a rank still starting would then wait for a store that is gone (seen on a loaded CI machine,
-            # the other node's worker hung until killed), so rank 0 leaves only once every rank has read
-            # the error, or after READ_TIMEOUT_S when one never comes
-            with contextlib.suppress(Exception):  # a timeout: exit anyway
-                store.wait([f"{key}/read/{rank}" for rank in range(1, world)], timedelta(seconds=READ_TIMEOUT_S))
+            _leave_once_read(store, key, world)
             raise
         store.set(key, json.dumps({"value": value}))
         return value
     box = json.loads(store.get(key))
     store.set(f"{key}/read/{launched_rank()}", "1")
     if "error" in box:
-        raise getattr(errors, box["error"], FastMAMLError)(box["message"])
+        raise _error_of(box, box["message"])
     return box["value"]
+
+
+def _leave_once_read(store: Any, key: str, world: int) -> None:
+    """Rank 0, about to raise an error the other ranks read from the store under ``key``: the store
+    lives in rank 0's torchrun agent, which shuts it down as soon as rank 0 exits, and a rank still
+    starting would then wait for a store that is gone (seen on a loaded CI machine, the other node's
+    worker hung until killed); so rank 0 leaves only once every rank has marked the error read, or
+    after READ_TIMEOUT_S when one never does."""
+    with contextlib.suppress(Exception):  # a timeout: exit anyway
+        store.wait([f"{key}/read/{rank}" for rank in range(1, world)], timedelta(seconds=READ_TIMEOUT_S))
+
+
+def _error_of(box: dict[str, Any], message: str) -> FastMAMLError:
+    """The fastmaml error a store entry ``{"error": class name, ...}`` names, with ``message``."""
+    return getattr(errors, box["error"], FastMAMLError)(message)
 
 
 def agree_before_group(key: str, check: Callable[[], None]) -> None:
@@ -211,12 +221,11 @@ def agree_before_group(key: str, check: Callable[[], None]) -> None:
     if not failed:
         return
     store.set(f"{key}/read/{rank}", "1")
-    if rank == 0:  # the store lives in rank 0's agent: leave once every rank has read the outcome
-        with contextlib.suppress(Exception):
-            store.wait([f"{key}/read/{r}" for r in range(1, world)], timedelta(seconds=READ_TIMEOUT_S))
+    if rank == 0:
+        _leave_once_read(store, key, world)
     first = failed[0]
-    message = first["message"] if first["rank"] == rank else f"rank {first['rank']} of {world}: {first['message']}"
-    raise getattr(errors, first["error"], FastMAMLError)(message)
+    said = first["message"] if first["rank"] == rank else f"rank {first['rank']} of {world}: {first['message']}"
+    raise _error_of(first, said)
 
 
 # what gloo (and the store) raise in a process whose peer has gone: it failed or was killed, and said why

@@ -229,10 +229,15 @@ def check_checkpoint(run_dir: Path, meta: dict[str, Any], path: Path, experiment
     _, config = parse_config(text, Path(run_dir) / CONFIG)
     edited = changed_since_checkpoint(config, meta.get("config"), json.loads(text)["config"])
     if edited:
-        raise CheckpointError(
-            f"{run_dir}/{CONFIG} does not match the checkpoint {path.name} ({'; '.join(edited)}): config.json was "
-            "edited by hand or the checkpoint is another run's; restore the one that changed (a meta-test setting "
-            "such as inner_lr changes for one command with --set KEY=VALUE)")
+        raise CheckpointError(f"{config_mismatch(run_dir, path.name, edited)}; restore the one that changed (a "
+                              "meta-test setting such as inner_lr changes for one command with --set KEY=VALUE)")
+
+
+def config_mismatch(run_dir: Path, checkpoint_name: str, edited: list[str]) -> str:
+    """The start of the error for a config.json that does not match the checkpoint ``checkpoint_name``
+    (``edited``: :func:`fastmaml.config.changed_since_checkpoint`'s lines); the caller says what to do."""
+    return (f"{run_dir}/{CONFIG} does not match the checkpoint {checkpoint_name} ({'; '.join(edited)}): config.json "
+            "was edited by hand or the checkpoint is another run's")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -53,6 +53,7 @@ from fastmaml.engine.run_dir import (
     CHECKPOINT,
     METRICS,
     check_snapshots_folder,
+    config_mismatch,
     clear_failed_start,
     first_save,
     keep_snapshot,
@@ -441,11 +442,9 @@ def fit_in_run_dir(
             edited = changed_since_checkpoint(config, meta.get("config"))
             if edited:  # the same on every rank: all read the same checkpoint and config
                 cluster.close(clean=False)
-                raise ConfigError(f"{run_dir}/config.json does not match the checkpoint it resumes from "
-                                  f"({'; '.join(edited)}): config.json was edited by hand or the checkpoint is "
-                                  f"another run's; a resumed run keeps its config (only "
-                                  f"{', '.join(sorted(RESUME_KEYS))} may change): restore the one that changed, or "
-                                  "start a new run with the new setting")
+                raise ConfigError(f"{config_mismatch(run_dir, 'it resumes from', edited)}; a resumed run keeps its "
+                                  f"config (only {', '.join(sorted(RESUME_KEYS))} may change): restore the one that "
+                                  "changed, or start a new run with the new setting")
         else:
             cluster.from_main(make_new_run)
         trainer = make_trainer()

@@ -28,11 +28,11 @@ file is a DataError. ``fastmaml adapt --csv NEW_PATH`` accepts a moved copy whos
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import functools
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from fastmaml.algorithms import MAML
 from fastmaml.config import TrainConfig, apply_eval_overrides, check_hidden
+from fastmaml.engine import checkpoint
 from fastmaml.engine.experiment import Experiment, Preset, register
 from fastmaml.errors import ConfigError, DataError, NonFiniteLossError
 from fastmaml.models.mlp import MLP, check_activation
@@ -262,7 +263,6 @@ def adapt_csv(run_dir: str | Path, support: str | Path, predict: str | Path, out
     "best" (the best validation checkpoint) or an iteration whose snapshot the run kept.
     ``overrides``: meta-test settings changed (``key=value``, e.g. ``inner_lr=0.005``).
     """
-    from fastmaml.engine import checkpoint
     from fastmaml.engine.experiment import make_maml
     from fastmaml.engine.run_dir import check_checkpoint, checkpoint_file, read_config
 
@@ -379,17 +379,13 @@ def scored(known: list[int], total: int, noun: str, target: str) -> str:
 
 def write_csv(out: Path, header: list[str], rows: list[list[str]]) -> None:
     """Write ``out`` as UTF-8 (as every CSV is read; the locale's encoding failed on a non-ASCII cell
-    after writing part of the file) through a temporary file, so a failure leaves no partial file."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    after writing part of the file), replaced atomically, so a failure leaves no partial file."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(tmp, out)
+        checkpoint.replace_atomically(out, text.getvalue().encode("utf-8"))
     except OSError as error:
         raise DataError(f"cannot write {out} ({error.strerror}); choose a writable --out") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from fastmaml.errors import ConfigError
+from fastmaml.models.mlp import MLP
 
 KERNEL = 3
 NORMS = ("affine", "original")
@@ -168,7 +169,4 @@ class NoConvMLP(nn.Module):
     def forward_head(self, z: Tensor) -> Tensor:  # the last linear layer
         return self.net[-1](z)
 
-    @property
-    def head_name(self) -> str:
-        """The last layer's name, which ``inner_params="head"`` means (as ConvNet's ``head``)."""
-        return f"net.{len(self.net) - 1}"
+    head_name = MLP.head_name  # its last layer, net.N, which inner_params="head" means (as ConvNet's head)
