@@ -250,8 +250,9 @@ class MAML(nn.Module):
     run faster in one thread) it vectorises one contiguous share of the meta-batch. The result
     equals the one-thread one up to float summation order and is deterministic, except that with
     dropout the threads draw from the one global generator in an order that depends on timing (with
-    ``grad_checkpointing`` too, a model with dropout runs in one thread: a checkpointed step must
-    redraw its forward's mask in backward, which other threads drawing in between would change). The threads compute gradients with ``torch.autograd.grad`` and
+    ``grad_checkpointing`` too, a model whose forward draws random numbers runs in one thread: a
+    checkpointed step must redraw its forward's mask in backward, which other threads drawing in
+    between would change). The threads compute gradients with ``torch.autograd.grad`` and
     add their sum to ``.grad``, so hooks registered with ``register_post_accumulate_grad_hook`` do not
     fire there (``register_hook`` hooks fire in the threads, for every gradient taken with respect
     to the weights, inner steps included, as they do in the one-thread loop).
@@ -329,6 +330,7 @@ class MAML(nn.Module):
         self.grad_checkpointing = bool(grad_checkpointing) and not self.first_order
         self.workers = int(workers)
         self._warned_dropout = False  # grad_checkpointing with dropout runs one thread: said once
+        self._draws_random: dict[bool, bool] = {}  # whether the forward draws random numbers, by training flag
         self.compile = bool(compile)
         self._compiled: dict[str, Callable[..., Tensor]] = {}  # torch.compile'd meta-losses by kind
         self._compiled_ran: set[str] = set()  # kinds whose compiled function has run once
@@ -469,22 +471,43 @@ class MAML(nn.Module):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         return losses.mean()
 
-    def _recomputes_dropout(self) -> bool:
-        """Whether grad_checkpointing must recompute dropout (the model training, a dropout with p > 0):
+    def _recomputes_dropout(self, x: Tensor) -> bool:
+        """Whether grad_checkpointing must recompute random draws (the model training, its forward
+        drawing from the global generator: dropout, ``F.dropout``, attention dropout, noise):
         checkpointing restores the global generator's state to draw a step's mask again in backward,
         and with worker threads the others draw from that generator in between, so the recomputed
-        mask differed from the forward's and the meta-gradient was wrong. Such a model's tasks run in
-        one thread (warned once)."""
+        mask differed from the forward's and the meta-gradient was wrong (42% off with an
+        ``F.dropout`` in the forward, which a check for dropout modules missed). Whether the forward
+        draws is found by running it once on one task's inputs ``x``, once for each value of the
+        model's training flag, with the caller's random state restored afterwards. Such a model's
+        tasks run in one thread (warned once)."""
         if not (self.grad_checkpointing and self.workers > 1 and self.model.training):
             return False
-        dropout = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules())
-        if dropout and not self._warned_dropout:
+        training = self.model.training
+        if training not in self._draws_random:
+            self._draws_random[training] = self._forward_draws(x)
+        draws = self._draws_random[training]
+        if draws and not self._warned_dropout:
             self._warned_dropout = True
-            log.warning("grad_checkpointing with dropout: the tasks' meta-gradients are computed in one thread, not "
-                        "%d (recomputing a checkpointed step must draw the dropout mask its forward drew, which "
-                        "threads sharing the random generator break); put the model in eval mode or turn "
-                        "grad_checkpointing off to use the workers", self.workers)
-        return dropout
+            log.warning("grad_checkpointing with a model that draws random numbers (dropout): the tasks' "
+                        "meta-gradients are computed in one thread, not %d (recomputing a checkpointed step must "
+                        "draw the mask its forward drew, which threads sharing the random generator break); put "
+                        "the model in eval mode or turn grad_checkpointing off to use the workers", self.workers)
+        return draws
+
+    def _forward_draws(self, x: Tensor) -> bool:
+        """Whether one forward on ``x`` advances the CPU's global random generator (restored after)."""
+        if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules()):
+            return True
+        rng = _rng_state(x.device)
+        try:
+            with torch.no_grad():
+                self.functional_forward(self.params(), x)
+            return not torch.equal(torch.random.get_rng_state(), rng[0])
+        except Exception:  # noqa: BLE001 - a forward that fails here fails in the step with its own error
+            return False
+        finally:
+            _set_rng_state(rng)
 
     def meta_backward(self, batch: TaskBatch, *, scale: float = 1.0) -> Tensor:
         """Accumulate ``scale`` x the meta-gradient of :meth:`meta_loss` into ``.grad``, as
@@ -497,7 +520,8 @@ class MAML(nn.Module):
         batch = TaskBatch(*batch).validate()
         self._resolve_split(batch.support_x[0], self.inner_steps)
         device = batch.support_x.device
-        threads = self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1 and not self._recomputes_dropout()
+        threads = (self.workers > 1 and device.type == "cpu" and batch.num_tasks > 1
+                   and not self._recomputes_dropout(batch.support_x[0]))
         strategy = self.resolved_strategy(device)
         if strategy == "hybrid" and threads:
             return self._threaded_backward(batch, scale, hybrid=True)
