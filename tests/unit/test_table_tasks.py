@@ -91,6 +91,15 @@ def test_sample_shapes_and_reproducibility(tmp_path):
         assert len({tuple(r.tolist()) for r in rows}) == 12
 
 
+def test_sampling_an_empty_split_says_so(tmp_path):
+    """val_fraction defaults to 0: sampling its empty split raised torch's "random_ expects 'from' to
+    be less than 'to'" (found by a review)."""
+    data = load_table(write_table(tmp_path / "t.csv"), "group", "y", shots=5, seed=0)
+    assert not data.tasks["val"].names
+    with pytest.raises(DataError, match="this split holds no tasks .* val_fraction > 0"):
+        data.tasks["val"].sample(torch.Generator().manual_seed(0), 3, shots=5, queries=5)
+
+
 def test_small_tasks_are_left_out(tmp_path):
     path = write_table(tmp_path / "t.csv", tasks=10, rows=12)
     with open(path, "a") as f:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
@@ -26,12 +27,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from fastmaml.core import (
     TaskBatch,
     adaptation_curve,
     autograd_adapt,
     exact_vmap_ops,
+    frozen_running_stats,
+    has_own_buffers,
     meta_loss_loop,
     meta_loss_shared_first_step,
     meta_loss_vmap,
@@ -72,6 +76,15 @@ def _set_rng_state(state: tuple[Tensor, torch.device, Tensor | None]) -> None:
     torch.random.set_rng_state(cpu)
     if cuda is not None:
         torch.cuda.set_rng_state(cuda, device)
+
+
+def _check_steps(steps: Any) -> int:
+    """A number of inner steps given to ``adapt`` or ``adaptation_curve``: an integer >= 0."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or int(steps) != steps:
+        raise ValueError(f"steps must be an integer, got {steps!r}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    return int(steps)
 
 
 def relative_difference(got: Tensor, want: Tensor) -> float:
@@ -298,6 +311,11 @@ class MAML(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, torch.jit.ScriptModule):
+            raise TypeError("model is a TorchScript module, which torch.func cannot run with other parameters: pass "
+                            "the eager nn.Module (before torch.jit.script or torch.jit.trace)")
+        if isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float, Tensor)):
+            raise TypeError(f"inner_lr must be a number, got {type(inner_lr).__name__} {inner_lr!r}")
         if isinstance(inner_lr, Tensor) and inner_lr.requires_grad:
             raise ValueError("inner_lr is a number (its tensor's gradient would be dropped); to learn inner "
                              "learning rates pass meta_sgd=True: one per parameter element, starting at inner_lr")
@@ -349,6 +367,13 @@ class MAML(nn.Module):
             else []
         )
         self._exact_vmap_ops = needs_exact_vmap_ops(model)  # layers whose fused kernels vmap gets wrong
+        # a layer of the user's own may pass its buffers to F.batch_norm as running statistics, which
+        # the loop's fused kernel would update in place (vmap's primitive version does not)
+        self._frozen_stats = has_own_buffers(model)
+        # attention at second order: only the math kernel of scaled_dot_product_attention has a second
+        # derivative (the CPU flash kernel's backward has none, so .backward() failed)
+        self._math_attention = not self.first_order and any(isinstance(m, nn.MultiheadAttention)
+                                                           for m in model.modules())
         self._vmapping = False  # True while MAML's own vmap path runs the model
         # Batch norm inside MAML uses batch statistics and never updates running ones (a pure
         # function cannot mutate buffers): passing None for those buffers does both, fused kernel kept.
@@ -426,10 +451,19 @@ class MAML(nn.Module):
         vmapping = self._vmapping if vmapping is None else vmapping
         # The fused batch-norm (layer-norm, ...) kernels are exact in a loop but not under vmap, where
         # primitive ops are needed (and slower): reroute only there (fastmaml.core.norm).
+        modes = []
         if self._exact_vmap_ops and vmapping:
-            with exact_vmap_ops():
-                return torch.func.functional_call(module, state, (x,))
-        return torch.func.functional_call(module, state, (x,))
+            modes.append(exact_vmap_ops())
+        elif self._frozen_stats and not vmapping:
+            modes.append(frozen_running_stats())
+        if self._math_attention:
+            modes.append(sdpa_kernel(SDPBackend.MATH))
+        if not modes:
+            return torch.func.functional_call(module, state, (x,))
+        with contextlib.ExitStack() as stack:
+            for mode in modes:
+                stack.enter_context(mode)
+            return torch.func.functional_call(module, state, (x,))
 
     def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
         return self.functional_forward(self.params() if params is None else params, x)
@@ -638,11 +672,7 @@ class MAML(nn.Module):
         task i is ``batch.task(i)``). Second order (``first_order=False``) keeps the graph through the
         steps so the result can be differentiated; for predictions only, call it under
         ``torch.no_grad()`` or with ``first_order=True``."""
-        if steps is not None and (isinstance(steps, bool) or int(steps) != steps):
-            raise ValueError(f"steps must be an integer, got {steps}")
-        steps = self.inner_steps if steps is None else int(steps)
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
+        steps = self.inner_steps if steps is None else _check_steps(steps)
         if not isinstance(support_x, Tensor) or not isinstance(support_y, Tensor):
             raise ValueError("adapt takes one task's support_x and support_y as tensors")
         if support_x.dim() == 0 or support_y.dim() == 0 or support_x.shape[0] != support_y.shape[0]:
@@ -651,12 +681,14 @@ class MAML(nn.Module):
                 "number of examples (dimension 0: adapt takes one task, without a task dimension)"
             )
         if (support_y.dim() == 2 and support_x.dim() > 2 and support_y.shape[0] == 1
-                and support_x.shape[:2] == support_y.shape[:2] and not support_y.is_floating_point()):
-            # one integer label per example of (1, N, ...) inputs: a task dimension left in, and a loss
-            # such as cross-entropy would read its examples as classes without an error (a (1, H, W)
-            # segmentation target or a (1, L) sentence of tokens is a real one-example task)
-            raise ValueError(f"support_y{tuple(support_y.shape)} holds integer labels with a leading dimension of 1: "
-                             "adapt takes one task without a task dimension; pass support_x[0], support_y[0]")
+                and support_x.shape[:2] == support_y.shape[:2] and not support_y.is_floating_point()
+                and self._reads_examples_as_classes(support_x)):
+            # one integer label per example of (1, N, ...) inputs, the model's prediction (1, N, N): a
+            # task dimension left in, whose examples cross-entropy would read as N classes without an
+            # error (a one-sequence tagging task, prediction (1, L, tags), is a real one-example task)
+            raise ValueError(f"support_y{tuple(support_y.shape)} holds integer labels with a leading dimension of 1 "
+                             "and the prediction is (1, N, N): adapt takes one task without a task dimension; pass "
+                             "support_x[0], support_y[0]")
         first_order = self.first_order if first_order is None else first_order
         self._resolve_split(support_x, steps)
         loss, _ = self._pieces()
@@ -664,6 +696,20 @@ class MAML(nn.Module):
         adapted = core_adapt(loss, self.params(), x, support_y, lr=self.lr(), steps=steps, first_order=first_order)
         # every parameter of the model, the frozen ones as they are, so the dict is a full set of weights
         return {n: adapted.get(n, p) for n, p in self.model.named_parameters()}
+
+    def _reads_examples_as_classes(self, x: Tensor) -> bool:
+        """Whether the model maps the (1, N, ...) inputs ``x`` to a (1, N, N) prediction (random
+        state restored: dropout draws nothing from the caller's)."""
+        rng = _rng_state(x.device)
+        try:
+            with torch.no_grad():
+                prediction = self.functional_forward(self.params(), x)
+        except Exception:  # noqa: BLE001 - a model that cannot run (1, N, ...) inputs fails in adapt itself
+            return False
+        finally:
+            _set_rng_state(rng)
+        n = x.shape[1]
+        return isinstance(prediction, Tensor) and tuple(prediction.shape) == (1, n, n)
 
     def adaptation_curve(
         self,
@@ -676,6 +722,7 @@ class MAML(nn.Module):
         ``metric`` defaults to the loss. Inner gradients are constants here: use it for evaluation,
         under ``torch.no_grad()``.
         """
+        steps = _check_steps(steps)
         batch = TaskBatch(*batch).validate()
         self._resolve_split(batch.support_x[0], steps)
         metric = metric or self.loss_fn

@@ -12,7 +12,7 @@ from fastmaml.core.functional import (
     sgd_step,
     task_meta_loss,
 )
-from fastmaml.core.norm import exact_vmap_ops, needs_exact_vmap_ops
+from fastmaml.core.norm import exact_vmap_ops, frozen_running_stats, has_own_buffers, needs_exact_vmap_ops
 
 __all__ = [
     "TaskBatch",
@@ -20,6 +20,8 @@ __all__ = [
     "adaptation_curve",
     "autograd_adapt",
     "exact_vmap_ops",
+    "frozen_running_stats",
+    "has_own_buffers",
     "inner_loss_grads",
     "meta_loss_loop",
     "meta_loss_shared_first_step",

@@ -56,6 +56,11 @@ class TaskBatch(NamedTuple):
         if len(tasks) != 1:
             shapes = ", ".join(f"{n}{tuple(t.shape)}" for n, t in zip(names, self))
             raise ValueError(f"all TaskBatch tensors need the same number of tasks T; got {shapes}")
+        if tasks == {0}:
+            raise ValueError("a TaskBatch needs at least one task; got T = 0 (an empty slice of a batch?)")
+        empty = [f"{n}{tuple(t.shape)}" for n, t in zip(names, self) if t.shape[1] == 0]
+        if empty:
+            raise ValueError(f"every task needs at least one support and one query example; got {', '.join(empty)}")
         if self.support_x.shape[:2] != self.support_y.shape[:2]:
             raise ValueError(
                 f"support_x{tuple(self.support_x.shape)} and support_y{tuple(self.support_y.shape)} "
@@ -66,17 +71,26 @@ class TaskBatch(NamedTuple):
                 f"query_x{tuple(self.query_x.shape)} and query_y{tuple(self.query_y.shape)} "
                 "must agree on (tasks, examples)"
             )
-        if self.support_x.shape[2:] != self.query_x.shape[2:]:
-            raise ValueError(
-                f"support_x{tuple(self.support_x.shape)} and query_x{tuple(self.query_x.shape)} "
-                "must have the same example shape"
-            )
-        if (self.support_x.dim() == 2 and self.support_x.shape[1] == 1 and self.num_tasks > 1
-                and self.support_x.is_floating_point()):  # (T, 1) integer tokens are one-shot token tasks
-            warnings.warn(
-                f"support_x{tuple(self.support_x.shape)} reads as {self.num_tasks} tasks of one example each, "
-                "with no feature dimension; for one task of examples with one feature, give it a task "
-                "dimension: TaskBatch(support_x[None], support_y[None], query_x[None], query_y[None])",
-                stacklevel=3,
-            )
+        for x_or_y in ("x", "y"):
+            support, query = getattr(self, f"support_{x_or_y}"), getattr(self, f"query_{x_or_y}")
+            if support.shape[2:] != query.shape[2:]:  # a (M, 1) target against (M,) predictions broadcast to (M, M)
+                raise ValueError(
+                    f"support_{x_or_y}{tuple(support.shape)} and query_{x_or_y}{tuple(query.shape)} must have the same "
+                    "example shape (pad sequences of different lengths to one)"
+                )
+        if self.support_x.dim() == 2 and self.support_x.is_floating_point():  # (T, N) integers: token tasks
+            if self.support_x.shape[1] == 1 and self.num_tasks > 1:
+                warnings.warn(
+                    f"support_x{tuple(self.support_x.shape)} reads as {self.num_tasks} tasks of one example each, "
+                    "with no feature dimension; for one task of examples with one feature, give it a task "
+                    "dimension: TaskBatch(support_x[None], support_y[None], query_x[None], query_y[None])",
+                    stacklevel=3,
+                )
+            else:
+                warnings.warn(
+                    f"support_x{tuple(self.support_x.shape)} has no feature dimension: each task's examples are "
+                    "single numbers, and a model that expects features (nn.Linear(1, ...)) fails on them; for one "
+                    "feature per example pass support_x[..., None] and query_x[..., None]",
+                    stacklevel=3,
+                )
         return self

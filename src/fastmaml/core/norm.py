@@ -20,7 +20,10 @@ conv nets, benchmarks/results/bench_cpu_levers.md).
 
 Inside MAML, batch norm always normalises with the statistics of the batch it sees (one task's
 support or query set), as the paper's code did, and running statistics are never updated: a pure
-function cannot mutate buffers, and per-task statistics are what adaptation is meant to use.
+function cannot mutate buffers, and per-task statistics are what adaptation is meant to use. In the
+per-task loop, where the fused kernels would update them in place, ``nn.BatchNorm*`` gets None for
+them, ``nn.InstanceNorm*`` copies, and a layer of the user's own that passes its buffers to
+``F.batch_norm`` or ``F.instance_norm`` copies through :class:`frozen_running_stats`.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ def primitive_batch_norm(
     layers (batch statistics, see the module docstring); a user's own layer calling
     ``F.batch_norm(x, mean, var, training=False)`` (fixed statistics) gets them, as in the loop."""
     del momentum  # running statistics are never updated here (see the module docstring)
+    if training and input.dim() >= 2 and input.shape[0] * input.shape[2:].numel() == 1:
+        # F.batch_norm's own check, which this reroute bypasses: one value per channel normalises to 0
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
     shape = [1, -1] + [1] * (input.dim() - 2)
     stats = None
     if not training:
@@ -96,6 +102,9 @@ def primitive_instance_norm(
     """Instance norm (per example and channel, over the spatial dims), as ``F.instance_norm``; with
     ``use_input_stats=False`` (an eval-mode layer tracking running statistics) it uses those."""
     del momentum  # running statistics are never updated here (see the module docstring)
+    if use_input_stats and input.dim() >= 2 and input.shape[2:].numel() == 1:
+        # F.instance_norm's own check, which this reroute bypasses: one spatial element normalises to 0
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {input.size()}")
     shape = [1, -1] + [1] * (input.dim() - 2)
     if not use_input_stats and (running_mean is None or running_var is None):
         raise ValueError("Expected running_mean and running_var to be defined when use_input_stats is false")
@@ -138,6 +147,45 @@ class exact_vmap_ops(TorchFunctionMode):
             if bound.get("max_norm") is None and not bound.get("scale_grad_by_freq") and not bound.get("sparse"):
                 return primitive_embedding(bound["input"], bound["weight"], bound.get("padding_idx"))
         return func(*args, **kwargs)
+
+
+_RUNNING_STATS_ARGS = {  # each function's arguments, and the flag (with its default) that updates the statistics
+    F.batch_norm: (("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+                   "training", False),
+    F.instance_norm: (("input", "running_mean", "running_var", "weight", "bias", "use_input_stats", "momentum", "eps"),
+                      "use_input_stats", True),
+}
+
+
+class frozen_running_stats(TorchFunctionMode):
+    """Context manager for the per-task loop: ``F.batch_norm`` (training) and ``F.instance_norm``
+    (input statistics) called with running statistics get copies of them, so their fused kernels do
+    not update a layer's buffers in place, as under vmap (where the primitive versions above ignore
+    them). ``nn.BatchNorm*`` and ``nn.InstanceNorm*`` are handled without it (MAML passes None or
+    copies); a layer of the user's own that calls these functions with its buffers needs it."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RUNNING_STATS_ARGS:
+            names, flag, default = _RUNNING_STATS_ARGS[func]
+            bound = {**dict(zip(names, args)), **kwargs}
+            if bound.get(flag, default):
+                for key in ("running_mean", "running_var"):
+                    if isinstance(bound.get(key), Tensor):
+                        bound[key] = bound[key].clone()
+            return func(**bound)
+        return func(*args, **kwargs)
+
+
+def has_own_buffers(model: nn.Module) -> bool:
+    """Whether a submodule of a class of the user's own (not from ``torch.nn``, nor marked
+    ``exact_under_vmap``) holds a floating-point buffer: a layer that may pass it to ``F.batch_norm``
+    as running statistics (:class:`frozen_running_stats`)."""
+    return any(
+        not type(m).__module__.startswith("torch.nn.") and not getattr(type(m), "exact_under_vmap", False)
+        and any(b is not None and b.is_floating_point() for b in m._buffers.values())
+        for m in model.modules()
+    )
 
 
 def needs_exact_vmap_ops(model: nn.Module) -> bool:

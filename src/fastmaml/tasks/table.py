@@ -397,6 +397,9 @@ class TableTasks:
 
         Not stratified by label for classification: K support rows are any K rows of the task.
         """
+        if not self.names:
+            raise DataError("this split holds no tasks (the validation split is empty unless val_fraction > 0): "
+                            "sample another split, or give the split a share of the groups")
         picks = torch.randint(len(self.names), (num_tasks,), generator=generator).tolist()
         parts: list[list[Tensor]] = [[], [], [], []]
         for p in picks:

@@ -73,6 +73,65 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
         MAML(nn.Linear(1, 1), F.mse_loss, **kwargs)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script is deprecated in newer torch
+def test_models_and_rates_maml_cannot_use_are_refused_when_built():
+    """A TorchScript module built and then failed at the first call with torch.func's "stateless API
+    can't be used with Jitted modules"; a learning rate given as text failed inside a comparison."""
+    with pytest.raises(TypeError, match="TorchScript module.* pass the eager nn.Module"):
+        MAML(torch.jit.script(nn.Linear(1, 1)), F.mse_loss, inner_lr=0.1)
+    with pytest.raises(TypeError, match="inner_lr must be a number, got str '0.1'"):
+        MAML(nn.Linear(1, 1), F.mse_loss, inner_lr="0.1")
+
+
+def test_adaptation_curve_checks_its_steps_as_adapt_does():
+    """steps=-1 returned step 0 alone, 1.5 a TypeError from inside, True counted as 1."""
+    maml = MAML(nn.Linear(1, 1), F.mse_loss, inner_lr=0.1)
+    for steps, message in ((-1, "steps must be >= 0"), (1.5, "steps must be an integer"),
+                           (True, "steps must be an integer")):
+        with pytest.raises(ValueError, match=message):
+            maml.adaptation_curve(batch(), steps)
+        with pytest.raises(ValueError, match=message):
+            maml.adapt(batch().support_x[0], batch().support_y[0], steps=steps)
+    assert maml.adaptation_curve(batch(), 2.0).shape == (4, 3)
+
+
+def test_empty_tasks_and_mismatched_targets_are_refused():
+    """An empty support set failed with a ZeroDivisionError inside torch's decompositions; a (T, M)
+    query target against (T, N, 1) support targets broadcast the MSE to an (M, M) matrix silently."""
+    maml = MAML(nn.Linear(1, 1), F.mse_loss, inner_lr=0.1)
+    good = batch()
+    with pytest.raises(ValueError, match=r"at least one support and one query example; got support_x\(4, 0, 1\)"):
+        maml.meta_loss(TaskBatch(good.support_x[:, :0], good.support_y[:, :0], good.query_x, good.query_y))
+    with pytest.raises(ValueError, match=r"support_y\(4, 5, 1\) and query_y\(4, 5\) must have the same example"):
+        maml.meta_loss(TaskBatch(good.support_x, good.support_y, good.query_x, good.query_y[..., 0]))
+    with pytest.warns(UserWarning, match=r"support_x\(4, 5\) has no feature dimension.* support_x\[\.\.\., None\]"):
+        with pytest.raises(RuntimeError):  # the Linear(1, 1) model cannot take scalar examples
+            maml.meta_loss(TaskBatch(*(t[..., 0] for t in good)))
+
+
+class Tagger(nn.Module):
+    """One sequence of 12 steps, 3 features each, to one of 4 tags per step: (N, 12, 3) -> (N, 12, 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.out = nn.GRU(3, 8, batch_first=True), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.out(self.rnn(x)[0])
+
+
+def test_adapt_takes_a_one_sequence_tagging_task():
+    """(1, L, F) inputs with (1, L) integer tags are one example, not a task dimension left in: adapt
+    refused them (meta_loss took the same data) and advised dropping a dimension that was real."""
+    torch.manual_seed(0)
+    loss = lambda p, y: F.cross_entropy(p.flatten(0, 1), y.flatten())  # noqa: E731
+    maml = MAML(Tagger(), loss, inner_lr=0.1, strategy="loop")
+    x, y = torch.randn(1, 12, 3), torch.randint(0, 4, (1, 12))
+    adapted = maml.adapt(x, y, steps=2)
+    before = loss(maml(x), y)
+    assert loss(maml(x, adapted), y) < before
+
+
 def test_bad_shapes_raise_clear_errors():
     maml = MAML(nn.Linear(1, 1), F.mse_loss, inner_lr=0.1)
     good = batch()

@@ -241,6 +241,34 @@ def test_auto_falls_back_when_vmap_fails_only_in_backward(caplog):
     assert relative(meta_grads(vmapped, tokens), meta_grads(looped, tokens)) < 1e-5
 
 
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+        self.out = nn.Linear(8, 1)
+
+    def forward(self, x):  # (N, length, 8) -> (N, 1)
+        return self.out(self.layer(x).mean(1))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_attention_meta_trains_at_second_order(mode):
+    """At second order the CPU flash-attention kernel's backward has no derivative: .backward() failed
+    (README told users to wrap the step in sdpa_kernel(MATH)). MAML now runs a model with attention
+    on the math kernel at second order; the meta-gradient is the reference's."""
+    torch.manual_seed(0)
+    model = Encoder().double()
+    getattr(model, mode)()
+    g = torch.Generator().manual_seed(0)
+    tokens = TaskBatch(*(torch.randn(3, 4, 5, 8, generator=g, dtype=torch.float64) if i % 2 == 0
+                         else torch.randn(3, 4, 1, generator=g, dtype=torch.float64) for i in range(4)))
+    for strategy in ("loop", "auto"):
+        got = meta_grads(MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=2, strategy=strategy), tokens)
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            want = reference_meta_grads(model, F.mse_loss, tokens, lr=0.1, steps=2)
+        assert relative(got, want) < 1e-12, strategy
+
+
 def test_non_scalar_losses_get_one_clear_error():
     model = nn.Sequential(nn.Linear(8, 1)).double()
     batch = regression_batch()
@@ -271,6 +299,68 @@ def test_instance_norm_running_statistics_stay_as_they_are_under_every_strategy(
         model.eval()  # eval mode reads the running statistics, alike under both strategies
         losses = [MAML(model, F.mse_loss, inner_lr=0.1, strategy=s).meta_loss(regression_batch()) for s in ("loop", "vmap")]
         torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=0)
+
+
+class OwnBatchNorm(nn.Module):
+    """A batch norm of the user's own: its buffers passed to ``F.batch_norm`` as running statistics."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, None, self.training, 0.1, 1e-5)
+
+
+def test_a_layers_own_running_statistics_stay_as_they_are_under_every_strategy():
+    """The loop's fused kernel updated a custom layer's running statistics in place on every support
+    and query forward, vmap's primitive batch norm did not (found by a review): now neither does."""
+    for strategy in ("loop", "vmap", "auto", "hybrid"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 4), OwnBatchNorm(4), nn.Tanh(), nn.Linear(4, 1)).double()
+        maml = MAML(model, F.mse_loss, inner_lr=0.1, inner_steps=2, strategy=strategy)
+        maml.meta_loss(regression_batch()).backward()
+        maml.adapt(regression_batch().support_x[0], regression_batch().support_y[0], steps=2)
+        assert torch.equal(model[1].running_mean, torch.zeros(4, dtype=torch.float64)), strategy
+        assert torch.equal(model[1].running_var, torch.ones(4, dtype=torch.float64)), strategy
+    # outside MAML the layer is the user's: plain training updates its statistics
+    model[1](torch.randn(5, 4, dtype=torch.float64))
+    assert not torch.equal(model[1].running_mean, torch.zeros(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("layer", ["batch", "instance"])
+def test_one_value_per_channel_is_refused_under_vmap_as_in_the_loop(layer):
+    """Batch norm on one example (K = 1 regression), or instance norm on one spatial element, has
+    zero variance: every feature normalises to 0. F.batch_norm refuses it, but under vmap the
+    reroute to primitive ops skipped that check and trained a degenerate network silently (found by
+    a review); now every strategy gives torch's error."""
+    torch.manual_seed(0)
+    if layer == "batch":
+        model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1)).double()
+        x = torch.randn(4, 1, 3, dtype=torch.float64)
+        message = "more than 1 value per channel"
+    else:  # four channels of one element each
+        model = nn.Sequential(nn.Linear(3, 4), nn.Unflatten(1, (4, 1)), nn.InstanceNorm1d(4, affine=True),
+                              nn.Flatten(), nn.Linear(4, 1)).double()
+        x = torch.randn(4, 5, 3, dtype=torch.float64)
+        message = "more than 1 spatial element"
+    y = torch.randn(4, x.shape[1], 1, dtype=torch.float64)
+    batch = TaskBatch(x, y, x, y)
+    for strategy in ("vmap", "loop", "auto"):
+        with pytest.raises(ValueError, match=message):
+            MAML(model, F.mse_loss, inner_lr=0.1, strategy=strategy).meta_loss(batch)
+
+
+def test_an_empty_task_batch_gets_one_clear_error():
+    model = nn.Sequential(nn.Linear(8, 1)).double()
+    for strategy in ("vmap", "loop"):
+        maml = MAML(model, F.mse_loss, inner_lr=0.1, strategy=strategy)
+        with pytest.raises(ValueError, match="at least one task; got T = 0"):
+            maml.meta_loss(regression_batch().slice(0, 0))
+        with pytest.raises(ValueError, match="at least one task"):
+            maml.meta_backward(regression_batch().slice(0, 0))
 
 
 def test_scale_grad_by_freq_embeddings_loop():
