@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
+from fastmaml.engine.checkpoint import replace_atomically  # noqa: E402
 from fastmaml.errors import ConfigError  # noqa: E402
 
 LABELS = {"maml": "MAML", "pretrained": "pretrained, fine-tuned", "context": "context vector", "scratch": "from scratch"}
@@ -26,13 +28,33 @@ def whole_iterations(ax: plt.Axes, steps: list[int]) -> None:
         ax.set_xticks(steps)
 
 
+def save_figure(fig: plt.Figure, path: Path, **options: Any) -> Path:
+    """``fig`` as a PNG at ``path``, written through a temporary file: a failed write (a full disk)
+    leaves the figure that was there whole, where ``savefig`` into it left a truncated PNG."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=120, **options)
+    finally:
+        plt.close(fig)
+    replace_atomically(Path(path), buffer.getvalue())
+    return Path(path)
+
+
 def plain_log_scale(ax: plt.Axes, values: list[float]) -> None:
-    """A log y axis labelled with plain numbers (matplotlib's defaults read 4.6×10¹); minor ticks
-    labelled only when ``values`` (all > 0) lie within one decade."""
+    """A log y axis labelled with plain numbers (matplotlib's defaults read 4.6×10¹). Minor ticks are
+    labelled when ``values`` (all > 0) lie within one decade, and at 2 and 5 times the powers of ten
+    when fewer than two powers of ten lie in their range (losses 0.37-5.5 had one label, "1")."""
     ax.set_yscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain if max(values) / min(values) < 10 else NullFormatter())
+    low, high = min(values), max(values)
+    if high / low < 10:
+        ax.yaxis.set_minor_formatter(plain)
+    elif math.floor(math.log10(high)) - math.ceil(math.log10(low)) < 1:  # at most one power of ten inside
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(plain)
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -48,7 +70,7 @@ def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:
     for key, label in (("meta_loss", "MAML meta-loss (query, after adaptation)"), ("baseline_loss", "pretrained baseline loss")):
         if any(key in r for r in rows):
             ys = [r.get(key, float("nan")) for r in rows]
-            values += [y for y in ys if not math.isnan(y)]
+            values += [y for y in ys if math.isfinite(y)]  # an inf in an edited log hid every label
             ax.plot(steps, ys, style, markersize=3, label=label)
     ax.set_xlabel("meta-training iteration")
     ax.set_ylabel("training loss (mean since the previous row)")
@@ -71,9 +93,7 @@ def learning_curve(rows: list[dict[str, Any]], path: Path) -> Path:
         axes[0][1].set_title("validation (held-out tasks)", fontsize=10)
         axes[0][1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 CURVE_TITLES = {"meta_loss": "meta-loss (query, after adaptation)", "baseline_loss": "pretrained baseline loss",
@@ -83,10 +103,7 @@ CURVE_TITLES = {"meta_loss": "meta-loss (query, after adaptation)", "baseline_lo
 
 def runs_curves(runs: dict[str, list[dict[str, Any]]], keys: list[str], path: Path, x: str = "iteration") -> Path:
     """Several runs' learning curves on one figure (``fastmaml plot RUN ... --figure``), saved at ``path``."""
-    fig = runs_curves_figure(runs, keys, x)
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps the legend below the panels
-    plt.close(fig)
-    return path
+    return save_figure(runs_curves_figure(runs, keys, x), path, bbox_inches="tight")  # the legend below the panels
 
 
 def runs_curves_figure(runs: dict[str, list[dict[str, Any]]], keys: list[str], x: str = "iteration") -> plt.Figure:
@@ -131,10 +148,7 @@ def runs_curves_figure(runs: dict[str, list[dict[str, Any]]], keys: list[str], x
 
 def metric_vs_steps(report: dict[str, Any], path: Path) -> Path:
     """Each method's metric after 0..N inner steps, with 95% confidence intervals (paper Fig. 3)."""
-    fig = metric_vs_steps_figure(report)
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # "tight" keeps the legend below the panels
-    plt.close(fig)
-    return path
+    return save_figure(metric_vs_steps_figure(report), path, bbox_inches="tight")  # the legend below the panels
 
 
 def metric_vs_steps_figure(report: dict[str, Any]) -> plt.Figure:
@@ -142,13 +156,17 @@ def metric_vs_steps_figure(report: dict[str, Any]) -> plt.Figure:
     the x axis, and one legend for all panels below them, where it cannot cover a curve or its band
     (inside a panel, matplotlib's "best" place ignored the bands and sat on the MAML curve)."""
     methods = report.get("metrics")
-    metrics = next(iter(methods.values()), None) if isinstance(methods, dict) else None
-    if not metrics or not isinstance(metrics, dict):  # a hand-edited or cut eval.json: nothing to draw
+    # every metric any method has, in order of first appearance (a method may lack one: not drawn there)
+    metrics = (list(dict.fromkeys(name for values in methods.values() if isinstance(values, dict) for name in values))
+               if isinstance(methods, dict) else None)
+    if not metrics:  # a hand-edited or cut eval.json: nothing to draw
         raise ConfigError("the eval report has no metrics to plot; run `fastmaml eval RUN_DIR` again to rewrite "
                           "its eval.json")
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
     for ax, name in zip(axes[0], metrics):
         for method, values in report["metrics"].items():
+            if not isinstance(values, dict) or name not in values:
+                continue
             mean, ci = torch.tensor(values[name]["mean"]), torch.tensor(values[name]["ci95"])
             steps = range(len(mean))
             ax.plot(steps, mean, "o-", label=LABELS.get(method, method))
@@ -182,6 +200,4 @@ def sinusoid_adaptation(curves: dict[str, dict[str, Any]], path: Path) -> Path:
         ax.set_xlim(float(min(c["x"])), float(max(c["x"])))  # the grid spans the run's x_range
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

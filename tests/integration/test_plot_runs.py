@@ -142,3 +142,42 @@ def test_plot_after_eval_best_draws_the_best_checkpoint_without_advising_a_new_e
         assert main(["plot", str(run)]) == 0
     assert "brings it up to date" not in caplog.text + capsys.readouterr().err
     assert loaded == ["best"]
+
+
+def test_plot_after_eval_best_with_the_best_checkpoint_moved(tmp_path, capsys, caplog):
+    """plot said the run "kept no best checkpoint: its validation was never a finite number" and to
+    drop --best (plot has none) when best.safetensors had been moved; it now draws what needs no model
+    and says which file is missing, and eval --best says so too (found by a review)."""
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--iterations", "20", "--set", "val_every=10", "--set", "val_tasks=5",
+                 "--set", "log_every=10", "--out", str(run), "--no-progress"]) == 0
+    assert main(["eval", str(run), "--best", "--tasks", "5", "--steps", "1", "--no-progress"]) == 0
+    (run / "best.safetensors").rename(tmp_path / "moved.safetensors")
+    with caplog.at_level("WARNING"):
+        assert main(["plot", str(run)]) == 0
+    assert "best.safetensors is missing (deleted or moved?)" in caplog.text
+    assert (run / "plots" / "metric_vs_steps.png").is_file()
+    capsys.readouterr()
+    err = one_error_line(["eval", str(run), "--best", "--tasks", "5", "--no-progress"], capsys)
+    assert "is missing (deleted or moved?): the run validated to finite values" in err and "never" not in err
+    plt.close("all")
+
+
+def test_plot_without_eval_json_warns_where_the_meta_test_diverged(tmp_path, capsys, caplog):
+    """eval refuses a meta-test whose mean became inf; plot drew the same curve cut off without a word."""
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--iterations", "4", "--set", "log_every=2", "--out", str(run),
+                 "--no-progress"]) == 0
+    with caplog.at_level("WARNING"):
+        assert main(["plot", str(run)]) == 0  # a sane run: no warning about its meta-test
+    assert "the steps figure's meta-test" not in caplog.text and not (run / "eval.json").exists()
+    from fastmaml.engine import plots
+
+    diverged = plots.evaluate(run, tasks=5, save=False)
+    diverged["metrics"]["maml"]["mse"]["mean"][-1] = float("inf")
+    import unittest.mock
+
+    with unittest.mock.patch.object(plots, "evaluate", lambda *a, **k: diverged), caplog.at_level("WARNING"):
+        assert main(["plot", str(run)]) == 0
+    assert "the steps figure's meta-test (100 tasks, not saved)" in caplog.text and "became inf" in caplog.text
+    plt.close("all")

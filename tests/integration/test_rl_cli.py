@@ -115,6 +115,25 @@ def test_plot_writes_learning_curve_and_return_vs_steps(nav2d_run, capsys):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
+def test_the_learning_curve_names_the_inner_steps_return_post_was_logged_after(tmp_path, monkeypatch):
+    """The legend said "after 1 inner step" whatever inner_steps was (found by a review)."""
+    from fastmaml import plotting
+
+    run = tmp_path / "two"
+    assert main(["train", "rl", "--env", "nav2d", "--iterations", "1", "--out", str(run), *TINY,
+                 "--set", "inner_steps=2", "--set", "baselines=[]"]) == 0
+    legends = []
+
+    def keep(fig, path, **kwargs):
+        legends.extend(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+        return path
+
+    monkeypatch.setattr(plotting, "save_figure", keep)
+    monkeypatch.setattr(plotting, "metric_vs_steps", lambda report, path: path)
+    assert main(["plot", str(run)]) == 0
+    assert "MAML after 2 inner steps" in legends and not any("after 1 inner step" in t for t in legends), legends
+
+
 def test_resume_is_bit_identical(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     common = ["train", "rl", "--env", "nav2d", *TINY, "--set", "checkpoint_every=1"]

@@ -70,6 +70,25 @@ def test_eval_compares_maml_pretrained_and_scratch(table_run, capsys):
     assert int(held_out) < 60
 
 
+def test_plot_of_a_run_whose_csv_moved_draws_what_needs_no_data(table_run, tmp_path, capsys, caplog):
+    """plot failed with "CSV file ... not found" after rewriting two figures it did not print, though
+    neither needs the data (found by a review)."""
+    import shutil
+
+    _, trained = table_run
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert main(["eval", str(run), "--tasks", "5", "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    config["config"]["csv"] = str(tmp_path / "moved" / "shops.csv")  # a relocatable key: not an edit
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    with caplog.at_level("WARNING"):
+        assert main(["plot", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "learning_curve.png" in out and "metric_vs_steps.png" in out
+
+
 def test_adapt_writes_predictions_for_a_new_task(table_run, tmp_path, capsys):
     _, run = table_run
     with open(write_tasks(tmp_path / "new.csv", tasks=1, rows=40, seed=99), newline="") as f:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from fastmaml import plotting
 from fastmaml.engine.compare import read_report
-from fastmaml.engine.evaluate import evaluate, load_trained, methods_for
+from fastmaml.engine.evaluate import check_finite_report, evaluate, load_trained, methods_for
 from fastmaml.engine.run_dir import (
+    BEST,
     CHECKPOINT,
     EVAL,
     PLOTS,
@@ -17,7 +18,7 @@ from fastmaml.engine.run_dir import (
     has_checkpoint,
     read_metrics,
 )
-from fastmaml.errors import CheckpointError, ConfigError
+from fastmaml.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,38 @@ def plot_run(run_dir: str | Path, tasks: int = 100) -> list[Path]:
         if eval_path.is_file():  # the meta-test saved before the checkpoint went: it needs no model
             paths.append(plotting.metric_vs_steps(saved_report(run_dir, rows), out / "metric_vs_steps.png"))
         return paths
-    report = saved_report(run_dir, rows) if eval_path.is_file() else evaluate(run_dir, tasks=tasks, save=False)
+    report = saved_report(run_dir, rows) if eval_path.is_file() else meta_test_report(run_dir, tasks)
     paths.append(plotting.metric_vs_steps(report, out / "metric_vs_steps.png"))
-    # the checkpoint the steps figure meta-tested (eval --best: the best one); with eval.json, no data set is read
+    # the checkpoint the steps figure meta-tested (eval --best: the best one; a stale eval.json: the latest, as
+    # saved_report warns); with eval.json, no data set is read
     which = "best" if report.get("checkpoint") == "best" else "checkpoint"
-    experiment, maml, _ = load_trained(run_dir, which, data=False)
+    if which == "best" and not (run_dir / BEST).is_file():
+        log.warning("%s meta-tests the best checkpoint, and %s is missing (deleted or moved?): drew the learning "
+                    "curve and the steps figure; restore it for the figures that run the model", run_dir / EVAL,
+                    run_dir / BEST)
+        return paths
+    try:
+        experiment, maml, _ = load_trained(run_dir, which, data=False)
+    except DataError as error:  # a table run's CSV moved: the figures above need none of it
+        log.warning("%s: drew the learning curve and the steps figure; the figures that run the model need the "
+                    "run's data: %s", run_dir, error)
+        return paths
     figures = experiment.extras.get("figures")
     if figures is not None:
         paths.extend(figures(experiment, methods_for(experiment, maml), out))
     return paths
+
+
+def meta_test_report(run_dir: Path, tasks: int) -> dict:
+    """A meta-test of ``tasks`` tasks for the steps figure of a run without eval.json (not saved),
+    with a warning where a mean is not finite: ``fastmaml eval`` refuses such a report, and the figure
+    would end its curve there without a word."""
+    report = evaluate(run_dir, tasks=tasks, save=False)
+    try:
+        check_finite_report(report)
+    except NonFiniteLossError as error:
+        log.warning("the steps figure's meta-test (%d tasks, not saved): %s", tasks, error)
+    return report
 
 
 CURVES = ("meta_loss", "return_pre", "return_post")  # drawn by default, when logged, with every val_* metric
@@ -136,7 +160,7 @@ def saved_report(run_dir: Path, rows: list[dict]) -> dict:
     trained = rows[-1].get("step") if rows else None
     best = report.get("checkpoint") == "best"  # eval --best: the best validation checkpoint's, as meant
     if not best and isinstance(trained, int) and isinstance(report.get("step"), int) and report["step"] < trained:
-        log.warning("%s meta-tests iteration %d and the run has trained to %d; the steps figure shows %d "
-                    "(fastmaml eval %s brings it up to date)", run_dir / EVAL, report["step"], trained,
-                    report["step"], run_dir)
+        log.warning("%s meta-tests iteration %d and the run has trained to %d; the steps figure shows %d, a "
+                    "figure that runs the model the latest checkpoint (fastmaml eval %s brings them together)",
+                    run_dir / EVAL, report["step"], trained, report["step"], run_dir)
     return report

@@ -124,6 +124,11 @@ def checkpoint_file(run_dir: Path, which: str | int = "checkpoint") -> Path:
         path = Path(run_dir) / {"checkpoint": CHECKPOINT, "best": BEST}[which]
         if which == "best" and not path.is_file():  # written without a .prev copy (keep_previous=False)
             validated = [r for r in read_metrics(run_dir) if any(k.startswith("val_") for k in r)]
+            finite = [r for r in validated for k, v in r.items() if k.startswith("val_")
+                      and isinstance(v, (int, float)) and math.isfinite(v)]
+            if finite:  # it validated to a number, so it wrote one: deleted or moved since
+                raise CheckpointError(f"{path} is missing (deleted or moved?): the run validated to finite values "
+                                      f"({len(validated)} checks), so it kept one; restore it, or drop --best")
             if validated:  # it validated, and no value was finite: a NaN or inf is never the best
                 raise CheckpointError(f"{run_dir} kept no best checkpoint: its validation was never a finite number "
                                       f"({len(validated)} checks, the last at iteration {validated[-1]['step']}); "

@@ -87,6 +87,8 @@ class ConvNet(nn.Module):
         norm: str = "affine",
     ) -> None:
         super().__init__()
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise ConfigError(f"blocks must be an integer >= 1, got {blocks!r}")
         stride, size, layers = (1 if max_pool else 2), image_size, []
         for block in range(blocks):
             before, after = same_padding(size, stride)
@@ -125,7 +127,9 @@ class ConvNet(nn.Module):
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             raise ConfigError(
                 f"ConvNet was built for {self.image_size}x{self.image_size} images, got "
-                f"{tuple(x.shape[-2:])}; build it with image_size={x.shape[-1]}"
+                f"{tuple(x.shape[-2:])}; "
+                + (f"build it with image_size={x.shape[-1]}" if x.shape[-1] == x.shape[-2] else
+                   "it takes square images: resize them to one side")
             )
         h = self.features(x)
         return h.flatten(1) if self.max_pool else h.mean((2, 3))

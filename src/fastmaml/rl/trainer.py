@@ -609,7 +609,8 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     config = read_config(run_dir)[1]
     env = config.env
     method = {"maml": "MAML", "context": "context vector", "none": ""}[config.method]
-    curves = {"return_pre": f"{method} before adaptation", "return_post": f"{method} after 1 inner step",
+    after = f"after {config.inner_steps} inner step{'s' if config.inner_steps > 1 else ''}"  # return_post's
+    curves = {"return_pre": f"{method} before adaptation", "return_post": f"{method} {after}",
               "pretrained_return": "pretrained (joint TRPO)", "oracle_return": "oracle (goal observed)"}
     split = any(f"{key}_forward" in r for r in rows for key in curves)  # direction tasks: a second panel
     noise = {"return_pre": "policy_std", "pretrained_return": "pretrained_policy_std",
@@ -644,8 +645,7 @@ def plot(run_dir: str | Path, tasks: int = 100) -> list[Path]:
     for ax in axes[0]:
         plotting.whole_iterations(ax, steps)
     fig.tight_layout()
-    fig.savefig(out / "learning_curve.png", dpi=120)
-    plt.close(fig)
+    plotting.save_figure(fig, out / "learning_curve.png")
     eval_path = run_dir / EVAL
     if not eval_path.is_file() and not has_checkpoint(run_dir):
         warn_no_checkpoint(run_dir)

@@ -132,3 +132,80 @@ def test_runs_curves_against_training_time_switch_to_hours_past_two(seconds, uni
         assert ax.get_lines()[0].get_xdata()[-1] == pytest.approx(last)
     finally:
         plt.close(fig)
+
+
+# ------------------------------------------------------------ found by a review of the figures (2026-12-08)
+def test_a_failed_figure_write_keeps_the_figure_that_was_there(tmp_path, monkeypatch):
+    """savefig wrote into the figure's path, so a full disk left a truncated PNG where the previous
+    figure had been; the figure is now written whole or not at all."""
+    import errno
+
+    import matplotlib.figure
+
+    path = plotting.learning_curve(_rows([3.0, 2.0, 1.0]), tmp_path / "curve.png")
+    before = path.read_bytes()
+
+    def full_disk(fig, target, **kwargs):
+        with open(target, "wb") if isinstance(target, (str, type(path))) else _nullcontext(target) as f:
+            f.write(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    with pytest.raises(OSError):
+        plotting.learning_curve(_rows([5.0, 4.0]), path)
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+class _nullcontext:
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self.f
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _y_labels(ax) -> list[str]:
+    ax.figure.canvas.draw()
+    ticks = ax.yaxis.get_majorticklabels() + ax.yaxis.get_minorticklabels()
+    low, high = ax.get_ylim()
+    return [t.get_text() for t in ticks if t.get_text() and low <= t.get_position()[1] <= high]
+
+
+@pytest.mark.parametrize("values, least", [((0.37, 5.5), 3), ((7.0, 60.0), 3), ((0.5, 0.9), 2), ((0.01, 50.0), 3)])
+def test_a_log_axis_has_several_labels_whatever_its_range(values, least):
+    """Minor labels were off whenever max / min >= 10: losses 0.37-5.5 had the one label "1", 7-60
+    (README's 20-way curve) the one label "10"."""
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], values)
+    plotting.plain_log_scale(ax, list(values))
+    try:
+        assert len(_y_labels(ax)) >= least, _y_labels(ax)
+    finally:
+        plt.close(fig)
+
+
+def test_an_infinite_logged_loss_leaves_the_axis_labelled(tmp_path, monkeypatch):
+    """An inf in an edited log passed the NaN filter: the axis spanned up to inf and lost every label."""
+    drawn = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, path, **kw: drawn.append(fig) or path)
+    plotting.learning_curve(_rows([4.1, float("inf"), 3.5, 3.0]), tmp_path / "c.png")
+    try:
+        assert _y_labels(drawn[0].axes[0])
+    finally:
+        plt.close(drawn[0])
+
+
+def test_a_method_without_a_metric_is_left_out_of_its_panel():
+    """A report whose pretrained method lacks `loss` stopped the steps figure with a KeyError."""
+    report = _report({"maml": [3.0, 1.0], "pretrained": [3.0, 2.5]}, metrics=("loss", "mse"))
+    del report["metrics"]["pretrained"]["loss"]
+    fig = plotting.metric_vs_steps_figure(report)
+    try:
+        panels = {ax.get_ylabel(): [line.get_label() for line in ax.get_lines()] for ax in fig.axes}
+        assert panels == {"loss": ["MAML"], "mse": ["MAML", "pretrained, fine-tuned"]}
+    finally:
+        plt.close(fig)

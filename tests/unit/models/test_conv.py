@@ -134,3 +134,15 @@ def test_original_batch_norm_has_no_scale_eps_1e3_and_a_learned_offset(make):
     assert torch.allclose(mean, offsets[0].bias, atol=1e-5)
     with pytest.raises(ConfigError, match="norm must be one of affine, original"):
         make("layer")
+
+
+def test_conv_net_refuses_no_blocks_and_says_it_takes_square_images():
+    """ConvNet(blocks=0) built and failed at the first forward on a matrix product; a 32x33 image was
+    told to build with image_size=33, which fails as well (found by a review)."""
+    with pytest.raises(ConfigError, match="blocks must be an integer >= 1, got 0"):
+        ConvNet(1, 5, blocks=0)
+    net = ConvNet(1, 5, image_size=32)
+    with pytest.raises(ConfigError, match="takes square images"):
+        net(torch.randn(2, 1, 32, 33))
+    with pytest.raises(ConfigError, match="build it with image_size=28"):
+        net(torch.randn(2, 1, 28, 28))
