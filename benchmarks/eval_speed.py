@@ -17,6 +17,8 @@ Omniglot's shape; sampling is timed separately by ``sampler_bench.py``.
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import platform
 import time
 
@@ -68,7 +70,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     lines = [
-        (f"`python benchmarks/eval_speed.py --device {args.device} --tasks {args.tasks} --steps {args.steps}`; "
+        (f"`python benchmarks/eval_speed.py {shlex.join(sys.argv[1:])}`; "
          f"{name}, torch {torch.__version__}, {torch.get_num_threads()} threads"),
         "",
         "| workload | strategy | chunk | first call, one chunk s | all tasks s | tasks/s |",

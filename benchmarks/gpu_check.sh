@@ -32,7 +32,8 @@ fi
 # the peers table without the trainer's CUDA-graph step, the levers, the memory sweep, the RL update).
 # Budget: 15 device minutes, of which starting the machine took 30-60 s on 2026-11-27. The step
 # timeouts add up to about 545 s (so timeout_s=590), most important first; each step writes under
-# $OUT as it goes.
+# $OUT as it goes (step 1's table when it ends: a step cut by its timeout leaves its rows so far in
+# gpu_check.log only).
 if [ "$QUICK" = 1 ]; then REPEATS=1; LIMIT=3; TRAIN_S=100; CKPT=10; EVAL_TASKS=20; else REPEATS=10; LIMIT=6; TRAIN_S=180; CKPT=500; EVAL_TASKS=600; fi
 # the CPU dry run trains eagerly: compile=auto would spend its 100 s compiling (on CUDA auto never compiles)
 QUICK_SET=(); [ "$QUICK" = 1 ] && QUICK_SET=(--set compile=off)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels for the device machine's Python 3.12 (no package index there), into carry/whl:
 # the peers for benchmarks/bench.py (learn2learn 0.2.0, built here; its runtime need gym; higher)
-# and MuJoCo + gymnasium for the half-cheetah step of benchmarks/gpu_check.sh.
+# and MuJoCo + gymnasium (optional: no step of benchmarks/gpu_check.sh needs them now).
 #
 #   PY312=/path/to/python3.12 bash benchmarks/peers/gpu_wheels.sh
 #
@@ -14,6 +14,7 @@ if [ -z "${PY312:-}" ]; then
 fi
 DEST="${DEST:-carry/whl}"
 mkdir -p "$DEST"
+DEST="$(cd "$DEST" && pwd)"  # absolute: the learn2learn build runs in another folder
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 "$PY312" -m venv "$work/venv"
@@ -21,7 +22,7 @@ trap 'rm -rf "$work"' EXIT
 "$work/venv/bin/pip" download -q --no-deps --no-binary :all: -d "$work" "learn2learn==0.2.0"
 tar -xzf "$work/learn2learn-0.2.0.tar.gz" -C "$work"
 find "$work/learn2learn-0.2.0/learn2learn" -name '*.pyx' -exec "$work/venv/bin/python" -m cython -3 --fast-fail {} \;
-(cd "$work/learn2learn-0.2.0" && "$work/venv/bin/pip" wheel -q --no-build-isolation --no-deps -w "$OLDPWD/$DEST" .)
+(cd "$work/learn2learn-0.2.0" && "$work/venv/bin/pip" wheel -q --no-build-isolation --no-deps -w "$DEST" .)
 # pure-Python wheels (gym 0.26.2 is an sdist: built into a wheel here)
 "$work/venv/bin/pip" wheel -q --no-deps -w "$DEST" "gym==0.26.2" "gym_notices==0.1.0" "higher==0.2.1"
 "$work/venv/bin/pip" download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

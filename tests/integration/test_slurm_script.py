@@ -2,9 +2,11 @@
 (two torchrun launches on 127.0.0.1, as srun starts one per node), then a resubmission that resumes."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -30,7 +32,7 @@ FAKE_SCONTROL = """#!/bin/bash
 """
 
 
-def sbatch(tmp_path, *args, resume_args=""):
+def sbatch(tmp_path, *args, resume_args="", background=False):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
@@ -44,6 +46,9 @@ def sbatch(tmp_path, *args, resume_args=""):
            "OMP_NUM_THREADS": "1", "FASTMAML_RESUME_ARGS": resume_args}
     env.pop("SLURM_GPUS_ON_NODE", None)
     env.pop("NPROC_PER_NODE", None)
+    if background:
+        return subprocess.Popen(["bash", str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, cwd=tmp_path)
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=300,
                           cwd=tmp_path, check=False)
 
@@ -72,3 +77,59 @@ def test_sbatch_script_usage_errors(tmp_path):
     assert none.returncode == 2 and "usage: sbatch" in none.stderr
     empty = sbatch(tmp_path, str(tmp_path / "new"))
     assert empty.returncode == 2 and "holds no checkpoint to resume: give the preset" in empty.stderr
+
+
+def python_descendants(pid: int) -> dict[int, str]:
+    """The Python processes below ``pid`` (torchrun's agents and their workers), with their command lines."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, todo = {}, [pid]
+    while todo:
+        parent = todo.pop()
+        for child, ppid in parents.items():
+            if ppid == parent:
+                todo.append(child)
+                try:
+                    cmdline = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                if "python" in cmdline.split(" ", 1)[0]:
+                    found[child] = cmdline
+    return found
+
+
+def test_the_early_warning_signal_stops_the_run_with_a_checkpoint_and_leaves_torchrun_up(tmp_path):
+    """SLURM's --signal=USR1@300 reaches every process of the step: torchrun, which does not handle
+    USR1, died at once (rc 138), and on a cluster the step then ended before the workers reached their
+    checkpoint (found by a review). The script now has torchrun ignore USR1: the launchers stay up,
+    the workers stop at a log iteration with a checkpoint."""
+    run = tmp_path / "run"
+    proc = sbatch(tmp_path, str(run), "sinusoid", "--iterations", "100000", "--set", "meta_batch_size=8",
+                  "--set", "log_every=10", "--set", "checkpoint_every=100000", "--set", "compile=off", background=True)
+    try:
+        deadline, metrics = time.monotonic() + 120, run / "metrics.jsonl"
+        while not (metrics.is_file() and metrics.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not start logging"
+            time.sleep(0.1)
+        processes = python_descendants(proc.pid)
+        agents = [pid for pid, cmd in processes.items() if "torch.distributed.run" in cmd]
+        assert len(agents) == 2 and len(processes) == 4, processes  # two nodes, one worker each
+        for pid in processes:
+            os.kill(pid, signal.SIGUSR1)
+        time.sleep(1.0)
+        assert all(Path(f"/proc/{pid}").exists() for pid in agents), "a torchrun agent died of USR1"
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            for pid in python_descendants(proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode != 128 + signal.SIGUSR1, stderr[-3000:]
+    step = checkpoint.load(run / "checkpoint.safetensors")[1]["step"]
+    assert 0 < step < 100000 and step % 10 == 0
+    assert f"fastmaml: stopped by SIGUSR1 at iteration {step}" in stderr, stderr[-3000:]
