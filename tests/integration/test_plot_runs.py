@@ -119,7 +119,9 @@ def test_an_unwritable_figure_folder_gets_one_line(runs, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     err = one_error_line(["plot", *map(str, runs), "--figure", str(blocker / "c.png")], capsys)
-    assert f"cannot write --figure {blocker / 'c.png'}" in err
+    assert f"cannot write --figure {blocker / 'c.png'}: {blocker} is a file, not a folder" in err
+    err = one_error_line(["plot", *map(str, runs), "--figure", str(blocker / "deeper" / "c.png")], capsys)
+    assert f"{blocker} is a file, not a folder" in err  # "(File exists)" before
     plt.close("all")
 
 

@@ -124,6 +124,9 @@ def plot_runs(run_dirs: list[Path], figure: Path, metrics: list[str] | None = No
         if untimed:
             raise ConfigError(f"{', '.join(untimed)} logged no training time (elapsed_s) in some rows; plot them "
                               "against --x iteration")
+    blocking = next((p for p in [figure.parent, *figure.parent.parents] if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():  # mkdir said "File exists"
+        raise ConfigError(f"cannot write --figure {figure}: {blocking} is a file, not a folder; choose another path")
     try:
         figure.parent.mkdir(parents=True, exist_ok=True)
         return plotting.runs_curves(runs, keys, figure, x=x)
