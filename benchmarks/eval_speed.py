@@ -17,9 +17,9 @@ Omniglot's shape; sampling is timed separately by ``sampler_bench.py``.
 from __future__ import annotations
 
 import argparse
+import platform
 import shlex
 import sys
-import platform
 import time
 
 import torch
