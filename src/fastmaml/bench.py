@@ -190,7 +190,7 @@ def cuda_graph_step(model: nn.Module, w: Workload, first_order: bool) -> MetaSte
             p.grad = None  # the captured backward allocates the gradients in the graph's memory
         state["inputs"] = TaskBatch(*(t.clone() for t in batch))
         state["graph"] = graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.device(device), torch.cuda.graph(graph, stream=torch.cuda.Stream(device)):  # its GPU's stream
             maml.meta_backward(state["inputs"])
         state["grads"] = [p.grad for p in params]
         for p, g in zip(params, saved):
@@ -201,7 +201,8 @@ def cuda_graph_step(model: nn.Module, w: Workload, first_order: bool) -> MetaSte
             capture(batch)
         for static, new in zip(state["inputs"], batch):
             static.copy_(new, non_blocking=True)
-        state["graph"].replay()
+        with torch.cuda.device(device):
+            state["graph"].replay()
         for p, g in zip(params, state["grads"]):
             p.grad = g.clone() if p.grad is None else p.grad + g
 

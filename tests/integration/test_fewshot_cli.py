@@ -347,6 +347,47 @@ def test_cuda_graph_replays_the_meta_step_on_each_new_batch(tiny_omniglot, tmp_p
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2,
+                    reason="needs two CUDA GPUs: the run on cuda:1 (CI has none; not yet run on a device)")
+def test_cuda_graph_on_the_second_gpu_updates_the_weights(tiny_omniglot, tmp_path, caplog):
+    """torch.cuda.graph captured on a stream of the current device, cuda:0, while a cuda:1 run's
+    kernels went to cuda:1: the graph came out empty and every replay left the weights as they were
+    (found by reading, pytorch/pytorch#87894). The capture now uses the run's own GPU."""
+    from fastmaml.engine.experiment import get_preset
+    from fastmaml.engine.trainer import GRAPH_WARMUP, Trainer
+
+    preset = get_preset("omniglot")
+    config = preset.make_config(root=str(tiny_omniglot), ways=5, shots=1)
+    config.device, config.meta_batch_size = "cuda:1", 8
+    torch.manual_seed(0)
+    trainer = Trainer(preset.build(config), tmp_path / "second")
+    generator = torch.Generator().manual_seed(0)
+    for step in range(GRAPH_WARMUP + 3):
+        before = {k: p.detach().clone() for k, p in trainer.maml.params().items()}
+        trainer.meta_step(trainer.experiment.sample(generator, "train", 8).to("cuda:1"))
+        assert any(not torch.equal(before[k], p) for k, p in trainer.maml.params().items()), step
+    assert trainer._graph is not None and "could not be captured" not in caplog.text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA GPU: CUDA graphs exist only there (CI has none; not yet run on a device)")
+def test_grad_checkpointing_on_a_gpu_runs_without_a_graph_and_says_nothing_failed(tiny_omniglot, tmp_path, caplog):
+    """Checkpointing reads the GPU's random state, which a capture forbids: the capture failed with a
+    warning and the run went on eagerly (found by reading). Such a run now skips the graph."""
+    from fastmaml.engine.experiment import get_preset
+    from fastmaml.engine.trainer import GRAPH_WARMUP, Trainer
+
+    preset = get_preset("omniglot")
+    config = preset.make_config(root=str(tiny_omniglot), ways=5, shots=1)
+    config.device, config.meta_batch_size, config.grad_checkpointing = "cuda", 8, True
+    trainer = Trainer(preset.build(config), tmp_path / "ckpt")
+    assert not trainer.graphed
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(GRAPH_WARMUP + 2):
+        assert torch.isfinite(trainer.meta_step(trainer.experiment.sample(generator, "train", 8).to("cuda")))
+    assert "could not be captured" not in caplog.text
+
+
 def test_data_omniglot_verifies_and_caches(tiny_omniglot, tmp_path, capsys, monkeypatch):
     code, out, err = cli(["data", "omniglot", "--root", tiny_omniglot, "--cache-dir", tmp_path / "c"], capsys)
     assert code == 0, err

@@ -955,6 +955,12 @@ class MAML(nn.Module):
                                                  options=self._compile_options())
         compiled = functools.partial(self._compiled[kind], self)
         if kind in self._compiled_ran:
+            first = next(self.model.parameters(), None)
+            if first is not None and first.device.type == "cuda":  # moved there since its first call
+                log.warning("compile is off on CUDA devices: torch.compile gave a wrong meta-gradient there "
+                            "(benchmarks/results/gpu_h200.md); running the meta-loss eagerly")
+                self.compile = False
+                return fn
             return compiled
 
         float64_twin = functools.cache(lambda: self._float64_twin(fn))  # made once, on the first float64 check

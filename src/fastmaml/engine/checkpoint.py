@@ -202,10 +202,19 @@ def load_latest(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], Pa
         return (*loaded, prev)
 
 
-def rng_state_tensors(generator: torch.Generator) -> dict[str, Tensor]:
-    return {"rng/tasks": generator.get_state(), "rng/torch": torch.get_rng_state()}
+def rng_state_tensors(generator: torch.Generator, device: torch.device | None = None) -> dict[str, Tensor]:
+    """The random states a resume restores: the task generator's, the CPU's global one, and on a CUDA
+    ``device`` that GPU's (dropout there draws from it; without it a resumed run redrew iteration 0's)."""
+    states = {"rng/tasks": generator.get_state(), "rng/torch": torch.get_rng_state()}
+    if device is not None and torch.device(device).type == "cuda":
+        states["rng/cuda"] = torch.cuda.get_rng_state(device)
+    return states
 
 
-def restore_rng(generator: torch.Generator, tensors: dict[str, Tensor]) -> None:
+def restore_rng(generator: torch.Generator, tensors: dict[str, Tensor], device: torch.device | None = None) -> None:
+    """Undo :func:`rng_state_tensors`; a GPU's state only where the run resumes on a GPU and has one
+    (a CPU run resumed on a GPU, or the reverse, keeps the seeded state it has)."""
     generator.set_state(tensors["rng/tasks"])
     torch.set_rng_state(tensors["rng/torch"])
+    if device is not None and torch.device(device).type == "cuda" and "rng/cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng/cuda"], device)

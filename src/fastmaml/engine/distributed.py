@@ -337,6 +337,19 @@ def set_tf32(device: str, allowed: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = allowed
 
 
+@contextlib.contextmanager
+def tf32_mode(device: str, allowed: bool):
+    """:func:`set_tf32` for the block, the process's flags restored after: ``train`` and ``eval``
+    (whose ``--set tf32=...`` was accepted and not applied, so a GPU meta-test ran with PyTorch's
+    default TF32 convolutions where training had them off) leave a caller's precision as it was."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    set_tf32(device, allowed)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def device_for(device: str) -> str:
     """Under torchrun, ``cuda`` means this process's own GPU (LOCAL_RANK)."""
     if device == "cuda" and "LOCAL_RANK" in os.environ:
@@ -348,7 +361,13 @@ def cuda_or_cpu(device: str) -> str:
     """A run's CUDA ``device`` (as :func:`device_for` resolves it) where this machine has CUDA, else
     the CPU: where a trained run's images and model go when it is used again, e.g. a GPU run
     meta-tested on a machine without one."""
-    if not (device.startswith("cuda") and torch.cuda.is_available()):
+    if not device.startswith("cuda"):  # the CPU, or another accelerator where this machine has it
+        try:
+            check_device(device)
+        except ConfigError:
+            return "cpu"
+        return device
+    if not torch.cuda.is_available():
         return "cpu"
     resolved = device_for(device)
     index = torch.device(resolved).index  # a GPU this machine lacks (cuda:5 on one GPU): its first

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from fastmaml.algorithms import MAML
 from fastmaml.config import check_task_count, protocol_overrides
 from fastmaml.engine import checkpoint
-from fastmaml.engine.distributed import check_device, cuda_or_cpu
+from fastmaml.engine.distributed import check_device, cuda_or_cpu, tf32_mode
 from fastmaml.engine.experiment import Experiment, make_maml
 from fastmaml.engine.run_dir import (
     build_experiment,
@@ -237,11 +237,14 @@ def evaluate(
     steps = config.eval_steps if steps is None else steps
     if steps < 0:
         raise ConfigError(f"--steps must be >= 0, got {steps}")
-    experiment, maml, meta = load_trained(run_dir, which, overrides, device=eval_device(config, overrides))
+    device = eval_device(config, overrides)
+    experiment, maml, meta = load_trained(run_dir, which, overrides, device=device)
     results: dict[str, Any] = {}
     methods = methods_for(experiment, maml)
-    with tqdm(total=tasks * len(methods), disable=not progress, unit="task",
-              desc=f"eval {experiment.name}: {tasks} tasks x {len(methods)} methods") as bar:
+    # on a GPU, the run's TF32 setting (off unless trained or meta-tested with tf32=true), as in training
+    with tf32_mode(device, getattr(config, "tf32", False)), tqdm(
+            total=tasks * len(methods), disable=not progress, unit="task",
+            desc=f"eval {experiment.name}: {tasks} tasks x {len(methods)} methods") as bar:
         for method, wrapper in methods.items():
             generator = torch.Generator().manual_seed(seed)  # the same tasks for every method
             curves = adaptation_curves(wrapper, experiment, split, tasks, steps, generator, bar=bar)

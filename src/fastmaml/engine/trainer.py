@@ -44,7 +44,7 @@ from fastmaml.engine.distributed import (
     device_for,
     init_from_env,
     launched_world_size,
-    set_tf32,
+    tf32_mode,
 )
 from fastmaml.engine.evaluate import adaptation_curves
 from fastmaml.engine.experiment import Experiment, Preset, make_maml
@@ -120,8 +120,14 @@ class Trainer:
         self.cluster = cluster
         self.device = torch.device(device_for(self.config.device))
         self.maml = make_maml(experiment).to(self.device)
-        # CUDA graphs: one device, one process (gloo's all-reduce cannot be captured)
-        self.graphed = self.config.cuda_graph and self.device.type == "cuda" and not cluster.active
+        # CUDA graphs: one device, one process (gloo's all-reduce cannot be captured). Not with gradient
+        # checkpointing at second order: checkpoint reads the GPU's random state, which a capture forbids
+        # (the capture failed and the run went on eagerly after a warning)
+        checkpointed = self.config.grad_checkpointing and not self.config.first_order
+        self.graphed = self.config.cuda_graph and self.device.type == "cuda" and not cluster.active and not checkpointed
+        if self.config.cuda_graph and self.device.type == "cuda" and not cluster.active and checkpointed:
+            log.info("grad_checkpointing: the meta-step runs without a CUDA graph (checkpointing reads the GPU's "
+                     "random state, which a graph capture cannot)")
         self.opt = torch.optim.Adam(self.maml.parameters(), lr=self.config.outer_lr, capturable=self.graphed)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_failed = False
@@ -145,7 +151,7 @@ class Trainer:
         if self.baseline is not None:
             tensors.update({f"baseline/{k}": v for k, v in self.baseline.state_dict().items()})
             optim["baseline"] = checkpoint.pack(self.baseline_opt.state_dict(), "opt/baseline", tensors)
-        tensors.update(checkpoint.rng_state_tensors(self.generator))
+        tensors.update(checkpoint.rng_state_tensors(self.generator, self.device))
         meta = {
             "experiment": self.experiment.name,
             "config": to_dict(self.config),
@@ -172,7 +178,7 @@ class Trainer:
         if self.baseline is not None:
             checkpoint.load_weights(self.baseline, part("baseline/"), self.run_dir)
             self.baseline_opt.load_state_dict(checkpoint.unpack(meta["optimizers"]["baseline"], tensors))
-        checkpoint.restore_rng(self.generator, tensors)
+        checkpoint.restore_rng(self.generator, tensors, self.device)
         self.step, self.elapsed, self.best = meta["step"], meta["elapsed_s"], meta.get("best")
         self.rows = meta["metrics"]
 
@@ -194,21 +200,27 @@ class Trainer:
                 self._eager_steps += 1
                 with side_stream(self.device):
                     return self.eager_meta_step(batch)
-            return self._capture(batch)
+            with torch.cuda.device(self.device):  # the run's GPU, cuda:1 too (see _capture)
+                return self._capture(batch)
         static_batch, static_loss = self._static
         if any(s.shape != b.shape or s.dtype != b.dtype for s, b in zip(static_batch, batch)):
             return self.eager_meta_step(batch)  # a batch of another shape: the graph does not fit it
         for s, b in zip(static_batch, batch):
             s.copy_(b, non_blocking=True)
-        self._graph.replay()
+        with torch.cuda.device(self.device):
+            self._graph.replay()
         return static_loss.clone()
 
     def _capture(self, batch: TaskBatch) -> torch.Tensor:
-        """Capture the meta-step on ``batch`` in a CUDA graph and replay it once (capturing runs nothing)."""
+        """Capture the meta-step on ``batch`` in a CUDA graph and replay it once (capturing runs nothing).
+        On a stream of the run's own GPU: ``torch.cuda.graph`` otherwise captures on a stream of the
+        current device, cuda:0, while a cuda:1 run's kernels go to cuda:1's stream, so the graph came
+        out empty and its replays left the weights as they were (pytorch/pytorch#87894; found by
+        reading, not yet run on two GPUs)."""
         static_batch = TaskBatch(*(t.clone() for t in batch))
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device)):
                 static_loss = self.eager_meta_step(static_batch)
         except Exception as error:  # noqa: BLE001 - an op that cannot be captured: stay eager
             log.warning("the meta-step could not be captured in a CUDA graph (%s); running it eagerly", error)
@@ -391,7 +403,6 @@ def train(
     launched = launched_world_size() > 1
     config.validate(data=not launched)  # the settings: the same in every process
     check_device(config.device)
-    set_tf32(config.device, config.tf32)
     if config.threads:
         torch.set_num_threads(config.threads)
     if launched:  # each node's copy of the data, one outcome for all: none waits for a node that failed
@@ -403,7 +414,8 @@ def train(
         torch.manual_seed(config.seed)  # model initialisation, identical on every process
         return Trainer(preset.build(config), run_dir, cluster)
 
-    return fit_in_run_dir(run_dir, preset.name, config, cluster, make_trainer, resume=resume, progress=progress)
+    with tf32_mode(config.device, config.tf32):  # restored after: a caller's later code keeps its own precision
+        return fit_in_run_dir(run_dir, preset.name, config, cluster, make_trainer, resume=resume, progress=progress)
 
 
 def fit_in_run_dir(

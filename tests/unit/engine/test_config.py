@@ -60,3 +60,41 @@ def test_tf32_is_set_for_cuda_only():
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_train_and_eval_restore_the_tf32_flags_and_eval_applies_the_runs_setting(tmp_path, monkeypatch):
+    """train set the process's TF32 flags and never restored them; eval accepted --set tf32=... and
+    never applied it, so a GPU meta-test ran with PyTorch's default TF32 convolutions where training
+    had them off (found by a review). Both now hold the run's setting for their own duration."""
+    from fastmaml.cli import main
+    from fastmaml.engine import distributed, evaluate
+
+    run = tmp_path / "run"
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    seen = []
+    real = distributed.set_tf32
+    monkeypatch.setattr(distributed, "set_tf32", lambda device, allowed: (seen.append(allowed), real(
+        "cuda", allowed))[1])  # as on a GPU: the flags change
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        assert main(["train", "sinusoid", "--iterations", "2", "--out", str(run), "--no-progress"]) == 0
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # restored
+        assert main(["eval", str(run), "--tasks", "3", "--no-progress", "--set", "tf32=true"]) == 0
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        evaluate.evaluate(run, tasks=3, save=False)
+        assert seen == [False, True, False]  # train (off), eval --set tf32=true, eval (the run's: off)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_eval_keeps_another_accelerator_the_machine_has(monkeypatch):
+    """eval_device moved an mps run to the CPU even where the machine had MPS (found by a review)."""
+    from types import SimpleNamespace
+
+    from fastmaml.engine.evaluate import eval_device
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert eval_device(SimpleNamespace(device="mps"), ["device=mps"]) == "mps"
+    assert eval_device(SimpleNamespace(device="mps")) == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert eval_device(SimpleNamespace(device="mps")) == "cpu"  # a run made on a Mac, scored elsewhere
