@@ -152,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--seed", type=int, help="rl run: seed of the action noise (default 0)")
     adapt.add_argument("--steps", type=int, help="inner steps (default: the run's eval_steps)")
     adapt.add_argument("--out", type=Path, required=True, help="CSV to write: the predict rows plus a prediction "
-                       "column; rl run: a .safetensors file for the adapted policy")
+                       "column (image runs: file, prediction and each class's probability p_CLASS); rl run: a "
+                       ".safetensors file for the adapted policy")
     adapt.add_argument("--csv", type=Path, help="the run's training CSV at a new location (its sha256 must match)")
     adapt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="change how the run adapts: inner_lr (rl runs also pretrained_lr, random_lr, "
@@ -185,6 +186,24 @@ def moved_data(config: object, trained_on: str | None) -> None:
     if not before.exists():
         logging.getLogger(__name__).warning("%s, the folder this run trained on, is gone; resuming on %s, taken "
                                             "to hold the same images", trained_on, root)
+
+
+def refuse_inside_image_tree(config, run_dir: Path) -> None:
+    """ConfigError for a new image-folder run whose folder, or decoded-image cache, would sit inside
+    the tree it reads: every folder there is a class, so the run folder became one (eval, resume and
+    plot then failed on it: "holds no images"), and the cache stopped the first start."""
+    if getattr(config, "dataset", None) != "folder" or not getattr(config, "root", ""):
+        return
+    from fastmaml.experiments.fewshot import data_root
+
+    root = data_root(config).resolve()
+    places = {"--out": Path(run_dir)}
+    if config.cache_dir:
+        places["cache_dir"] = Path(config.cache_dir).expanduser()
+    for what, place in places.items():
+        if place.resolve().is_relative_to(root):
+            raise ConfigError(f"{what} {place} is inside the image tree {root}, where every folder is a class; "
+                              "put it outside the tree")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -238,6 +257,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         except (ValueError, TypeError) as error:
             raise ConfigError(str(error)) from None
         run_dir = args.out
+        refuse_inside_image_tree(config, run_dir)
     # the data set's checks run in the trainer, every node's agreed (agree_before_group); under torchrun
     # a node whose data failed here would have left the others waiting in the rendezvous
     config.validate(data=launched_world_size() <= 1)
@@ -508,7 +528,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     rl_only = [f"--{name}" for name in ("goal", "method", "trajectories", "seed") if getattr(args, name) is not None]
     if rl_only:
         verb = "applies" if len(rl_only) == 1 else "apply"
-        raise ConfigError(f"{' and '.join(rl_only)} {verb} to rl runs; a {preset.name} run adapts to --support")
+        raise ConfigError(f"{' and '.join(rl_only)} {verb} to rl runs; the {preset.name} preset's runs adapt to --support")
     missing = [f"--{name}" for name in ("support", "predict") if getattr(args, name) is None]
     if missing:
         raise ConfigError(f"adapt needs {' and '.join(missing)} for a {preset.name} run (see fastmaml adapt --help)")

@@ -536,6 +536,67 @@ def test_data_miniimagenet_prepares_the_splits_it_finds(tmp_path, capsys):
     assert code == 2 and "no mini-ImageNet split could be prepared" in err and len(err.splitlines()) == 1
 
 
+def test_an_image_folder_run_reads_only_its_own_classes_and_stays_out_of_its_tree(tmp_path, capsys, monkeypatch,
+                                                                                   caplog):
+    """Found by a review: a class folder added after training (empty, or with a half-copied image) was
+    said to be left out and still stopped eval and resume; a run folder or cache inside the tree was
+    taken for a class; evals before and after the test images changed were paired by compare; a
+    predict folder named like no class was scored silently as unlabelled."""
+    from fastmaml.experiments import fewshot
+
+    monkeypatch.setenv("FASTMAML_CACHE", str(tmp_path / "cache"))
+    tree = write_tree(tmp_path / "tree", classes=12)
+    common = ["--root", tree, "--ways", 2, "--shots", 1, "--queries", 1, "--set", "image_size=16",
+              "--set", "val_every=0", "--set", "eval_steps=1", *QUIET]
+    code, _, err = cli(["train", "images", *common, "--iterations", 4, "--out", tree / "run"], capsys)
+    assert code == 2 and "is inside the image tree" in err and not (tree / "run").exists(), err
+    code, _, err = cli(["train", "images", *common, "--iterations", 4, "--out", tmp_path / "r",
+                        "--set", f"cache_dir={tree / 'cache'}"], capsys)
+    assert code == 2 and "cache_dir" in err and "is inside the image tree" in err, err
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for seed, run in enumerate(runs):
+        code, _, err = cli(["train", "images", *common, "--iterations", 4, "--out", run, "--set", f"seed={seed}"],
+                           capsys)
+        assert code == 0, err
+
+    def fresh_process():
+        fewshot._load_split.cache_clear()
+        fewshot._folder_splits.cache_clear()
+
+    (tree / "zz_new").mkdir()  # being copied in: empty, then one broken image
+    fresh_process()
+    assert cli(["eval", runs[0], "--tasks", 2, "--no-progress"], capsys)[0] == 0
+    (tree / "zz_new" / "a.png").write_bytes(b"not yet a png")
+    fresh_process()
+    code, out, err = cli(["train", "--resume", runs[0], "--iterations", 6, *QUIET], capsys)
+    assert code == 0 and "from iteration 4 to 6" in out, err
+    shutil.rmtree(tree / "zz_new")
+
+    test_class = json.loads((runs[0] / "config.json").read_text())["config"]["test_classes"][0]
+    for image in (tree / test_class).iterdir():  # the test images change between the two evals
+        Image.new("RGB", (24, 24), (0, 0, 0)).save(image)
+    fresh_process()
+    assert cli(["eval", runs[1], "--tasks", 2, "--no-progress"], capsys)[0] == 0
+    code, _, err = cli(["compare", *runs], capsys)
+    assert code == 2 and "test_images_sha1" in err and "meta-tested on different tasks" in err, err
+
+    support, predict = tmp_path / "support", tmp_path / "predict"
+    classes = json.loads((runs[0] / "config.json").read_text())["config"]["test_classes"][:2]
+    for folder in (support / classes[0], support / classes[1], predict / classes[0], predict / "Other"):
+        folder.mkdir(parents=True)
+        Image.new("RGB", (24, 24), (50, 60, 70)).save(folder / "x.png")
+        Image.new("RGB", (24, 24), (70, 60, 50)).save(folder / "y.png")
+    (predict / classes[0] / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        code, out, err = cli(["adapt", runs[0], "--support", support, "--predict", predict, "--out",
+                              tmp_path / "p.csv"], capsys)
+    assert code == 0, err
+    assert "accuracy on the 2 images in class folders" in out
+    assert "the images in Other are not scored: no support class has that name" in caplog.text
+    assert "1 broken link(s) in --predict" in caplog.text and "not classified: only files with" not in caplog.text
+
+
 def test_an_image_folder_run_keeps_its_split_when_class_folders_come_and_go(tmp_path, capsys, monkeypatch, caplog):
     """Eval and resume reuse the split a run recorded when it started: a class folder added later joins
     no split (before, the tree was split again and meta-training classes moved into the meta-test

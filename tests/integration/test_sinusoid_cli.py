@@ -258,7 +258,7 @@ def test_adapt_fits_a_new_sine_from_ten_points(trained_run, tmp_path, capsys):
     assert "MSE" not in capsys.readouterr().out and len(out.read_text().splitlines()) == 3
     # the rl flags, and a missing support set, get one line each
     assert main(["adapt", str(trained_run), "--goal", "1", "--out", str(out)]) == 2
-    assert "--goal applies to rl runs; a sinusoid run adapts to --support" in capsys.readouterr().err
+    assert "--goal applies to rl runs; the sinusoid preset's runs adapt to --support" in capsys.readouterr().err
     assert main(["adapt", str(trained_run), "--predict", str(predict), "--out", str(out)]) == 2
     assert "adapt needs --support for a sinusoid run" in capsys.readouterr().err
 
@@ -506,7 +506,7 @@ def test_adapt_refuses_seed_for_a_run_that_is_not_rl(trained_run, tmp_path, caps
     capsys.readouterr()
     assert main(["adapt", str(trained_run), "--support", str(points), "--predict", str(points), "--out",
                  str(tmp_path / "out.csv"), "--seed", "123"]) == 2
-    assert "--seed applies to rl runs; a sinusoid run adapts to --support" in capsys.readouterr().err
+    assert "--seed applies to rl runs; the sinusoid preset's runs adapt to --support" in capsys.readouterr().err
 
 
 def test_the_adaptation_figure_spans_the_runs_x_range(tmp_path, monkeypatch):

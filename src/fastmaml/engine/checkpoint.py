@@ -89,7 +89,15 @@ def followed(path: str | Path) -> Path:
 def replace_atomically(path: str | Path, data: bytes) -> None:
     """Replace ``path`` (the file it links to, if a link) with ``data`` so that a reader, or the file
     after a crash, is either the old or the new content: temporary file beside it, fsync, rename,
-    fsync of the folder."""
+    fsync of the folder. A ``path`` that is not a regular file (a device such as /dev/null or
+    /dev/stdout, a named pipe) is written into instead: renaming onto it replaced a device node
+    with a file (as root, /dev/full became a 668-byte file)."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     path = followed(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

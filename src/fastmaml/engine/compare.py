@@ -48,7 +48,8 @@ def check_same_tasks(run: Path, report: dict[str, Any], first_run: Path, first: 
     ours, theirs = report.get("task_set"), first.get("task_set")
     if not isinstance(ours, dict) or not isinstance(theirs, dict):
         return
-    differ = [key for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
+    # keys both record (a key added since, e.g. test_images_sha1, is not held against an older report)
+    differ = [key for key in sorted(set(ours) & set(theirs)) if ours.get(key) != theirs.get(key)]
     if differ:
         shown = "; ".join(f"{key} {json.dumps(ours.get(key))} against {json.dumps(theirs.get(key))}"
                           for key in differ[:3])

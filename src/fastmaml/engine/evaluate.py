@@ -265,7 +265,9 @@ def evaluate(
         **({"split": split} if split != "test" else {}),
         **({"source": text} if (text := experiment.extras.get("source", lambda _: "")(split)) else {}),
         # what draws the tasks (tuples as JSON lists): compare pairs only runs whose reports agree on it
-        **({"task_set": json.loads(json.dumps(drawn))} if (drawn := experiment.extras.get("task_set")) else {}),
+        # (a callable where it reads the data: an image-folder run hashes its test images only here)
+        **({"task_set": json.loads(json.dumps(drawn() if callable(drawn) else drawn))}
+           if (drawn := experiment.extras.get("task_set")) else {}),
         "metrics": results,
     }
     if finite:

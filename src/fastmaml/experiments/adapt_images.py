@@ -64,8 +64,12 @@ def _images_to_predict(predict: Path) -> list[Path]:
         raise DataError(f"--predict {predict} not found; give a folder of images")
     entries = list(walk_files(predict))  # follows symlinked folders; hidden files left out
     found = sorted(p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    broken = sorted(p.relative_to(predict).as_posix() for p in entries if p.is_symlink() and not p.exists())
+    if broken:
+        log.warning("%d broken link(s) in --predict %s are not classified: %s", len(broken), predict,
+                    ", ".join(broken[:3]) + (", ..." if len(broken) > 3 else ""))
     skipped = sorted(p.relative_to(predict).as_posix() for p in set(entries) - set(found)
-                     if p.name.lower() not in SYSTEM_FILES)
+                     if p.name.lower() not in SYSTEM_FILES and p.relative_to(predict).as_posix() not in broken)
     if skipped:
         log.warning("%d file(s) in --predict %s are not classified: only files with an image extension (%s) "
                     "are; e.g. %s", len(skipped), predict, ", ".join(IMAGE_EXTENSIONS),
@@ -128,6 +132,13 @@ def adapt_images(
         )
     relative = [path.relative_to(predict).as_posix() if predict.is_dir() else path.name for path in files]
     truth = [names.index(p.parent.name) if predict.is_dir() and p.parent.name in names else None for p in files]
+    if any(t is not None for t in truth):  # labelled images beside others in folders named like no class
+        others = sorted({p.parent.relative_to(predict).as_posix() for p, t in zip(files, truth)
+                         if t is None and p.parent != predict})
+        if others:
+            log.warning("--predict %s: the images in %s are not scored: no support class has that name (the "
+                        "classes: %s)", predict, ", ".join(others[:3]) + (", ..." if len(others) > 3 else ""),
+                        ", ".join(names))
 
     per_class = len(support_files) / len(names)
     maml.loss_fn = xent_per_shot(per_class)

@@ -64,9 +64,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -334,7 +336,19 @@ def task_set(config: FewShotConfig) -> dict:
     if config.dataset == "folder":
         found.update(root=config.root, test_classes=config.test_classes, splits=config.splits,
                      split_seed=config.split_seed)
+        if config.test_classes:  # the images themselves: a test class edited between two evals is other tasks
+            found["test_images_sha1"] = test_images_sha1(data_root(config), config.test_classes)
     return found
+
+
+def test_images_sha1(root: Path, classes: Sequence[str]) -> str:
+    """A hash of the names and bytes of ``classes``' images under ``root`` (their content: a copied tree
+    hashes alike): two evals of an image-folder run on different images were paired by compare."""
+    files, _ = scan_class_folders(Path(root), set(classes))
+    digest = hashlib.sha1()
+    for name in sorted(n for names in files.values() for n in names):
+        digest.update(name.encode() + b"\0" + (Path(root) / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def query_count(config: FewShotConfig, split: str) -> int:
@@ -397,7 +411,7 @@ def build(config: FewShotConfig) -> Experiment:
         higher_is_better=True,
         outer_only=tuple(norm_offsets(model)),  # norm=original: batch-norm offsets meta-learned, not adapted
         # eval reports name the network (conv and MLP runs share tasks) and what draws the meta-test tasks
-        extras={"model": model_label(config, model), "task_set": task_set(config)},
+        extras={"model": model_label(config, model), "task_set": functools.partial(task_set, config)},
     )
 
 

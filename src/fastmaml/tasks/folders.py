@@ -31,17 +31,23 @@ DEFAULT_SPLITS = {"train": 0.64, "val": 0.16, "test": 0.2}  # mini-ImageNet's 64
 MODES = {1: "L", 3: "RGB"}
 
 Splits = Mapping[str, float] | Mapping[str, Sequence[str]]
+_SAID: set[tuple] = set()  # the skipped-files warnings given in this process
 
 
-def scan_class_folders(root: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+def scan_class_folders(root: Path, only: set[str] | None = None) -> tuple[dict[str, list[str]], dict[str, str]]:
     """class -> its image files (relative paths, sorted) under ``root/<class>/``, and their stamps
-    (size and modification time, :meth:`FileSource.stamps`). Symlinked folders are followed."""
+    (size and modification time, :meth:`FileSource.stamps`). Symlinked folders are followed.
+    ``only``: those classes alone (a run's recorded split): a folder added to the tree since, empty
+    or half copied, is then neither read nor an error."""
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "not found"
         raise DataError(f"image folder {root} {what}; expected {root}/<class>/<image>")
     with FileSource(root) as source:
         files = source.stamps()
-    classes: dict[str, list[str]] = {p.name: [] for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    classes: dict[str, list[str]] = {p.name: [] for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                                     and (only is None or p.name in only)}
+    if only is not None:  # the other folders' files are none of this run's business
+        files = {name: stamp for name, stamp in files.items() if name.split("/", 1)[0] in classes}
     skipped = []
     for name in sorted(files):
         parts = name.split("/")
@@ -49,7 +55,9 @@ def scan_class_folders(root: Path) -> tuple[dict[str, list[str]], dict[str, str]
             classes[parts[0]].append(name)
         elif not any(p.startswith(".") for p in parts) and parts[-1].lower() not in SYSTEM_FILES:
             skipped.append(name)
-    if skipped:
+    said = (str(root), len(skipped), tuple(skipped[:3]))  # a run scans its tree up to three times: said once
+    if skipped and said not in _SAID:
+        _SAID.add(said)
         images = [n for n in skipped if n.lower().endswith(IMAGE_EXTENSIONS)]
         log.warning("%d file(s) in %s are not read: only %s/<class>/<image> with an image extension is (%s); "
                     "e.g. %s", len(skipped), root, root, ", ".join(IMAGE_EXTENSIONS),
@@ -113,7 +121,10 @@ def load_image_folder(
     if channels not in MODES:
         raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     root = Path(root)
-    classes, stamps = scan_class_folders(root)
+    values = list(splits.values())
+    listed = (None if not values or all(isinstance(v, (int, float)) for v in values) else
+              {c for v in values if not isinstance(v, str) and isinstance(v, Sequence) for c in v})
+    classes, stamps = scan_class_folders(root, listed)  # with class lists, those classes alone
     chosen = split_classes(list(classes), splits, seed)  # before decoding: bad splits fail fast
 
     def images() -> Iterator[np.ndarray]:
@@ -131,6 +142,9 @@ def load_image_folder(
         "files": fingerprint(stamps),
     }
     tree = f"{resolved.name}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+    every = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if listed is not None and set(every) - set(classes):  # a part of the tree: a cache of its own
+        tree += f"_{hashlib.sha1(','.join(sorted(classes)).encode()).hexdigest()[:8]}"
     path = None if cache_dir is None else Path(cache_dir) / f"{tree}_{image_size}_{channels}ch"
     everything = cached_images(
         path, meta, list(classes), [len(f) for f in classes.values()], (channels, image_size, image_size), images

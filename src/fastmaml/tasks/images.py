@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import tempfile
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -241,14 +242,18 @@ class FileSource:
         if self._zip is not None:
             files = {i.filename: f"{i.file_size} crc={i.CRC:08x}" for i in self._zip.infolist() if not i.is_dir()}
             return {n: s for n, s in files.items() if not any(part.startswith(".") for part in n.split("/"))}
-        files = {}
+        files, broken = {}, []
         for path in walk_files(self.location):
             try:
                 info = path.stat()
-            except OSError:  # a broken link
+            except OSError:  # a broken link: said once, not silently left out
+                broken.append(path.relative_to(self.location).as_posix())
                 continue
             if stat.S_ISREG(info.st_mode):
                 files[path.relative_to(self.location).as_posix()] = f"{info.st_size} {info.st_mtime_ns}"
+        if broken:
+            log.warning("%d broken link(s) in %s are not read: %s", len(broken), self.location,
+                        ", ".join(broken[:3]) + (", ..." if len(broken) > 3 else ""))
         return files
 
     def read(self, name: str) -> bytes:
@@ -291,7 +296,13 @@ def decode_image(
     :func:`to_8_bits`. A file PIL cannot read raises one error naming it.
     """
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings(record=True) as caught:  # PIL's warning names no file: ours does
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data))
+        with opened as image:
+            if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+                log.warning("image %s has %d x %d pixels, more than PIL's guard against decompression bombs "
+                            "(%d); decoding it", where, *image.size, Image.MAX_IMAGE_PIXELS)
             image.draft(mode, (size, size))  # JPEG: decode at a reduced scale when that is enough
             image = to_8_bits(ImageOps.exif_transpose(image))
             if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
@@ -301,7 +312,11 @@ def decode_image(
             if image.size != (size, size):
                 image = image.resize((size, size), resample=resample)
             array = np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError:
+        raise DataError(f"cannot read image {where}: it has more than twice PIL's limit of {Image.MAX_IMAGE_PIXELS} "
+                        "pixels (its guard against decompression bombs); downscale it, or raise "
+                        "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
+    except (OSError, SyntaxError, ValueError) as error:
         reason = "not an image format PIL can read" if isinstance(error, Image.UnidentifiedImageError) else error
         raise DataError(f"cannot read image {where}: {reason}; replace or delete the file") from error
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
@@ -356,7 +371,7 @@ def read_cache(path: Path, meta: dict) -> FewShotImages | None:
 def _unwritable_cache(path: Path, error: OSError) -> DataError:
     return DataError(
         f"cannot write the image cache {path} ({error.strerror or error}); choose a writable cache folder "
-        "(--cache-dir DIR, --set cache_dir=DIR or $FASTMAML_CACHE) with room for it"
+        "(train, eval: --set cache_dir=DIR; fastmaml data: --cache-dir DIR; or $FASTMAML_CACHE) with room for it"
     )
 
 

@@ -1,5 +1,7 @@
 """Checkpoint files: atomic writes, the previous copy, corrupt files, and the state round trip."""
 
+import os
+
 import pytest
 import torch
 
@@ -60,3 +62,22 @@ def test_replace_atomically_through_a_symbolic_link_updates_the_file_it_links_to
     assert (run / "config.json").is_symlink()  # the link stays a link ...
     assert (shared / "config.json").read_text() == "new"  # ... and the file it links to is replaced
     assert not list(run.glob(".*tmp")) and not list(shared.glob(".*tmp"))
+
+
+def test_replace_atomically_writes_into_a_named_pipe_instead_of_replacing_it(tmp_path):
+    """adapt --out FIFO (or /dev/null, /dev/full) renamed a temporary file onto the path: the pipe's
+    reader got nothing and the device node became a regular file (found by a review, as root)."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    checkpoint.replace_atomically(fifo, b"file,prediction\n")
+    reader.join(timeout=10)
+    assert got == [b"file,prediction\n"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    with pytest.raises(IsADirectoryError):
+        checkpoint.replace_atomically(tmp_path, b"x")
