@@ -169,6 +169,7 @@ def _sample_step_budget(
         obs = env.reset(starts, generator)
     else:
         obs = env.reset(starts, generator, rows=slice(first * slots, stop * slots))
+    halt = getattr(env, "stop", None)  # optional: an environment without it simulates finished tasks to no use
     began = torch.zeros(tasks, slots, dtype=torch.long)  # lockstep step at which each slot's path began
     collected = torch.zeros(tasks, dtype=torch.long)  # steps in each task's kept paths
     collecting = collected < budget
@@ -192,7 +193,9 @@ def _sample_step_budget(
         task, slot = kept.nonzero(as_tuple=True)
         kept_paths.append(torch.stack([task, slot, began[task, slot], length[task, slot]]))
         collected = collected + torch.where(kept, lengths, 0).sum(1)
-        collecting = collected < budget
+        finished, collecting = collecting & (collected >= budget), collected < budget
+        if halt is not None and finished.any():  # nothing more of these tasks is kept: stop simulating them
+            halt(finished[:, None].expand(tasks, slots).reshape(-1))
         restart = (ended & collecting[:, None]).reshape(-1)
         # called at every step, also with no row to restart: each call draws the whole batch's start
         # noise, so a process's share draws what the whole batch does whichever slots end where

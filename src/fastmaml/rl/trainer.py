@@ -244,6 +244,11 @@ class OracleBatch:
         obs = self.env.restart(ended, generator)
         return torch.cat([obs, self.goal_features[torch.as_tensor(ended, dtype=torch.bool)]], dim=1)
 
+    def stop(self, ended: Tensor) -> None:
+        halt = getattr(self.env, "stop", None)  # optional (fastmaml.rl.envs)
+        if halt is not None:
+            halt(ended)
+
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         obs, reward, done = self.env.step(actions)
         return torch.cat([obs, self.goal_features], dim=1), reward, done

@@ -300,6 +300,27 @@ def test_the_ant_at_initialisation_gets_more_than_k_paths(name="ant-dir"):
     check_structure(traj, slots, env.horizon)
     assert traj.paths.sum() > slots * len(goals)  # the torso leaves [0.2, 1.0]: shorter, more paths
 
+    class SimulatesToTheEnd(LocomotionBatch):
+        stop = None  # finished tasks' robots are stepped on: the same paths, more work
+
+    again = sample_trajectories(SimulatesToTheEnd(name), lambda o: action_distribution(policy, params, o), goals,
+                                slots, torch.Generator().manual_seed(0), sampling="steps")
+    for got, want in zip(again, traj, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_locomotion_stop_freezes_the_robots_it_names():
+    pytest.importorskip("mujoco", reason="mujoco is the optional 'rl' extra (CI installs fastmaml[rl])")
+    from fastmaml.rl.envs.locomotion import LocomotionBatch
+
+    env = LocomotionBatch("ant-vel")
+    env.reset(env.sample_goals(3, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
+    before, _, _ = env.step(torch.zeros(3, env.action_dim))
+    env.stop(torch.tensor([False, True, False]))
+    after, reward, done = env.step(torch.ones(3, env.action_dim))
+    assert torch.equal(after[1], before[1]) and reward[1] == 0 and done.tolist() == [False, True, False]
+    assert not torch.equal(after[0], before[0])
+
 
 def test_maml_step_and_meta_test_with_the_step_budget():
     env = FixedLengthBatch()

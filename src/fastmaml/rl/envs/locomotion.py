@@ -189,6 +189,15 @@ class LocomotionBatch:
         self.done[ended] = False
         return self._tensor(self._observation()[ended])
 
+    def stop(self, ended: Tensor) -> None:
+        """End the episodes of the robots where ``ended`` (B,) is True: from now on they are not stepped,
+        as after ``done``, until ``restart``. The step-budget sampler stops a task's robots once it
+        has its steps (what they would simulate is dropped)."""
+        ended = torch.as_tensor(ended, dtype=torch.bool).numpy()
+        if ended.shape != self.done.shape:
+            raise ValueError(f"stop's ended must be a bool mask of shape {self.done.shape}, got {ended.shape}")
+        self.done[ended] = True
+
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Apply ``actions`` (B, action_dim), clipped to [-1, 1]; returns obs, reward (B,), done (B,)."""
         if not self.datas:
