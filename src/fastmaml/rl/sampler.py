@@ -16,6 +16,9 @@ Two ways to sample (``sampling``):
   meta-batch, so that a task's paths do not depend on how tasks are split over torch.distributed
   processes. Every slot has completed H steps or more by lockstep step 2H - 1, so the loop takes
   at most that many steps, and exactly H (K full paths per task) when no episode ends early.
+  Unlike the original's one environment per task, each of the K slots drops its unfinished last
+  path, more often a long one: kept paths are shorter than the policy's episodes (ant-dir at
+  initialisation: 139 steps on average against 155; ``benchmarks/results/rl_sampling_cpu.md``).
 """
 
 from __future__ import annotations

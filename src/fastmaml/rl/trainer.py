@@ -52,7 +52,11 @@ The meta-test follows ``test_maml_point.py`` / ``test_maml_cheetah.py``: 40 held
 batch of trajectories per step (4,000 steps: 40 trajectories in 2D navigation, 20 in locomotion;
 ant direction 8,000 steps, 40 trajectories), the
 first step at the training lr and later ones at half of it; the original evaluated each task in its
-own process with its own seed, here all tasks and methods share one seeded batch.
+own process with its own seed, here all tasks and methods share one seeded batch. With
+``sampling=steps`` training and meta-test (``eval``, ``adapt``) collect each task's samples by the
+original's step budget, ``trajectories`` (or ``eval_trajectories``) x horizon completed steps
+(``fastmaml.rl.sampler``); eval's report then gives the budget and the mean number of trajectories
+per task.
 """
 
 from __future__ import annotations
