@@ -210,6 +210,10 @@ def _sample_step_budget(
     if collecting.any():  # the bound above: only an environment that breaks its interface gets here
         raise RuntimeError(f"the step-budget sampler collected {collected.min().item()} of {budget} steps for a "
                            f"task in {2 * horizon} lockstep steps; does env.restart start new episodes?")
+    if not tasks:  # an empty share: nothing was stepped
+        empty = obs.new_zeros(0, 0, horizon)
+        return Trajectories(empty[..., None].expand(-1, -1, -1, obs.shape[-1]),
+                            empty[..., None].expand(-1, -1, -1, env.action_dim), empty, empty)
     return _gather_paths(torch.cat(kept_paths, dim=1), tasks, horizon, observations, actions, rewards)
 
 
@@ -230,7 +234,7 @@ def _gather_paths(paths: Tensor, tasks: int, horizon: int, observations: list[Te
     def gather(per_step: list[Tensor]) -> Tensor:
         lockstep = torch.stack(per_step, dim=2)  # (T, K, S, ...)
         picked = lockstep[task[:, None], slot[:, None], steps]  # (P, H, ...)
-        picked = picked * mask.reshape(*mask.shape, *[1] * (picked.dim() - 2)).to(picked.dtype)
+        picked = torch.where(inside.reshape(*inside.shape, *[1] * (picked.dim() - 2)), picked, 0)  # NaN-safe
         out = picked.new_zeros(tasks, width, *picked.shape[1:])
         out[task, index] = picked
         return out
