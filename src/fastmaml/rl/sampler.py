@@ -7,18 +7,24 @@ Two ways to sample (``sampling``):
   after its end.
 - ``"steps"``: the original's step budget (cbfinn/maml_rl, rllab's ``VectorizedSampler``). The K
   slots of a task are stepped in lockstep, a slot whose episode ends (``done`` or H steps) starts a
-  new one at once (``env.restart``: a fresh start state, the same goal), and collecting stops for
-  the task once its completed paths hold K x H steps or more; unfinished paths are dropped. A task
+  new one at once (``env.restart``: a fresh start state, the same goal). Every path has a place
+  fixed before any outcome, (round, slot), round r being the r-th path of its slot; a task keeps the
+  shortest prefix of that order whose lengths reach K x H steps (the path that crosses the budget
+  included, so its completed steps lie in [K H, K H + H)), and collecting for the task ends once
+  that whole prefix has completed. Paths after the prefix are dropped, complete or not, and a slot
+  stops (``env.stop`` where the environment has it) once none of its paths can enter the prefix.
+  Since the order does not depend on the paths, the kept ones are distributed as the original's one
+  environment per task would give them, episodes run one after another until the budget: a task
   whose episodes end early (2D navigation at the goal, the ant when it falls) gets more, shorter
-  paths. The paths that complete at the step that meets the budget are kept in slot order until it
-  is met, the others dropped, so a task's completed steps lie in [K H, K H + H), as with the
-  original's one environment per task. The budget is per task, not the original's total over the
-  meta-batch, so that a task's paths do not depend on how tasks are split over torch.distributed
-  processes. Every slot has completed H steps or more by lockstep step 2H - 1, so the loop takes
-  at most that many steps, and exactly H (K full paths per task) when no episode ends early.
-  Unlike the original's one environment per task, each of the K slots drops its unfinished last
-  path, more often a long one: kept paths are shorter than the policy's episodes (ant-dir at
-  initialisation: 139 steps on average against 155; ``benchmarks/results/rl_sampling_cpu.md``).
+  paths, and by Wald's identity the kept steps per kept path (expected steps over expected paths)
+  are the episodes' mean length. Keeping the paths that complete first, or letting each slot drop
+  its unfinished last path, would keep short ones more often. The budget is per
+  task, not the original's total over the meta-batch, so that a task's paths do not depend on how
+  tasks are split over torch.distributed processes. Round r's paths have all ended by lockstep step
+  (r + 1) H and, with every path at least one step long, the prefix ends within H rounds, so the loop
+  takes at most H x H steps; exactly H (K full paths per task) when no episode ends early, and about
+  2H at the ant's initialisation (``benchmarks/results/rl_sampling_cpu.md``), where a task waits for
+  the last of its prefix's second-round paths.
 """
 
 from __future__ import annotations
@@ -164,20 +170,28 @@ def _sample_step_budget(
     share: tuple[int, int, int],
 ) -> Trajectories:
     """``sampling="steps"`` (module docstring): K = ``slots`` lockstep slots per task, restarted as
-    their episodes end, until each task's completed paths hold K x H steps. ``starts`` (total x K, ...)
-    are the whole batch's goals per slot; ``share`` = (first task, stop, total tasks)."""
+    their episodes end; a task keeps the shortest prefix of its paths in (round, slot) order whose
+    lengths reach K x H, and is done once that prefix has completed. ``starts`` (total x K, ...) are
+    the whole batch's goals per slot; ``share`` = (first task, stop, total tasks)."""
     first, stop, total = share
-    tasks, budget = max(stop - first, 0), slots * horizon
+    tasks, budget, rounds_max = max(stop - first, 0), slots * horizon, horizon
     if rows is None:
         obs = env.reset(starts, generator)
     else:
         obs = env.reset(starts, generator, rows=slice(first * slots, stop * slots))
-    halt = getattr(env, "stop", None)  # optional: an environment without it simulates finished tasks to no use
-    began = torch.zeros(tasks, slots, dtype=torch.long)  # lockstep step at which each slot's path began
-    collected = torch.zeros(tasks, dtype=torch.long)  # steps in each task's kept paths
-    collecting = collected < budget
-    observations, actions, rewards, kept_paths = [], [], [], []
-    for step in range(2 * horizon):  # every slot has completed >= H steps by step 2H - 1
+    halt = getattr(env, "stop", None)  # optional: an environment without it simulates dropped paths to no use
+    # a path's place in the order is round x K + slot; with lengths >= 1 the prefix ends within H rounds
+    positions = rounds_max * slots
+    slot_index = torch.arange(slots)
+    began = torch.zeros(tasks, slots, dtype=torch.long)  # lockstep step at which each slot's current path began
+    done_rounds = torch.zeros(tasks, slots, dtype=torch.long)  # completed paths of each slot: its current round
+    lengths = torch.zeros(tasks, positions, dtype=torch.long)  # completed paths' lengths by place (0: not yet)
+    firsts = torch.zeros(tasks, positions, dtype=torch.long)  # and the lockstep step each began at
+    running = torch.ones(tasks, slots, dtype=torch.bool)  # slots whose current path may still be kept
+    collecting = torch.ones(tasks, dtype=torch.bool)
+    last = torch.zeros(tasks, dtype=torch.long)  # place of the last path of each task's prefix, as far as known
+    observations, actions, rewards = [], [], []
+    for step in range(rounds_max * horizon):  # round r's paths have all ended by lockstep step (r + 1) H
         if not collecting.any():
             break
         obs = obs.reshape(tasks, slots, -1)
@@ -189,17 +203,29 @@ def _sample_step_budget(
         actions.append(action)
         rewards.append(reward.reshape(tasks, slots))
         length = step + 1 - began
-        ended = done.reshape(tasks, slots) | (length >= horizon)
-        # the paths that complete now, in slot order, while their task's budget is not yet met
-        lengths = torch.where(ended & collecting[:, None], length, 0)
-        kept = (lengths > 0) & (collected[:, None] + lengths.cumsum(1) - lengths < budget)
-        task, slot = kept.nonzero(as_tuple=True)
-        kept_paths.append(torch.stack([task, slot, began[task, slot], length[task, slot]]))
-        collected = collected + torch.where(kept, lengths, 0).sum(1)
-        finished, collecting = collecting & (collected >= budget), collected < budget
-        if halt is not None and finished.any():  # nothing more of these tasks is kept: stop simulating them
-            halt(finished[:, None].expand(tasks, slots).reshape(-1))
-        restart = (ended & collecting[:, None]).reshape(-1)
+        ended = (done.reshape(tasks, slots) | (length >= horizon)) & running
+        task, slot = ended.nonzero(as_tuple=True)
+        place = done_rounds[task, slot] * slots + slot
+        lengths[task, place], firsts[task, place] = length[task, slot], began[task, slot]
+        done_rounds = done_rounds + ended
+        # the prefix's last place as far as lengths are known: completed paths count their length, a
+        # running path the steps it has had plus the one it will take at least, every other path 1
+        current = done_rounds * slots + slot_index  # each slot's next or current path's place
+        width = min(positions, (int(done_rounds.max()) + 1) * slots)  # no path began beyond: 1 step each there
+        at_least = torch.where(lengths[:, :width] > 0, lengths[:, :width], 1)
+        task, slot = (running & ~ended).nonzero(as_tuple=True)
+        at_least[task, current[task, slot]] = length[task, slot] + 1
+        at_least = at_least.cumsum(1)
+        # the first place where the lower bound meets the budget
+        last = (at_least < budget).sum(1) + (budget - 1 - at_least[:, -1]).clamp(min=0)
+        # a task is done once every place up to its prefix's last has completed: its first
+        # uncompleted place lies beyond it (the bound is then exact)
+        collecting = collecting & (current.min(1).values <= last)
+        keep_running = running & collecting[:, None] & (current <= last[:, None])
+        if halt is not None and (running & ~keep_running).any():  # none of their paths can be kept
+            halt((running & ~keep_running).reshape(-1))
+        restart = (ended & keep_running).reshape(-1)
+        running = keep_running
         # called at every step, also with no row to restart: each call draws the whole batch's start
         # noise, so a process's share draws what the whole batch does whichever slots end where
         fresh = env.restart(restart, generator)
@@ -207,21 +233,25 @@ def _sample_step_budget(
         next_obs[restart] = fresh.to(next_obs.dtype)
         began = torch.where(restart.reshape(tasks, slots), step + 1, began)
         obs = next_obs
-    if collecting.any():  # the bound above: only an environment that breaks its interface gets here
-        raise RuntimeError(f"the step-budget sampler collected {collected.min().item()} of {budget} steps for a "
-                           f"task in {2 * horizon} lockstep steps; does env.restart start new episodes?")
+    if collecting.any():  # unreachable: every path ends within H steps, whatever the environment does
+        complete = (lengths > 0).long().cumprod(1).bool()  # the completed places before the first gap
+        got = torch.where(complete, lengths, 0).sum(1)[collecting].min().item()
+        raise RuntimeError(f"the step-budget sampler's kept paths of a task held {got} of {budget} steps after "
+                           f"{rounds_max * horizon} lockstep steps, where H rounds must have met the budget (a bug)")
     if not tasks:  # an empty share: nothing was stepped
         empty = obs.new_zeros(0, 0, horizon)
         return Trajectories(empty[..., None].expand(-1, -1, -1, obs.shape[-1]),
                             empty[..., None].expand(-1, -1, -1, env.action_dim), empty, empty)
-    return _gather_paths(torch.cat(kept_paths, dim=1), tasks, horizon, observations, actions, rewards)
+    task, place = (torch.arange(positions) <= last[:, None]).nonzero(as_tuple=True)  # by task, then place
+    kept = torch.stack([task, place % slots, firsts[task, place], lengths[task, place]])
+    return _gather_paths(kept, tasks, horizon, observations, actions, rewards)
 
 
 def _gather_paths(paths: Tensor, tasks: int, horizon: int, observations: list[Tensor], actions: list[Tensor],
                   rewards: list[Tensor]) -> Trajectories:
     """Trajectories (T, N, H, ...) of the kept ``paths`` (4, P: task, slot, first lockstep step,
-    length; in the order they completed), each starting at step 0 of its row; N = the most paths any
-    task has, the rest zero padding."""
+    length; grouped by task, in the order they are to have), each starting at step 0 of its row; N =
+    the most paths any task has, the rest zero padding."""
     task, slot, began, length = paths[:, torch.sort(paths[0], stable=True).indices]  # grouped by task
     counts = torch.bincount(task, minlength=tasks)
     width = int(counts.max()) if tasks else 0

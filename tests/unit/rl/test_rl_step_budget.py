@@ -1,8 +1,9 @@
 """``sampling="steps"``, the original's step-budget sampler: K lockstep slots per task restarted as
-their episodes end until the task's completed paths hold K x H steps. Exact counts on an environment
-whose episodes last a known number of steps, the paths' structure on 2D navigation with a policy that
-reaches its goals, padding that no consumer counts, and a process's share sampling what the whole
-batch gives its tasks."""
+their episodes end, keeping the shortest prefix of a task's paths in (round, slot) order that holds
+K x H steps. Exact counts on an environment whose episodes last a known number of steps, exactly
+which paths are kept when the slots' episodes differ, kept paths as long as the episodes on average,
+the paths' structure on 2D navigation with a policy that reaches its goals, padding that no consumer
+counts, and a process's share sampling what the whole batch gives its tasks."""
 
 import math
 
@@ -65,6 +66,56 @@ class NoRestartBatch(FixedLengthBatch):
     restart = None
 
 
+class SlotLengthBatch(FixedLengthBatch):
+    """Episode lengths by slot: a task's goal g (>= 1) gives slot 0 episodes of H steps and its other
+    slots episodes of g steps. Logs every episode it starts (row, its n-th start, its start noise)
+    and every ``stop`` (the lockstep step, the rows)."""
+
+    def __init__(self, slots):
+        self.slots = slots
+
+    def reset(self, goals, generator=None, rows=None):
+        goals = torch.as_tensor(goals, dtype=F64).clone()
+        goals[:: self.slots] = self.horizon
+        obs = super().reset(goals, generator, rows)
+        self.starts = [(row, 0, self.noise[row].item()) for row in range(len(self.noise))]
+        self.count, self.steps, self.stops = torch.ones(len(self.noise), dtype=torch.long), 0, []
+        return obs
+
+    def restart(self, ended, generator=None):
+        obs = super().restart(ended, generator)
+        for row in ended.nonzero().flatten().tolist():
+            self.starts.append((row, int(self.count[row]), self.noise[row].item()))
+            self.count[row] += 1
+        return obs
+
+    def step(self, actions):
+        self.steps += 1
+        return super().step(actions)
+
+    def stop(self, ended):
+        self.stops.append((self.steps, ended.nonzero().flatten().tolist()))
+
+
+class GeometricBatch(FixedLengthBatch):
+    """Episodes end at each step with probability 0.1, whatever the goal: min(Geometric(0.1), H) steps,
+    drawn when the episode starts from the generator's uniform numbers for the whole batch."""
+
+    def _length(self, generator):
+        uniform = torch.rand(self.total, generator=generator, dtype=F64)[self.rows]
+        return (uniform.log() / math.log(0.9)).ceil().clamp(min=1)
+
+    def reset(self, goals, generator=None, rows=None):
+        obs = super().reset(goals, generator, rows)
+        self.length = self._length(generator)
+        return obs
+
+    def restart(self, ended, generator=None):
+        length = self._length(generator)
+        self.length[ended] = length[ended]
+        return super().restart(ended, generator)
+
+
 def linear_distribution():
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(2, 1, hidden_sizes=(8,)).double()
@@ -98,7 +149,7 @@ def test_episodes_of_known_length_give_exactly_the_budget_s_paths(slots):
                                horizon=horizon, sampling="steps")
     cut = lengths.clamp(max=horizon)
     expected = torch.tensor([math.ceil(slots * horizon / length) for length in cut.tolist()])
-    assert torch.equal(traj.paths, expected)  # in slot order until K x H steps: ceil(K H / L) paths of L
+    assert torch.equal(traj.paths, expected)  # a prefix reaching K x H steps: ceil(K H / L) paths of L
     assert traj.mask.shape == (6, int(expected.max()), horizon)
     assert torch.equal(traj.mask.sum((1, 2)), (expected * cut).to(traj.mask.dtype))
     check_structure(traj, slots, horizon, done_at=lambda task, path: lengths[task].item())
@@ -231,7 +282,7 @@ def test_the_generator_ends_alike_whatever_the_number_of_lockstep_steps():
     """One draw from the main generator seeds the rollout: the same end state after a short and a long one."""
     env, dist = FixedLengthBatch(), linear_distribution()
     ends = []
-    for lengths in ([10.0, 10.0], [1.0, 3.0]):  # H lockstep steps, then 2H - 1 of them
+    for lengths in ([10.0, 10.0], [1.0, 3.0]):  # H lockstep steps, then 12 (7 paths of 3: slot 0's fourth)
         generator = torch.Generator().manual_seed(9)
         sample_trajectories(env, dist, torch.tensor(lengths), 2, generator, horizon=10, sampling="steps")
         ends.append(generator.get_state())
@@ -350,3 +401,58 @@ def test_sampling_in_the_config_round_trips_and_old_configs_load():
     assert "sampling" in RLConfig.EVAL_KEYS  # fastmaml eval --set sampling=steps
     with pytest.raises(ConfigError, match="sampling must be one of trajectories, steps, got 'paths'"):
         RLConfig(sampling="paths").validate()
+
+
+def test_a_task_keeps_the_round_slot_prefix_of_its_paths_not_the_first_to_complete():
+    """Slot 0's episodes last H = 10 steps, the other slots' g: the kept paths are the shortest prefix
+    in (round, slot) order reaching K H = 30 steps, whichever completed first. Keeping paths as they
+    complete (the rule before) kept task 0's six 3-step paths of slots 1-2 and then slot 0's and one
+    more: 8 paths, 31 steps, biased short; here 6 paths, two of them slot 0's."""
+    slots, horizon = 3, 10
+    env = SlotLengthBatch(slots)
+    goals = torch.tensor([3.0, 1.0, 10.0, 4.0])
+    traj = sample_trajectories(env, linear_distribution(), goals, slots, torch.Generator().manual_seed(0),
+                               horizon=horizon, sampling="steps")
+    expected = {  # (round, slot) of each kept path, in order; slot 0's paths last 10 steps
+        0: [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)],  # 10 3 3 10 3 3
+        1: [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0)],  # 10 1 1 10 1 1 10
+        2: [(0, 0), (0, 1), (0, 2)],  # 10 10 10
+        3: [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)],  # 10 4 4 10 4
+    }
+    assert traj.paths.tolist() == [len(expected[task]) for task in range(4)]
+    check_structure(traj, slots, horizon)
+    starts = {(row, n): noise for row, n, noise in env.starts}
+    for task, paths in expected.items():
+        for path, (round_, slot) in enumerate(paths):
+            length = horizon if slot == 0 else goals[task].item()
+            assert traj.mask[task, path].sum() == length
+            # the path began with the start noise of the slot's round-th episode
+            assert traj.observations[task, path, 0, 1].item() == starts[(task * slots + slot, round_)]
+    # the task done last waited for slot 0's third path: 30 lockstep steps. A slot stops once none of
+    # its paths can be kept (task 1's slots 2 and 1 at steps 7 and 8, once slot 0's path has 8 and 9
+    # steps: the lower bound then puts the prefix's end at places 22 and 21), a task when its prefix is
+    # complete
+    assert env.steps == 30
+    assert env.stops == [(7, [5]), (8, [4]), (9, [1, 2, 11]), (10, [6, 7, 8]), (12, [10]), (20, [0, 9]), (30, [3])]
+
+    class NoStop(SlotLengthBatch):
+        stop = None  # stopped slots are stepped on: the same kept paths
+
+    again = sample_trajectories(NoStop(slots), linear_distribution(), goals, slots, torch.Generator().manual_seed(0),
+                                horizon=horizon, sampling="steps")
+    for got, want in zip(again, traj, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_kept_paths_are_as_long_as_the_episodes_on_average():
+    """Episodes of min(Geometric(0.1), H) steps: the kept paths' steps per path match the episodes'
+    mean length (Wald's identity for a prefix in an order fixed in advance). Keeping paths as they
+    complete, each slot dropping its unfinished last path, gave 7.56 here (7.58 +- 0.08 over
+    20 seeds) against 8.78; this rule 8.83 (8.77 +- 0.09)."""
+    slots, horizon, tasks = 4, 20, 400
+    traj = sample_trajectories(GeometricBatch(), linear_distribution(), torch.ones(tasks), slots,
+                               torch.Generator().manual_seed(0), horizon=horizon, sampling="steps")
+    check_structure(traj, slots, horizon)
+    mean = (1 - 0.9**horizon) / 0.1  # E min(G, H) = sum over k < H of P(G > k)
+    per_path = (traj.mask.sum() / traj.paths.sum()).item()
+    assert abs(per_path - mean) < 0.3, (per_path, mean)

@@ -17,8 +17,9 @@ step-budget sampler (``sampling="steps"``) calls it at every step for the rows w
 ended (possibly none). Like ``reset`` it draws start noise for every row of the batch ``reset`` was
 given, also outside its ``rows``, so a process's share restarts where the whole batch would. An
 environment of a user's own needs it only for ``sampling="steps"``. Optionally ``env.stop(ended)``
-ends those rows' episodes (no longer simulated, as after ``done``): the sampler calls it for a task
-that has its steps, whose remaining simulation would be dropped; ``LocomotionBatch`` has it.
+ends those rows' episodes (no longer simulated, as after ``done``): the sampler calls it for rows none
+of whose paths can still be kept (a slot beyond its task's kept paths, a task that has them all),
+whose remaining simulation would be dropped; ``LocomotionBatch`` has it.
 
 ``Nav2dBatch`` (pure torch) and ``LocomotionBatch`` (MuJoCo; half-cheetah and ant, needs the ``rl``
 extra). Importing this package registers gymnasium ids ``fastmaml/Nav2d-v0``,

@@ -191,8 +191,8 @@ class LocomotionBatch:
 
     def stop(self, ended: Tensor) -> None:
         """End the episodes of the robots where ``ended`` (B,) is True: from now on they are not stepped,
-        as after ``done``, until ``restart``. The step-budget sampler stops a task's robots once it
-        has its steps (what they would simulate is dropped)."""
+        as after ``done``, until ``restart``. The step-budget sampler stops the robots none of whose
+        paths can still be kept (what they would simulate is dropped)."""
         ended = torch.as_tensor(ended, dtype=torch.bool).numpy()
         if ended.shape != self.done.shape:
             raise ValueError(f"stop's ended must be a bool mask of shape {self.done.shape}, got {ended.shape}")
