@@ -2,8 +2,10 @@
 original's budget of K x H completed steps per task, episodes restarted as they end), one sampling
 round of the paper's initial 100-100 policy at preset settings, one torch thread; with the paths and
 steps per task each mode collects and their mean length (in the trajectories row, that of every
-episode; the step budget keeps shorter ones, module docstring of ``fastmaml.rl.sampler``). A meta-iteration samples two such rounds (before and after
-adaptation), plus one per trained baseline.
+episode, which the step budget's kept paths should match on average: module docstring of
+``fastmaml.rl.sampler``), the lockstep steps a round took and the robot-steps it simulated per task
+(agents not yet done nor stopped at each step, kept or not). A meta-iteration samples two such
+rounds (before and after adaptation), plus one per trained baseline.
 
     python benchmarks/rl_sampling_bench.py [--envs nav2d ant-dir] [--repeats 3]
 
@@ -31,9 +33,25 @@ def preset(name: str) -> tuple[int, int]:
     return values["meta_batch_size"], values["trajectories"]
 
 
-def one_round(name: str, sampling: str, seed: int) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """Seconds, paths per task and completed steps per task of one sampling round."""
-    env, generator = make_batch(name), torch.Generator().manual_seed(seed)
+class Counting:
+    """The environment, counting lockstep steps and the agents stepped (not done, not stopped)."""
+
+    def __init__(self, env):
+        self.env, self.steps, self.stepped = env, 0, 0
+
+    def step(self, actions):
+        self.steps += 1
+        self.stepped += int((~torch.as_tensor(self.env.done)).sum())
+        return self.env.step(actions)
+
+    def __getattr__(self, name):  # everything else, stop included where the environment has it
+        return getattr(self.env, name)
+
+
+def one_round(name: str, sampling: str, seed: int) -> tuple[float, torch.Tensor, torch.Tensor, int, int]:
+    """Seconds, paths per task, completed steps per task, lockstep steps and agents stepped (all
+    tasks) of one sampling round."""
+    env, generator = Counting(make_batch(name)), torch.Generator().manual_seed(seed)
     tasks, trajectories = preset(name)
     torch.manual_seed(seed)
     policy = GaussianMLPPolicy(env.obs_dim, env.action_dim)
@@ -42,7 +60,8 @@ def one_round(name: str, sampling: str, seed: int) -> tuple[float, torch.Tensor,
     started = time.perf_counter()
     traj = sample_trajectories(env, lambda obs: action_distribution(policy, params, obs), goals, trajectories,
                                generator, sampling=sampling)
-    return time.perf_counter() - started, traj.paths.double(), traj.mask.sum((1, 2)).double()
+    seconds = time.perf_counter() - started
+    return seconds, traj.paths.double(), traj.mask.sum((1, 2)).double(), env.steps, env.stepped
 
 
 def cpu_name() -> str:
@@ -62,8 +81,8 @@ def main() -> None:
     print(f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, 1 thread, "
           f"median of {args.repeats}\n")
     print("| env (tasks x K, H) | sampling | s per round | paths per task (mean, min-max) | steps per task (mean) "
-          "| steps per path |")
-    print("|---|---|---|---|---|---|")
+          "| steps per path | lockstep steps (each round) | robot-steps per task |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.envs:
         tasks, trajectories = preset(name)
         horizon = make_batch(name).horizon
@@ -73,7 +92,8 @@ def main() -> None:
             paths, steps = torch.cat([r[1] for r in runs]), torch.cat([r[2] for r in runs])
             print(f"| {name} ({tasks} x {trajectories}, {horizon}) | {sampling} | {seconds:.2f} | "
                   f"{paths.mean():.1f} ({paths.min():.0f}-{paths.max():.0f}) | {steps.mean():.0f} | "
-                  f"{steps.sum() / paths.sum():.1f} |", flush=True)
+                  f"{steps.sum() / paths.sum():.1f} | {', '.join(str(r[3]) for r in runs)} | "
+                  f"{statistics.mean(r[4] for r in runs) / tasks:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

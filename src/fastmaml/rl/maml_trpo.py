@@ -58,13 +58,14 @@ Different:
   task (K x horizon completed steps) rather than over the meta-batch, so that it does not depend on
   how tasks are split over processes; the original's meta-test scripts (VPG, batch_size 4000 = 20 x
   200 steps) sampled the same way, and ``fastmaml eval`` / ``adapt`` follow the run's setting. At
-  ant-dir's preset (40 tasks x 40) and initialisation it collected 58 paths and 8083 steps per task
-  (K trajectories: 40 and 6195) and a sampling round took 49 s against 32 s (2-core AMD EPYC VM,
-  torch 2.13 CPU, one thread, ``python benchmarks/rl_sampling_bench.py``,
-  ``benchmarks/results/rl_sampling_cpu.md``). Still different: the K slots of a task run in
-  parallel, each dropping its unfinished last path, more often a long one, so kept paths are
-  shorter than episodes are (139 steps against 155 there); the original's one environment per
-  task dropped one path per task and would have kept about 52.
+  ant-dir's preset (40 tasks x 40) and initialisation it collected 52.5 paths and 8093 steps per
+  task (K trajectories: 40 and 6195) and a sampling round took 33 s against 18 s (2-core AMD EPYC
+  VM, torch 2.13 CPU, one thread, ``python benchmarks/rl_sampling_bench.py``,
+  ``benchmarks/results/rl_sampling_cpu.md``). The K slots of a task run in parallel, but the kept
+  paths are those of a (round, slot) order fixed in advance, the shortest prefix reaching the
+  budget, so they are distributed as the original's one environment per task running episodes one
+  after another: 154 steps per kept path there, the episodes' 155 (keeping paths as they complete,
+  each slot dropping its unfinished last one, kept 58 paths of 139 steps).
 - Tasks are batched (``torch.vmap`` for sampling, a loop in the meta-objective: measured faster, see
   :func:`split_strategy`) and H v is exact double backprop by default; the original used
   ``FiniteDifferenceHvp`` (``hvp="finite_difference"`` here) with ε = 1 / ‖θ‖: its optimizer passed
