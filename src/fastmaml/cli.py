@@ -292,7 +292,12 @@ def format_report(report: dict) -> str:
     names = list(next(iter(methods.values())))
     tasks = {"val": "validation", "train": "meta-training"}.get(report.get("split", "test"), "meta-test")
     source = f" ({report['source']})" if report.get("source") else ""
-    if report.get("trajectories"):  # meta-RL: how much each step and each return rests on
+    if report.get("sampling") == "steps":  # meta-RL with the original's step budget: paths vary
+        paths = ", ".join(f"{m} {min(p):.1f}" + (f"-{max(p):.1f}" if max(p) > min(p) else "")
+                          for m, p in report.get("paths", {}).items())
+        source += (f", a budget of {report.get('budget', '?')} steps per task and step (sampling=steps; mean "
+                   f"trajectories per task: {paths})")
+    elif report.get("trajectories"):  # meta-RL: how much each step and each return rests on
         source += f", {report['trajectories']} trajectories per task and step"
     best = " (the best validation checkpoint)" if report.get("checkpoint") == "best" else ""
     model = f", {report['model']}," if report.get("model") else ""  # conv and MLP runs of one task set

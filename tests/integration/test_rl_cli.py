@@ -540,3 +540,48 @@ def test_an_rl_checkpoint_whose_metadata_was_edited_is_one_line(nav2d_run, tmp_p
     err = capsys.readouterr().err.strip()
     assert "does not hold a run's full state" in err and 'step = "8", not an iteration count' in err, err
     assert len(err.splitlines()) == 1
+
+
+def test_step_budget_sampling_trains_evaluates_and_adapts(tmp_path, capsys, monkeypatch):
+    """--set sampling=steps: saved in config.json, used in training, at eval and by adapt; eval --set
+    switches it either way as a changed meta-test protocol (not saved)."""
+    from fastmaml.rl.adapt import load_adapted
+    from fastmaml.rl.envs import nav2d
+
+    monkeypatch.setattr(nav2d, "GOAL_TOLERANCE", 0.15)  # random walks reach goals: more, shorter paths
+    run, plain = tmp_path / "steps", tmp_path / "plain"
+    tiny = [*TINY, "--iterations", "2", "--set", "baselines=oracle"]
+    assert main(["train", "rl", "--env", "nav2d", *tiny, "--set", "sampling=steps", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["config"]["sampling"] == "steps"
+    assert [r["step"] for r in rows(run)] == [1, 2]
+    assert all(torch.isfinite(torch.tensor([r["return_pre"], r["return_post"], r["kl"]])).all() for r in rows(run))
+    capsys.readouterr()
+    assert main(["eval", str(run), "--tasks", "4", "--steps", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sampling"] == "steps" and report["trajectories"] == 40 and "overrides" not in report
+    assert report["budget"] == 40 * 30  # eval_trajectories x horizon
+    assert list(report["paths"]) == ["maml", "random", "oracle"]
+    counts = [c for method in report["paths"].values() for c in method]
+    assert all(c >= 40 for c in counts) and max(counts) > 40, report["paths"]  # K slots, more where episodes end
+    assert json.loads((run / "eval.json").read_text())["sampling"] == "steps"
+    assert main(["eval", str(run), "--tasks", "4", "--steps", "1"]) == 0
+    assert "a budget of 1200 steps per task and step (sampling=steps; mean trajectories per task: maml" in (
+        capsys.readouterr().out)
+    assert main(["eval", str(run), "--tasks", "4", "--steps", "1", "--json", "--set", "sampling=trajectories"]) == 0
+    changed = json.loads(capsys.readouterr().out)
+    assert changed["overrides"] == ["sampling=trajectories"] and "paths" not in changed
+    assert changed["metrics"]["maml"]["return"]["mean"] != report["metrics"]["maml"]["return"]["mean"]
+    out = tmp_path / "adapted.safetensors"
+    assert main(["adapt", str(run), "--goal", "0.3,-0.2", "--steps", "1", "--out", str(out)]) == 0
+    assert "trajectories at steps 0..1: sampling=steps" in capsys.readouterr().out
+    meta = load_adapted(out)[2]
+    assert meta["sampling"] == "steps" and len(meta["trajectories"]) == len(meta["return_mean"]) == 2
+    assert min(meta["trajectories"]) >= 40
+    # a run trained with K trajectories, meta-tested with the step budget
+    assert main(["train", "rl", "--env", "nav2d", *tiny, "--out", str(plain)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(plain), "--tasks", "4", "--steps", "1", "--json", "--set", "sampling=steps"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["overrides"] == ["sampling=steps"] and report["sampling"] == "steps"
+    assert main(["train", "rl", "--env", "nav2d", *tiny, "--set", "sampling=paths", "--out", str(tmp_path / "x")]) == 2
+    assert "sampling must be one of trajectories, steps, got 'paths'" in capsys.readouterr().err

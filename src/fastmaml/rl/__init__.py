@@ -2,7 +2,8 @@
 
 - ``envs``: 2D navigation and MuJoCo locomotion task distributions, batched over tasks x
   trajectories, also registered with gymnasium (MuJoCo and gymnasium: ``pip install 'fastmaml[rl]'``)
-- ``sampler``: N trajectories per task for T tasks in one batched rollout
+- ``sampler``: N trajectories per task for T tasks in one batched rollout, or (``sampling="steps"``)
+  the original's budget of N x horizon completed steps per task, episodes restarted as they end
 - ``returns`` / ``baseline``: discounted returns, GAE, advantage standardisation, rllab's linear
   feature baseline fitted per task
 - ``policy``: the 100-100 ReLU Gaussian MLP policy (optionally reading a learned context vector, the

@@ -5,7 +5,7 @@
     fastmaml adapt RUN --goal 0.3,-0.2 --out policy.safetensors  # nav2d: reach (0.3, -0.2)
 
 The new task gets the run's meta-test protocol (``fastmaml eval``'s): ``eval_trajectories`` trajectories
-per step, the method's first-step lr and ``eval_lr_decay`` times it for later steps, ``eval_steps``
+per step (with ``sampling=steps``, a budget of that many x horizon steps: as many paths as it takes), the method's first-step lr and ``eval_lr_decay`` times it for later steps, ``eval_steps``
 steps, one REINFORCE step after each sampling round. The adapted parameters go to a safetensors file
 (atomic write) with the goal, method, step sizes, the return after every step and the run's config in
 its metadata; :func:`load_adapted` gives back the policy and its parameters, ready for
@@ -82,7 +82,9 @@ def parse_goal(env_name: str, text: str) -> tuple[Tensor, str | None]:
 @dataclass
 class AdaptedPolicy:
     """A policy adapted to one goal: ``params`` (no task dimension) for ``policy``; ``returns``
-    (steps + 1, trajectories) are the undiscounted returns sampled before each step and after the last."""
+    (steps + 1, trajectories) are the undiscounted returns sampled before each step and after the last.
+    ``valid`` (the same shape): which of them were sampled, where a step-budget sampler
+    (``sampling=steps``) gave the steps different numbers of paths and the rest is padding; None: all."""
 
     config: RLConfig
     method: str
@@ -92,8 +94,18 @@ class AdaptedPolicy:
     policy: GaussianMLPPolicy
     params: dict[str, Tensor]
     step: int  # the run's meta-training iteration
+    valid: Tensor | None = None
 
     def summary(self) -> dict[str, Any]:
+        if self.valid is not None:  # sampling=steps: each step's own paths
+            kept = [r[v].double() for r, v in zip(self.returns, self.valid, strict=True)]
+            std = [r.std() if len(r) > 1 else torch.zeros((), dtype=torch.float64) for r in kept]
+            return {
+                "env": self.config.env, "method": self.method, "goal": self.goal, "iteration": self.step,
+                "lrs": self.lrs, "sampling": "steps", "trajectories": [len(r) for r in kept],
+                "return_mean": [r.mean().item() for r in kept],
+                "return_ci95": [(1.96 * s / math.sqrt(len(r))).item() for r, s in zip(kept, std, strict=True)],
+            }
         n = self.returns.shape[1]
         std = self.returns.double().std(1) if n > 1 else torch.zeros(len(self.returns), dtype=torch.float64)
         return {
@@ -153,13 +165,20 @@ def adapt_policy(
         env, policy, params, goals, torch.Generator().manual_seed(seed), trajectories=trajectories, lrs=lrs,
         horizon=config.horizon or None, discount=config.discount, gae_lambda=config.gae_lambda,
         strategy=config.strategy, process_last=False, adapt_keys=adapt_keys(method),
-        baseline_fit=config.baseline_fit, meta_test=True,
+        baseline_fit=config.baseline_fit, meta_test=True, sampling=config.sampling,
     )
     final = params if adapted is None else {k: v[0] for k, v in adapted.items()}
+    valid = None
+    if config.sampling == "steps":  # each step got its own number of paths: pad to the most
+        width = max(t.valid.shape[1] for t in trajs)
+        pad = lambda x: torch.nn.functional.pad(x, (0, width - len(x)))  # noqa: E731
+        returns = torch.stack([pad(t.returns[0]) for t in trajs])
+        valid = torch.stack([pad(t.valid[0]) for t in trajs])
+    else:
+        returns = torch.stack([t.returns[0] for t in trajs])
     result = AdaptedPolicy(
-        config=config, method=method, goal=goals.reshape(-1).tolist(), lrs=lrs,
-        returns=torch.stack([t.returns[0] for t in trajs]), policy=policy,
-        params={k: v.detach().clone() for k, v in final.items()}, step=meta["step"],
+        config=config, method=method, goal=goals.reshape(-1).tolist(), lrs=lrs, returns=returns, policy=policy,
+        params={k: v.detach().clone() for k, v in final.items()}, step=meta["step"], valid=valid,
     )
     return result, note
 
@@ -199,8 +218,11 @@ def load_adapted(path: str | Path) -> tuple[GaussianMLPPolicy, dict[str, Tensor]
 def report(adapted: AdaptedPolicy, note: str | None = None) -> str:
     summary = adapted.summary()
     goal = ",".join(f"{g:g}" for g in adapted.goal)
+    counts = summary["trajectories"]
+    over = (f"{counts} trajectories" if isinstance(counts, int) else
+            f"{', '.join(map(str, counts))} trajectories at steps 0..{len(counts) - 1}: sampling=steps")
     lines = [(f"rl {adapted.config.env}, {adapted.method} at iteration {adapted.step}, adapted to goal {goal}: "
-              f"return (mean ± 95% CI over {summary['trajectories']} trajectories) after N inner steps")]
+              f"return (mean ± 95% CI over {over}) after N inner steps")]
     if note:
         lines.append(note)
     lines.append(f"{'steps':>5}  {'lr':>8}  return")

@@ -47,13 +47,25 @@ Different:
   same previous-task order where rllab's joint TRPO predicted all tasks with the previous
   iteration's fit. Measured on half-cheetah direction, it made MAML worse (46 against 86 after one
   meta-test step, ``benchmarks/results/rl_cpu.md``).
-- Exactly K trajectories per task. The original's sampler stepped every task's environment in
-  lockstep until K x horizon x meta-batch completed steps were collected in all, resetting an
-  environment whose episode ended and dropping unfinished paths, so a task whose episodes end early
-  got more, shorter ones: in 2D navigation (episodes end at the goal) and the ant (it ends when the
-  torso leaves [0.2, 1.0]; with N(0, 1) actions, the initial policy's noise, 8 of 16 episodes ended
-  early, mean length 160 of 200: about 20% fewer steps per task here at initialisation; a review's
-  measurement, 2026-12-07). The half-cheetah's episodes never end early.
+- By default (``sampling="trajectories"``) exactly K trajectories per task. The original's sampler
+  stepped every task's environment in lockstep until K x horizon x meta-batch completed steps were
+  collected in all, resetting an environment whose episode ended and dropping unfinished paths, so a
+  task whose episodes end early got more, shorter ones: in 2D navigation (episodes end at the goal)
+  and the ant (it ends when the torso leaves [0.2, 1.0]; with N(0, 1) actions, the initial policy's
+  noise, 8 of 16 episodes ended early, mean length 160 of 200: about 20% fewer steps per task here at
+  initialisation; a review's measurement, 2026-12-07). The half-cheetah's episodes never end early.
+  ``sampling="steps"`` samples as the original did (``fastmaml.rl.sampler``), with the budget per
+  task (K x horizon completed steps) rather than over the meta-batch, so that it does not depend on
+  how tasks are split over processes; the original's meta-test scripts (VPG, batch_size 4000 = 20 x
+  200 steps) sampled the same way, and ``fastmaml eval`` / ``adapt`` follow the run's setting. At
+  ant-dir's preset (40 tasks x 40) and initialisation it collected 52.5 paths and 8093 steps per
+  task (K trajectories: 40 and 6195) and a sampling round took 33 s against 18 s (2-core AMD EPYC
+  VM, torch 2.13 CPU, one thread, ``python benchmarks/rl_sampling_bench.py``,
+  ``benchmarks/results/rl_sampling_cpu.md``). The K slots of a task run in parallel, but the kept
+  paths are those of a (round, slot) order fixed in advance, the shortest prefix reaching the
+  budget, so they are distributed as the original's one environment per task running episodes one
+  after another: 154 steps per kept path there, the episodes' 155 (keeping paths as they complete,
+  each slot dropping its unfinished last one, kept 58 paths of 139 steps).
 - Tasks are batched (``torch.vmap`` for sampling, a loop in the meta-objective: measured faster, see
   :func:`split_strategy`) and H v is exact double backprop by default; the original used
   ``FiniteDifferenceHvp`` (``hvp="finite_difference"`` here) with ε = 1 / ‖θ‖: its optimizer passed
@@ -83,7 +95,7 @@ from fastmaml.core.functional import Params, inner_loss_grads, sgd_step
 from fastmaml.rl.baseline import fit_linear_baseline, predict_linear_baseline
 from fastmaml.rl.policy import action_distribution, gaussian_kl, gaussian_log_prob, policy_log_prob
 from fastmaml.rl.returns import GAE_LAMBDA, GAMMA, discounted_returns, gae, standardize_advantages
-from fastmaml.rl.sampler import Trajectories, sample_trajectories
+from fastmaml.rl.sampler import SAMPLINGS, Trajectories, sample_trajectories
 from fastmaml.rl.trpo import CG_ITERS, DAMPING, MAX_KL, ORIGINAL_FD_BASE_EPS, TRPOStats, trpo_step
 
 STRATEGIES = ("auto", "vmap", "loop")
@@ -305,6 +317,7 @@ def sample_and_adapt(
     baseline_fit: str = "own",
     meta_test: bool = False,
     rows: slice | None = None,
+    sampling: str = "trajectories",
 ) -> tuple[list[Trajectories], list[Samples], Params | None]:
     """Sample ``trajectories`` per goal with θ, adapt (first order, no graph; only ``adapt_keys``,
     default all), sample again, ... : len(lrs) + 1 sampling rounds. Returns the trajectories and
@@ -314,9 +327,12 @@ def sample_and_adapt(
     order (:func:`rllab_baseline_coeffs`, at meta-test or meta-train as ``meta_test`` says).
     ``rows``: sample and adapt only those tasks of ``goals`` (one process's share under
     torch.distributed, :func:`fastmaml.rl.sampler.sample_trajectories`); everything returned then
-    holds those tasks only."""
+    holds those tasks only. ``sampling``: "trajectories" (``trajectories`` per task) or "steps" (a
+    budget of ``trajectories`` x horizon completed steps per task, the original's; module docstring)."""
     if baseline_fit not in BASELINE_FITS:
         raise ValueError(f"baseline_fit must be one of {', '.join(BASELINE_FITS)}, got {baseline_fit!r}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
     if rows is not None and baseline_fit == "rllab":
         raise ValueError("baseline_fit='rllab' chains each task's baseline to the task before; it needs every "
                          "task in one process (rows=None)")
@@ -324,7 +340,7 @@ def sample_and_adapt(
     strategy = split_strategy(strategy)[0]
     for step in range(len(lrs) + 1):
         dist = distribution_fn(policy, adapted, batched=batched, strategy=strategy)
-        trajs.append(sample_trajectories(env, dist, goals, trajectories, generator, horizon, rows))
+        trajs.append(sample_trajectories(env, dist, goals, trajectories, generator, horizon, rows, sampling))
         if step < len(lrs) or process_last:
             coeffs = None
             if baseline_fit == "rllab":
@@ -364,6 +380,7 @@ def maml_trpo_step(
     fd_base_eps: float = ORIGINAL_FD_BASE_EPS,
     rows: slice | None = None,
     all_sum: Callable[[Tensor], Tensor] | None = None,
+    sampling: str = "trajectories",
 ) -> tuple[Params, StepStats]:
     """One meta-iteration of Algorithm 3: draw ``meta_batch_size`` goals, sample, adapt, sample,
     TRPO-update θ through the adaptation. ``inner_steps=0``: TRPO on all tasks jointly (no adaptation).
@@ -377,6 +394,9 @@ def maml_trpo_step(
     ``baseline_fit``: "own" or "rllab" (upstream rllab's predict-then-fit order, module docstring).
     ``fd_base_eps``: the finite-difference step of ``hvp="finite_difference"`` (default: the
     original runs' 1.0, :func:`fastmaml.rl.trpo.finite_difference_hvp`).
+    ``sampling``: "trajectories" (``trajectories`` per task) or "steps" (the original's budget of
+    ``trajectories`` x horizon completed steps per task; module docstring). The returned ``returns``
+    are then the mean over all completed paths, rllab's ``AverageReturn``.
     Randomness (goals, action noise, start states) comes from ``generator``.
 
     Split over processes (torch.distributed): every process passes the same ``params`` and
@@ -400,7 +420,7 @@ def maml_trpo_step(
     trajs, samples, adapted = sample_and_adapt(
         env, policy, params, goals, generator, trajectories=trajectories, lrs=lrs, horizon=horizon,
         discount=discount, gae_lambda=gae_lambda, strategy=strategy, adapt_keys=adapt_keys, baseline_fit=baseline_fit,
-        rows=rows,
+        rows=rows, sampling=sampling,
     )
     with torch.no_grad():
         old = distribution_fn(policy, params if adapted is None else adapted, batched=adapted is not None,
@@ -420,14 +440,20 @@ def maml_trpo_step(
     new_params, stats = trpo_step(objective, update_params, max_kl=max_kl, damping=damping, cg_iters=cg_iters,
                                   hvp=hvp, kl_fn=kl_fn, fd_base_eps=fd_base_eps, all_sum=all_sum)
     new_params = {k: v.to(home) for k, v in new_params.items()}
-    task_returns = torch.stack([t.returns.mean(1) for t in trajs])
+    task_returns = torch.stack([t.task_returns() for t in trajs])  # padding left out
     if all_sum is None:
-        returns = [t.returns.mean().item() for t in trajs]
+        returns = [t.mean_return().item() for t in trajs]
     else:  # every process's tasks in their places; the others' entries are 0 before the sum
         whole = task_returns.new_zeros(len(trajs), meta_batch_size)
         whole[:, rows] = task_returns
         task_returns = all_sum(whole)
-        returns = task_returns.mean(1).tolist()
+        if sampling == "steps":  # the mean over all paths: each task weighs as many paths as it got
+            paths = task_returns.new_zeros(len(trajs), meta_batch_size)
+            paths[:, rows] = torch.stack([t.paths for t in trajs]).to(paths.dtype)
+            paths = all_sum(paths)
+            returns = ((task_returns * paths).sum(1) / paths.sum(1)).tolist()
+        else:
+            returns = task_returns.mean(1).tolist()
     return new_params, StepStats(returns, stats, task_returns, goals)
 
 
@@ -447,14 +473,19 @@ def adaptation_returns(
     strategy: str = "auto",
     adapt_keys: Sequence[str] | None = None,
     baseline_fit: str = "own",
-) -> Tensor:
+    sampling: str = "trajectories",
+    with_paths: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Meta-test: the mean undiscounted return per task after 0, 1, ..., len(lrs) inner steps, each
     step a REINFORCE step at ``lrs[k]`` on the trajectories just sampled (on ``adapt_keys`` only,
     default all): shape (len(lrs) + 1, T). ``baseline_fit="rllab"``: the original meta-test's
-    baselines (zero at the first step, then the task's fit from the step before)."""
+    baselines (zero at the first step, then the task's fit from the step before). ``sampling``:
+    "trajectories" or "steps" (:func:`sample_and_adapt`); ``with_paths``: also return how many
+    trajectories each task got at each step, (len(lrs) + 1, T)."""
     trajs, _, _ = sample_and_adapt(
         env, policy, params, goals, generator, trajectories=trajectories, lrs=lrs, horizon=horizon,
         discount=discount, gae_lambda=gae_lambda, strategy=strategy, process_last=False, adapt_keys=adapt_keys,
-        baseline_fit=baseline_fit, meta_test=True,
+        baseline_fit=baseline_fit, meta_test=True, sampling=sampling,
     )
-    return torch.stack([t.returns.mean(1) for t in trajs])
+    returns = torch.stack([t.task_returns() for t in trajs])
+    return (returns, torch.stack([t.paths for t in trajs])) if with_paths else returns

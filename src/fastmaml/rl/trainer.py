@@ -52,7 +52,11 @@ The meta-test follows ``test_maml_point.py`` / ``test_maml_cheetah.py``: 40 held
 batch of trajectories per step (4,000 steps: 40 trajectories in 2D navigation, 20 in locomotion;
 ant direction 8,000 steps, 40 trajectories), the
 first step at the training lr and later ones at half of it; the original evaluated each task in its
-own process with its own seed, here all tasks and methods share one seeded batch.
+own process with its own seed, here all tasks and methods share one seeded batch. With
+``sampling=steps`` training and meta-test (``eval``, ``adapt``) collect each task's samples by the
+original's step budget, ``trajectories`` (or ``eval_trajectories``) x horizon completed steps
+(``fastmaml.rl.sampler``); eval's report then gives the budget and the mean number of trajectories
+per task.
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ from fastmaml.errors import CheckpointError, ConfigError, NonFiniteLossError, it
 from fastmaml.rl.envs import ENV_NAMES, make_batch
 from fastmaml.rl.maml_trpo import BASELINE_FITS, STRATEGIES, adaptation_returns, maml_trpo_step
 from fastmaml.rl.policy import CONTEXT_KEYS, MIN_LOG_STD, GaussianMLPPolicy
+from fastmaml.rl.sampler import SAMPLINGS
 from fastmaml.rl.trpo import HVPS, ORIGINAL_FD_BASE_EPS
 
 log = logging.getLogger(__name__)
@@ -127,6 +132,7 @@ class RLConfig:
     first_order: bool = False  # treat the inner gradient as a constant in the meta-update
     meta_batch_size: int = 40  # tasks per meta-iteration (20 for 2D navigation)
     trajectories: int = 20  # per task, before and after adaptation (the original's fast_batch_size)
+    sampling: str = "trajectories"  # trajectories (that many per task) | steps (a budget of trajectories x horizon steps)
     horizon: int = 0  # steps per episode (0: the environment's, 100 or 200)
     discount: float = 0.99
     gae_lambda: float = 1.0
@@ -160,7 +166,7 @@ class RLConfig:
     # keys ``fastmaml eval --set`` may change (the meta-test protocol; the rest shape or train the policies)
     EVAL_KEYS: ClassVar[tuple[str, ...]] = (
         "inner_lr", "pretrained_lr", "random_lr", "eval_lr_decay", "eval_trajectories", "baseline_fit",
-        "discount", "gae_lambda", "threads", "sim_threads",
+        "sampling", "discount", "gae_lambda", "threads", "sim_threads",
     )
 
     @staticmethod
@@ -206,6 +212,9 @@ class RLConfig:
             raise ConfigError(f"hvp must be one of {', '.join(HVPS)}, got {self.hvp!r}")
         if self.baseline_fit not in BASELINE_FITS:
             raise ConfigError(f"baseline_fit must be one of {', '.join(BASELINE_FITS)}, got {self.baseline_fit!r}")
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r} (trajectories: "
+                              "exactly that many per task; steps: the original's budget of trajectories x horizon steps)")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if not self.implicit_damping and not self.env.startswith("cheetah"):
@@ -234,6 +243,15 @@ class OracleBatch:
         goals = torch.as_tensor(goals)[slice(None) if rows is None else rows]
         self.goal_features = goals.reshape(len(obs), self.goal_dim).to(obs.dtype)
         return torch.cat([obs, self.goal_features], dim=1)
+
+    def restart(self, ended: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        obs = self.env.restart(ended, generator)
+        return torch.cat([obs, self.goal_features[torch.as_tensor(ended, dtype=torch.bool)]], dim=1)
+
+    def stop(self, ended: Tensor) -> None:
+        halt = getattr(self.env, "stop", None)  # optional (fastmaml.rl.envs)
+        if halt is not None:
+            halt(ended)
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         obs, reward, done = self.env.step(actions)
@@ -282,7 +300,7 @@ def _step_kwargs(config: RLConfig) -> dict[str, Any]:
         "gae_lambda": config.gae_lambda, "max_kl": config.max_kl, "damping": config.cg_damping,
         "cg_iters": config.cg_iters, "hvp": config.hvp, "hvp_tasks": config.hvp_tasks, "strategy": config.strategy,
         "update_device": config.device, "baseline_fit": config.baseline_fit,
-        "fd_base_eps": config.fd_base_eps,
+        "fd_base_eps": config.fd_base_eps, "sampling": config.sampling,
     }
 
 
@@ -505,14 +523,17 @@ def meta_test_lrs(config: RLConfig, method: str, steps: int) -> list[float]:
 
 
 def meta_test_returns(
-    config: RLConfig, method: str, env, policy, params: Params, goals: Tensor, lrs: list[float], seed: int
-) -> Tensor:
+    config: RLConfig, method: str, env, policy, params: Params, goals: Tensor, lrs: list[float], seed: int,
+    with_paths: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Mean return per task after 0..len(lrs) meta-test steps of ``method`` at ``lrs``, with the run's
-    trajectories, horizon and returns settings and the action noise of ``seed``: (len(lrs) + 1, T)."""
+    trajectories, sampling, horizon and returns settings and the action noise of ``seed``: (len(lrs) + 1, T);
+    ``with_paths``: and the number of trajectories each task got (the same shape)."""
     return adaptation_returns(
         env, policy, params, goals, torch.Generator().manual_seed(seed), trajectories=config.eval_trajectories,
         lrs=lrs, horizon=config.horizon or None, discount=config.discount, gae_lambda=config.gae_lambda,
         strategy=config.strategy, adapt_keys=adapt_keys(method), baseline_fit=config.baseline_fit,
+        sampling=config.sampling, with_paths=with_paths,
     )
 
 
@@ -551,15 +572,18 @@ def evaluate(
     tasks = config.eval_tasks if tasks is None else tasks
     check_task_count(tasks)
     steps, methods, meta = prepare_meta_test(run_dir, config, steps, which)
-    goals = next(iter(methods.values()))[0].sample_goals(tasks, torch.Generator().manual_seed(seed))
+    env = next(iter(methods.values()))[0]
+    goals, horizon = env.sample_goals(tasks, torch.Generator().manual_seed(seed)), env.horizon
     results: dict[str, Any] = {}
     # one bar step per method: each samples its tasks' trajectories after 0..steps inner steps
     bar = tqdm(methods.items(), disable=not progress, desc=f"eval rl {config.env}: {tasks} tasks", unit="method",
                dynamic_ncols=True)
+    paths: dict[str, list[float]] = {}  # sampling=steps: mean trajectories per task at each step
     for method, (env, policy, params) in bar:
         bar.set_postfix_str(method)
-        per_task = meta_test_returns(config, method, env, policy, params, goals, meta_test_lrs(config, method, steps),
-                                     seed + 1)
+        per_task, counts = meta_test_returns(config, method, env, policy, params, goals,
+                                             meta_test_lrs(config, method, steps), seed + 1, with_paths=True)
+        paths[method] = [round(c, 2) for c in counts.double().mean(1).expand(steps + 1).tolist()]
         # (steps + 1, tasks), or (1, tasks) for the oracle
         per_task = per_task.expand(steps + 1, -1) if method == "oracle" else per_task
         split = {"": per_task, **({f"_{d}": r for d, r in by_direction(per_task, goals).items() if r.shape[-1]}
@@ -579,6 +603,8 @@ def evaluate(
         "steps": steps,
         "seed": seed,
         "trajectories": config.eval_trajectories,
+        **({"sampling": "steps", "budget": config.eval_trajectories * (config.horizon or horizon), "paths": paths}
+           if config.sampling == "steps" else {}),
         **({"overrides": changed} if (changed := protocol_overrides(overrides, config)) else {}),
         "metrics": results,
     }

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastmaml.rl import GaussianMLPPolicy
-from fastmaml.rl.envs import Nav2dBatch
+from fastmaml.rl.envs import Nav2dBatch, nav2d
 from fastmaml.rl.maml_trpo import maml_trpo_step, sample_and_adapt
 from fastmaml.rl.policy import action_distribution
 from fastmaml.rl.sampler import sample_trajectories
@@ -146,6 +146,38 @@ def test_a_meta_update_split_over_processes_is_the_single_process_one(world, inn
         torch.testing.assert_close(stats.task_returns, single_stats.task_returns, rtol=1e-12, atol=1e-12)
         assert stats.returns == pytest.approx(single_stats.returns, rel=1e-12)
         assert stats.trpo.step_fraction == single_stats.trpo.step_fraction
+        assert stats.trpo.kl_after == pytest.approx(single_stats.trpo.kl_after, rel=1e-6)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_step_budget_meta_update_split_over_processes_is_the_single_process_one(world, monkeypatch):
+    """sampling="steps": each share's tasks get the whole batch's paths (a share pads to its own most
+    paths), the update and the logged mean over all paths are the single process's."""
+    monkeypatch.setattr(nav2d, "GOAL_TOLERANCE", 0.15)  # random walks reach goals: tasks get different path counts
+    policy, params = policy_and_params()
+    kwargs = {"meta_batch_size": 7, "trajectories": 4, "inner_lr": 0.5, "horizon": 20, "sampling": "steps"}
+    generator = torch.Generator().manual_seed(5)
+    single, single_stats = maml_trpo_step(Nav2dBatch(dtype=F64), policy, params, generator, **kwargs)
+    assert single_stats.trpo.accepted
+    paths = sample_trajectories(Nav2dBatch(dtype=F64), lambda obs: action_distribution(policy, params, obs),
+                                single_stats.goals, 4, torch.Generator().manual_seed(0), horizon=20,
+                                sampling="steps").paths
+    assert len(set(paths.tolist())) > 1  # padding is exercised
+
+    def work(rank, all_sum):
+        g = torch.Generator().manual_seed(5)
+        new, stats = maml_trpo_step(Nav2dBatch(dtype=F64), policy, params, g, rows=shares(7, world)[rank],
+                                    all_sum=all_sum, **kwargs)
+        return new, stats, g.get_state()
+
+    results = ThreadWorld(world).run(work)
+    step = (flatten(single) - flatten(params)).norm()
+    for new, stats, state in results:
+        assert (flatten(new) - flatten(single)).norm() < 1e-6 * step
+        assert torch.equal(flatten(new), flatten(results[0][0]))
+        assert torch.equal(state, generator.get_state())
+        torch.testing.assert_close(stats.task_returns, single_stats.task_returns, rtol=1e-12, atol=1e-12)
+        assert stats.returns == pytest.approx(single_stats.returns, rel=1e-12)
         assert stats.trpo.kl_after == pytest.approx(single_stats.trpo.kl_after, rel=1e-6)
 
 

@@ -5,11 +5,21 @@ Every batch has the same small interface, which the sampler uses:
     goals = env.sample_goals(num_tasks, generator)       # (T, *env.goal_shape)
     obs = env.reset(goals, generator)                    # one robot/agent per goal row: (B, obs_dim)
     obs, reward, done = env.step(actions)                # actions (B, action_dim) in [-1, 1]
+    obs = env.restart(ended, generator)                  # new episodes where ended (B,) is True: (ended.sum(), obs_dim)
 
 ``env.reset(goals, generator, rows=slice(a, b))`` starts only rows a..b-1 of the batch, where they
 would start in the whole batch (the random start noise is drawn for all rows): how the processes of
 a ``torch.distributed`` run share one batch (``fastmaml.rl.sampler``). An environment of a user's
 own needs ``rows`` only to be trained under torchrun.
+
+``restart`` starts a new episode of the same goal for some rows in the middle of a rollout: the
+step-budget sampler (``sampling="steps"``) calls it at every step for the rows whose episode just
+ended (possibly none). Like ``reset`` it draws start noise for every row of the batch ``reset`` was
+given, also outside its ``rows``, so a process's share restarts where the whole batch would. An
+environment of a user's own needs it only for ``sampling="steps"``. Optionally ``env.stop(ended)``
+ends those rows' episodes (no longer simulated, as after ``done``): the sampler calls it for rows none
+of whose paths can still be kept (a slot beyond its task's kept paths, a task that has them all),
+whose remaining simulation would be dropped; ``LocomotionBatch`` has it.
 
 ``Nav2dBatch`` (pure torch) and ``LocomotionBatch`` (MuJoCo; half-cheetah and ant, needs the ``rl``
 extra). Importing this package registers gymnasium ids ``fastmaml/Nav2d-v0``,

@@ -99,7 +99,8 @@ class LocomotionBatch:
     recomputes only actuation and acceleration for the new controls (``mj_forwardSkip``) before
     integrating: exactly rllab's ``mj_step`` then ``mj_forward`` (the unit tests check bit
     equality, which holds on MuJoCo 3.1 and 4.0), without computing the positions twice.
-    After ``done`` a robot is no longer stepped: its observation stays and its reward is 0.
+    After ``done`` a robot is no longer stepped: its observation stays and its reward is 0, until
+    ``restart`` starts it on a new episode.
     ``threads`` > 1 steps disjoint slices of the robots in that many threads (MuJoCo releases the
     GIL): the same results, faster for the ant, slower for the cheap half-cheetah
     (benchmarks/results/rl_sim_threads_cpu.md).
@@ -137,6 +138,7 @@ class LocomotionBatch:
         self.obs_dim = model.nq + model.nv + 6 * model.nbody + 12 if self.is_ant else model.nq - 1 + model.nv + 3
         self.datas: list = []
         self.goals, self.done = np.zeros(0), np.zeros(0, dtype=bool)
+        self._share: tuple[int, slice | None] = (0, None)  # (whole batch, this process's rows) of the last reset
         self._allocate(0)
 
     @property
@@ -159,28 +161,42 @@ class LocomotionBatch:
         goals = torch.as_tensor(goals, dtype=torch.float64)
         if goals.dim() != 1:
             raise ValueError(f"locomotion goals must have shape (batch,), got {tuple(goals.shape)}")
-        model = self.model
-        qpos_noise = torch.randn(len(goals), model.nq, generator=generator, dtype=torch.float64).numpy()
-        qvel_noise = torch.randn(len(goals), model.nv, generator=generator, dtype=torch.float64).numpy()
+        self._share = (len(goals), rows)  # restart draws its noise for this whole batch too
+        qpos_noise, qvel_noise = self._start_noise(generator)
         if rows is not None:
-            goals, qpos_noise, qvel_noise = goals[rows], qpos_noise[rows], qvel_noise[rows]
+            goals = goals[rows]
         batch = len(goals)
         if len(self.datas) != batch:
-            self.datas = [mujoco.MjData(model) for _ in range(batch)]
+            self.datas = [mujoco.MjData(self.model) for _ in range(batch)]
             self._allocate(batch)
-
-        def start(robots: np.ndarray) -> None:
-            for i in robots:
-                data = self.datas[i]
-                mujoco.mj_resetData(model, data)
-                data.qpos[:] = self.init_qpos + QPOS_NOISE * qpos_noise[i]
-                data.qvel[:] = QVEL_NOISE * qvel_noise[i]
-                self._forward_and_read(i)
-
-        self._for_robots(start, np.arange(batch))
+        self._start(np.arange(batch), qpos_noise, qvel_noise)
         self.goals = goals.numpy().copy()
         self.done = np.zeros(batch, dtype=bool)
         return self._tensor(self._observation())
+
+    def restart(self, ended: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Start a new episode, same goal, from a fresh noisy initial state for the robots where
+        ``ended`` (B,) is True; returns their observations (ended.sum(), obs_dim). The step-budget
+        sampler calls it for every robot whose episode just ended. As in ``reset``, the start noise is
+        drawn for every robot of the batch ``reset`` was given (also outside its ``rows``), so a share
+        restarts where the whole batch would."""
+        if not self.datas:
+            raise RuntimeError("call reset(goals) before restart(ended)")
+        ended = torch.as_tensor(ended, dtype=torch.bool).numpy()
+        if ended.shape != self.done.shape:
+            raise ValueError(f"restart's ended must be a bool mask of shape {self.done.shape}, got {ended.shape}")
+        self._start(np.flatnonzero(ended), *self._start_noise(generator))
+        self.done[ended] = False
+        return self._tensor(self._observation()[ended])
+
+    def stop(self, ended: Tensor) -> None:
+        """End the episodes of the robots where ``ended`` (B,) is True: from now on they are not stepped,
+        as after ``done``, until ``restart``. The step-budget sampler stops the robots none of whose
+        paths can still be kept (what they would simulate is dropped)."""
+        ended = torch.as_tensor(ended, dtype=torch.bool).numpy()
+        if ended.shape != self.done.shape:
+            raise ValueError(f"stop's ended must be a bool mask of shape {self.done.shape}, got {ended.shape}")
+        self.done[ended] = True
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Apply ``actions`` (B, action_dim), clipped to [-1, 1]; returns obs, reward (B,), done (B,)."""
@@ -213,6 +229,28 @@ class LocomotionBatch:
         return self._tensor(self._observation()), self._tensor(reward), torch.from_numpy(self.done.copy())
 
     # ----------------------------------------------------------------------------- internals
+    def _start_noise(self, generator: torch.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """N(0, 1) start noise of qpos and qvel for the whole batch, this process's rows of it."""
+        total, rows = self._share
+        nq, nv = self.model.nq, self.model.nv
+        qpos_noise = torch.randn(total, nq, generator=generator, dtype=torch.float64).numpy()
+        qvel_noise = torch.randn(total, nv, generator=generator, dtype=torch.float64).numpy()
+        return (qpos_noise, qvel_noise) if rows is None else (qpos_noise[rows], qvel_noise[rows])
+
+    def _start(self, robots: np.ndarray, qpos_noise: np.ndarray, qvel_noise: np.ndarray) -> None:
+        """Put ``robots`` at rllab's initial state plus the noise of their rows."""
+        model = self.model
+
+        def start(robots: np.ndarray) -> None:
+            for i in robots:
+                data = self.datas[i]
+                mujoco.mj_resetData(model, data)
+                data.qpos[:] = self.init_qpos + QPOS_NOISE * qpos_noise[i]
+                data.qvel[:] = QVEL_NOISE * qvel_noise[i]
+                self._forward_and_read(i)
+
+        self._for_robots(start, robots)
+
     def _for_robots(self, work, robots: np.ndarray) -> None:
         """``work(robots)``, split over the threads in contiguous slices. Every robot has its own
         MjData and writes only its own rows of the arrays below, so the result does not depend on

@@ -8,7 +8,8 @@ A point agent starts at (0, 0) and moves towards a goal g ~ U[-0.5, 0.5]^2 (one 
 
 as in cbfinn/maml_rl ``point_env_randgoal.py`` behind rllab's ``normalize`` wrapper: the policy acts
 in [-1, 1]^2 and the wrapper rescales to the env's action box [-0.1, 0.1]^2 and clips. Horizon 100.
-After ``done`` an agent stays where it is and gets reward 0 (its episode is over; samplers mask it).
+After ``done`` an agent stays where it is and gets reward 0 (its episode is over; samplers mask it)
+until ``restart`` puts it back at the origin for a new episode of the same goal.
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ class Nav2dBatch:
         self.position = torch.zeros_like(self.goals)
         self.done = torch.zeros(len(goals), dtype=torch.bool)
         return self.position.clone()
+
+    def restart(self, ended: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Start a new episode (same goal, at the origin) for the agents where ``ended`` (B,) is True;
+        returns their observations (ended.sum(), 2). The step-budget sampler calls it for every agent
+        whose episode just ended. ``generator``: the common interface; the start has no noise."""
+        del generator
+        ended = torch.as_tensor(ended, dtype=torch.bool)
+        if ended.shape != self.done.shape:
+            raise ValueError(f"restart's ended must be a bool mask of shape {tuple(self.done.shape)}, "
+                             f"got {tuple(ended.shape)}")
+        self.position[ended] = 0.0
+        self.done[ended] = False
+        return self.position[ended].clone()
 
     def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Move all agents by ``actions`` (B, 2) in [-1, 1]; returns obs (B, 2), reward (B,), done (B,)."""
