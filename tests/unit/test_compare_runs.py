@@ -55,6 +55,10 @@ def test_runs_evaluated_differently_or_not_at_all_are_refused(tmp_path):
     b = write_eval(tmp_path / "b", {"oracle": 1.0}, seed=8)
     with pytest.raises(ConfigError, match="seed=8"):
         compare.merge([a, b])
+    # the original's step budget against K trajectories per task: other samples, not paired
+    steps = write_eval(tmp_path / "steps", {"maml": 1.0}, sampling="steps", budget=400)
+    with pytest.raises(ConfigError, match="has sampling='trajectories', .*'steps': .* the same --set sampling="):
+        compare.merge([steps, a])
     with pytest.raises(ConfigError, match="is not a fastmaml run folder"):  # was: "run `fastmaml eval` first"
         compare.merge([a, tmp_path])
     with pytest.raises(ConfigError, match="nope does not exist; name the folders of trained runs"):

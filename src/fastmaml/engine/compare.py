@@ -38,7 +38,13 @@ from fastmaml.engine.evaluate import mean_ci95_t, metric_names, paired_by_metric
 from fastmaml.engine.run_dir import CONFIG, eval_path, is_run_folder
 from fastmaml.errors import ConfigError
 
-SAME = ("experiment", "tasks", "steps", "seed", "trajectories", "split")
+SAME = ("experiment", "tasks", "steps", "seed", "trajectories", "sampling", "split")
+ABSENT = {"sampling": "trajectories"}  # what a report without the key means (written before it existed)
+
+
+def setting(report: dict[str, Any], key: str) -> Any:
+    """``report``'s value of the SAME key ``key``, its meaning where an older report lacks it."""
+    return report.get(key, ABSENT.get(key))
 
 
 def check_same_tasks(run: Path, report: dict[str, Any], first_run: Path, first: dict[str, Any]) -> None:
@@ -111,9 +117,10 @@ def merge(runs: list[Path], iteration: int | None = None) -> dict[str, Any]:
     first_run, first = reports[0]
     for run, report in reports[1:]:
         for key in SAME:
-            if report.get(key) != first.get(key):
-                raise ConfigError(f"{run}'s eval has {key}={report.get(key)!r}, {first_run}'s {first.get(key)!r}: "
-                                  f"evaluate every run alike (fastmaml eval RUN with the same --tasks, --steps, --seed)")
+            if setting(report, key) != setting(first, key):
+                raise ConfigError(f"{run}'s eval has {key}={setting(report, key)!r}, {first_run}'s "
+                                  f"{setting(first, key)!r}: evaluate every run alike (fastmaml eval RUN with the same "
+                                  + ("--set sampling=..." if key == "sampling" else "--tasks, --steps, --seed") + ")")
         check_same_tasks(run, report, first_run, first)
     names = [run.name for run, _ in reports]
     label = {run: run.name if names.count(run.name) == 1 else str(run) for run, _ in reports}
@@ -178,9 +185,11 @@ def _check_seed_groups(groups: list[list[Path]], reports: list[list[dict[str, An
     for group, group_reports in zip(groups, reports):
         for run, report in zip(group, group_reports):
             for key in SAME:
-                if key != "seed" and report.get(key) != first.get(key):
-                    raise ConfigError(f"{run}'s eval has {key}={report.get(key)!r}, {first_run}'s {first.get(key)!r}: "
-                                      "evaluate every run alike (fastmaml eval RUN with the same --tasks, --steps)")
+                if key != "seed" and setting(report, key) != setting(first, key):
+                    raise ConfigError(f"{run}'s eval has {key}={setting(report, key)!r}, {first_run}'s "
+                                      f"{setting(first, key)!r}: evaluate every run alike (fastmaml eval RUN with the "
+                                      + ("same --set sampling=..." if key == "sampling" else "same --tasks, --steps")
+                                      + ")")
         for place, (run, report) in enumerate(zip(group, group_reports)):  # a place: one seed in every group
             check_same_tasks(run, report, groups[0][place], reports[0][place])
         trained = [(run, seeds[run]) for run in group if run in seeds]
