@@ -5,8 +5,9 @@
     fastmaml adapt RUN --goal 0.3,-0.2 --out policy.safetensors  # nav2d: reach (0.3, -0.2)
 
 The new task gets the run's meta-test protocol (``fastmaml eval``'s): ``eval_trajectories`` trajectories
-per step (with ``sampling=steps``, a budget of that many x horizon steps: as many paths as it takes), the method's first-step lr and ``eval_lr_decay`` times it for later steps, ``eval_steps``
-steps, one REINFORCE step after each sampling round. The adapted parameters go to a safetensors file
+per step (with ``sampling=steps``, a budget of that many x horizon steps: as many paths as it takes),
+the method's first-step lr and ``eval_lr_decay`` times it for later steps, ``eval_steps`` steps, one
+REINFORCE step after each sampling round. The adapted parameters go to a safetensors file
 (atomic write) with the goal, method, step sizes, the return after every step and the run's config in
 its metadata; :func:`load_adapted` gives back the policy and its parameters, ready for
 :func:`fastmaml.rl.action_distribution` (e.g. on ``gymnasium.make("fastmaml/HalfCheetahVel-v0")``).
