@@ -121,14 +121,14 @@ def test_the_early_warning_signal_stops_the_run_with_a_checkpoint_and_leaves_tor
         assert len(agents) == 2 and len(processes) == 4, processes  # two nodes, one worker each
         for pid in processes:
             os.kill(pid, signal.SIGUSR1)
-        time.sleep(1.0)
-        assert all(Path(f"/proc/{pid}").exists() for pid in agents), "a torchrun agent died of USR1"
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             for pid in python_descendants(proc.pid):
                 os.kill(pid, signal.SIGKILL)
             proc.communicate()
+    # the stand-in srun exits with a launcher's status: 138 where torchrun died of the signal, 1 where it
+    # outlived its workers (a worker stopped: torchrun reports a failed worker)
     assert proc.returncode != 128 + signal.SIGUSR1, stderr[-3000:]
     step = checkpoint.load(run / "checkpoint.safetensors")[1]["step"]
     assert 0 < step < 100000 and step % 10 == 0
