@@ -144,19 +144,32 @@ def sample_trajectories(
     alive = torch.ones(tasks * num_trajectories, dtype=torch.bool)
     observations, actions, rewards, masks = [], [], [], []
     for _ in range(horizon):
-        obs = obs.reshape(tasks, num_trajectories, -1)
-        mean, log_std = distribution(obs)
-        noise = torch.randn((total, *mean.shape[1:]), generator=generator, dtype=mean.dtype, device=mean.device)
-        action = sample_actions(mean, log_std, noise=noise[first:stop])  # the whole batch's noise, these rows
-        next_obs, reward, done = env.step(action.reshape(tasks * num_trajectories, -1))
+        obs, action, reward, next_obs, done = _lockstep(env, distribution, obs, generator, (first, stop, total),
+                                                        num_trajectories)
         observations.append(obs)
         actions.append(action)
-        rewards.append(reward.reshape(tasks, num_trajectories))
+        rewards.append(reward)
         masks.append(alive.reshape(tasks, num_trajectories))
         alive = ~done
         obs = next_obs
     stack = lambda xs: torch.stack(xs, dim=2)  # noqa: E731 - (T, N, H, ...)
     return Trajectories(stack(observations), stack(actions), stack(rewards), stack(masks).to(rewards[0].dtype))
+
+
+def _lockstep(env, distribution: DistributionFn, obs: Tensor, generator: torch.Generator,
+              share: tuple[int, int, int], slots: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One step of every agent of the share (first, stop, total tasks) of ``slots`` agents per task:
+    the policy on the whole share at once, the whole batch's action noise drawn and these rows' used.
+    Returns the observations (tasks, slots, obs_dim), actions, rewards (tasks, slots), the next
+    observations and done flags (flat, as the environment gives them)."""
+    first, stop, total = share
+    tasks = max(stop - first, 0)
+    obs = obs.reshape(tasks, slots, -1)
+    mean, log_std = distribution(obs)
+    noise = torch.randn((total, *mean.shape[1:]), generator=generator, dtype=mean.dtype, device=mean.device)
+    action = sample_actions(mean, log_std, noise=noise[first:stop])  # the whole batch's noise, these rows
+    next_obs, reward, done = env.step(action.reshape(tasks * slots, -1))
+    return obs, action, reward.reshape(tasks, slots), next_obs, done
 
 
 def _sample_step_budget(
@@ -173,7 +186,7 @@ def _sample_step_budget(
     their episodes end; a task keeps the shortest prefix of its paths in (round, slot) order whose
     lengths reach K x H, and is done once that prefix has completed. ``starts`` (total x K, ...) are
     the whole batch's goals per slot; ``share`` = (first task, stop, total tasks)."""
-    first, stop, total = share
+    first, stop, _ = share
     tasks, budget, rounds_max = max(stop - first, 0), slots * horizon, horizon
     if rows is None:
         obs = env.reset(starts, generator)
@@ -194,14 +207,10 @@ def _sample_step_budget(
     for step in range(rounds_max * horizon):  # round r's paths have all ended by lockstep step (r + 1) H
         if not collecting.any():
             break
-        obs = obs.reshape(tasks, slots, -1)
-        mean, log_std = distribution(obs)
-        noise = torch.randn((total, *mean.shape[1:]), generator=generator, dtype=mean.dtype, device=mean.device)
-        action = sample_actions(mean, log_std, noise=noise[first:stop])  # the whole batch's noise, these rows
-        next_obs, reward, done = env.step(action.reshape(tasks * slots, -1))
+        obs, action, reward, next_obs, done = _lockstep(env, distribution, obs, generator, share, slots)
         observations.append(obs)
         actions.append(action)
-        rewards.append(reward.reshape(tasks, slots))
+        rewards.append(reward)
         length = step + 1 - began
         ended = (done.reshape(tasks, slots) | (length >= horizon)) & running
         task, slot = ended.nonzero(as_tuple=True)

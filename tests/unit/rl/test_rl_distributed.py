@@ -120,6 +120,19 @@ def test_shares_sample_the_whole_batch_s_trajectories(name):
         assert torch.equal(generator.get_state(), whole_generator.get_state())
 
 
+def split_update(world, policy, params, kwargs):
+    """maml_trpo_step on 7 tasks split over ``world`` thread processes (seed 5): each process's new
+    parameters, statistics and final generator state."""
+
+    def work(rank, all_sum):
+        g = torch.Generator().manual_seed(5)
+        new, stats = maml_trpo_step(Nav2dBatch(dtype=F64), policy, params, g, rows=shares(7, world)[rank],
+                                    all_sum=all_sum, **kwargs)
+        return new, stats, g.get_state()
+
+    return ThreadWorld(world).run(work)
+
+
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("inner_steps,hvp", [(1, "exact"), (1, "finite_difference"), (0, "exact")])
 def test_a_meta_update_split_over_processes_is_the_single_process_one(world, inner_steps, hvp):
@@ -130,13 +143,7 @@ def test_a_meta_update_split_over_processes_is_the_single_process_one(world, inn
     single, single_stats = maml_trpo_step(Nav2dBatch(dtype=F64), policy, params, generator, **kwargs)
     assert single_stats.trpo.accepted
 
-    def work(rank, all_sum):
-        g = torch.Generator().manual_seed(5)
-        new, stats = maml_trpo_step(Nav2dBatch(dtype=F64), policy, params, g, rows=shares(7, world)[rank],
-                                    all_sum=all_sum, **kwargs)
-        return new, stats, g.get_state()
-
-    results = ThreadWorld(world).run(work)
+    results = split_update(world, policy, params, kwargs)
     step = (flatten(single) - flatten(params)).norm()
     for new, stats, state in results:
         # summation order only (the conjugate gradient amplifies it: up to 2e-8 x the step seen)
@@ -164,13 +171,7 @@ def test_a_step_budget_meta_update_split_over_processes_is_the_single_process_on
                                 sampling="steps").paths
     assert len(set(paths.tolist())) > 1  # padding is exercised
 
-    def work(rank, all_sum):
-        g = torch.Generator().manual_seed(5)
-        new, stats = maml_trpo_step(Nav2dBatch(dtype=F64), policy, params, g, rows=shares(7, world)[rank],
-                                    all_sum=all_sum, **kwargs)
-        return new, stats, g.get_state()
-
-    results = ThreadWorld(world).run(work)
+    results = split_update(world, policy, params, kwargs)
     step = (flatten(single) - flatten(params)).norm()
     for new, stats, state in results:
         assert (flatten(new) - flatten(single)).norm() < 1e-6 * step
